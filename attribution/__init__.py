@@ -1,0 +1,1 @@
+"""Attribution models (first-click, last-click, linear, time-decay, position-based)."""

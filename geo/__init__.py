@@ -1,0 +1,1 @@
+"""IP -> country / region / city / ASN lookups from MaxMind-format databases."""

@@ -1,0 +1,84 @@
+"""The edge application: routes, and the resources each process opens and closes.
+
+Startup and shutdown are aiohttp cleanup contexts: Redis connection -> link cache ->
+event writer. On shutdown they unwind in reverse, so the writer flushes its buffer while
+Redis is still open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from . import admin, health, tracking
+from .config import Settings
+from .links import LinkCache
+from .redisconn import async_client
+from .spool import Spool
+from .writer import EventWriter
+
+SETTINGS = web.AppKey("settings", Settings)
+WRITER = web.AppKey("writer", EventWriter)
+WORKER_INDEX = web.AppKey("worker_index", int)
+
+# Room for long tracking URLs and big cookies: the handler decides what to keep.
+HANDLER_ARGS = {"max_line_size": 65536, "max_field_size": 32768}
+MAX_BODY = 1024 * 1024
+
+
+def create_app(settings: Settings, worker_index: int = 0) -> web.Application:
+    app = web.Application(middlewares=[admin.require_token], client_max_size=MAX_BODY)
+    app[SETTINGS] = settings
+    app[WORKER_INDEX] = worker_index
+    app[admin.ADMIN_TOKEN] = settings.admin_token
+    app[health.MAX_LAG] = settings.sink.max_lag_events
+    app.cleanup_ctx.extend([redis_ctx, links_ctx, writer_ctx])
+    tracking.add_routes(app)
+    admin.add_routes(app)
+    health.add_routes(app)
+    return app
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[admin.REDIS] = async_client(settings.redis.url, settings.redis.timeout_seconds)
+    yield
+    await app[admin.REDIS].aclose()
+
+
+async def links_ctx(app: web.Application) -> AsyncIterator[None]:
+    cache = LinkCache(app[admin.REDIS], app[SETTINGS].tracking.link_refresh_seconds)
+    app[admin.LINK_CACHE] = cache
+    await cache.start()
+    yield
+    await cache.stop()
+
+
+async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
+    s = app[SETTINGS]
+    spool = Spool(s.data_path / "spool" / f"edge-{app[WORKER_INDEX]}.spool")
+    writer = EventWriter(
+        app[admin.REDIS],
+        spool,
+        batch_max_events=s.writer.batch_max_events,
+        batch_max_delay_ms=s.writer.batch_max_delay_ms,
+        lookback_seconds=s.lookback_seconds,
+        timeout_seconds=s.redis.timeout_seconds,
+        dedup_ttl_seconds=s.redis.dedup_ttl_seconds,
+    )
+    app[WRITER] = writer
+    app[tracking.EDGE] = tracking.Edge(
+        links=app[admin.LINK_CACHE],
+        writer=writer,
+        trusted=s.trusted_networks,
+        cookie_name=s.cookie.name,
+        cookie_attrs=tracking.cookie_attributes(
+            s.lookback_seconds, s.cookie.samesite, s.cookie.secure, s.cookie.domain
+        ),
+        fallback_url=s.http.fallback_url,
+        max_query_bytes=s.http.max_query_bytes,
+    )
+    await writer.start()
+    yield
+    await writer.close()

@@ -1,0 +1,258 @@
+"""The `tracker` command: run the service and its parts, manage links, query ClickHouse."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import sys
+import urllib.error
+import urllib.request
+
+import orjson
+
+from . import config
+from .config import ConfigError, Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+    try:
+        settings = config.load(args.config)
+    except ConfigError as exc:
+        print(f"tracker: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return args.func(settings, args) or 0
+    except CommandError as exc:
+        print(f"tracker: {exc}", file=sys.stderr)
+        return 1
+
+
+class CommandError(Exception):
+    """A command could not do its work; the message says why."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tracker", description=__doc__)
+    p.add_argument("--config", help="settings file (default: config/tracker.toml)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the sink and the edge processes")
+    s.add_argument("--redis", action="store_true",
+                   help="also start redis-server with AOF under the data folder")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("edge", help="run one edge process")
+    s.add_argument("--worker", type=int, default=0, help="worker index (names its spool file)")
+    s.set_defaults(func=cmd_edge)
+
+    sub.add_parser("sink", help="run the sink (stream -> ClickHouse)").set_defaults(func=cmd_sink)
+    sub.add_parser("migrate", help="apply ClickHouse migrations").set_defaults(func=cmd_migrate)
+
+    s = sub.add_parser("sql", help="run a read-only SQL query")
+    s.add_argument("query")
+    s.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    s.set_defaults(func=cmd_sql)
+
+    links = sub.add_parser("links", help="manage tracking links").add_subparsers(
+        dest="links_command", required=True
+    )
+    s = links.add_parser("add", help="create a link")
+    s.add_argument("slug")
+    s.add_argument("destination", help="URL template, e.g. https://shop.example/?cid={click_id}")
+    s.add_argument("--campaign", default="")
+    s.add_argument("--affiliate", default="")
+    s.add_argument("--advertiser", default="")
+    s.add_argument("--if-missing", action="store_true", help="no error when the slug exists")
+    s.set_defaults(func=cmd_links_add)
+    s = links.add_parser("list", help="list links")
+    s.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    s.set_defaults(func=cmd_links_list)
+    s = links.add_parser("disable", help="disable a link (it stops redirecting)")
+    s.add_argument("slug")
+    s.set_defaults(func=cmd_links_disable)
+    return p
+
+
+# -- service ------------------------------------------------------------------------------
+
+
+def cmd_serve(settings: Settings, args) -> int:
+    from .supervisor import serve
+
+    return serve(settings, manage_redis=args.redis or settings.redis.manage)
+
+
+def cmd_edge(settings: Settings, args) -> int:
+    from .edge import run
+
+    run(settings, args.worker)
+    return 0
+
+
+def cmd_sink(settings: Settings, args) -> int:
+    from .sink_service import run
+
+    run(settings)
+    return 0
+
+
+# -- ClickHouse ---------------------------------------------------------------------------
+
+
+def _endpoint(settings: Settings, path: str, body: dict) -> dict | None:
+    """Ask the running sink; None when no sink answers on the query port."""
+    request = urllib.request.Request(
+        f"http://{settings.sink.query_host}:{settings.sink.query_port}{path}",
+        data=orjson.dumps(body),
+        headers={"Authorization": f"Bearer {settings.admin_token}"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise CommandError(orjson.loads(exc.read()).get("error", str(exc))) from None
+    except (urllib.error.URLError, ConnectionError):
+        return None
+
+
+def _direct(settings: Settings):
+    from .clickhouse import ClickHouse
+
+    try:
+        return ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database)
+    except Exception as exc:
+        raise CommandError(f"cannot open ClickHouse at {settings.clickhouse_dsn}: {exc}") from None
+
+
+def run_query(settings: Settings, sql: str) -> tuple[list[str], list[list]]:
+    """Through the running sink when there is one, else directly."""
+    answer = _endpoint(settings, "/query", {"sql": sql})
+    if answer is not None:
+        return answer["columns"], answer["rows"]
+    ch = _direct(settings)
+    try:
+        columns, rows = ch.query(sql, readonly=True)
+    except Exception as exc:
+        raise CommandError(str(exc).strip().splitlines()[0]) from None
+    finally:
+        ch.close()
+    return columns, orjson.loads(orjson.dumps(rows, default=str))
+
+
+def cmd_migrate(settings: Settings, args) -> int:
+    answer = _endpoint(settings, "/migrate", {})
+    if answer is None:
+        from . import migrations
+
+        ch = _direct(settings)
+        try:
+            applied = migrations.apply(ch, settings)
+        finally:
+            ch.close()
+    else:
+        applied = answer["applied"]
+    print("applied: " + ", ".join(applied) if applied else "schema is up to date")
+    return 0
+
+
+def cmd_sql(settings: Settings, args) -> int:
+    columns, rows = run_query(settings, args.query)
+    print(format_rows(columns, rows, args.format), end="")
+    return 0
+
+
+def format_rows(columns: list[str], rows: list[list], fmt: str) -> str:
+    if fmt == "json":
+        return orjson.dumps([dict(zip(columns, row, strict=True)) for row in rows]).decode() + "\n"
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return out.getvalue()
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+\n"
+    head = "|" + "|".join(f" {c:<{w}} " for c, w in zip(columns, widths, strict=True)) + "|\n"
+    body = "".join(
+        "|" + "|".join(f" {v:<{w}} " for v, w in zip(r, widths, strict=True)) + "|\n"
+        for r in cells
+    )
+    return line + head + line + body + line + f"({len(rows)} row{'s' * (len(rows) != 1)})\n"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, (list, dict)):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+# -- links --------------------------------------------------------------------------------
+
+
+def _redis(settings: Settings):
+    from .redisconn import sync_client
+
+    return sync_client(settings.redis.url)
+
+
+def cmd_links_add(settings: Settings, args) -> int:
+    from . import constants as K
+    from .links import LinkError, new_link, stage_save
+
+    try:
+        link = new_link({
+            "slug": args.slug, "destination": args.destination, "campaign_id": args.campaign,
+            "affiliate_id": args.affiliate, "advertiser_id": args.advertiser,
+        })
+    except LinkError as exc:
+        raise CommandError(str(exc)) from None
+    redis = _redis(settings)
+    if not redis.hsetnx(K.LINKS_HASH, link.slug, link.to_json()):
+        if args.if_missing:
+            print(f"link {link.slug} exists")
+            return 0
+        raise CommandError(f"link {link.slug!r} already exists")
+    pipe = redis.pipeline(transaction=False)
+    stage_save(pipe, link)
+    pipe.execute()
+    print(f"link {link.slug} -> {link.destination}")
+    return 0
+
+
+def cmd_links_list(settings: Settings, args) -> int:
+    from . import constants as K
+    from .links import parse_all
+
+    links = parse_all(_redis(settings).hgetall(K.LINKS_HASH))
+    columns = ["slug", "status", "campaign_id", "affiliate_id", "advertiser_id", "destination"]
+    rows = [[getattr(link, c) for c in columns] for _, link in sorted(links.items())]
+    print(format_rows(columns, rows, args.format), end="")
+    return 0
+
+
+def cmd_links_disable(settings: Settings, args) -> int:
+    from . import constants as K
+    from .links import Link, apply_changes, stage_save
+
+    redis = _redis(settings)
+    raw = redis.hget(K.LINKS_HASH, args.slug)
+    if raw is None:
+        raise CommandError(f"no link {args.slug!r}")
+    link = apply_changes(Link.from_json(raw), {"status": "disabled"})
+    pipe = redis.pipeline(transaction=False)
+    stage_save(pipe, link)
+    pipe.execute()
+    print(f"link {link.slug} disabled")
+    return 0

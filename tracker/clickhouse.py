@@ -1,0 +1,53 @@
+"""The ClickHouse client: embedded chDB (`chdb://PATH`) or a server over HTTP(S).
+
+Both are clickhouse-connect clients; this wrapper adds the one lock chDB needs (one
+engine per process, shared by the sink loop and the query endpoint) and names the few
+operations the service uses.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import clickhouse_connect
+
+
+class ClickHouse:
+    def __init__(self, dsn: str, database: str) -> None:
+        self.dsn = dsn
+        self.database = database
+        self.embedded = dsn.startswith("chdb://")
+        self._client = clickhouse_connect.get_client(dsn=dsn)
+        self._lock = threading.Lock()
+
+    def insert_jsonl(self, table: str, payload: bytes, token: str) -> None:
+        """Insert JSONEachRow bytes as they are (ClickHouse parses; Python does not).
+
+        The token makes a retried insert of the same batch a no-op.
+        """
+        with self._lock:
+            self._client.raw_insert(
+                f"{self.database}.{table}",
+                None,
+                payload,
+                settings={
+                    "insert_deduplication_token": token,
+                    "input_format_skip_unknown_fields": 1,
+                },
+                fmt="JSONEachRow",
+            )
+
+    def query(self, sql: str, readonly: bool = True) -> tuple[list[str], list[tuple]]:
+        settings = {"readonly": 1} if readonly else None
+        with self._lock:
+            result = self._client.query(sql, settings=settings)
+        return list(result.column_names), result.result_rows
+
+    def command(self, sql: str) -> Any:
+        with self._lock:
+            return self._client.command(sql)
+
+    def close(self) -> None:
+        with self._lock:
+            self._client.close()

@@ -1,0 +1,284 @@
+"""Settings: one typed object built from `config/tracker.toml` plus TRACKER_* overrides.
+
+Every key `section.key` can be overridden by `TRACKER_SECTION_KEY`; a few common keys also
+have short names (ALIASES). Values are validated once, at start; a bad value raises
+ConfigError with one line that names the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_FILE = ROOT / "config" / "tracker.toml"
+
+# Short environment names for the keys operators set most.
+ALIASES = {
+    "TRACKER_PORT": "http.port",
+    "TRACKER_HOST": "http.host",
+    "TRACKER_WORKERS": "http.workers",
+    "TRACKER_TRUSTED_PROXIES": "http.trusted_proxies",
+    "TRACKER_FALLBACK_URL": "http.fallback_url",
+    "TRACKER_LOOKBACK_DAYS": "tracking.lookback_days",
+}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the key."""
+
+
+@dataclass
+class HttpSettings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 0
+    trusted_proxies: list[str] = field(default_factory=list)
+    fallback_url: str = ""
+    max_query_bytes: int = 8192
+
+
+@dataclass
+class CookieSettings:
+    name: str = "vid"
+    secure: bool = False
+    samesite: str = "Lax"
+    domain: str = ""
+
+
+@dataclass
+class TrackingSettings:
+    lookback_days: int = 30
+    link_refresh_seconds: float = 2.0
+
+
+@dataclass
+class RedisSettings:
+    url: str = "redis://127.0.0.1:6379/0"
+    manage: bool = False
+    timeout_seconds: float = 2.0
+    dedup_ttl_seconds: int = 900
+
+
+@dataclass
+class WriterSettings:
+    batch_max_events: int = 500
+    batch_max_delay_ms: int = 5
+
+
+@dataclass
+class SinkSettings:
+    read_entries: int = 200
+    block_ms: int = 200
+    reclaim_idle_seconds: int = 30
+    consumer: str = ""
+    query_host: str = "127.0.0.1"
+    query_port: int = 8124
+    max_lag_events: int = 100000
+
+
+@dataclass
+class ClickHouseSettings:
+    dsn: str = ""
+    database: str = "tracker"
+    retention_days: int = 400
+    dedup_window: int = 10000
+
+
+@dataclass
+class Settings:
+    data_dir: str = "data"
+    admin_token: str = ""
+    http: HttpSettings = field(default_factory=HttpSettings)
+    cookie: CookieSettings = field(default_factory=CookieSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    writer: WriterSettings = field(default_factory=WriterSettings)
+    sink: SinkSettings = field(default_factory=SinkSettings)
+    clickhouse: ClickHouseSettings = field(default_factory=ClickHouseSettings)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def lookback_seconds(self) -> int:
+        return self.tracking.lookback_days * 86400
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        return self.clickhouse.dsn or f"chdb://{self.data_path.resolve() / 'clickhouse'}"
+
+    @property
+    def trusted_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(c, strict=False) for c in self.http.trusted_proxies]
+
+    @property
+    def worker_count(self) -> int:
+        return self.http.workers or os.cpu_count() or 1
+
+
+def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Build Settings from the TOML file (TRACKER_CONFIG or the default) and the environment."""
+    env = dict(os.environ if env is None else env)
+    file = Path(path or env.get("TRACKER_CONFIG") or DEFAULT_FILE)
+    try:
+        raw = tomllib.loads(file.read_text()) if file.exists() else {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {file}: {exc}") from exc
+    if path and not file.exists():
+        raise ConfigError(f"config file {file}: not found")
+
+    settings = Settings()
+    _apply_file(settings, raw, prefix="")
+    _apply_env(settings, env)
+    if not Path(settings.data_dir).is_absolute():
+        settings.data_dir = str((ROOT / settings.data_dir).resolve())
+    _validate(settings)
+    if not settings.admin_token:
+        settings.admin_token = _stored_token(settings.data_path)
+    return settings
+
+
+def _apply_file(obj: Any, raw: dict, prefix: str) -> None:
+    names = {f.name for f in fields(obj)}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"config key {dotted}: unknown setting")
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {dotted}: must be a table")
+            _apply_file(current, value, prefix=f"{dotted}.")
+        else:
+            setattr(obj, key, _coerce(obj, key, value, dotted))
+
+
+def _apply_env(settings: Settings, env: dict[str, str]) -> None:
+    targets = {_env_name(dotted): dotted for dotted in _all_keys(settings)}
+    targets.update(ALIASES)
+    for name, dotted in targets.items():
+        if name in env:
+            *sections, key = dotted.split(".")
+            obj: Any = settings
+            for section in sections:
+                obj = getattr(obj, section)
+            setattr(obj, key, _coerce(obj, key, env[name], f"{dotted} ({name})"))
+
+
+def _all_keys(obj: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            keys += _all_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _env_name(dotted: str) -> str:
+    return "TRACKER_" + dotted.replace(".", "_").upper()
+
+
+def _coerce(obj: Any, key: str, value: Any, label: str) -> Any:
+    kind = get_type_hints(type(obj))[key]
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            return float(value)
+        if kind == list[str]:
+            if isinstance(value, str):
+                return [part.strip() for part in value.split(",") if part.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return value
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except (TypeError, ValueError):
+        name = getattr(kind, "__name__", str(kind))
+        raise ConfigError(f"config key {label}: expected {name}, got {value!r}") from None
+
+
+def _validate(s: Settings) -> None:
+    def check(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            raise ConfigError(f"config key {key}: {why}")
+
+    check(1 <= s.http.port <= 65535, "http.port", "must be between 1 and 65535")
+    check(0 <= s.http.workers <= 256, "http.workers", "must be between 0 and 256")
+    for cidr in s.http.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"config key http.trusted_proxies: {cidr!r} is not a CIDR") from None
+    check(
+        not s.http.fallback_url or s.http.fallback_url.startswith(("http://", "https://")),
+        "http.fallback_url",
+        "must be an http(s) URL or empty",
+    )
+    check(s.http.max_query_bytes >= 256, "http.max_query_bytes", "must be at least 256")
+    check(s.cookie.name.isidentifier(), "cookie.name", "must be a plain token")
+    check(s.cookie.samesite in ("Lax", "Strict", "None"), "cookie.samesite", "Lax, Strict or None")
+    check(
+        s.cookie.samesite != "None" or s.cookie.secure,
+        "cookie.samesite",
+        "None requires cookie.secure = true",
+    )
+    check(1 <= s.tracking.lookback_days <= 3650, "tracking.lookback_days", "1 to 3650 days")
+    check(s.tracking.link_refresh_seconds > 0, "tracking.link_refresh_seconds", "must be > 0")
+    check(
+        s.redis.url.startswith(("redis://", "rediss://", "unix://")),
+        "redis.url",
+        "must start with redis://, rediss:// or unix://",
+    )
+    check(s.redis.timeout_seconds > 0, "redis.timeout_seconds", "must be > 0")
+    check(s.redis.dedup_ttl_seconds >= 60, "redis.dedup_ttl_seconds", "must be >= 60")
+    check(s.writer.batch_max_events >= 1, "writer.batch_max_events", "must be >= 1")
+    check(s.writer.batch_max_delay_ms >= 0, "writer.batch_max_delay_ms", "must be >= 0")
+    check(1 <= s.sink.read_entries <= 10000, "sink.read_entries", "must be 1 to 10000")
+    check(s.sink.block_ms >= 1, "sink.block_ms", "must be >= 1")
+    check(1 <= s.sink.query_port <= 65535, "sink.query_port", "must be between 1 and 65535")
+    check(
+        not s.clickhouse.dsn or s.clickhouse.dsn.startswith(("chdb://", "http://", "https://")),
+        "clickhouse.dsn",
+        "must start with chdb://, http:// or https://",
+    )
+    check(s.clickhouse.database.isidentifier(), "clickhouse.database", "must be an identifier")
+    check(s.clickhouse.retention_days >= 1, "clickhouse.retention_days", "must be >= 1")
+    check(s.clickhouse.dedup_window >= 100, "clickhouse.dedup_window", "must be >= 100")
+
+
+def _stored_token(data_dir: Path) -> str:
+    """A generated admin token, kept in the data folder (mode 0600) so the CLI can read it."""
+    path = data_dir / "admin_token"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process of this service wrote it first
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token)
+    return token

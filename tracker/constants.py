@@ -1,0 +1,36 @@
+"""Redis key names, stream names and TTLs: the one place they are spelled.
+
+Every key carries a hash tag ({...}) so that each multi-key operation stays in one Redis
+Cluster slot.
+"""
+
+PREFIX = "trk"
+
+# The events stream: the edge appends one entry per flushed batch; the sink reads it
+# through the consumer group below.
+EVENTS_STREAM = f"{PREFIX}:events:{{s0}}"
+SINK_GROUP = "sink"
+
+# Links: one hash slug -> JSON, plus a version counter bumped on every change so edges
+# reload only when something changed.
+LINKS_HASH = f"{PREFIX}:links:{{links}}"
+LINKS_VERSION = f"{PREFIX}:links:{{links}}:version"
+
+# Tables of the events carried in a stream entry (entry field name -> ClickHouse table).
+TABLES = ("clicks", "impressions", "orphan_visits", "links")
+BATCH_ID_FIELD = "b"
+
+
+def click_key(click_id: str) -> str:
+    """The click record, kept for the lookback window so a conversion can find it."""
+    return f"{PREFIX}:click:{{{click_id}}}"
+
+
+def visitor_clicks_key(visitor_id: str) -> str:
+    """The visitor's touchpoints: sorted set of click ids scored by event time (ms)."""
+    return f"{PREFIX}:visitor:{{{visitor_id}}}:clicks"
+
+
+def batch_marker_key(batch_id: str) -> str:
+    """Set when a batch is appended to the stream, so a replayed batch is appended once."""
+    return f"{PREFIX}:batch:{{s0}}:{batch_id}"

@@ -1,0 +1,48 @@
+"""`/healthz` (the process answers) and `/readyz` (Redis answers, the sink keeps up)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from . import constants as K
+from .admin import REDIS, json_response
+
+MAX_LAG = web.AppKey("max_lag", int)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def stream_lag(redis) -> int | None:
+    """Entries in the events stream that the sink group has not read yet (None: no group)."""
+    for group in await redis.xinfo_groups(K.EVENTS_STREAM):
+        if group["name"] in (K.SINK_GROUP, K.SINK_GROUP.encode()):
+            lag = group.get("lag")
+            return int(lag) if lag is not None else int(group.get("pending", 0))
+    return None
+
+
+async def readyz(request: web.Request) -> web.Response:
+    redis = request.app[REDIS]
+    problems = []
+    lag = None
+    try:
+        await asyncio.wait_for(redis.ping(), 1.0)
+        lag = await asyncio.wait_for(stream_lag(redis), 1.0)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+        if "no such key" not in str(exc).lower():
+            problems.append(f"redis unreachable: {type(exc).__name__}")
+    if lag is not None and lag > request.app[MAX_LAG]:
+        problems.append(f"sink lag {lag} events")
+    body = {"status": "ready" if not problems else "not ready", "sink_lag": lag}
+    if problems:
+        body["problems"] = problems
+    return json_response(body, 200 if not problems else 503)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

@@ -1,0 +1,49 @@
+"""Identifiers: time-ordered click ids (UUIDv7) and visitor ids.
+
+A click id is a canonical lowercase UUID string: 128 bits, URL-safe as it is, sortable by
+creation time, and stored as ClickHouse UUID without conversion.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+_UUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+_last_ms = 0
+_seq = 0
+
+
+def uuid7(now_ms: int | None = None) -> str:
+    """A UUIDv7 string; ids made in one process are strictly increasing.
+
+    The 12-bit rand_a field holds a per-millisecond counter (RFC 9562 method 1), so ids
+    from the same millisecond still sort in creation order.
+    """
+    global _last_ms, _seq
+    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    if ms <= _last_ms:
+        _seq += 1
+        if _seq > 0xFFF:  # counter exhausted: borrow the next millisecond
+            _last_ms += 1
+            _seq = 0
+        ms = _last_ms
+    else:
+        _last_ms = ms
+        _seq = int.from_bytes(os.urandom(1)) & 0x3F  # random start, room to count
+    rand_b = int.from_bytes(os.urandom(8)) & 0x3FFF_FFFF_FFFF_FFFF
+    value = (ms << 80) | (0x7 << 76) | (_seq << 64) | (0b10 << 62) | rand_b
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def is_uuid(value: str) -> bool:
+    """True for a canonical lowercase UUID string (how click and visitor ids travel)."""
+    return len(value) == 36 and _UUID_RE.match(value) is not None
+
+
+def uuid7_time_ms(value: str) -> int:
+    """The creation time (Unix ms) encoded in a UUIDv7 string."""
+    return int(value[:8] + value[9:13], 16)

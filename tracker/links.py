@@ -1,0 +1,179 @@
+"""Tracking links: the model, its validation, its Redis storage and each edge's cache.
+
+Redis holds the links (one hash, slug -> JSON) and is the source of truth. Each change
+also appends a row to the events stream, so the sink mirrors links into ClickHouse for
+analysts. Storage functions stage commands on a pipeline, so the async edge and the sync
+CLI share them and only differ in how they execute it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+from . import constants as K
+from .ids import uuid7
+from .macros import validate_destination
+from .timefmt import format_ms, now_ms
+
+log = logging.getLogger(__name__)
+
+SLUG_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+ID_RE = re.compile(r"\A[A-Za-z0-9_.:-]{0,64}\Z")
+STATUSES = ("active", "disabled")
+EDITABLE = ("destination", "campaign_id", "affiliate_id", "advertiser_id", "status")
+
+
+class LinkError(ValueError):
+    """A link definition is invalid; the message is the reason shown to the user."""
+
+
+@dataclass(slots=True)
+class Link:
+    slug: str
+    destination: str
+    campaign_id: str = ""
+    affiliate_id: str = ""
+    advertiser_id: str = ""
+    status: str = "active"
+    created_at: int = 0  # Unix ms
+    updated_at: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Link:
+        return cls(**orjson.loads(raw))
+
+    def public(self) -> dict[str, Any]:
+        """The link as the admin API shows it (times as UTC strings)."""
+        data = asdict(self)
+        data["created_at"] = format_ms(self.created_at)
+        data["updated_at"] = format_ms(self.updated_at)
+        return data
+
+
+def new_link(data: Any) -> Link:
+    """A validated Link from user input (admin API body or CLI arguments)."""
+    if not isinstance(data, dict):
+        raise LinkError("body must be a JSON object")
+    unknown = set(data) - {"slug", *EDITABLE}
+    if unknown:
+        raise LinkError(f"unknown field: {sorted(unknown)[0]}")
+    slug = data.get("slug")
+    if not isinstance(slug, str) or not SLUG_RE.match(slug):
+        raise LinkError("slug must be 1-64 letters, digits, '-', '_' or '.'")
+    ts = now_ms()
+    link = Link(slug=slug, destination="", created_at=ts, updated_at=ts)
+    return apply_changes(link, {"destination": data.get("destination"), **data}, ts)
+
+
+def apply_changes(link: Link, changes: Any, ts: int | None = None) -> Link:
+    """A copy of link with the editable fields in changes applied and validated."""
+    if not isinstance(changes, dict):
+        raise LinkError("body must be a JSON object")
+    values = asdict(link)
+    for key, value in changes.items():
+        if key == "slug":
+            if value != link.slug:
+                raise LinkError("slug cannot be changed")
+            continue
+        if key not in EDITABLE:
+            raise LinkError(f"unknown field: {key}")
+        if not isinstance(value, str):
+            raise LinkError(f"{key} must be a string")
+        values[key] = value
+    reason = validate_destination(values["destination"])
+    if reason:
+        raise LinkError(reason)
+    for key in ("campaign_id", "affiliate_id", "advertiser_id"):
+        if not ID_RE.match(values[key]):
+            raise LinkError(f"{key} must be up to 64 letters, digits, '-', '_', '.' or ':'")
+    if values["status"] not in STATUSES:
+        raise LinkError("status must be 'active' or 'disabled'")
+    values["updated_at"] = ts or now_ms()
+    return Link(**values)
+
+
+def mirror_row(link: Link, deleted: bool = False) -> bytes:
+    """The row for ClickHouse `links` (ReplacingMergeTree: the newest updated_at wins)."""
+    row = link.public()
+    if deleted:
+        row["status"] = "deleted"
+    return orjson.dumps(row)
+
+
+def stage_save(pipe: Any, link: Link, deleted: bool = False) -> None:
+    """Queue the commands that store (or delete) a link and mirror the change."""
+    if deleted:
+        pipe.hdel(K.LINKS_HASH, link.slug)
+    else:
+        pipe.hset(K.LINKS_HASH, link.slug, link.to_json())
+    pipe.incr(K.LINKS_VERSION)
+    pipe.xadd(K.EVENTS_STREAM, {K.BATCH_ID_FIELD: uuid7(), "links": mirror_row(link, deleted)})
+
+
+def parse_all(raw: dict) -> dict[str, Link]:
+    links = {}
+    for slug, value in raw.items():
+        key = slug.decode() if isinstance(slug, bytes) else slug
+        try:
+            links[key] = Link.from_json(value)
+        except (TypeError, ValueError):
+            log.error("link %r in Redis is unreadable; ignored", key)
+    return links
+
+
+class LinkCache:
+    """Each edge process's copy of the links, reloaded when the version counter moves.
+
+    Lookups never touch Redis: a miss is answered from the cache, which is at most
+    `link_refresh_seconds` behind.
+    """
+
+    def __init__(self, redis: Any, refresh_seconds: float) -> None:
+        self._redis = redis
+        self._refresh = refresh_seconds
+        self._version: bytes | None = None
+        self.links: dict[str, Link] = {}
+        self._task: asyncio.Task | None = None
+
+    def get(self, slug: str) -> Link | None:
+        return self.links.get(slug)
+
+    async def reload(self) -> None:
+        version = await self._redis.get(K.LINKS_VERSION)
+        if version is not None and version == self._version:
+            return
+        self.links = parse_all(await self._redis.hgetall(K.LINKS_HASH))
+        self._version = version
+
+    async def start(self) -> None:
+        with contextlib.suppress(Exception):  # Redis may be down at start: keep trying
+            await self.reload()
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh)
+            try:
+                await self.reload()
+            except Exception as exc:  # keep serving the links we have
+                log.debug("link reload failed: %s", exc)

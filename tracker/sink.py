@@ -1,0 +1,214 @@
+"""The sink: events stream -> ClickHouse, at least once from Redis, exactly once in tables.
+
+Loop: read up to `read_entries` stream entries through the consumer group, insert each
+table's rows as one JSONEachRow block, then XACK (and XDEL) the entries. Nothing is
+acknowledged before its insert succeeded; a failed insert is retried with backoff.
+
+Exactly once: the insert token is derived from the entries' ids. The sink finishes one
+batch before reading the next, so after a crash its pending list holds exactly the
+unacknowledged batch; reading it again gives the same ids, the same token, and
+ClickHouse skips an insert it has already seen. Entries left pending by a consumer that
+went silent are claimed per consumer, so they too keep their batch and token. An edge
+batch appended twice (an unclear Redis failure, then a replay) is recognised by its
+batch id: the edge's script appends it once, and the sink skips a repeat within a read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from . import constants as K
+from .clickhouse import ClickHouse
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START = 0.2
+BACKOFF_MAX = 10.0
+
+
+class Stopping(Exception):
+    """Asked to stop while a batch could not be stored; it stays pending."""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Sink:
+    def __init__(
+        self,
+        redis: Any,
+        ch: ClickHouse,
+        *,
+        consumer: str,
+        read_entries: int,
+        block_ms: int,
+        reclaim_idle_ms: int,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.redis = redis
+        self.ch = ch
+        self.consumer = consumer
+        self.read_entries = read_entries
+        self.block_ms = block_ms
+        self.reclaim_idle_ms = reclaim_idle_ms
+        self.stop = stop or threading.Event()
+        self._last_reclaim = 0.0
+        # counters
+        self.rows_inserted: dict[str, int] = defaultdict(int)
+        self.batches = 0
+        self.insert_failures = 0
+        self.duplicate_batches = 0
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def ensure_group(self) -> None:
+        try:
+            self.redis.xgroup_create(K.EVENTS_STREAM, K.SINK_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def run(self, drain_seconds: float = 5.0) -> None:
+        """Consume until `stop` is set, then keep going while entries remain, for at most
+        `drain_seconds`, so a clean stop leaves nothing behind that was already sent."""
+        backoff = BACKOFF_START
+        setup = False
+        drain_until: float | None = None
+        while True:
+            if self.stop.is_set() and drain_until is None:
+                drain_until = time.monotonic() + drain_seconds
+            try:
+                if not setup:
+                    self.ensure_group()
+                    self.process_own_pending()
+                    setup = True
+                if drain_until is None:
+                    self.maybe_reclaim()
+                draining = drain_until is not None
+                if draining and time.monotonic() > drain_until:
+                    return
+                handled = self.step(block=not draining)
+                if draining and not handled:
+                    return
+                backoff = BACKOFF_START
+            except Stopping:
+                return
+            except RedisError as exc:
+                if drain_until is not None:
+                    return
+                log.warning("redis unavailable to the sink (%r); retrying in %.1fs", exc, backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def step(self, block: bool = True) -> int:
+        """Read one batch of new entries and store it; returns entries handled."""
+        response = self.redis.xreadgroup(
+            K.SINK_GROUP,
+            self.consumer,
+            {K.EVENTS_STREAM: ">"},
+            count=self.read_entries,
+            block=self.block_ms if block else None,
+        )
+        entries = response[0][1] if response else []
+        if entries:
+            self.handle(entries)
+        return len(entries)
+
+    def process_own_pending(self) -> None:
+        """Finish what this consumer read but did not acknowledge before it stopped."""
+        while not self.stop.is_set():
+            response = self.redis.xreadgroup(
+                K.SINK_GROUP, self.consumer, {K.EVENTS_STREAM: "0"}, count=self.read_entries
+            )
+            entries = response[0][1] if response else []
+            if not entries:
+                return
+            self.handle(entries)
+
+    def maybe_reclaim(self) -> None:
+        now = time.monotonic()
+        if now - self._last_reclaim < max(self.reclaim_idle_ms / 2000, 0.5):
+            return
+        self._last_reclaim = now
+        self.reclaim()
+
+    def reclaim(self) -> int:
+        """Take over entries another consumer left pending for longer than the idle
+        bound: one consumer at a time, so its unacknowledged batch stays one batch."""
+        taken = 0
+        summary = self.redis.xpending(K.EVENTS_STREAM, K.SINK_GROUP)
+        for consumer in summary.get("consumers") or []:
+            name = _text(consumer["name"])
+            if name == self.consumer:
+                continue
+            pending = self.redis.xpending_range(
+                K.EVENTS_STREAM, K.SINK_GROUP, min="-", max="+", count=self.read_entries,
+                consumername=name, idle=self.reclaim_idle_ms,
+            )
+            ids = [p["message_id"] for p in pending]
+            if not ids:
+                continue
+            claimed = self.redis.xclaim(
+                K.EVENTS_STREAM, K.SINK_GROUP, self.consumer, self.reclaim_idle_ms, ids
+            )
+            entries = [(eid, fields) for eid, fields in claimed if fields]
+            gone = [eid for eid, fields in claimed if not fields]
+            if gone:  # deleted from the stream already: nothing left to store
+                self.redis.xack(K.EVENTS_STREAM, K.SINK_GROUP, *gone)
+            if entries:
+                log.warning("claimed %d entries left pending by %s", len(entries), name)
+                self.handle(entries)
+                taken += len(entries)
+        return taken
+
+    # -- one batch --------------------------------------------------------------------
+
+    def handle(self, entries: list[tuple[bytes, dict]]) -> None:
+        """Store one batch and acknowledge it. Raises Stopping when asked to stop while
+        ClickHouse refuses it: the batch then stays pending, whole, for the next start."""
+        ids = [_text(eid) for eid, _ in entries]
+        token = f"{ids[0]}/{ids[-1]}/{len(ids)}"
+        payloads: dict[str, list[bytes]] = defaultdict(list)
+        seen: set[bytes] = set()
+        for _, fields in entries:
+            batch_id = fields.get(K.BATCH_ID_FIELD.encode())
+            if batch_id in seen:
+                self.duplicate_batches += 1
+                continue
+            seen.add(batch_id)
+            for key, value in fields.items():
+                table = _text(key)
+                if table in K.TABLES:
+                    payloads[table].append(value)
+                elif table != K.BATCH_ID_FIELD:
+                    log.error("entry field %r is not a known table; skipped", table)
+        for table, parts in payloads.items():
+            payload = b"\n".join(parts)
+            if not self._insert(table, payload, f"{token}/{table}"):
+                raise Stopping
+            self.rows_inserted[table] += payload.count(b"\n") + 1
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(K.EVENTS_STREAM, K.SINK_GROUP, *ids)
+        pipe.xdel(K.EVENTS_STREAM, *ids)
+        pipe.execute()
+        self.batches += 1
+
+    def _insert(self, table: str, payload: bytes, token: str) -> bool:
+        backoff = BACKOFF_START
+        while True:
+            try:
+                self.ch.insert_jsonl(table, payload, token)
+                return True
+            except Exception as exc:  # ClickHouse down or refusing: retry the same batch
+                self.insert_failures += 1
+                log.warning("insert into %s failed (%s); retrying in %.1fs", table, exc, backoff)
+                if self.stop.wait(backoff):
+                    return False
+                backoff = min(backoff * 2, BACKOFF_MAX)

@@ -1,0 +1,58 @@
+"""The sink process: applies migrations, serves local SQL, runs the sink loop.
+
+SIGTERM / SIGINT: finish the batch in hand, drain what is already in the stream (a few
+seconds at most), close chDB, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+
+from . import migrations, queryserver
+from .clickhouse import ClickHouse
+from .config import Settings
+from .redisconn import sync_client
+from .sink import Sink
+
+log = logging.getLogger(__name__)
+
+
+def consumer_name(settings: Settings) -> str:
+    return settings.sink.consumer or f"sink-{socket.gethostname()}"
+
+
+def run(settings: Settings) -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+    ch = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database)
+    applied = migrations.apply(ch, settings)
+    if applied:
+        log.info("migrations applied: %s", ", ".join(applied))
+    server = queryserver.make_server(
+        ch, settings.admin_token, settings.sink.query_host, settings.sink.query_port,
+        migrate=lambda: migrations.apply(ch, settings),
+    )
+    queryserver.start(server)
+    sink = Sink(
+        sync_client(settings.redis.url),
+        ch,
+        consumer=consumer_name(settings),
+        read_entries=settings.sink.read_entries,
+        block_ms=settings.sink.block_ms,
+        reclaim_idle_ms=settings.sink.reclaim_idle_seconds * 1000,
+        stop=stop,
+    )
+    log.info("sink %s running; SQL endpoint on %s:%d", sink.consumer,
+             settings.sink.query_host, settings.sink.query_port)
+    try:
+        sink.run()
+    finally:
+        server.shutdown()
+        server.server_close()
+        ch.close()
+        log.info("sink stopped: %d batches, rows %s", sink.batches, dict(sink.rows_inserted))

@@ -1,0 +1,131 @@
+"""`tracker serve`: Redis (optional), the sink and N edge processes, as one service.
+
+Children are separate Python processes (`tracker sink`, `tracker edge --worker N`), so
+each has its own interpreter, event loop and (for the sink) chDB engine. A child that
+dies is restarted. On SIGTERM / SIGINT the edges stop first (they flush to Redis), then
+the sink (it drains the stream into ClickHouse), then a managed Redis (it writes its AOF).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from urllib.parse import urlsplit
+
+from .config import Settings
+from .redisconn import sync_client
+
+log = logging.getLogger(__name__)
+
+EDGE_STOP_SECONDS = 15
+SINK_STOP_SECONDS = 60
+
+
+def redis_command(settings: Settings) -> list[str]:
+    """redis-server with AOF persistence under <data_dir>/redis, on the configured port."""
+    url = urlsplit(settings.redis.url)
+    folder = settings.data_path / "redis"
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        shutil.which("redis-server") or "redis-server",
+        "--port", str(url.port or 6379),
+        "--bind", url.hostname or "127.0.0.1",
+        "--dir", str(folder),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--save", "",
+        "--daemonize", "no",
+        "--loglevel", "warning",
+    ]
+
+
+def wait_for_redis(settings: Settings, seconds: float = 10.0) -> None:
+    client = sync_client(settings.redis.url, timeout=1.0)
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            client.ping()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+class Child:
+    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        self.name, self.args, self.env = name, args, env
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, env=self.env)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, seconds: float) -> None:
+        if not self.alive():
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(seconds)
+        except subprocess.TimeoutExpired:
+            log.error("%s did not stop in %ss; killing it", self.name, seconds)
+            self.proc.kill()
+            self.proc.wait()
+
+
+def serve(settings: Settings, manage_redis: bool) -> int:
+    stopping = False
+
+    def on_signal(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    env = dict(os.environ, TRACKER_ADMIN_TOKEN=settings.admin_token)
+    python = [sys.executable, "-m", "tracker"]
+    redis = None
+    if manage_redis:
+        redis = Child("redis", redis_command(settings), env)
+        redis.start()
+        wait_for_redis(settings)
+    sink = Child("sink", python + ["sink"], env)
+    edges = [
+        Child(f"edge-{i}", python + ["edge", "--worker", str(i)], env)
+        for i in range(settings.worker_count)
+    ]
+    for child in [sink, *edges]:
+        child.start()
+    print(
+        f"tracker: {len(edges)} edge process(es) on http://{settings.http.host}:"
+        f"{settings.http.port}, sink SQL on {settings.sink.query_host}:"
+        f"{settings.sink.query_port}; Ctrl-C stops",
+        flush=True,
+    )
+    while not stopping:
+        time.sleep(0.2)
+        for child in [sink, *edges, *([redis] if redis else [])]:
+            if not stopping and not child.alive():
+                child.restarts += 1
+                log.error("%s exited (%s); restarting", child.name, child.proc.returncode)
+                time.sleep(min(child.restarts, 5))
+                child.start()
+
+    for edge in edges:
+        edge.proc.send_signal(signal.SIGTERM) if edge.alive() else None
+    for edge in edges:
+        edge.stop(EDGE_STOP_SECONDS)
+    sink.stop(SINK_STOP_SECONDS)
+    if redis:
+        redis.stop(30)
+    print("tracker: stopped", flush=True)
+    return 0

@@ -1,0 +1,253 @@
+"""The edge's event writer: buffer in memory, flush one Redis pipeline per batch.
+
+Handlers call `add_*` (no await, no I/O). A single flush task sends a batch when it holds
+`batch_max_events` events or its oldest event is `batch_max_delay_ms` old. One batch is
+one pipeline: the stream entry (appended once per batch id, by a small script, so a batch
+replayed after an unclear failure is not appended twice), the click records with TTL =
+lookback, and the visitors' touchpoints.
+
+When Redis fails or is slower than `redis.timeout_seconds`, the batch goes to the spool;
+later batches follow it there (order is kept) until a recovery task has replayed the
+spool into Redis. Memory is bounded by what arrives during one Redis timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.exceptions import NoScriptError
+
+from . import constants as K
+from .ids import uuid7
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+
+# KEYS: stream, batch marker. ARGV: marker ttl, then the entry's field/value pairs.
+XADD_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+  return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+end
+return false
+"""
+RECOVERY_INTERVAL = 0.5
+
+
+@dataclass(slots=True)
+class Batch:
+    id: str
+    rows: dict[str, list[bytes]] = field(default_factory=dict)  # table -> JSON rows
+    # (click_id, visitor_id, event ms, click record JSON) for the Redis-side records
+    clicks: list[tuple[str, str, int, bytes]] = field(default_factory=list)
+
+    def count(self) -> int:
+        return sum(len(rows) for rows in self.rows.values())
+
+    def entry(self) -> list[bytes | str]:
+        """The stream entry as field/value pairs: the batch id, then one JSONEachRow
+        payload per table."""
+        pairs: list[bytes | str] = [K.BATCH_ID_FIELD, self.id]
+        for table, rows in self.rows.items():
+            pairs += [table, b"\n".join(rows)]
+        return pairs
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(
+            {
+                "b": self.id,
+                "t": {table: [r.decode() for r in rows] for table, rows in self.rows.items()},
+                "c": [[c, v, ms, rec.decode()] for c, v, ms, rec in self.clicks],
+            }
+        )
+
+    @classmethod
+    def loads(cls, raw: bytes) -> Batch:
+        data = orjson.loads(raw)
+        return cls(
+            id=data["b"],
+            rows={table: [r.encode() for r in rows] for table, rows in data["t"].items()},
+            clicks=[(c, v, ms, rec.encode()) for c, v, ms, rec in data["c"]],
+        )
+
+
+class EventWriter:
+    def __init__(
+        self,
+        redis: Any,
+        spool: Spool,
+        *,
+        batch_max_events: int,
+        batch_max_delay_ms: int,
+        lookback_seconds: int,
+        timeout_seconds: float,
+        dedup_ttl_seconds: int,
+    ) -> None:
+        self._redis = redis
+        self.spool = spool
+        self._max_events = batch_max_events
+        self._max_delay = batch_max_delay_ms / 1000
+        self._lookback = lookback_seconds
+        self._timeout = timeout_seconds
+        self._dedup_ttl = dedup_ttl_seconds
+        self._script_sha: str | None = None
+        self._batch = Batch(uuid7())
+        self._count = 0
+        self._has_events = asyncio.Event()
+        self._full = asyncio.Event()
+        self._spool_lock = asyncio.Lock()
+        self._closing = False
+        self._task: asyncio.Task | None = None
+        self._recovery: asyncio.Task | None = None
+        self.redis_ok = not spool.pending
+        # counters (read by /metrics and tests)
+        self.recorded = 0
+        self.flushed_batches = 0
+        self.spooled_batches = 0
+        self.replayed_batches = 0
+
+    # -- called by handlers: no I/O --------------------------------------------------
+
+    def add(self, table: str, row: dict) -> None:
+        self._batch.rows.setdefault(table, []).append(orjson.dumps(row))
+        self._added()
+
+    def add_click(self, row: dict, record: dict, ms: int) -> None:
+        self._batch.rows.setdefault("clicks", []).append(orjson.dumps(row))
+        self._batch.clicks.append(
+            (row["click_id"], row["visitor_id"], ms, orjson.dumps(record))
+        )
+        self._added()
+
+    def _added(self) -> None:
+        self.recorded += 1
+        self._count += 1
+        if self._count == 1:
+            self._has_events.set()
+        if self._count >= self._max_events:
+            self._full.set()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.spool.pending:
+            self._start_recovery()
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self, replay_seconds: float = 5.0) -> None:
+        """Flush everything buffered (to Redis or the spool) and try a last replay."""
+        self._closing = True
+        self._has_events.set()
+        self._full.set()
+        if self._task:
+            await self._task
+        if self._recovery and not self._recovery.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._recovery), replay_seconds)
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
+
+    # -- flushing ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await self._has_events.wait()
+            if not self._closing and self._count < self._max_events and self._max_delay:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self._max_delay)
+            batch = self._take()
+            if batch.rows:
+                await self._deliver(batch)
+            if self._closing and not self._count:
+                return
+
+    def _take(self) -> Batch:
+        batch, self._batch = self._batch, Batch(uuid7())
+        self._count = 0
+        self._has_events.clear()
+        self._full.clear()
+        return batch
+
+    async def _deliver(self, batch: Batch) -> None:
+        async with self._spool_lock:
+            if self.redis_ok and not self.spool.pending:
+                try:
+                    await self._send(batch)
+                    self.flushed_batches += 1
+                    return
+                except Exception as exc:  # any failure: the spool keeps the batch
+                    log.warning("redis write failed, spooling: %r", exc)
+                    self.redis_ok = False
+            line = batch.dumps()
+            await asyncio.get_running_loop().run_in_executor(None, self.spool.append, [line])
+            self.spooled_batches += 1
+        self._start_recovery()
+
+    async def _send(self, batch: Batch) -> None:
+        try:
+            await asyncio.wait_for(self._send_once(batch), self._timeout)
+        except NoScriptError:  # Redis restarted without our script: load it, send again
+            self._script_sha = None
+            await asyncio.wait_for(self._send_once(batch), self._timeout)
+
+    async def _send_once(self, batch: Batch) -> None:
+        """One pipeline for the batch. Every command in it is idempotent, so sending a
+        batch again after an unclear failure is safe."""
+        if self._script_sha is None:
+            self._script_sha = await self._redis.script_load(XADD_ONCE)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.evalsha(
+            self._script_sha,
+            2,
+            K.EVENTS_STREAM,
+            K.batch_marker_key(batch.id),
+            self._dedup_ttl,
+            *batch.entry(),
+        )
+        lookback = self._lookback
+        for click_id, visitor_id, ms, record in batch.clicks:
+            visitor_key = K.visitor_clicks_key(visitor_id)
+            pipe.set(K.click_key(click_id), record, ex=lookback)
+            pipe.zadd(visitor_key, {click_id: ms})
+            pipe.zremrangebyscore(visitor_key, "-inf", ms - lookback * 1000)
+            pipe.expire(visitor_key, lookback)
+        await pipe.execute()
+
+    # -- recovery ---------------------------------------------------------------------
+
+    def _start_recovery(self) -> None:
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.create_task(self._recover())
+
+    async def _recover(self) -> None:
+        while True:
+            await asyncio.sleep(RECOVERY_INTERVAL)
+            try:
+                await asyncio.wait_for(self._redis.ping(), self._timeout)
+            except Exception:
+                continue
+            async with self._spool_lock:
+                if await self._replay():
+                    self.redis_ok = True
+                    log.warning("redis is back; spool replayed")
+                    return
+
+    async def _replay(self) -> bool:
+        """Send spooled batches in order; True once the spool is empty."""
+        loop = asyncio.get_running_loop()
+        lines = await loop.run_in_executor(None, self.spool.read)
+        for i, line in enumerate(lines):
+            try:
+                await self._send(Batch.loads(line))
+            except Exception as exc:
+                log.warning("spool replay paused: %r", exc)
+                await loop.run_in_executor(None, self.spool.keep, lines[i:])
+                return False
+            self.replayed_batches += 1
+        await loop.run_in_executor(None, self.spool.clear)
+        return True
