@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the sink and the edge processes")
     s.add_argument("--redis", action="store_true",
                    help="also start redis-server with AOF under the data folder")
+    s.add_argument("--demo", action="store_true", help="create a `demo` link and print URLs")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("edge", help="run one edge process")
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_serve(settings: Settings, args) -> int:
     from .supervisor import serve
 
-    return serve(settings, manage_redis=args.redis or settings.redis.manage)
+    return serve(settings, manage_redis=args.redis or settings.redis.manage, demo=args.demo)
 
 
 def cmd_edge(settings: Settings, args) -> int:

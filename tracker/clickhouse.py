@@ -3,6 +3,10 @@
 Both are clickhouse-connect clients; this wrapper adds the one lock chDB needs (one
 engine per process, shared by the sink loop and the query endpoint) and names the few
 operations the service uses.
+
+Three clients, because a chDB client keeps settings for its session: one for inserts
+(each carries its own dedup token), one for schema changes, and one created with
+`readonly=1` for analysts' queries.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ class ClickHouse:
         self.dsn = dsn
         self.database = database
         self.embedded = dsn.startswith("chdb://")
-        self._client = clickhouse_connect.get_client(dsn=dsn)
+        self._writer = clickhouse_connect.get_client(dsn=dsn)
+        self._admin = clickhouse_connect.get_client(dsn=dsn)
+        self._reader = clickhouse_connect.get_client(dsn=dsn, settings={"readonly": 1})
         self._lock = threading.Lock()
 
     def insert_jsonl(self, table: str, payload: bytes, token: str) -> None:
@@ -27,7 +33,7 @@ class ClickHouse:
         The token makes a retried insert of the same batch a no-op.
         """
         with self._lock:
-            self._client.raw_insert(
+            self._writer.raw_insert(
                 f"{self.database}.{table}",
                 None,
                 payload,
@@ -39,15 +45,15 @@ class ClickHouse:
             )
 
     def query(self, sql: str, readonly: bool = True) -> tuple[list[str], list[tuple]]:
-        settings = {"readonly": 1} if readonly else None
         with self._lock:
-            result = self._client.query(sql, settings=settings)
+            result = (self._reader if readonly else self._admin).query(sql)
         return list(result.column_names), result.result_rows
 
     def command(self, sql: str) -> Any:
         with self._lock:
-            return self._client.command(sql)
+            return self._admin.command(sql)
 
     def close(self) -> None:
         with self._lock:
-            self._client.close()
+            for client in (self._writer, self._admin, self._reader):
+                client.close()

@@ -81,7 +81,32 @@ class Child:
             self.proc.wait()
 
 
-def serve(settings: Settings, manage_redis: bool) -> int:
+def redis_answers(settings: Settings) -> bool:
+    try:
+        return bool(sync_client(settings.redis.url, timeout=0.5).ping())
+    except Exception:
+        return False
+
+
+def ensure_demo_link(settings: Settings) -> None:
+    """A `demo` link, so a new install has something to click."""
+    from . import constants as K
+    from .links import new_link, stage_save
+
+    client = sync_client(settings.redis.url)
+    link = new_link({
+        "slug": "demo",
+        "destination": "https://example.com/landing?click_id={click_id}&aff={affiliate_id}",
+        "campaign_id": "demo-campaign",
+        "affiliate_id": "demo-affiliate",
+    })
+    if client.hsetnx(K.LINKS_HASH, link.slug, link.to_json()):
+        pipe = client.pipeline(transaction=False)
+        stage_save(pipe, link)
+        pipe.execute()
+
+
+def serve(settings: Settings, manage_redis: bool, demo: bool = False) -> int:
     stopping = False
 
     def on_signal(*_):
@@ -94,10 +119,14 @@ def serve(settings: Settings, manage_redis: bool) -> int:
     env = dict(os.environ, TRACKER_ADMIN_TOKEN=settings.admin_token)
     python = [sys.executable, "-m", "tracker"]
     redis = None
-    if manage_redis:
+    if manage_redis and redis_answers(settings):
+        log.info("redis already answers at %s; using it", settings.redis.url)
+    elif manage_redis:
         redis = Child("redis", redis_command(settings), env)
         redis.start()
         wait_for_redis(settings)
+    if demo:
+        ensure_demo_link(settings)
     sink = Child("sink", python + ["sink"], env)
     edges = [
         Child(f"edge-{i}", python + ["edge", "--worker", str(i)], env)
@@ -111,6 +140,18 @@ def serve(settings: Settings, manage_redis: bool) -> int:
         f"{settings.sink.query_port}; Ctrl-C stops",
         flush=True,
     )
+    if demo:
+        base = f"http://127.0.0.1:{settings.http.port}"
+        print(
+            "\nTry:\n"
+            f"  curl -i {base}/c/demo?sub1=hello\n"
+            f"  curl -s -o /dev/null -w '%{{http_code}}\\n' '{base}/p.gif?slug=demo'\n"
+            '  .venv/bin/tracker sql "SELECT event_time, click_id, link_slug, sub1 '
+            'FROM tracker.clicks ORDER BY event_time DESC LIMIT 5"\n'
+            f"  curl -H 'Authorization: Bearer <token in {settings.data_path}/admin_token>' "
+            f"{base}/api/links\n",
+            flush=True,
+        )
     while not stopping:
         time.sleep(0.2)
         for child in [sink, *edges, *([redis] if redis else [])]:
