@@ -48,7 +48,12 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def links_ctx(app: web.Application) -> AsyncIterator[None]:
-    cache = LinkCache(app[admin.REDIS], app[SETTINGS].tracking.link_refresh_seconds)
+    settings = app[SETTINGS]
+    cache = LinkCache(
+        app[admin.REDIS],
+        settings.tracking.link_refresh_seconds,
+        snapshot=settings.data_path / "links.snapshot.json",
+    )
     app[admin.LINK_CACHE] = cache
     await cache.start()
     yield

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -139,12 +141,15 @@ class LinkCache:
     """Each edge process's copy of the links, reloaded when the version counter moves.
 
     Lookups never touch Redis: a miss is answered from the cache, which is at most
-    `link_refresh_seconds` behind.
+    `link_refresh_seconds` behind. Every reload also writes a local snapshot file, read
+    at start when Redis does not answer, so an edge (re)started during a Redis outage
+    still redirects.
     """
 
-    def __init__(self, redis: Any, refresh_seconds: float) -> None:
+    def __init__(self, redis: Any, refresh_seconds: float, snapshot: Path | None = None) -> None:
         self._redis = redis
         self._refresh = refresh_seconds
+        self._snapshot = snapshot
         self._version: bytes | None = None
         self.links: dict[str, Link] = {}
         self._task: asyncio.Task | None = None
@@ -156,12 +161,27 @@ class LinkCache:
         version = await self._redis.get(K.LINKS_VERSION)
         if version is not None and version == self._version:
             return
-        self.links = parse_all(await self._redis.hgetall(K.LINKS_HASH))
+        raw = await self._redis.hgetall(K.LINKS_HASH)
+        self.links = parse_all(raw)
         self._version = version
+        if self._snapshot:
+            data = orjson.dumps({k.decode(): v.decode() for k, v in raw.items()})
+            await asyncio.get_running_loop().run_in_executor(None, self._write_snapshot, data)
+
+    def _write_snapshot(self, data: bytes) -> None:
+        tmp = self._snapshot.with_name(f"{self._snapshot.name}.{os.getpid()}.tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, self._snapshot)
 
     async def start(self) -> None:
-        with contextlib.suppress(Exception):  # Redis may be down at start: keep trying
+        try:
             await self.reload()
+        except Exception as exc:  # Redis down at start: serve the last snapshot meanwhile
+            if self._snapshot and self._snapshot.exists():
+                self.links = parse_all(orjson.loads(self._snapshot.read_bytes()))
+            log.warning("links not loaded from redis (%r); %d from the local snapshot",
+                        exc, len(self.links))
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
