@@ -1,0 +1,121 @@
+"""tracker/ids.py: UUIDv7 click ids."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import pytest
+
+from tracker import ids
+from tracker.ids import is_uuid, uuid7, uuid7_time_ms
+
+CANONICAL = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
+
+
+@pytest.fixture(autouse=True)
+def fresh_generator(monkeypatch):
+    """Each test starts with the generator's per-process state cleared (restored after)."""
+    monkeypatch.setattr(ids, "_last_ms", 0)
+    monkeypatch.setattr(ids, "_seq", 0)
+
+
+def counter(value: str) -> int:
+    """The 12-bit rand_a field (the per-millisecond counter)."""
+    return int(value[15:18], 16)
+
+
+def test_format_is_canonical_v7():
+    for _ in range(200):
+        value = uuid7()
+        assert CANONICAL.match(value), value
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+
+
+def test_ten_thousand_ids_strictly_increasing_and_unique():
+    values = [uuid7() for _ in range(10_000)]
+    assert len(set(values)) == len(values)
+    assert all(a < b for a, b in zip(values, values[1:], strict=False))
+    # string order and 128-bit integer order agree
+    ints = [uuid.UUID(v).int for v in values]
+    assert ints == sorted(ints)
+
+
+@pytest.mark.parametrize("ms", [1, 1_700_000_000_000, 1_700_000_000_999, (1 << 48) - 1])
+def test_time_round_trip_given_ms(ms):
+    assert uuid7_time_ms(uuid7(ms)) == ms
+
+
+def test_time_round_trip_current_clock():
+    before = time.time_ns() // 1_000_000
+    value = uuid7()
+    after = time.time_ns() // 1_000_000
+    assert before <= uuid7_time_ms(value) <= after
+
+
+def test_many_ids_in_one_millisecond_keep_increasing():
+    ms = 1_700_000_000_000
+    values = [uuid7(ms) for _ in range(10_000)]
+    assert len(set(values)) == len(values)
+    assert all(a < b for a, b in zip(values, values[1:], strict=False))
+    for value in values:
+        assert CANONICAL.match(value)
+    times = [uuid7_time_ms(v) for v in values]
+    assert times[0] == ms
+    # the 12-bit counter starts below 64, so at least 4032 ids fit per millisecond;
+    # when it runs out the generator borrows the next millisecond
+    assert 4032 * (times[-1] - ms + 1) >= 10_000
+    assert times[-1] <= ms + 2
+    for prev, cur in zip(values, values[1:], strict=False):
+        if uuid7_time_ms(prev) == uuid7_time_ms(cur):
+            assert counter(cur) == counter(prev) + 1
+        else:
+            assert uuid7_time_ms(cur) == uuid7_time_ms(prev) + 1
+            assert counter(prev) == 0xFFF
+            assert counter(cur) == 0
+
+
+def test_first_id_of_a_millisecond_leaves_room_to_count():
+    for ms in range(1_700_000_000_000, 1_700_000_000_200):
+        assert counter(uuid7(ms)) < 64
+
+
+def test_clock_going_backwards_still_increasing():
+    first = uuid7(1_700_000_000_500)
+    second = uuid7(1_700_000_000_100)
+    assert second > first
+    assert uuid7_time_ms(second) == 1_700_000_000_500
+
+
+@pytest.mark.parametrize("value", [
+    "018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5b",
+    "00000000-0000-0000-0000-000000000000",
+    str(uuid.uuid4()),
+])
+def test_is_uuid_accepts(value):
+    assert is_uuid(value)
+
+
+def test_is_uuid_accepts_generated():
+    assert is_uuid(uuid7())
+
+
+@pytest.mark.parametrize("value", [
+    "",
+    "018F3A2B-4C5D-7E6F-8A9B-0C1D2E3F4A5B",
+    "018f3a2b4c5d7e6f8a9b0c1d2e3f4a5b",
+    "{018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5b}",
+    "018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5",
+    "018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5bb",
+    "018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5g",
+    "018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5\n",
+    "018f3a2b_4c5d_7e6f_8a9b_0c1d2e3f4a5b",
+    "018f3a2b-4c5d7-e6f-8a9b-0c1d2e3f4a5b",
+    "urn:uuid:018f3a2b-4c5d-7e6f-8a9b-0c",
+])
+def test_is_uuid_rejects(value):
+    assert not is_uuid(value)
