@@ -24,7 +24,7 @@ import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "test-admin-token"
+TOKEN = "test-admin-token-0123456789"
 
 
 def free_port() -> int:

@@ -171,7 +171,7 @@ def test_section_key_env_overrides_file(toml, env):
             "TRACKER_REDIS_MANAGE": "true",
             "TRACKER_COOKIE_NAME": "v2",
             "TRACKER_HTTP_TRUSTED_PROXIES": "192.168.0.0/16",
-            "TRACKER_ADMIN_TOKEN": "from-env",
+            "TRACKER_ADMIN_TOKEN": "token-from-env-0123",
         },
     )
     assert s.http.port == 9100
@@ -182,7 +182,7 @@ def test_section_key_env_overrides_file(toml, env):
     assert s.redis.manage is True
     assert s.cookie.name == "v2"
     assert s.http.trusted_proxies == ["192.168.0.0/16"]
-    assert s.admin_token == "from-env"
+    assert s.admin_token == "token-from-env-0123"
 
 
 def test_short_aliases(toml, env):
@@ -328,13 +328,13 @@ def test_generated_tokens_differ_per_data_dir(toml, tmp_path):
 
 def test_existing_token_file_is_read_stripped(toml, env, data_dir):
     data_dir.mkdir()
-    (data_dir / "admin_token").write_text("  operator-token\n")
-    assert load(toml(""), env).admin_token == "operator-token"
+    (data_dir / "admin_token").write_text("  operator-token-0123456\n")
+    assert load(toml(""), env).admin_token == "operator-token-0123456"
 
 
 def test_explicit_admin_token_writes_no_file(toml, env, data_dir):
-    s = load(toml('admin_token = "from-file"\n'), env)
-    assert s.admin_token == "from-file"
+    s = load(toml('admin_token = "token-from-file-0123"\n'), env)
+    assert s.admin_token == "token-from-file-0123"
     assert not (data_dir / "admin_token").exists()
 
 
@@ -347,3 +347,12 @@ def test_clickhouse_dsn_defaults_to_chdb_in_data_dir(toml, env, data_dir):
 def test_clickhouse_dsn_explicit(toml, env):
     dsn = "http://default:secret@127.0.0.1:8123"
     assert load(toml(""), {**env, "TRACKER_CLICKHOUSE_DSN": dsn}).clickhouse_dsn == dsn
+
+
+def test_short_or_empty_admin_token_is_refused(toml, env, data_dir):
+    with pytest.raises(ConfigError, match="admin_token"):
+        load(toml('admin_token = "short"\n'), env)
+    data_dir.mkdir(exist_ok=True)
+    (data_dir / "admin_token").write_text("  \n")  # a torn or emptied token file
+    with pytest.raises(ConfigError, match="admin token file"):
+        load(toml(""), env)

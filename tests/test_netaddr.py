@@ -64,3 +64,8 @@ def test_unknown_peer(peer):
 def test_result_is_always_an_address():
     for xff in ["a,b,c", "1.2.3.4, [bad", ",,,", "\r\n1.2.3.4", "10.0.0.2:x:y"]:
         ipaddress.ip_address(client_ip("10.0.0.1", xff, TRUSTED))
+
+
+def test_ipv4_mapped_peer_matches_ipv4_proxy_ranges():
+    trusted = [ipaddress.ip_network("10.0.0.0/8")]
+    assert client_ip("::ffff:10.0.0.1", "198.51.100.7", trusted) == "198.51.100.7"

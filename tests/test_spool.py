@@ -187,3 +187,15 @@ def test_loads_rejects_a_torn_line():
     raw = make_batch().dumps()
     with pytest.raises(orjson.JSONDecodeError):
         Batch.loads(raw[: len(raw) // 2])
+
+
+def test_torn_tail_is_cut_before_the_next_append(tmp_path):
+    path = tmp_path / "edge-0.spool"
+    first = Spool(path)
+    first.append([b'{"b":"one"}'])
+    with open(path, "ab") as fh:
+        fh.write(b'{"b":"to')  # a crash in the middle of a write
+    reopened = Spool(path)
+    reopened.append([b'{"b":"two"}'])
+    assert reopened.read() == [b'{"b":"one"}', b'{"b":"two"}']
+    assert reopened.size == path.stat().st_size

@@ -266,19 +266,33 @@ def _validate(s: Settings) -> None:
     check(s.clickhouse.database.isidentifier(), "clickhouse.database", "must be an identifier")
     check(s.clickhouse.retention_days >= 1, "clickhouse.retention_days", "must be >= 1")
     check(s.clickhouse.dedup_window >= 100, "clickhouse.dedup_window", "must be >= 100")
+    check(
+        not s.admin_token or len(s.admin_token) >= 16,
+        "admin_token",
+        "must be at least 16 characters (or empty: one is generated)",
+    )
 
 
 def _stored_token(data_dir: Path) -> str:
-    """A generated admin token, kept in the data folder (mode 0600) so the CLI can read it."""
+    """A generated admin token, kept in the data folder (mode 0600) so the CLI can read it.
+
+    Written to a temporary file and linked into place, so no process ever reads a
+    half-written (empty) token.
+    """
     path = data_dir / "admin_token"
-    if path.exists():
-        return path.read_text().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(24)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process of this service wrote it first
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token)
+    if not path.exists():
+        tmp = data_dir / f".admin_token.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(24))
+        try:
+            os.link(tmp, path)  # fails if another process got there first: use theirs
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    token = path.read_text().strip()
+    if len(token) < 16:
+        raise ConfigError(f"admin token file {path}: shorter than 16 characters")
     return token

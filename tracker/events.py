@@ -6,6 +6,7 @@ equal to the columns lets the sink hand rows to ClickHouse as JSONEachRow untouc
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
@@ -34,12 +35,17 @@ class RequestMeta:
     method: str
 
 
+# C0/C1 control characters, and lone surrogates (undecodable header bytes): no business
+# in these fields, and a surrogate cannot even be encoded as JSON.
+_UNWANTED = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def clean(value: str, limit: int) -> str:
-    """Bounded text without control characters (they have no business in these fields)."""
+    """Bounded text without control characters."""
     value = value[:limit]
-    if value.isprintable():
+    if value.isascii() and value.isprintable():  # the common case, fast
         return value
-    return "".join(ch for ch in value if ch.isprintable())
+    return _UNWANTED.sub("", value)
 
 
 def parse_query(raw: str, max_bytes: int) -> dict[str, str]:

@@ -18,9 +18,12 @@ def _parse(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     elif text.count(":") == 1:  # v4:port
         text = text.split(":", 1)[0]
     try:
-        return ipaddress.ip_address(text)
+        ip = ipaddress.ip_address(text)
     except ValueError:
         return None
+    # a dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d: compare them as IPv4
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return mapped or ip
 
 
 def _trusted(ip, networks: Sequence[Network]) -> bool:

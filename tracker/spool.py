@@ -17,7 +17,15 @@ class Spool:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._size = path.stat().st_size if path.exists() else 0
+        self._size = self._drop_torn_tail() if path.exists() else 0
+
+    def _drop_torn_tail(self) -> int:
+        """Cut a line a crash left half-written, so the next append starts a clean line."""
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end != len(data):
+            os.truncate(self.path, end)
+        return end
 
     @property
     def pending(self) -> bool:
@@ -34,8 +42,7 @@ class Spool:
         self._size += len(data)
 
     def read(self) -> list[bytes]:
-        """Every complete batch line, oldest first (a torn last line from a crash is dropped:
-        it was never acknowledged as spooled)."""
+        """Every complete batch line, oldest first."""
         if not self.path.exists():
             return []
         data = self.path.read_bytes()

@@ -109,6 +109,7 @@ class EventWriter:
         self.flushed_batches = 0
         self.spooled_batches = 0
         self.replayed_batches = 0
+        self.unreadable_batches = 0
 
     # -- called by handlers: no I/O --------------------------------------------------
 
@@ -243,7 +244,13 @@ class EventWriter:
         lines = await loop.run_in_executor(None, self.spool.read)
         for i, line in enumerate(lines):
             try:
-                await self._send(Batch.loads(line))
+                batch = Batch.loads(line)
+            except (ValueError, KeyError, TypeError):
+                self.unreadable_batches += 1
+                log.error("unreadable spool line dropped: %r", line[:200])
+                continue
+            try:
+                await self._send(batch)
             except Exception as exc:
                 log.warning("spool replay paused: %r", exc)
                 await loop.run_in_executor(None, self.spool.keep, lines[i:])
