@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import itertools
 import os
 import shutil
 import signal
@@ -294,3 +295,29 @@ def running(tmp_path_factory, shared_redis):
     svc.serve()
     yield svc
     svc.stop_all()
+
+
+# chDB allows one engine per process: every in-process test shares this one, and each
+# test gets a database of its own in it.
+_db_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def chdb_engine(tmp_path_factory):
+    from tracker.clickhouse import ClickHouse
+
+    ch = ClickHouse(f"chdb://{tmp_path_factory.mktemp('chdb')}", "tracker")
+    yield ch
+    ch.close()
+
+
+@pytest.fixture
+def chdb_database(chdb_engine, tmp_path):
+    """The in-process engine switched to a fresh database with the real migrations applied."""
+    from tracker import config, migrations
+
+    settings = config.load(env={"TRACKER_DATA_DIR": str(tmp_path),
+                                "TRACKER_CLICKHOUSE_DATABASE": f"t{next(_db_numbers)}"})
+    chdb_engine.database = settings.clickhouse.database
+    assert migrations.apply(chdb_engine, settings)
+    return chdb_engine

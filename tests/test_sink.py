@@ -1,12 +1,7 @@
-"""The sink's exactly-once rules, step by step, against real Redis and real chDB.
-
-chDB allows one engine per process, so this module is the only one that opens chDB inside
-the test process; each test gets its own database in it.
-"""
+"""The sink's exactly-once rules, step by step, against real Redis and real chDB."""
 
 from __future__ import annotations
 
-import itertools
 import threading
 
 import orjson
@@ -19,25 +14,18 @@ from tracker.ids import uuid7
 from tracker.sink import Sink, Stopping
 from tracker.timefmt import format_ms, now_ms
 
-_db_numbers = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def chdb(tmp_path_factory):
-    ch = ClickHouse(f"chdb://{tmp_path_factory.mktemp('chdb')}", "tracker")
-    yield ch
-    ch.close()
-
 
 @pytest.fixture
-def ch(chdb, tmp_path):
-    """A fresh database (schema applied by the real migrations) in the module's engine."""
+def ch(chdb_database):
+    return chdb_database
+
+
+def test_migrations_are_idempotent(ch, tmp_path):
     settings = config.load(env={"TRACKER_DATA_DIR": str(tmp_path),
-                                "TRACKER_CLICKHOUSE_DATABASE": f"t{next(_db_numbers)}"})
-    chdb.database = settings.clickhouse.database
-    assert migrations.apply(chdb, settings) == ["0001_init"]
-    assert migrations.apply(chdb, settings) == []  # idempotent
-    return chdb
+                                "TRACKER_CLICKHOUSE_DATABASE": ch.database})
+    assert migrations.apply(ch, settings) == []
+    versions = ch.query(f"SELECT version FROM {ch.database}.schema_migrations")[1]
+    assert [v[0] for v in versions] == [n for n, _, _ in migrations.migration_files()]
 
 
 @pytest.fixture
