@@ -8,11 +8,12 @@ import orjson
 from aiohttp import web
 
 from . import constants as K
-from .links import Link, LinkCache, LinkError, apply_changes, new_link, parse_all, stage_save
+from .hashcache import HashCache
+from .links import Link, LinkError, apply_changes, new_link, parse_all, stage_save
 
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 REDIS = web.AppKey("redis", object)
-LINK_CACHE = web.AppKey("link_cache", LinkCache)
+LINK_CACHE = web.AppKey("link_cache", HashCache)
 
 
 def json_response(data, status: int = 200) -> web.Response:

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from . import admin, health, tracking
 from .config import Settings
-from .links import LinkCache
+from .links import link_cache
 from .redisconn import async_client
 from .spool import Spool
 from .writer import EventWriter
@@ -49,7 +49,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def links_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    cache = LinkCache(
+    cache = link_cache(
         app[admin.REDIS],
         settings.tracking.link_refresh_seconds,
         snapshot=settings.data_path / "links.snapshot.json",

@@ -17,7 +17,7 @@ LINKS_HASH = f"{PREFIX}:links:{{links}}"
 LINKS_VERSION = f"{PREFIX}:links:{{links}}:version"
 
 # Tables of the events carried in a stream entry (entry field name -> ClickHouse table).
-TABLES = ("clicks", "impressions", "orphan_visits", "links")
+TABLES = ("clicks", "impressions", "orphan_visits", "links", "conversions", "attribution_credits")
 BATCH_ID_FIELD = "b"
 
 

@@ -8,10 +8,7 @@ CLI share them and only differ in how they execute it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +17,7 @@ from typing import Any
 import orjson
 
 from . import constants as K
+from .hashcache import HashCache, parse_hash
 from .ids import uuid7
 from .macros import validate_destination
 from .timefmt import format_ms, now_ms
@@ -127,73 +125,10 @@ def stage_save(pipe: Any, link: Link, deleted: bool = False) -> None:
 
 
 def parse_all(raw: dict) -> dict[str, Link]:
-    links = {}
-    for slug, value in raw.items():
-        key = slug.decode() if isinstance(slug, bytes) else slug
-        try:
-            links[key] = Link.from_json(value)
-        except (TypeError, ValueError):
-            log.error("link %r in Redis is unreadable; ignored", key)
-    return links
+    return parse_hash(raw, Link.from_json)
 
 
-class LinkCache:
-    """Each edge process's copy of the links, reloaded when the version counter moves.
-
-    Lookups never touch Redis: a miss is answered from the cache, which is at most
-    `link_refresh_seconds` behind. Every reload also writes a local snapshot file, read
-    at start when Redis does not answer, so an edge (re)started during a Redis outage
-    still redirects.
-    """
-
-    def __init__(self, redis: Any, refresh_seconds: float, snapshot: Path | None = None) -> None:
-        self._redis = redis
-        self._refresh = refresh_seconds
-        self._snapshot = snapshot
-        self._version: bytes | None = None
-        self.links: dict[str, Link] = {}
-        self._task: asyncio.Task | None = None
-
-    def get(self, slug: str) -> Link | None:
-        return self.links.get(slug)
-
-    async def reload(self) -> None:
-        version = await self._redis.get(K.LINKS_VERSION)
-        if version is not None and version == self._version:
-            return
-        raw = await self._redis.hgetall(K.LINKS_HASH)
-        self.links = parse_all(raw)
-        self._version = version
-        if self._snapshot:
-            data = orjson.dumps({k.decode(): v.decode() for k, v in raw.items()})
-            await asyncio.get_running_loop().run_in_executor(None, self._write_snapshot, data)
-
-    def _write_snapshot(self, data: bytes) -> None:
-        tmp = self._snapshot.with_name(f"{self._snapshot.name}.{os.getpid()}.tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, self._snapshot)
-
-    async def start(self) -> None:
-        try:
-            await self.reload()
-        except Exception as exc:  # Redis down at start: serve the last snapshot meanwhile
-            if self._snapshot and self._snapshot.exists():
-                self.links = parse_all(orjson.loads(self._snapshot.read_bytes()))
-            log.warning("links not loaded from redis (%r); %d from the local snapshot",
-                        exc, len(self.links))
-        self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._refresh)
-            try:
-                await self.reload()
-            except Exception as exc:  # keep serving the links we have
-                log.debug("link reload failed: %s", exc)
+def link_cache(redis: Any, refresh_seconds: float, snapshot: Path | None = None) -> HashCache:
+    """Each edge process's copy of the links (see HashCache)."""
+    return HashCache(redis, K.LINKS_HASH, K.LINKS_VERSION, Link.from_json, refresh_seconds,
+                     snapshot)

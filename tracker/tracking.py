@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import events
+from .hashcache import HashCache
 from .ids import is_uuid, uuid7
-from .links import LinkCache
 from .macros import render
 from .netaddr import Network, client_ip
 from .timefmt import now_ms
@@ -34,7 +34,7 @@ MAX_COOKIE_HEADER = 4096  # a longer Cookie header is ignored (the visitor gets 
 class Edge:
     """What the tracking routes need, prepared once per process."""
 
-    links: LinkCache
+    links: HashCache
     writer: EventWriter
     trusted: list[Network]
     cookie_name: str

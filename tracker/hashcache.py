@@ -1,0 +1,99 @@
+"""Each edge process's copy of a Redis hash of JSON records (links, advertisers).
+
+Lookups never touch Redis: the cache reloads the whole hash when its version counter
+moves (checked every `refresh_seconds`), so a miss is answered from memory and is at most
+that far behind. Every reload also writes a local snapshot file, read at start when Redis
+does not answer, so an edge (re)started during a Redis outage keeps working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import orjson
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def parse_hash(raw: dict, parse: Callable[[Any], T]) -> dict[str, T]:
+    """Records of a Redis hash by key; an unreadable record is logged and skipped."""
+    items = {}
+    for key, value in raw.items():
+        name = key.decode() if isinstance(key, bytes) else key
+        try:
+            items[name] = parse(value)
+        except (TypeError, ValueError):
+            log.error("record %r in Redis is unreadable; ignored", name)
+    return items
+
+
+class HashCache(Generic[T]):
+    def __init__(
+        self,
+        redis: Any,
+        hash_key: str,
+        version_key: str,
+        parse: Callable[[Any], T],
+        refresh_seconds: float,
+        snapshot: Path | None = None,
+    ) -> None:
+        self._redis = redis
+        self._hash_key = hash_key
+        self._version_key = version_key
+        self._parse = parse
+        self._refresh = refresh_seconds
+        self._snapshot = snapshot
+        self._version: bytes | None = None
+        self.items: dict[str, T] = {}
+        self._task: asyncio.Task | None = None
+
+    def get(self, key: str) -> T | None:
+        return self.items.get(key)
+
+    async def reload(self) -> None:
+        version = await self._redis.get(self._version_key)
+        if version is not None and version == self._version:
+            return
+        raw = await self._redis.hgetall(self._hash_key)
+        self.items = parse_hash(raw, self._parse)
+        self._version = version
+        if self._snapshot:
+            data = orjson.dumps({k.decode(): v.decode() for k, v in raw.items()})
+            await asyncio.get_running_loop().run_in_executor(None, self._write_snapshot, data)
+
+    def _write_snapshot(self, data: bytes) -> None:
+        tmp = self._snapshot.with_name(f"{self._snapshot.name}.{os.getpid()}.tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, self._snapshot)
+
+    async def start(self) -> None:
+        try:
+            await self.reload()
+        except Exception as exc:  # Redis down at start: serve the last snapshot meanwhile
+            if self._snapshot and self._snapshot.exists():
+                self.items = parse_hash(orjson.loads(self._snapshot.read_bytes()), self._parse)
+            log.warning("%s not loaded from redis (%r); %d from the local snapshot",
+                        self._hash_key, exc, len(self.items))
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh)
+            try:
+                await self.reload()
+            except Exception as exc:  # keep serving what we have
+                log.debug("%s reload failed: %s", self._hash_key, exc)
