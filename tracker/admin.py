@@ -8,12 +8,15 @@ import orjson
 from aiohttp import web
 
 from . import constants as K
-from .hashcache import HashCache
+from .advertisers import Advertiser, AdvertiserError, new_advertiser
+from .advertisers import stage_save as stage_advertiser
+from .hashcache import HashCache, parse_hash
 from .links import Link, LinkError, apply_changes, new_link, parse_all, stage_save
 
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 REDIS = web.AppKey("redis", object)
 LINK_CACHE = web.AppKey("link_cache", HashCache)
+ADVERTISER_CACHE = web.AppKey("advertiser_cache", HashCache)
 
 
 def json_response(data, status: int = 200) -> web.Response:
@@ -109,7 +112,40 @@ async def delete_link(request: web.Request) -> web.Response:
     return json_response({"deleted": slug})
 
 
+async def create_advertiser(request: web.Request) -> web.Response:
+    try:
+        advertiser = new_advertiser(await _body(request))
+    except AdvertiserError as exc:
+        return error(400, "invalid_advertiser", str(exc))
+    redis = request.app[REDIS]
+    if not await redis.hsetnx(K.ADVERTISERS_HASH, advertiser.id, advertiser.to_json()):
+        return error(409, "exists", f"advertiser {advertiser.id!r} already exists")
+    pipe = redis.pipeline(transaction=False)
+    stage_advertiser(pipe, advertiser)
+    await pipe.execute()
+    await request.app[ADVERTISER_CACHE].reload()
+    return json_response(advertiser.public(with_token=True), 201)
+
+
+async def list_advertisers(request: web.Request) -> web.Response:
+    items = parse_hash(await request.app[REDIS].hgetall(K.ADVERTISERS_HASH),
+                       Advertiser.from_json)
+    data = [adv.public() for _, adv in sorted(items.items())]
+    return json_response({"advertisers": data, "count": len(data)})
+
+
+async def get_advertiser(request: web.Request) -> web.Response:
+    adv_id = request.match_info["id"]
+    raw = await request.app[REDIS].hget(K.ADVERTISERS_HASH, adv_id)
+    if raw is None:
+        return error(404, "not_found", f"no advertiser {adv_id!r}")
+    return json_response(Advertiser.from_json(raw).public(with_token=True))
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/advertisers", create_advertiser)
+    app.router.add_get("/api/advertisers", list_advertisers)
+    app.router.add_get("/api/advertisers/{id}", get_advertiser)
     app.router.add_post("/api/links", create_link)
     app.router.add_get("/api/links", list_links)
     app.router.add_get("/api/links/{slug}", get_link)

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import admin, health, tracking
+from . import admin, health, postback, tracking
+from .advertisers import advertiser_cache
 from .config import Settings
 from .links import link_cache
 from .redisconn import async_client
@@ -33,8 +34,9 @@ def create_app(settings: Settings, worker_index: int = 0) -> web.Application:
     app[WORKER_INDEX] = worker_index
     app[admin.ADMIN_TOKEN] = settings.admin_token
     app[health.MAX_LAG] = settings.sink.max_lag_events
-    app.cleanup_ctx.extend([redis_ctx, links_ctx, writer_ctx])
+    app.cleanup_ctx.extend([redis_ctx, links_ctx, advertisers_ctx, writer_ctx])
     tracking.add_routes(app)
+    postback.add_routes(app)
     admin.add_routes(app)
     health.add_routes(app)
     return app
@@ -55,6 +57,20 @@ async def links_ctx(app: web.Application) -> AsyncIterator[None]:
         snapshot=settings.data_path / "links.snapshot.json",
     )
     app[admin.LINK_CACHE] = cache
+    await cache.start()
+    yield
+    await cache.stop()
+
+
+async def advertisers_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    cache = advertiser_cache(
+        app[admin.REDIS],
+        settings.tracking.link_refresh_seconds,
+        snapshot=settings.data_path / "advertisers.snapshot.json",
+    )
+    app[admin.ADVERTISER_CACHE] = cache
+    app[postback.CONVERSIONS] = postback.Conversions(app[admin.REDIS], cache, settings)
     await cache.start()
     yield
     await cache.stop()

@@ -79,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = links.add_parser("disable", help="disable a link (it stops redirecting)")
     s.add_argument("slug")
     s.set_defaults(func=cmd_links_disable)
+
+    advertisers = sub.add_parser("advertisers", help="manage advertisers").add_subparsers(
+        dest="advertisers_command", required=True
+    )
+    s = advertisers.add_parser("add", help="create an advertiser (prints its postback token)")
+    s.add_argument("id")
+    s.add_argument("--token", help="postback token (default: generated)")
+    s.set_defaults(func=cmd_advertisers_add)
+    s = advertisers.add_parser("list", help="list advertisers")
+    s.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    s.add_argument("--show-tokens", action="store_true")
+    s.set_defaults(func=cmd_advertisers_list)
     return p
 
 
@@ -256,4 +268,38 @@ def cmd_links_disable(settings: Settings, args) -> int:
     stage_save(pipe, link)
     pipe.execute()
     print(f"link {link.slug} disabled")
+    return 0
+
+
+# -- advertisers --------------------------------------------------------------------------
+
+
+def cmd_advertisers_add(settings: Settings, args) -> int:
+    from . import constants as K
+    from .advertisers import AdvertiserError, new_advertiser, stage_save
+
+    try:
+        advertiser = new_advertiser({"id": args.id, **({"token": args.token} if args.token
+                                                         else {})})
+    except AdvertiserError as exc:
+        raise CommandError(str(exc)) from None
+    redis = _redis(settings)
+    if not redis.hsetnx(K.ADVERTISERS_HASH, advertiser.id, advertiser.to_json()):
+        raise CommandError(f"advertiser {advertiser.id!r} already exists")
+    pipe = redis.pipeline(transaction=False)
+    stage_save(pipe, advertiser)
+    pipe.execute()
+    print(f"advertiser {advertiser.id} token {advertiser.token}")
+    return 0
+
+
+def cmd_advertisers_list(settings: Settings, args) -> int:
+    from . import constants as K
+    from .advertisers import Advertiser
+    from .hashcache import parse_hash
+
+    items = parse_hash(_redis(settings).hgetall(K.ADVERTISERS_HASH), Advertiser.from_json)
+    columns = ["id", "status", "created_at"] + (["token"] if args.show_tokens else [])
+    rows = [[adv.public(with_token=True)[c] for c in columns] for _, adv in sorted(items.items())]
+    print(format_rows(columns, rows, args.format), end="")
     return 0

@@ -58,6 +58,25 @@ class TrackingSettings:
 
 
 @dataclass
+class ConversionSettings:
+    default_currency: str = "USD"
+    dedup_days: int = 400
+    signature_window_seconds: int = 300
+    max_body_bytes: int = 65536
+    max_amount: int = 1_000_000_000  # in currency units; larger amounts are refused
+
+
+@dataclass
+class AttributionSettings:
+    models: list[str] = field(
+        default_factory=lambda: [
+            "first_click", "last_click", "linear", "time_decay", "position_based"
+        ]
+    )
+    half_life_days: float = 7.0
+
+
+@dataclass
 class RedisSettings:
     url: str = "redis://127.0.0.1:6379/0"
     manage: bool = False
@@ -88,6 +107,7 @@ class ClickHouseSettings:
     database: str = "tracker"
     retention_days: int = 400
     dedup_window: int = 10000
+    migrations_dir: str = ""  # empty: config/migrations beside this repository's code
 
 
 @dataclass
@@ -97,6 +117,8 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     cookie: CookieSettings = field(default_factory=CookieSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    conversions: ConversionSettings = field(default_factory=ConversionSettings)
+    attribution: AttributionSettings = field(default_factory=AttributionSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     writer: WriterSettings = field(default_factory=WriterSettings)
     sink: SinkSettings = field(default_factory=SinkSettings)
@@ -246,6 +268,21 @@ def _validate(s: Settings) -> None:
     )
     check(1 <= s.tracking.lookback_days <= 3650, "tracking.lookback_days", "1 to 3650 days")
     check(s.tracking.link_refresh_seconds > 0, "tracking.link_refresh_seconds", "must be > 0")
+    check(len(s.conversions.default_currency) == 3 and s.conversions.default_currency.isupper(),
+          "conversions.default_currency", "must be an ISO 4217 code such as USD")
+    check(s.conversions.dedup_days >= 1, "conversions.dedup_days", "must be >= 1")
+    check(s.conversions.signature_window_seconds >= 1, "conversions.signature_window_seconds",
+          "must be >= 1")
+    check(1024 <= s.conversions.max_body_bytes <= 1024 * 1024, "conversions.max_body_bytes",
+          "must be 1 KiB to 1 MiB")
+    check(s.conversions.max_amount >= 1, "conversions.max_amount", "must be >= 1")
+    from attribution import MODELS  # the registry is the one list of model names
+
+    check(bool(s.attribution.models), "attribution.models", "must name at least one model")
+    for model in s.attribution.models:
+        check(model in MODELS, "attribution.models",
+              f"unknown model {model!r} (known: {', '.join(sorted(MODELS))})")
+    check(s.attribution.half_life_days > 0, "attribution.half_life_days", "must be > 0")
     check(
         s.redis.url.startswith(("redis://", "rediss://", "unix://")),
         "redis.url",

@@ -16,8 +16,14 @@ SINK_GROUP = "sink"
 LINKS_HASH = f"{PREFIX}:links:{{links}}"
 LINKS_VERSION = f"{PREFIX}:links:{{links}}:version"
 
+# Advertisers: id -> JSON (with the postback token), and their version counter.
+ADVERTISERS_HASH = f"{PREFIX}:advertisers:{{adv}}"
+ADVERTISERS_VERSION = f"{PREFIX}:advertisers:{{adv}}:version"
+
 # Tables of the events carried in a stream entry (entry field name -> ClickHouse table).
-TABLES = ("clicks", "impressions", "orphan_visits", "links", "conversions", "attribution_credits")
+TABLES = (
+    "clicks", "impressions", "orphan_visits", "links", "conversions", "attribution_credits"
+)
 BATCH_ID_FIELD = "b"
 
 
@@ -34,3 +40,9 @@ def visitor_clicks_key(visitor_id: str) -> str:
 def batch_marker_key(batch_id: str) -> str:
     """Set when a batch is appended to the stream, so a replayed batch is appended once."""
     return f"{PREFIX}:batch:{{s0}}:{batch_id}"
+
+
+def conversion_key(advertiser_id: str, txid: str) -> str:
+    """A conversion's dedup and status record. It shares the events stream's hash tag:
+    the status change and its stream entry are written by one script, in one slot."""
+    return f"{PREFIX}:conv:{{s0}}:{advertiser_id}:{txid}"

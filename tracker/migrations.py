@@ -51,7 +51,8 @@ def apply(ch: ClickHouse, settings: Settings) -> list[str]:
     _, rows = ch.query(f"SELECT version FROM {db}.schema_migrations", readonly=False)
     done = {row[0] for row in rows}
     applied = []
-    for version, name, path in migration_files():
+    folder = Path(settings.clickhouse.migrations_dir or MIGRATIONS_DIR)
+    for version, name, path in migration_files(folder):
         if version in done:
             continue
         for statement in render(path, settings):

@@ -24,6 +24,7 @@ from typing import Any
 from redis.exceptions import RedisError, ResponseError
 
 from . import constants as K
+from .attributor import Attributor
 from .clickhouse import ClickHouse
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Sink:
         block_ms: int,
         reclaim_idle_ms: int,
         stop: threading.Event | None = None,
+        attributor: Attributor | None = None,
     ) -> None:
         self.redis = redis
         self.ch = ch
@@ -59,6 +61,7 @@ class Sink:
         self.block_ms = block_ms
         self.reclaim_idle_ms = reclaim_idle_ms
         self.stop = stop or threading.Event()
+        self.attributor = attributor
         self._last_reclaim = 0.0
         # counters
         self.rows_inserted: dict[str, int] = defaultdict(int)
@@ -189,6 +192,10 @@ class Sink:
                     payloads[table].append(value)
                 elif table != K.BATCH_ID_FIELD:
                     log.error("entry field %r is not a known table; skipped", table)
+        if self.attributor and payloads.get("conversions"):
+            credits = self.attributor.credit_rows(b"\n".join(payloads["conversions"]))
+            if credits:
+                payloads["attribution_credits"] += credits
         for table, parts in payloads.items():
             payload = b"\n".join(parts)
             if not self._insert(table, payload, f"{token}/{table}"):

@@ -12,6 +12,7 @@ import socket
 import threading
 
 from . import migrations, queryserver
+from .attributor import Attributor
 from .clickhouse import ClickHouse
 from .config import Settings
 from .redisconn import sync_client
@@ -38,14 +39,22 @@ def run(settings: Settings) -> None:
         migrate=lambda: migrations.apply(ch, settings),
     )
     queryserver.start(server)
+    redis = sync_client(settings.redis.url)
+    attributor = Attributor(
+        redis,
+        settings.attribution.models,
+        lookback_ms=settings.lookback_seconds * 1000,
+        half_life_ms=int(settings.attribution.half_life_days * 86400 * 1000),
+    )
     sink = Sink(
-        sync_client(settings.redis.url),
+        redis,
         ch,
         consumer=consumer_name(settings),
         read_entries=settings.sink.read_entries,
         block_ms=settings.sink.block_ms,
         reclaim_idle_ms=settings.sink.reclaim_idle_seconds * 1000,
         stop=stop,
+        attributor=attributor,
     )
     log.info("sink %s running; SQL endpoint on %s:%d", sink.consumer,
              settings.sink.query_host, settings.sink.query_port)

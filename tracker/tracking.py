@@ -15,6 +15,7 @@ from .hashcache import HashCache
 from .ids import is_uuid, uuid7
 from .macros import render
 from .netaddr import Network, client_ip
+from .postback import conversion_pixel
 from .timefmt import now_ms
 from .writer import EventWriter
 
@@ -143,6 +144,9 @@ async def pixel(request: web.Request) -> web.StreamResponse:
     visitor_id, new = visitor(request, edge)
     ms = now_ms()
     params = events.parse_query(request.rel_url.raw_query_string, edge.max_query_bytes)
+    if "txid" in params or "event" in params:  # a conversion pixel on a thank-you page
+        await conversion_pixel(request, params, None if new else visitor_id, meta)
+        return respond(web.Response(body=PIXEL, content_type="image/gif"), edge, visitor_id, new)
     slug = params.get("slug", "")
     link = edge.links.get(slug) if slug else None
     campaign_id = params.get("campaign_id", "")
