@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from attribution import Touch, attribute, split_amount
+from attribution import Touch, attribute, build_path, split_amount
 from attribution.money import from_minor, to_minor
 
 from . import constants as K
@@ -46,6 +46,8 @@ class Attributor:
         touches = self.path(conversion["visitor_id"], converted_at)
         currency = conversion["currency"]
         minor = to_minor(Decimal(conversion["amount"]), currency)
+        path_length = len(build_path(touches, converted_at, lookback_ms=self.lookback_ms,
+                                     named_click_id=named))
         rows = []
         for model in self.models:
             credits = attribute(touches, converted_at, model, lookback=self.lookback_ms,
@@ -61,7 +63,7 @@ class Attributor:
                     "campaign_id": credit.touch.campaign_id,
                     "affiliate_id": credit.touch.affiliate_id,
                     "position": credit.position,
-                    "path_length": len(credits),
+                    "path_length": path_length,
                     "weight": credit.weight,
                     "credited_amount": str(from_minor(part, currency)),
                     "currency": currency,

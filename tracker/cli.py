@@ -80,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("slug")
     s.set_defaults(func=cmd_links_disable)
 
+    s = sub.add_parser("attribute", help="re-attribute a period with one model, in ClickHouse")
+    s.add_argument("--model", required=True)
+    _period_arguments(s)
+    s.set_defaults(func=cmd_attribute)
+    report = sub.add_parser("report", help="reports").add_subparsers(
+        dest="report_command", required=True
+    )
+    s = report.add_parser("attribution", help="all configured models side by side")
+    _period_arguments(s)
+    s.set_defaults(func=cmd_report_attribution)
+
     advertisers = sub.add_parser("advertisers", help="manage advertisers").add_subparsers(
         dest="advertisers_command", required=True
     )
@@ -92,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--show-tokens", action="store_true")
     s.set_defaults(func=cmd_advertisers_list)
     return p
+
+
+def _period_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="date_from", help="conversions from (UTC date or datetime)")
+    p.add_argument("--to", dest="date_to", help="conversions before (UTC date or datetime)")
+    p.add_argument("--lookback", type=float, help="lookback window in days (default: config)")
+    p.add_argument("--half-life", type=float, help="time_decay half-life in days (default: config)")
+    p.add_argument("--by", choices=["campaign", "affiliate"], default="campaign")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
 
 
 # -- service ------------------------------------------------------------------------------
@@ -303,3 +323,51 @@ def cmd_advertisers_list(settings: Settings, args) -> int:
     rows = [[adv.public(with_token=True)[c] for c in columns] for _, adv in sorted(items.items())]
     print(format_rows(columns, rows, args.format), end="")
     return 0
+
+
+# -- attribution --------------------------------------------------------------------------
+
+
+def _when(value: str | None, flag: str) -> str | None:
+    """'YYYY-MM-DD' or 'YYYY-MM-DD HH:MM:SS' (UTC) as the SQL builder expects it."""
+    if value is None:
+        return None
+    from datetime import datetime
+
+    for fmt in ("%Y-%m-%d", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            return datetime.strptime(value, fmt).strftime("%Y-%m-%d %H:%M:%S")
+        except ValueError:
+            continue
+    raise CommandError(f"{flag} must be a date (YYYY-MM-DD) or datetime, not {value!r}")
+
+
+def _report(settings: Settings, args, models: list[str]) -> int:
+    from attribution.sql import report_sql
+
+    lookback_days = args.lookback if args.lookback is not None else (
+        settings.tracking.lookback_days)
+    half_life_days = args.half_life if args.half_life is not None else (
+        settings.attribution.half_life_days)
+    if lookback_days <= 0 or half_life_days <= 0:
+        raise CommandError("--lookback and --half-life must be positive")
+    try:
+        sql = report_sql(
+            settings.clickhouse.database, args.by, models,
+            date_from=_when(args.date_from, "--from"), date_to=_when(args.date_to, "--to"),
+            lookback_ms=int(lookback_days * 86_400_000),
+            half_life_ms=int(half_life_days * 86_400_000),
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    columns, rows = run_query(settings, sql)
+    print(format_rows(columns, rows, args.format), end="")
+    return 0
+
+
+def cmd_attribute(settings: Settings, args) -> int:
+    return _report(settings, args, [args.model])
+
+
+def cmd_report_attribution(settings: Settings, args) -> int:
+    return _report(settings, args, settings.attribution.models)
