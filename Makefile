@@ -7,7 +7,7 @@ setup:
 	@scripts/setup.sh
 
 run: setup
-	.venv/bin/tracker serve --redis --demo
+	scripts/run.sh
 
 test: setup
 	.venv/bin/ruff check .

@@ -67,7 +67,7 @@ WEIGHTS: dict[str, Callable[[int], str]] = {
 
 def credits_sql(
     db: str, model: str, *, date_from: str | None = None, date_to: str | None = None,
-    lookback_ms: int, half_life_ms: int,
+    lookback_ms: int, half_life_ms: int, credit_flagged: bool = False,
 ) -> str:
     """One row per (conversion_id, credited click) under `model`, weights summing to 1.
 
@@ -77,7 +77,7 @@ def credits_sql(
     [date_from, date_to) when given.
     """
     weight = _weight(model, half_life_ms)
-    return f"""{_path_ctes(db, date_from, date_to, lookback_ms)},
+    return f"""{_path_ctes(db, date_from, date_to, lookback_ms, credit_flagged)},
 weighted AS (
     SELECT conversion_id, click_id, campaign_id, affiliate_id, position, path_length,
            {weight} AS weight,
@@ -93,6 +93,7 @@ ORDER BY conversion_time, conversion_id, position"""
 def report_sql(
     db: str, by: str, models: Sequence[str], *, date_from: str | None = None,
     date_to: str | None = None, lookback_ms: int, half_life_ms: int,
+    credit_flagged: bool = False,
 ) -> str:
     """Per campaign (or affiliate) and currency, for each model side by side:
     `{model}_conversions` (sum of weights) and `{model}_revenue` (sum of weight * amount,
@@ -112,7 +113,7 @@ def report_sql(
         for name in names
     )
     credited = " OR ".join(f"{name}_conversions > 0" for name in names)
-    return f"""{_path_ctes(db, date_from, date_to, lookback_ms)},
+    return f"""{_path_ctes(db, date_from, date_to, lookback_ms, credit_flagged)},
 weighted AS (
     SELECT {key}, currency, amount,
            {weights}
@@ -134,7 +135,8 @@ def _weight(model: str, half_life_ms: int) -> str:
     return WEIGHTS[model](_non_negative_int(half_life_ms, "half_life_ms", minimum=1))
 
 
-def _path_ctes(db: str, date_from: str | None, date_to: str | None, lookback_ms: int) -> str:
+def _path_ctes(db: str, date_from: str | None, date_to: str | None, lookback_ms: int,
+               credit_flagged: bool = False) -> str:
     """WITH ... path AS (...): one row per (conversion, click in its path), with position,
     path_length, click_ms, newest_ms and the conversion's time, amount and currency."""
     if not _IDENT_RE.match(db):
@@ -148,14 +150,19 @@ def _path_ctes(db: str, date_from: str | None, date_to: str | None, lookback_ms:
     conv_where = f"\n    WHERE event_time < {end}" if end else ""
     having = [f"conversion_time >= {start}"] if start else []
     having += [f"conversion_time < {end}"] if end else []
-    conv_having = f"\n    HAVING {' AND '.join(having)}" if having else ""
     # Likewise clicks outside every conversion's window, for partition pruning.
     click_where = []
     if start:
         click_where.append(f"event_time >= {start} - toIntervalMillisecond({lookback})")
     if end:
         click_where.append(f"event_time < {end}")
-    clicks_where = f"\n        WHERE {' AND '.join(click_where)}" if click_where else ""
+    # Bot- and fraud-flagged clicks are never in a path.
+    click_where.append("is_bot = 0 AND empty(fraud_flags)")
+    clicks_where = f"\n        WHERE {' AND '.join(click_where)}"
+    # Flagged conversions are credited only when the operator says so.
+    having += [] if credit_flagged else ["empty(conversion_flags)"]
+    having.append("attributed = 1")
+    conv_having = f"\n    HAVING {' AND '.join(having)}"
 
     return f"""WITH
 -- The first row of each conversion: later rows are status changes of the same one.
@@ -163,7 +170,10 @@ conversion AS (
     SELECT conversion_id,
            min(event_time) AS conversion_time,
            argMin(visitor_id, event_time) AS conversion_visitor,
-           argMin(click_id, event_time) AS named_click,
+           -- a postback names its click; a pixel's click_id is only the last click
+           argMin(if(source = 'postback', click_id, {zero}), event_time) AS named_click,
+           argMin(attributed, event_time) AS attributed,
+           argMin(fraud_flags, event_time) AS conversion_flags,
            argMin(amount, event_time) AS amount,
            argMin(currency, event_time) AS currency
     FROM {db}.conversions{conv_where}

@@ -26,6 +26,8 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-admin-token-0123456789"
+BROWSER_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+              "Chrome/131.0.0.0 Safari/537.36")
 
 
 def free_port() -> int:
@@ -70,7 +72,8 @@ async def hit_many(url: str, count: int, concurrency: int = 64, **kwargs) -> lis
                 statuses.append(r.status)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector,
+                                     headers={"User-Agent": BROWSER_UA}) as session:
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
     return statuses
 
@@ -134,6 +137,12 @@ class Service:
             "TRACKER_REDIS_TIMEOUT_SECONDS": "0.5",
             "TRACKER_SINK_RECLAIM_IDLE_SECONDS": "2",
             "TRACKER_SINK_CONSUMER": "sink-test",
+            # every test client shares 127.0.0.1 and clicks fast: fraud rules off unless a
+            # test turns them on
+            "TRACKER_FRAUD_IP_CLICKS_PER_MINUTE": "100000000",
+            "TRACKER_FRAUD_VISITORS_PER_IP_PER_HOUR": "100000000",
+            "TRACKER_FRAUD_DUPLICATE_CLICK_SECONDS": "0",
+            "TRACKER_FRAUD_MIN_CLICK_TO_CONVERSION_SECONDS": "0",
             **overrides,
         }
         self.procs: dict[str, subprocess.Popen] = {}

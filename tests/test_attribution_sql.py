@@ -52,7 +52,9 @@ def conversion_row(c: Conversion, ts: int | None = None, amount: Decimal | None 
     return {"event_time": format_ms(c.ts if ts is None else ts),
             "conversion_id": c.conversion_id, "visitor_id": c.visitor_id,
             "click_id": c.click_id, "amount": str(c.amount if amount is None else amount),
-            "currency": c.currency, "status": status}
+            "currency": c.currency, "status": status, "attributed": 1,
+            # a postback names its click; without one the conversion came by pixel
+            "source": "pixel" if c.click_id == ZERO_UUID else "postback"}
 
 
 def make_journeys(rng: random.Random, count: int):
@@ -279,3 +281,34 @@ def test_report_sql_refuses_bad_groupings_and_models():
     for by, models in (("country", ["linear"]), ("campaign", []), ("campaign", ["nope"])):
         with pytest.raises(ValueError):
             report_sql("tracker", by, models, lookback_ms=LOOKBACK, half_life_ms=HALF_LIFE)
+
+
+def test_flagged_clicks_and_conversions_are_left_out(chdb_database):
+    ch = chdb_database
+    now = int(time.time() * 1000)
+    visitor = "01900000-0000-7000-8000-00000000aaaa"
+    clicks = [
+        {"event_time": format_ms(now - 3000), "click_id": "01900000-0000-7000-8000-000000000001",
+         "visitor_id": visitor, "campaign_id": "ok"},
+        {"event_time": format_ms(now - 2000), "click_id": "01900000-0000-7000-8000-000000000002",
+         "visitor_id": visitor, "campaign_id": "bot", "is_bot": 1},
+        {"event_time": format_ms(now - 1000), "click_id": "01900000-0000-7000-8000-000000000003",
+         "visitor_id": visitor, "campaign_id": "fraud", "fraud_flags": ["ip_flood"]},
+    ]
+    ch.insert_jsonl("clicks", jsonl(clicks), "flag-clicks")
+    conversions = [
+        {"event_time": format_ms(now), "conversion_id": "01900000-0000-7000-8000-0000000000c1",
+         "visitor_id": visitor, "amount": "10", "currency": "USD", "attributed": 1,
+         "source": "pixel"},
+        {"event_time": format_ms(now), "conversion_id": "01900000-0000-7000-8000-0000000000c2",
+         "visitor_id": visitor, "amount": "10", "currency": "USD", "attributed": 1,
+         "source": "pixel", "fraud_flags": ["fast_conversion"]},
+    ]
+    ch.insert_jsonl("conversions", jsonl(conversions), "flag-conversions")
+    sql = credits_sql(ch.database, "linear", lookback_ms=LOOKBACK, half_life_ms=HALF_LIFE)
+    _, rows = ch.query(sql)
+    assert [(str(r[0])[-2:], r[2], r[5]) for r in rows] == [("c1", "ok", 1)]
+    with_flagged = credits_sql(ch.database, "linear", lookback_ms=LOOKBACK,
+                               half_life_ms=HALF_LIFE, credit_flagged=True)
+    _, rows = ch.query(with_flagged)
+    assert sorted(str(r[0])[-2:] for r in rows) == ["c1", "c2"]

@@ -13,7 +13,7 @@ import pytest
 
 from tracker.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
-from .conftest import Service
+from .conftest import BROWSER_UA, Service
 
 MODELS = ["first_click", "last_click", "linear", "time_decay", "position_based"]
 ADV_TOKEN = "adv-token-0123456789abcdef"
@@ -33,7 +33,8 @@ def svc(running):
 def browser() -> aiohttp.ClientSession:
     """A client that keeps the visitor cookie (aiohttp refuses cookies of IP hosts unless
     told otherwise)."""
-    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                 headers={"User-Agent": BROWSER_UA})
 
 
 async def click(session: aiohttp.ClientSession, base: str, slug: str) -> str:

@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 
 from tracker import constants as K
+from tracker import migrations
 from tracker.ids import is_uuid, uuid7_time_ms
 from tracker.timefmt import parse_ms
 
@@ -201,8 +202,8 @@ def test_cli_links_and_sql(running):
     # migrations are idempotent and go through the running sink
     migrated = tracker("migrate")
     assert migrated.returncode == 0 and "up to date" in migrated.stdout
-    versions = running.sql("SELECT version FROM tracker.schema_migrations")
-    assert versions == [{"version": 1}]
+    versions = running.sql("SELECT version FROM tracker.schema_migrations ORDER BY version")
+    assert [v["version"] for v in versions] == [n for n, _, _ in migrations.migration_files()]
 
 
 def test_health_and_readiness(running):
@@ -211,3 +212,22 @@ def test_health_and_readiness(running):
     with urllib.request.urlopen(f"{running.base_url}/readyz") as r:
         body = orjson.loads(r.read())
     assert body["status"] == "ready" and isinstance(body["sink_lag"], int)
+
+
+async def test_no_track_redirects_without_identifying_anyone(running):
+    running.add_link("private", "https://shop.example/?v={visitor_id}", campaign_id="priv")
+    async with aiohttp.ClientSession() as session:
+        for url, headers in [(f"{running.base_url}/c/private?no-track=1&sub1=a", {}),
+                             (f"{running.base_url}/c/private?sub1=b", {"DNT": "1"}),
+                             (f"{running.base_url}/c/private?sub1=c", {"Sec-GPC": "1"})]:
+            async with session.get(url, allow_redirects=False, headers={
+                **headers, "Referer": "https://secret.example/", "User-Agent": "Agent/1",
+            }) as r:
+                assert r.status == 302 and "Set-Cookie" not in r.headers
+                assert r.headers["Location"].startswith(
+                    "https://shop.example/?v=00000000-0000-0000-0000-000000000000&click_id=")
+    running.wait_count("clicks", 3, "link_slug = 'private'")
+    rows = running.sql("SELECT DISTINCT toString(visitor_id) AS v, toString(ip) AS ip, "
+                       "referer, user_agent FROM tracker.clicks WHERE link_slug = 'private'")
+    assert rows == [{"v": "00000000-0000-0000-0000-000000000000", "ip": "::", "referer": "",
+                     "user_agent": "Agent/1"}]

@@ -24,7 +24,8 @@ def test_migrations_are_idempotent(ch, tmp_path):
     settings = config.load(env={"TRACKER_DATA_DIR": str(tmp_path),
                                 "TRACKER_CLICKHOUSE_DATABASE": ch.database})
     assert migrations.apply(ch, settings) == []
-    versions = ch.query(f"SELECT version FROM {ch.database}.schema_migrations")[1]
+    versions = ch.query(f"SELECT version FROM {ch.database}.schema_migrations "
+                        "ORDER BY version")[1]
     assert [v[0] for v in versions] == [n for n, _, _ in migrations.migration_files()]
 
 

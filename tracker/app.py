@@ -99,6 +99,7 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
         ),
         fallback_url=s.http.fallback_url,
         max_query_bytes=s.http.max_query_bytes,
+        honor_no_track=s.privacy.honor_no_track,
     )
     await writer.start()
     yield

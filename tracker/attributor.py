@@ -18,13 +18,15 @@ from attribution import Touch, attribute, build_path, split_amount
 from attribution.money import from_minor, to_minor
 
 from . import constants as K
-from .conversions import ZERO_UUID
+from .ids import ZERO_UUID
 from .timefmt import format_ms, parse_ms
 
 
 class Attributor:
-    def __init__(self, redis: Any, models: list[str], lookback_ms: int, half_life_ms: int):
+    def __init__(self, redis: Any, models: list[str], lookback_ms: int, half_life_ms: int,
+                 credit_flagged: bool = False):
         self.redis = redis
+        self.credit_flagged = credit_flagged
         self.models = models
         self.lookback_ms = lookback_ms
         self.half_life_ms = half_life_ms
@@ -37,12 +39,15 @@ class Attributor:
             conversion = orjson.loads(line)
             if conversion["previous_status"] or not conversion["attributed"]:
                 continue
+            if conversion.get("fraud_flags") and not self.credit_flagged:
+                continue
             rows += self.credits(conversion)
         return rows
 
     def credits(self, conversion: dict) -> list[bytes]:
         converted_at = parse_ms(conversion["event_time"])
-        named = conversion["click_id"] if conversion["click_id"] != ZERO_UUID else None
+        # A postback names its click; a pixel's click_id is only the visitor's last click.
+        named = conversion["click_id"] if conversion["source"] == "postback" else None
         touches = self.path(conversion["visitor_id"], converted_at)
         currency = conversion["currency"]
         minor = to_minor(Decimal(conversion["amount"]), currency)
@@ -71,7 +76,8 @@ class Attributor:
         return rows
 
     def path(self, visitor_id: str, converted_at: int) -> list[Touch]:
-        """The visitor's clicks inside the lookback window, up to the conversion."""
+        """The visitor's clicks inside the lookback window, up to the conversion, without
+        the clicks the sink flagged as bot or fraud."""
         if visitor_id == ZERO_UUID:
             return []
         members = self.redis.zrangebyscore(
@@ -83,8 +89,13 @@ class Attributor:
         pipe = self.redis.pipeline(transaction=False)
         for click_id, _ in members:
             pipe.get(K.click_key(click_id.decode()))
+            pipe.exists(K.excluded_click_key(click_id.decode()))
+        results = pipe.execute()
         touches = []
-        for (click_id, score), raw in zip(members, pipe.execute(), strict=True):
+        for (click_id, score), raw, excluded in zip(members, results[::2], results[1::2],
+                                                    strict=True):
+            if excluded:
+                continue
             record = orjson.loads(raw) if raw else {}
             touches.append(Touch(
                 click_id=click_id.decode(), ts=int(score),

@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="reports").add_subparsers(
         dest="report_command", required=True
     )
+    s = report.add_parser("fraud", help="flagged clicks and conversions by campaign, "
+                          "affiliate and rule")
+    s.add_argument("--from", dest="date_from", help="from (UTC date or datetime)")
+    s.add_argument("--to", dest="date_to", help="before (UTC date or datetime)")
+    s.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    s.set_defaults(func=cmd_report_fraud)
     s = report.add_parser("attribution", help="all configured models side by side")
     _period_arguments(s)
     s.set_defaults(func=cmd_report_attribution)
@@ -357,6 +363,7 @@ def _report(settings: Settings, args, models: list[str]) -> int:
             date_from=_when(args.date_from, "--from"), date_to=_when(args.date_to, "--to"),
             lookback_ms=int(lookback_days * 86_400_000),
             half_life_ms=int(half_life_days * 86_400_000),
+            credit_flagged=settings.fraud.credit_flagged_conversions,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
@@ -371,3 +378,30 @@ def cmd_attribute(settings: Settings, args) -> int:
 
 def cmd_report_attribution(settings: Settings, args) -> int:
     return _report(settings, args, settings.attribution.models)
+
+
+def cmd_report_fraud(settings: Settings, args) -> int:
+    """Flags by campaign, affiliate and rule; bot clicks count under `bot:<reason>`."""
+    db = settings.clickhouse.database
+    period = " AND ".join(
+        [f"event_time >= toDateTime64('{d}', 3, 'UTC')" for d in [_when(args.date_from,
+                                                                         "--from")] if d]
+        + [f"event_time < toDateTime64('{d}', 3, 'UTC')" for d in [_when(args.date_to, "--to")]
+           if d]
+    ) or "1"
+    sql = f"""
+SELECT kind, campaign_id, affiliate_id, rule, count() AS events
+FROM (
+    SELECT 'click' AS kind, campaign_id, affiliate_id,
+           arrayJoin(arrayConcat(fraud_flags,
+                                 if(is_bot = 1, ['bot:' || bot_reason], []))) AS rule
+    FROM {db}.clicks WHERE {period}
+    UNION ALL
+    SELECT 'conversion' AS kind, campaign_id, affiliate_id, arrayJoin(fraud_flags) AS rule
+    FROM {db}.conversions WHERE {period} AND previous_status = ''
+)
+GROUP BY kind, campaign_id, affiliate_id, rule
+ORDER BY kind, campaign_id, affiliate_id, events DESC, rule"""
+    columns, rows = run_query(settings, sql)
+    print(format_rows(columns, rows, args.format), end="")
+    return 0

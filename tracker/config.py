@@ -77,6 +77,34 @@ class AttributionSettings:
 
 
 @dataclass
+class GeoSettings:
+    databases: list[str] = field(default_factory=list)  # .mmdb paths; empty: geo is off
+
+
+@dataclass
+class PrivacySettings:
+    anonymize_ip: bool = False  # zero the last IPv4 octet / last 80 bits of IPv6 before storage
+    honor_no_track: bool = True  # `no-track` parameter, `DNT: 1` or `Sec-GPC: 1`
+
+
+# Hosting and cloud networks (AWS, Google Cloud, Azure, DigitalOcean, OVH, Hetzner, Linode,
+# Vultr, Oracle, Alibaba, Tencent, Contabo, Scaleway, Leaseweb).
+DATACENTER_ASNS = [16509, 14618, 396982, 8075, 14061, 16276, 24940, 63949, 20473, 31898,
+                   45102, 132203, 51167, 12876, 60781]
+
+
+@dataclass
+class FraudSettings:
+    ip_clicks_per_minute: int = 100
+    duplicate_click_seconds: int = 60
+    min_click_to_conversion_seconds: float = 5.0
+    visitors_per_ip_per_hour: int = 5
+    datacenter_asns: list[int] = field(default_factory=lambda: list(DATACENTER_ASNS))
+    credit_flagged_conversions: bool = False
+    campaigns: dict = field(default_factory=dict)  # campaign id -> thresholds to override
+
+
+@dataclass
 class RedisSettings:
     url: str = "redis://127.0.0.1:6379/0"
     manage: bool = False
@@ -119,6 +147,9 @@ class Settings:
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     conversions: ConversionSettings = field(default_factory=ConversionSettings)
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
+    geo: GeoSettings = field(default_factory=GeoSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    fraud: FraudSettings = field(default_factory=FraudSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     writer: WriterSettings = field(default_factory=WriterSettings)
     sink: SinkSettings = field(default_factory=SinkSettings)
@@ -227,6 +258,16 @@ def _coerce(obj: Any, key: str, value: Any, label: str) -> Any:
             return int(value)
         if kind is float:
             return float(value)
+        if kind == list[int]:
+            if isinstance(value, str):
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            if not isinstance(value, list):
+                raise ValueError
+            return [int(v) for v in value if not isinstance(v, bool)]
+        if kind is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return value
         if kind == list[str]:
             if isinstance(value, str):
                 return [part.strip() for part in value.split(",") if part.strip()]
@@ -282,6 +323,16 @@ def _validate(s: Settings) -> None:
     for model in s.attribution.models:
         check(model in MODELS, "attribution.models",
               f"unknown model {model!r} (known: {', '.join(sorted(MODELS))})")
+    thresholds = ("ip_clicks_per_minute", "duplicate_click_seconds",
+                  "min_click_to_conversion_seconds", "visitors_per_ip_per_hour")
+    for name in thresholds:
+        check(getattr(s.fraud, name) >= 0, f"fraud.{name}", "must be >= 0")
+    for campaign, values in s.fraud.campaigns.items():
+        check(isinstance(values, dict) and set(values) <= set(thresholds),
+              f"fraud.campaigns.{campaign}", f"may set only {', '.join(thresholds)}")
+        for name, value in values.items():
+            check(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
+                  f"fraud.campaigns.{campaign}.{name}", "must be a number >= 0")
     check(s.attribution.half_life_days > 0, "attribution.half_life_days", "must be > 0")
     check(
         s.redis.url.startswith(("redis://", "rediss://", "unix://")),

@@ -46,3 +46,21 @@ def conversion_key(advertiser_id: str, txid: str) -> str:
     """A conversion's dedup and status record. It shares the events stream's hash tag:
     the status change and its stream entry are written by one script, in one slot."""
     return f"{PREFIX}:conv:{{s0}}:{advertiser_id}:{txid}"
+
+
+def excluded_click_key(click_id: str) -> str:
+    """Set by the sink for a bot- or fraud-flagged click: attribution leaves it out."""
+    return f"{PREFIX}:click:{{{click_id}}}:excluded"
+
+
+# Fraud rule counters (short-lived).
+def fraud_ip_minute_key(ip: str, minute: int) -> str:
+    return f"{PREFIX}:fraud:ipm:{{{ip}}}:{minute}"
+
+
+def fraud_ip_hour_key(ip: str, hour: int) -> str:
+    return f"{PREFIX}:fraud:iph:{{{ip}}}:{hour}"
+
+
+def fraud_recent_click_key(visitor_id: str, slug: str) -> str:
+    return f"{PREFIX}:fraud:recent:{{{visitor_id}}}:{slug}"

@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from attribution.money import is_currency, to_minor
 
 from .events import SUB_KEYS, RequestMeta, clean
-from .ids import is_uuid
+from .ids import ZERO_UUID, is_uuid
 from .timefmt import format_ms
 
 # Parameter names advertisers' systems commonly use, first match wins.
@@ -32,7 +32,6 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "reversed": ("approved",),
 }
 FIRST_STATUSES = ("pending", "approved")  # what a transaction may start as
-ZERO_UUID = "00000000-0000-0000-0000-000000000000"
 
 _ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _EVENT_RE = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,31}\Z")

@@ -10,6 +10,9 @@ import os
 import re
 import time
 
+# The nil UUID: "no visitor" (a no-track click) or "no click" on a conversion.
+ZERO_UUID = "00000000-0000-0000-0000-000000000000"
+
 _UUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 _last_ms = 0

@@ -21,11 +21,13 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import orjson
 from redis.exceptions import RedisError, ResponseError
 
 from . import constants as K
 from .attributor import Attributor
 from .clickhouse import ClickHouse
+from .enrich.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class Sink:
         reclaim_idle_ms: int,
         stop: threading.Event | None = None,
         attributor: Attributor | None = None,
+        pipeline: Pipeline | None = None,
     ) -> None:
         self.redis = redis
         self.ch = ch
@@ -62,6 +65,7 @@ class Sink:
         self.reclaim_idle_ms = reclaim_idle_ms
         self.stop = stop or threading.Event()
         self.attributor = attributor
+        self.pipeline = pipeline
         self._last_reclaim = 0.0
         # counters
         self.rows_inserted: dict[str, int] = defaultdict(int)
@@ -106,6 +110,8 @@ class Sink:
             except RedisError as exc:
                 if drain_until is not None:
                     return
+                # entries delivered in a reply we never got are pending for us: look again
+                setup = False
                 log.warning("redis unavailable to the sink (%r); retrying in %.1fs", exc, backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
@@ -192,11 +198,15 @@ class Sink:
                     payloads[table].append(value)
                 elif table != K.BATCH_ID_FIELD:
                     log.error("entry field %r is not a known table; skipped", table)
+        if self.pipeline:
+            self.enrich(payloads)
         if self.attributor and payloads.get("conversions"):
             credits = self.attributor.credit_rows(b"\n".join(payloads["conversions"]))
             if credits:
                 payloads["attribution_credits"] += credits
         for table, parts in payloads.items():
+            if not parts:
+                continue
             payload = b"\n".join(parts)
             if not self._insert(table, payload, f"{token}/{table}"):
                 raise Stopping
@@ -206,6 +216,17 @@ class Sink:
         pipe.xdel(K.EVENTS_STREAM, *ids)
         pipe.execute()
         self.batches += 1
+
+    def enrich(self, payloads: dict[str, list[bytes]]) -> None:
+        """Run the enrichment steps over the tables they apply to (clicks first, so
+        conversions in the same batch see the clicks' flags)."""
+        for table in sorted(self.pipeline.tables(), key=lambda t: t != "clicks"):
+            if not payloads.get(table):
+                continue
+            events = [orjson.loads(line) for part in payloads[table]
+                      for line in part.split(b"\n") if line]
+            events = self.pipeline.process(table, events)
+            payloads[table] = [b"\n".join(orjson.dumps(e) for e in events)] if events else []
 
     def _insert(self, table: str, payload: bytes, token: str) -> bool:
         backoff = BACKOFF_START

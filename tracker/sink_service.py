@@ -11,10 +11,13 @@ import signal
 import socket
 import threading
 
+from geo import open_geo
+
 from . import migrations, queryserver
 from .attributor import Attributor
 from .clickhouse import ClickHouse
 from .config import Settings
+from .enrich import steps as enrichment
 from .redisconn import sync_client
 from .sink import Sink
 
@@ -45,7 +48,9 @@ def run(settings: Settings) -> None:
         settings.attribution.models,
         lookback_ms=settings.lookback_seconds * 1000,
         half_life_ms=int(settings.attribution.half_life_days * 86400 * 1000),
+        credit_flagged=settings.fraud.credit_flagged_conversions,
     )
+    geo_reader = open_geo(settings.geo.databases)
     sink = Sink(
         redis,
         ch,
@@ -55,6 +60,7 @@ def run(settings: Settings) -> None:
         reclaim_idle_ms=settings.sink.reclaim_idle_seconds * 1000,
         stop=stop,
         attributor=attributor,
+        pipeline=enrichment.build(settings, redis, geo_reader),
     )
     log.info("sink %s running; SQL endpoint on %s:%d", sink.consumer,
              settings.sink.query_host, settings.sink.query_port)

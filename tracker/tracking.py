@@ -12,7 +12,7 @@ from aiohttp import web
 
 from . import events
 from .hashcache import HashCache
-from .ids import is_uuid, uuid7
+from .ids import ZERO_UUID, is_uuid, uuid7
 from .macros import render
 from .netaddr import Network, client_ip
 from .postback import conversion_pixel
@@ -42,6 +42,7 @@ class Edge:
     cookie_attrs: str  # "; Max-Age=...; Path=/; ..." appended to the visitor id
     fallback_url: str
     max_query_bytes: int
+    honor_no_track: bool = True
 
 
 def cookie_attributes(max_age: int, samesite: str, secure: bool, domain: str) -> str:
@@ -84,6 +85,25 @@ def visitor(request: web.Request, edge: Edge) -> tuple[str, bool]:
     return (vid, False) if vid else (uuid7(), True)
 
 
+_NO = ("", "0", "false", "no")
+
+
+def wants_no_track(request: web.Request, params: dict[str, str], edge: Edge) -> bool:
+    """`no-track=1` on the link, or the browser's `DNT: 1` / `Sec-GPC: 1`."""
+    if not edge.honor_no_track:
+        return False
+    headers = request.headers
+    return (params.get("no-track", "0").lower() not in _NO
+            or headers.get("DNT") == "1" or headers.get("Sec-GPC") == "1")
+
+
+def anonymous(meta: events.RequestMeta) -> events.RequestMeta:
+    """What is kept of a no-track request: no address, referer or language; the user agent
+    stays for bot detection and device counts, which say nothing about the person."""
+    return events.RequestMeta(ip="::", user_agent=meta.user_agent, referer="",
+                              accept_language="", url=meta.url, method=meta.method)
+
+
 def respond(response: web.StreamResponse, edge: Edge, visitor_id: str, new: bool):
     response.headers["Cache-Control"] = "no-store"
     if new:
@@ -105,7 +125,11 @@ async def click(request: web.Request) -> web.StreamResponse:
     edge: Edge = request.app[EDGE]
     slug = request.match_info["slug"]
     meta = request_meta(request, edge)
-    visitor_id, new = visitor(request, edge)
+    params = events.parse_query(request.rel_url.raw_query_string, edge.max_query_bytes)
+    if wants_no_track(request, params, edge):
+        meta, (visitor_id, new) = anonymous(meta), (ZERO_UUID, False)
+    else:
+        visitor_id, new = visitor(request, edge)
     ms = now_ms()
     link = edge.links.get(slug)
     if link is None or not link.active:
@@ -117,7 +141,6 @@ async def click(request: web.Request) -> web.StreamResponse:
             response = web.Response(status=404, text=NOT_FOUND_PAGE, content_type="text/html")
         return respond(response, edge, visitor_id, new)
 
-    params = events.parse_query(request.rel_url.raw_query_string, edge.max_query_bytes)
     click_id = uuid7(ms)
     destination = render(
         link.destination,

@@ -23,7 +23,7 @@ import orjson
 from redis.exceptions import NoScriptError
 
 from . import constants as K
-from .ids import uuid7
+from .ids import ZERO_UUID, uuid7
 from .spool import Spool
 
 log = logging.getLogger(__name__)
@@ -212,8 +212,10 @@ class EventWriter:
         )
         lookback = self._lookback
         for click_id, visitor_id, ms, record in batch.clicks:
-            visitor_key = K.visitor_clicks_key(visitor_id)
             pipe.set(K.click_key(click_id), record, ex=lookback)
+            if visitor_id == ZERO_UUID:  # a no-track click has no visitor path
+                continue
+            visitor_key = K.visitor_clicks_key(visitor_id)
             pipe.zadd(visitor_key, {click_id: ms})
             pipe.zremrangebyscore(visitor_key, "-inf", ms - lookback * 1000)
             pipe.expire(visitor_key, lookback)
