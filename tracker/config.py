@@ -41,6 +41,7 @@ class HttpSettings:
     trusted_proxies: list[str] = field(default_factory=list)
     fallback_url: str = ""
     max_query_bytes: int = 8192
+    fast_path: bool = True  # serve /c/ and /p.gif with the lean protocol (fastpath.py)
 
 
 @dataclass
@@ -300,6 +301,10 @@ def _validate(s: Settings) -> None:
         "must be an http(s) URL or empty",
     )
     check(s.http.max_query_bytes >= 256, "http.max_query_bytes", "must be at least 256")
+    check(s.http.fallback_url.isprintable() and " " not in s.http.fallback_url,
+          "http.fallback_url", "must not contain spaces or control characters")
+    check(all(ch.isalnum() or ch in ".-" for ch in s.cookie.domain), "cookie.domain",
+          "must be a domain name")
     check(s.cookie.name.isidentifier(), "cookie.name", "must be a plain token")
     check(s.cookie.samesite in ("Lax", "Strict", "None"), "cookie.samesite", "Lax, Strict or None")
     check(

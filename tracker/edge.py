@@ -13,6 +13,7 @@ import signal
 import uvloop
 from aiohttp import web
 
+from . import fastpath, tracking
 from .app import HANDLER_ARGS, create_app
 from .config import Settings
 
@@ -27,14 +28,27 @@ async def serve(settings: Settings, worker_index: int, stop: asyncio.Event | Non
     app = create_app(settings, worker_index)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5, **HANDLER_ARGS)
     await runner.setup()
-    site = web.TCPSite(
-        runner, settings.http.host, settings.http.port, reuse_port=True, backlog=4096
-    )
-    await site.start()
-    log.info("edge %d listening on %s:%d", worker_index, settings.http.host, settings.http.port)
+    fast = None
+    if settings.http.fast_path:
+        # aiohttp serves what the fast path hands over, on the same connection
+        fast, connections = await fastpath.serve(
+            app[tracking.EDGE], runner.server, settings.http.host, settings.http.port
+        )
+    else:
+        site = web.TCPSite(
+            runner, settings.http.host, settings.http.port, reuse_port=True, backlog=4096
+        )
+        await site.start()
+    log.info("edge %d listening on %s:%d%s", worker_index, settings.http.host,
+             settings.http.port, " (fast path)" if fast else "")
     await stop.wait()
     log.info("edge %d stopping", worker_index)
-    await runner.cleanup()
+    if fast:
+        fast.close()  # stop accepting; answers in flight are already written
+        for connection in list(connections):
+            connection.transport.close()
+        await fast.wait_closed()
+    await runner.cleanup()  # aiohttp's connections, then the writer flushes
 
 
 def run(settings: Settings, worker_index: int) -> None:

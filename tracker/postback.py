@@ -219,7 +219,7 @@ def reject(ctx: Conversions, exc: Rejected) -> web.Response:
 
 
 async def postback(request: web.Request) -> web.Response:
-    from .tracking import EDGE, request_meta
+    from .tracking import EDGE, hit_of, request_meta
 
     ctx = request.app[CONVERSIONS]
     s = ctx.settings
@@ -232,7 +232,7 @@ async def postback(request: web.Request) -> web.Response:
             raise Rejected(401, "unknown_advertiser")
         authenticate(request, advertiser.token, params, body,
                      s.conversions.signature_window_seconds)
-        meta = request_meta(request, request.app[EDGE])
+        meta = request_meta(hit_of(request), request.app[EDGE])
         return await record(ctx, conv, visitor_id="", source="postback", meta=meta)
     except Rejected as exc:
         return reject(ctx, exc)

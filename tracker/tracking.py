@@ -1,14 +1,18 @@
 """The hot tracking routes: `/c/{slug}` (redirect) and `/p.gif` (pixel).
 
 Each request is a short list of steps: read the request -> build the event -> record it
-(an in-memory append; the writer flushes to Redis) -> respond. Nothing here awaits I/O.
+(an in-memory append; the writer flushes to Redis) -> reply. Nothing here awaits I/O.
+The steps work on a `Hit` and return a `Reply`, so the aiohttp routes below and the lean
+fast path (fastpath.py) give the same answers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from . import events
 from .hashcache import HashCache
@@ -25,8 +29,8 @@ PIXEL = (
     b"\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
 )
 NOT_FOUND_PAGE = (
-    "<!doctype html><title>Link not found</title>"
-    "<h1>Link not found</h1><p>This link does not exist or is no longer active.</p>"
+    b"<!doctype html><title>Link not found</title>"
+    b"<h1>Link not found</h1><p>This link does not exist or is no longer active.</p>"
 )
 MAX_COOKIE_HEADER = 4096  # a longer Cookie header is ignored (the visitor gets a new id)
 
@@ -66,35 +70,52 @@ def read_cookie(header: str | None, name: str) -> str | None:
     return None
 
 
-def request_meta(request: web.Request, edge: Edge) -> events.RequestMeta:
-    headers = request.headers
-    peer = request.transport.get_extra_info("peername") if request.transport else None
+@dataclass(slots=True)
+class Hit:
+    """A tracking request as either server reads it (aiohttp, or the fast path)."""
+
+    method: str
+    raw_path: str  # path and query string as sent
+    query: str  # the raw query string
+    headers: Mapping[str, str]  # looked up by lower-case name
+    peer: str | None
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+
+
+def request_meta(hit: Hit, edge: Edge) -> events.RequestMeta:
+    headers = hit.headers
     return events.RequestMeta(
-        ip=client_ip(peer[0] if peer else None, headers.get("X-Forwarded-For"), edge.trusted),
-        user_agent=events.clean(headers.get("User-Agent", ""), events.MAX_HEADER),
-        referer=events.clean(headers.get("Referer", ""), events.MAX_URL),
-        accept_language=events.clean(headers.get("Accept-Language", ""), events.MAX_HEADER),
-        url=events.clean(request.raw_path, events.MAX_URL),
-        method=request.method,
+        ip=client_ip(hit.peer, headers.get("x-forwarded-for"), edge.trusted),
+        user_agent=events.clean(headers.get("user-agent", ""), events.MAX_HEADER),
+        referer=events.clean(headers.get("referer", ""), events.MAX_URL),
+        accept_language=events.clean(headers.get("accept-language", ""), events.MAX_HEADER),
+        url=events.clean(hit.raw_path, events.MAX_URL),
+        method=hit.method,
     )
 
 
-def visitor(request: web.Request, edge: Edge) -> tuple[str, bool]:
+def visitor(hit: Hit, edge: Edge) -> tuple[str, bool]:
     """(visitor id, new?) from the cookie, or a fresh id."""
-    vid = read_cookie(request.headers.get("Cookie"), edge.cookie_name)
+    vid = read_cookie(hit.headers.get("cookie"), edge.cookie_name)
     return (vid, False) if vid else (uuid7(), True)
 
 
 _NO = ("", "0", "false", "no")
 
 
-def wants_no_track(request: web.Request, params: dict[str, str], edge: Edge) -> bool:
+def wants_no_track(hit: Hit, params: dict[str, str], edge: Edge) -> bool:
     """`no-track=1` on the link, or the browser's `DNT: 1` / `Sec-GPC: 1`."""
     if not edge.honor_no_track:
         return False
-    headers = request.headers
+    headers = hit.headers
     return (params.get("no-track", "0").lower() not in _NO
-            or headers.get("DNT") == "1" or headers.get("Sec-GPC") == "1")
+            or headers.get("dnt") == "1" or headers.get("sec-gpc") == "1")
 
 
 def anonymous(meta: events.RequestMeta) -> events.RequestMeta:
@@ -104,11 +125,19 @@ def anonymous(meta: events.RequestMeta) -> events.RequestMeta:
                               accept_language="", url=meta.url, method=meta.method)
 
 
-def respond(response: web.StreamResponse, edge: Edge, visitor_id: str, new: bool):
-    response.headers["Cache-Control"] = "no-store"
+def who(hit: Hit, params: dict[str, str], edge: Edge):
+    """(request meta, visitor id, new visitor?), honouring no-track."""
+    meta = request_meta(hit, edge)
+    if wants_no_track(hit, params, edge):
+        return anonymous(meta), ZERO_UUID, False
+    return (meta, *visitor(hit, edge))
+
+
+def finish(reply: Reply, edge: Edge, visitor_id: str, new: bool) -> Reply:
+    reply.headers.append(("Cache-Control", "no-store"))
     if new:
-        response.headers["Set-Cookie"] = f"{edge.cookie_name}={visitor_id}{edge.cookie_attrs}"
-    return response
+        reply.headers.append(("Set-Cookie", f"{edge.cookie_name}={visitor_id}{edge.cookie_attrs}"))
+    return reply
 
 
 def orphan(edge: Edge, ms: int, visitor_id: str, slug: str, reason: str, route: str, meta):
@@ -121,25 +150,20 @@ def orphan(edge: Edge, ms: int, visitor_id: str, slug: str, reason: str, route: 
     )
 
 
-async def click(request: web.Request) -> web.StreamResponse:
-    edge: Edge = request.app[EDGE]
-    slug = request.match_info["slug"]
-    meta = request_meta(request, edge)
-    params = events.parse_query(request.rel_url.raw_query_string, edge.max_query_bytes)
-    if wants_no_track(request, params, edge):
-        meta, (visitor_id, new) = anonymous(meta), (ZERO_UUID, False)
-    else:
-        visitor_id, new = visitor(request, edge)
+def click_reply(edge: Edge, hit: Hit, slug: str) -> Reply:
+    """GET /c/{slug}: read -> build the click -> record it (in memory) -> redirect."""
+    params = events.parse_query(hit.query, edge.max_query_bytes)
+    meta, visitor_id, new = who(hit, params, edge)
     ms = now_ms()
     link = edge.links.get(slug)
     if link is None or not link.active:
         orphan(edge, ms, visitor_id, slug, "unknown_link" if link is None else "disabled_link",
                "click", meta)
         if edge.fallback_url:
-            response = web.Response(status=302, headers={"Location": edge.fallback_url})
+            reply = Reply(302, [("Location", edge.fallback_url)])
         else:
-            response = web.Response(status=404, text=NOT_FOUND_PAGE, content_type="text/html")
-        return respond(response, edge, visitor_id, new)
+            reply = Reply(404, [("Content-Type", "text/html; charset=utf-8")], NOT_FOUND_PAGE)
+        return finish(reply, edge, visitor_id, new)
 
     click_id = uuid7(ms)
     destination = render(
@@ -157,19 +181,17 @@ async def click(request: web.Request) -> web.StreamResponse:
         params=params, meta=meta, destination=destination,
     )
     edge.writer.add_click(row, events.click_record(row, ms), ms)
-    response = web.Response(status=302, headers={"Location": destination})
-    return respond(response, edge, visitor_id, new)
+    return finish(Reply(302, [("Location", destination)]), edge, visitor_id, new)
 
 
-async def pixel(request: web.Request) -> web.StreamResponse:
-    edge: Edge = request.app[EDGE]
-    meta = request_meta(request, edge)
-    visitor_id, new = visitor(request, edge)
+def is_conversion_pixel(params: dict[str, str]) -> bool:
+    return "txid" in params or "event" in params
+
+
+def pixel_reply(edge: Edge, hit: Hit, params: dict[str, str]) -> Reply:
+    """GET /p.gif (an impression): record it and answer the 1x1 GIF."""
+    meta, visitor_id, new = who(hit, params, edge)
     ms = now_ms()
-    params = events.parse_query(request.rel_url.raw_query_string, edge.max_query_bytes)
-    if "txid" in params or "event" in params:  # a conversion pixel on a thank-you page
-        await conversion_pixel(request, params, None if new else visitor_id, meta)
-        return respond(web.Response(body=PIXEL, content_type="image/gif"), edge, visitor_id, new)
     slug = params.get("slug", "")
     link = edge.links.get(slug) if slug else None
     campaign_id = params.get("campaign_id", "")
@@ -185,8 +207,40 @@ async def pixel(request: web.Request) -> web.StreamResponse:
                 campaign_id=events.clean(campaign_id, 64), params=params, meta=meta,
             ),
         )
-    response = web.Response(body=PIXEL, content_type="image/gif")
-    return respond(response, edge, visitor_id, new)
+    return finish(gif(), edge, visitor_id, new)
+
+
+def gif() -> Reply:
+    return Reply(200, [("Content-Type", "image/gif")], PIXEL)
+
+
+# -- the aiohttp routes (the fast path in fastpath.py serves the same replies) -------------
+
+
+def hit_of(request: web.Request) -> Hit:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return Hit(request.method, request.raw_path, request.rel_url.raw_query_string,
+               request.headers, peer[0] if peer else None)
+
+
+def to_response(reply: Reply) -> web.Response:
+    return web.Response(status=reply.status, body=reply.body, headers=CIMultiDict(reply.headers))
+
+
+async def click(request: web.Request) -> web.StreamResponse:
+    return to_response(click_reply(request.app[EDGE], hit_of(request),
+                                   request.match_info["slug"]))
+
+
+async def pixel(request: web.Request) -> web.StreamResponse:
+    edge: Edge = request.app[EDGE]
+    hit = hit_of(request)
+    params = events.parse_query(hit.query, edge.max_query_bytes)
+    if is_conversion_pixel(params):  # a thank-you page: awaits Redis, so not the fast path
+        meta, visitor_id, new = who(hit, params, edge)
+        await conversion_pixel(request, params, None if new else visitor_id, meta)
+        return to_response(finish(gif(), edge, visitor_id, new))
+    return to_response(pixel_reply(edge, hit, params))
 
 
 EDGE = web.AppKey("edge", Edge)

@@ -1,0 +1,228 @@
+"""Throughput as a ratio against nginx `empty_gif`, in one run, on this machine.
+
+    python -m loadtest.bench [--duration 10] [--connections 64] [--processes 2] [--rounds 3]
+
+Starts on loopback: nginx (empty_gif, N workers) and the full tracker (N edge processes,
+its own redis-server with AOF, the sink, chDB). Runs wrk against each in turn, alternating,
+with a realistic click mix (many links, sub values, long user agents, cookies present and
+absent). Then latency at a fixed rate of half the tracker's peak (hey, rate-limited), CPU
+seconds and peak RSS per process, and, after the sink drained, clicks answered vs rows in
+ClickHouse. Prints a summary and writes it as JSON to loadtest/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import RedisServer, Service, free_port, wait_until
+
+HERE = Path(__file__).resolve().parent
+SLUGS = 50
+
+WRK_SCRIPT = HERE / "clicks.lua"  # must create the same links as SLUGS below
+
+NGINX_CONF = """
+worker_processes %(workers)d;
+daemon off;
+pid %(dir)s/nginx.pid;
+error_log %(dir)s/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path %(dir)s; proxy_temp_path %(dir)s; fastcgi_temp_path %(dir)s;
+  uwsgi_temp_path %(dir)s; scgi_temp_path %(dir)s;
+  server {
+    listen 127.0.0.1:%(port)d reuseport;
+    location / { empty_gif; }
+  }
+}
+"""
+
+
+def wrk(url: str, duration: int, connections: int, threads: int, script: Path) -> dict:
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
+         "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "errors": sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out)),
+        "p50_ms": _wrk_ms(out, "50%"),
+        "p99_ms": _wrk_ms(out, "99%"),
+    }
+
+
+def _wrk_ms(out: str, pct: str) -> float:
+    value, unit = re.search(rf"{re.escape(pct)}\s+([\d.]+)(us|ms|s)", out).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def hey(url: str, duration: int, rate: float, workers: int = 16) -> dict:
+    """Rate-limited load (`-q` per worker): tail latency at a fixed request rate."""
+    out = subprocess.run(
+        ["hey", "-z", f"{duration}s", "-c", str(workers), "-q", f"{rate / workers:.1f}",
+         "-disable-redirects", "-H", "User-Agent: Mozilla/5.0 (bench) Chrome/131.0", url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return {
+        "rate_target": round(rate),
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": float(re.search(r"50%+ in ([\d.]+) secs", out).group(1)) * 1000,
+        "p99_ms": float(re.search(r"99%+ in ([\d.]+) secs", out).group(1)) * 1000,
+        "answered": sum(int(n) for n in re.findall(r"\[\d{3}\]\s+(\d+) responses", out)),
+    }
+
+
+def process_usage(pids: dict[str, int]) -> dict:
+    """CPU seconds (user + system) and peak RSS (MB) of each process so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    usage = {}
+    for name, pid in pids.items():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+        usage[name] = {"cpu_s": round((int(stat[11]) + int(stat[12])) / ticks, 1),
+                       "peak_rss_mb": round(hwm, 1)}
+    return usage
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def tracker_pids(serve_pid: int) -> dict[str, int]:
+    pids = {}
+    for pid in children(serve_pid):
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        role = cmd[3].decode() if len(cmd) > 3 else "?"
+        if role == "edge":
+            role = f"edge-{cmd[5].decode()}"
+        pids[role] = pid
+    return pids
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--processes", type=int, default=os.cpu_count() or 2,
+                   help="nginx workers = tracker edge processes")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2, help="wrk threads")
+    args = p.parse_args(argv)
+    for tool in ("nginx", "wrk", "hey", "redis-server"):
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
+            print(f"bench: {tool} is missing (make bench installs it)", file=sys.stderr)
+            return 2
+
+    work = Path(tempfile.mkdtemp(prefix="tracker-bench-"))
+    script = WRK_SCRIPT
+    nginx_port = free_port()
+    (work / "nginx.conf").write_text(NGINX_CONF % {"workers": args.processes, "dir": work,
+                                                   "port": nginx_port})
+    nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c",
+                              str(work / "nginx.conf"), "-p", str(work)])
+    redis = RedisServer(work / "redis")
+    redis.start()
+    svc = Service(work / "tracker", redis, TRACKER_WORKERS=str(args.processes))
+    try:
+        svc.serve()
+        for i in range(1, SLUGS + 1):
+            svc.api("POST", "/api/links", {
+                "slug": f"bench-{i}", "campaign_id": f"campaign-{i % 7}",
+                "affiliate_id": f"aff-{i % 13}",
+                "destination": "https://shop.example/landing?c={click_id}&s={sub1}",
+            })
+        time.sleep(1)
+        nginx_url = f"http://127.0.0.1:{nginx_port}/"
+        tracker_url = f"{svc.base_url}/"
+        wait_until(lambda: _answers(nginx_url), 10, "nginx")
+        pids = tracker_pids(svc.procs["serve"].pid)
+        pids["redis"] = redis.proc.pid
+
+        rounds = []
+        for n in range(args.rounds):
+            nginx_run = wrk(nginx_url, args.duration, args.connections, args.threads, script)
+            tracker_run = wrk(tracker_url, args.duration, args.connections, args.threads,
+                              script)
+            rounds.append({"nginx": nginx_run, "tracker": tracker_run,
+                           "ratio": tracker_run["rps"] / nginx_run["rps"]})
+            print(f"round {n + 1}: nginx {nginx_run['rps']:,.0f} rps, tracker "
+                  f"{tracker_run['rps']:,.0f} rps, ratio {rounds[-1]['ratio']:.3f}", flush=True)
+        peak = statistics.median(r["tracker"]["rps"] for r in rounds)
+        fixed = hey(f"{svc.base_url}/c/bench-1?sub1=fixed", args.duration, peak / 2)
+        usage = process_usage(pids)
+
+        answered = sum(r["tracker"]["requests"] for r in rounds) + fixed["answered"]
+        started = time.monotonic()
+        wait_until(lambda: svc.count("clicks") >= answered, 300, "the sink to drain",
+                   interval=0.5)
+        drain_s = time.monotonic() - started
+        rows = svc.count("clicks")
+        lag = svc.sql("SELECT quantile(0.5)(toFloat64(inserted_at - event_time)) AS p50, "
+                      "quantile(0.99)(toFloat64(inserted_at - event_time)) AS p99 "
+                      "FROM tracker.clicks WHERE sub1 = 'fixed'")[0]
+        result = {
+            "machine": {"cores": os.cpu_count(), "processes": args.processes,
+                        "connections": args.connections, "duration_s": args.duration,
+                        "wrk_threads": args.threads},
+            "rounds": rounds,
+            "nginx_rps": statistics.median(r["nginx"]["rps"] for r in rounds),
+            "tracker_rps": peak,
+            "ratio": statistics.median(r["ratio"] for r in rounds),
+            "saturation_latency_ms": {
+                "p50": statistics.median(r["tracker"]["p50_ms"] for r in rounds),
+                "p99": statistics.median(r["tracker"]["p99_ms"] for r in rounds)},
+            "fixed_rate": fixed,
+            "click_to_queryable_s_at_fixed_rate": lag,
+            "processes": usage,
+            "clicks_answered": answered,
+            "rows_in_clickhouse": rows,
+            "drain_s": round(drain_s, 1),
+        }
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        svc.stop_all()
+        redis.stop()
+        nginx.wait(10)
+    out_dir = HERE / "results"
+    out_dir.mkdir(exist_ok=True)
+    out = out_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("nginx_rps", "tracker_rps", "ratio",
+                                             "saturation_latency_ms", "fixed_rate",
+                                             "clicks_answered", "rows_in_clickhouse")},
+                     indent=2))
+    print(f"written to {out}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if rows == answered else 1
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

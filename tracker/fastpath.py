@@ -1,0 +1,179 @@
+"""The fast path: the hot tracking routes served by a lean protocol on the same event loop.
+
+aiohttp's per-request machinery (request and response objects, routing, a task per
+request) costs several times what recording a click does. This protocol parses with
+llhttp (httptools) and answers bodiless `GET`/`HEAD` requests for `/c/{slug}` and
+impression pixels itself, with the same `click_reply` / `pixel_reply` as the aiohttp
+routes. Anything else (other paths or methods, a request with a body, a conversion pixel,
+an upgrade) is handed to aiohttp on the same connection, bytes and all, and aiohttp keeps
+that connection from then on.
+
+HTTP details kept: keep-alive (HTTP/1.1 by default, HTTP/1.0 on request), pipelining
+(answers in order), HEAD (headers of the GET, no body), a bound on request size (431),
+400 on malformed requests, and no header value that did not pass validation or
+percent-encoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from urllib.parse import unquote
+
+import httptools
+
+from . import events
+from .tracking import Edge, Hit, Reply, click_reply, is_conversion_pixel, pixel_reply
+
+MAX_REQUEST = 96 * 1024  # request line + headers; aiohttp's limits are 64 KiB + 32 KiB
+REASONS = {200: "OK", 302: "Found", 400: "Bad Request", 404: "Not Found",
+           431: "Request Header Fields Too Large"}
+
+_date = ["", 0]
+
+
+def date_header() -> str:
+    """The Date header, formatted once a second."""
+    now = int(time.time())
+    if _date[1] != now:
+        _date[0] = time.strftime("Date: %a, %d %b %Y %H:%M:%S GMT\r\n", time.gmtime(now))
+        _date[1] = now
+    return _date[0]
+
+
+def encode(reply: Reply, head: bool, keep_alive: bool) -> bytes:
+    parts = [f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'OK')}\r\n"]
+    parts += [f"{name}: {value}\r\n" for name, value in reply.headers]
+    parts.append(f"Content-Length: {len(reply.body)}\r\n")
+    parts.append(date_header())
+    parts.append("Server: tracker\r\n")
+    if not keep_alive:
+        parts.append("Connection: close\r\n")
+    parts.append("\r\n")
+    data = "".join(parts).encode()
+    return data if head else data + reply.body
+
+
+class HandOver(Exception):
+    """This request is not for the fast path."""
+
+
+class FastProtocol(asyncio.Protocol):
+    def __init__(self, edge: Edge, fallback: Callable[[], asyncio.Protocol],
+                 connections: set) -> None:
+        self.edge = edge
+        self.fallback = fallback  # aiohttp's protocol factory
+        self.connections = connections
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.buffer = bytearray()  # bytes of requests not yet answered
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.peer: str | None = None
+        self.closing = False
+
+    # -- connection ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else None
+        self.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+
+    def pause_writing(self) -> None:  # a slow reader: stop reading its requests meanwhile
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.buffer += data
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, HandOver):
+                return self.hand_over()
+            raise
+        except httptools.HttpParserUpgrade:
+            return self.hand_over()
+        except httptools.HttpParserError:
+            return self.fail(400)
+        if len(self.buffer) > MAX_REQUEST:
+            self.fail(431)
+
+    def hand_over(self) -> None:
+        """Give this connection, from the current request on, to aiohttp."""
+        protocol = self.fallback()
+        self.connections.discard(self)
+        self.transport.set_protocol(protocol)
+        protocol.connection_made(self.transport)
+        data, self.buffer = bytes(self.buffer), bytearray()
+        self.closing = True
+        if data:
+            protocol.data_received(data)
+
+    def fail(self, status: int) -> None:
+        self.transport.write(encode(Reply(status, [("Content-Type", "text/plain")],
+                                          REASONS[status].encode()), False, False))
+        self.closing = True
+        self.transport.close()
+
+    # -- llhttp callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = {}
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        if key not in self.headers:  # the first of a repeated header, as aiohttp's .get()
+            self.headers[key] = value.decode("utf-8", "surrogateescape")
+
+    def on_headers_complete(self) -> None:
+        method = self.parser.get_method()
+        if method not in (b"GET", b"HEAD") or "content-length" in self.headers and (
+                self.headers["content-length"] != "0") or "transfer-encoding" in self.headers:
+            raise HandOver
+        path = self.url.split(b"?", 1)[0]
+        if not (path.startswith(b"/c/") and b"/" not in path[3:] and len(path) > 3
+                or path == b"/p.gif"):
+            raise HandOver
+
+    def on_message_complete(self) -> None:
+        raw = self.url.decode("utf-8", "surrogateescape")
+        path, _, query = raw.partition("?")
+        method = self.parser.get_method().decode()
+        hit = Hit(method, raw, query, self.headers, self.peer)
+        if path == "/p.gif":
+            params = events.parse_query(query, self.edge.max_query_bytes)
+            if is_conversion_pixel(params):
+                raise HandOver
+            reply = pixel_reply(self.edge, hit, params)
+        else:
+            reply = click_reply(self.edge, hit, unquote(path[3:], errors="replace"))
+        keep_alive = self.parser.should_keep_alive()
+        self.transport.write(encode(reply, method == "HEAD", keep_alive))
+        end = self.buffer.find(b"\r\n\r\n")  # bodiless: the request ends with its headers
+        del self.buffer[: end + 4]
+        if not keep_alive:
+            self.closing = True
+            self.transport.close()
+
+
+async def serve(edge: Edge, fallback: Callable[[], asyncio.Protocol], host: str, port: int,
+                backlog: int = 4096) -> tuple[asyncio.Server, set]:
+    connections: set[FastProtocol] = set()
+    server = await asyncio.get_running_loop().create_server(
+        lambda: FastProtocol(edge, fallback, connections), host, port, reuse_port=True,
+        backlog=backlog,
+    )
+    return server, connections
