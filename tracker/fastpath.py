@@ -26,7 +26,11 @@ import httptools
 from . import events
 from .tracking import Edge, Hit, Reply, click_reply, is_conversion_pixel, pixel_reply
 
-MAX_REQUEST = 96 * 1024  # request line + headers; aiohttp's limits are 64 KiB + 32 KiB
+# The same limits as the aiohttp side (app.HANDLER_ARGS): request line, one header field,
+# and all headers together.
+MAX_LINE = 65536
+MAX_FIELD = 32768
+MAX_HEADERS = 96 * 1024
 REASONS = {200: "OK", 302: "Found", 400: "Bad Request", 404: "Not Found",
            431: "Request Header Fields Too Large"}
 
@@ -59,6 +63,10 @@ class HandOver(Exception):
     """This request is not for the fast path."""
 
 
+class TooLarge(Exception):
+    """A request line or headers over the limits."""
+
+
 class FastProtocol(asyncio.Protocol):
     def __init__(self, edge: Edge, fallback: Callable[[], asyncio.Protocol],
                  connections: set) -> None:
@@ -71,6 +79,7 @@ class FastProtocol(asyncio.Protocol):
         self.url = b""
         self.headers: dict[str, str] = {}
         self.peer: str | None = None
+        self.header_bytes = 0
         self.closing = False
 
     # -- connection ---------------------------------------------------------------------
@@ -99,13 +108,13 @@ class FastProtocol(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, HandOver):
                 return self.hand_over()
+            if isinstance(exc.__context__, TooLarge):
+                return self.fail(431)
             raise
         except httptools.HttpParserUpgrade:
             return self.hand_over()
         except httptools.HttpParserError:
             return self.fail(400)
-        if len(self.buffer) > MAX_REQUEST:
-            self.fail(431)
 
     def hand_over(self) -> None:
         """Give this connection, from the current request on, to aiohttp."""
@@ -129,11 +138,17 @@ class FastProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = {}
+        self.header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > MAX_LINE:
+            raise TooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value)
+        if len(value) > MAX_FIELD or self.header_bytes > MAX_HEADERS:
+            raise TooLarge
         key = name.decode("latin-1").lower()
         if key not in self.headers:  # the first of a repeated header, as aiohttp's .get()
             self.headers[key] = value.decode("utf-8", "surrogateescape")
