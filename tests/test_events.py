@@ -278,3 +278,17 @@ def test_cookie_attributes():
     assert cookie_attributes(60, "None", True, "example.com") == (
         "; Max-Age=60; Path=/; SameSite=None; HttpOnly; Secure; Domain=example.com"
     )
+
+
+def test_parse_query_agrees_with_urllib_on_random_junk():
+    import random
+    from urllib.parse import parse_qsl
+
+    rng = random.Random(1)
+    alphabet = "ab=&%+0f;xé\x00"
+    for _ in range(5000):
+        raw = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16)))
+        expected: dict[str, str] = {}
+        for key, value in parse_qsl(raw, keep_blank_values=True, errors="replace"):
+            expected.setdefault(key, clean(value, MAX_PARAM))
+        assert parse_query(raw, 8192) == expected, raw

@@ -128,6 +128,7 @@ class SinkSettings:
     query_host: str = "127.0.0.1"
     query_port: int = 8124
     max_lag_events: int = 100000
+    nice: int = 10  # the sink yields the CPU to the edges under load, and catches up after
 
 
 @dataclass
@@ -351,6 +352,7 @@ def _validate(s: Settings) -> None:
     check(1 <= s.sink.read_entries <= 10000, "sink.read_entries", "must be 1 to 10000")
     check(s.sink.block_ms >= 1, "sink.block_ms", "must be >= 1")
     check(1 <= s.sink.query_port <= 65535, "sink.query_port", "must be between 1 and 65535")
+    check(0 <= s.sink.nice <= 19, "sink.nice", "must be 0 to 19")
     check(
         not s.clickhouse.dsn or s.clickhouse.dsn.startswith(("chdb://", "http://", "https://")),
         "clickhouse.dsn",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 from .links import Link
 from .timefmt import format_ms
@@ -49,18 +49,27 @@ def clean(value: str, limit: int) -> str:
 
 
 def parse_query(raw: str, max_bytes: int) -> dict[str, str]:
-    """The tracking parameters of a query string; junk never raises.
+    """The parameters of a query string; junk never raises.
 
     An oversized query string is ignored as a whole (the click is still recorded and
     redirected); invalid percent-encoding or UTF-8 is decoded with replacement characters.
-    The first value of a repeated parameter wins.
+    The first value of a repeated parameter wins. (urllib's parse_qsl gives the same
+    answers; this loop is several times faster, and it runs on every click.)
     """
     if not raw or len(raw) > max_bytes:
         return {}
     params: dict[str, str] = {}
-    for key, value in parse_qsl(raw, keep_blank_values=True, errors="replace"):
-        if key not in params:
-            params[key] = clean(value, MAX_PARAM)
+    for part in raw.split("&"):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        if "%" in key or "+" in key:
+            key = unquote_plus(key, errors="replace")
+        if key in params:
+            continue
+        if "%" in value or "+" in value:
+            value = unquote_plus(value, errors="replace")
+        params[key] = clean(value, MAX_PARAM)
     return params
 
 

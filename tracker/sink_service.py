@@ -7,6 +7,7 @@ seconds at most), close chDB, exit 0.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
@@ -29,6 +30,7 @@ def consumer_name(settings: Settings) -> str:
 
 
 def run(settings: Settings) -> None:
+    os.nice(settings.sink.nice)  # answering clicks comes first; the sink catches up
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -2,6 +2,7 @@
 
 import time
 from datetime import UTC, datetime
+from functools import lru_cache
 
 _cached_second = -1
 _cached_prefix = ""
@@ -23,7 +24,14 @@ def format_ms(ms: int) -> str:
 
 def parse_ms(text: str) -> int:
     """Inverse of format_ms (also accepts ISO 8601 with 'T' and a UTC offset)."""
+    if len(text) == 23 and text[19] == "." and text[10] == " ":  # our own format, fast
+        return _second(text[:19]) * 1000 + int(text[20:])
     dt = datetime.fromisoformat(text.replace(" ", "T"))
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
+
+
+@lru_cache(maxsize=4096)
+def _second(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp())

@@ -9,7 +9,7 @@
 | datacenter_asn | the IP belongs to a hosting / cloud network (an ASN in `datacenter_asns`) |
 
 Thresholds come from config, with per-campaign overrides. `FraudRules.prepare_clicks`
-updates the counters for a whole batch in one Redis pipeline; the checks then read the
+updates the counters for a whole batch in one Redis script call; the checks then read the
 results event by event.
 """
 
@@ -58,6 +58,40 @@ def datacenter_asn(asn: int, datacenter_asns: frozenset[int]) -> bool:
 
 # -- state in Redis -------------------------------------------------------------------------
 
+# KEYS: per click: its IP's hourly visitor set, its visitor-and-link marker; then the
+#       per-IP minute counters. ARGV: clicks, counters, per click: visitor id and the
+#       duplicate window in seconds (0: rule off, -1: no visitor), per counter: increment.
+# Returns per click: distinct visitors of the IP so far, 1 if seen within the window;
+# then each counter's total.
+COUNT_CLICKS = """
+local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out, a = {}, 3
+for i = 1, n do
+  local hour, recent = KEYS[2 * i - 1], KEYS[2 * i]
+  local visitor, window = ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  if window < 0 then
+    out[#out + 1] = 0
+    out[#out + 1] = 0
+  else
+    redis.call('SADD', hour, visitor)
+    redis.call('EXPIRE', hour, 7200)
+    out[#out + 1] = redis.call('SCARD', hour)
+    if window > 0 and not redis.call('SET', recent, '1', 'NX', 'EX', window) then
+      out[#out + 1] = 1
+    else
+      out[#out + 1] = 0
+    end
+  end
+end
+for j = 1, m do
+  out[#out + 1] = redis.call('INCRBY', KEYS[2 * n + j], ARGV[a])
+  redis.call('EXPIRE', KEYS[2 * n + j], 7200)
+  a = a + 1
+end
+return out
+"""
+
 
 class FraudRules:
     def __init__(self, redis: Any, default: Thresholds, per_campaign: dict[str, Thresholds],
@@ -69,49 +103,36 @@ class FraudRules:
         self._clicks_in_minute: dict[int, int] = {}  # id(event) -> its ordinal in the minute
         self._seen: dict[int, bool] = {}
         self._visitors: dict[int, int] = {}
+        self._script: Any = None
 
     def thresholds(self, campaign_id: str) -> Thresholds:
         return self.per_campaign.get(campaign_id, self.default)
 
     def prepare_clicks(self, events: list[Event]) -> None:
-        """One pipeline for the batch: per-IP minute counters, per-visitor-and-link
+        """One script call for the batch: per-IP minute counters, per-visitor-and-link
         markers, per-IP hourly visitor sets. Counts follow stream order, so a click's
         verdict does not depend on how events were cut into batches."""
+        keys: list[str] = []
+        args: list = []
         by_minute: dict[str, list[Event]] = defaultdict(list)
-        hour_keys: set[str] = set()
-        pipe = self.redis.pipeline(transaction=False)
-        marked: list[Event] = []
-        counted: list[Event] = []
         for event in events:
             ms = parse_ms(event["event_time"])
             ip = event["ip"]
             by_minute[K.fraud_ip_minute_key(ip, ms // 60_000)].append(event)
-            if event["visitor_id"] == ZERO_UUID:
-                continue
-            hour_key = K.fraud_ip_hour_key(ip, ms // 3_600_000)
-            pipe.sadd(hour_key, event["visitor_id"])
-            pipe.scard(hour_key)  # distinct visitors of this IP so far, this one included
-            hour_keys.add(hour_key)
-            counted.append(event)
+            anonymous = event["visitor_id"] == ZERO_UUID
+            keys += [K.fraud_ip_hour_key(ip, ms // 3_600_000),
+                     K.fraud_recent_click_key(event["visitor_id"], event["link_slug"])]
             window = self.thresholds(event["campaign_id"]).duplicate_click_seconds
-            if window > 0:  # 0 turns the rule off
-                pipe.set(K.fraud_recent_click_key(event["visitor_id"], event["link_slug"]),
-                         1, nx=True, ex=window)
-                marked.append(event)
-        for key, group in by_minute.items():
-            pipe.incrby(key, len(group))
-        for key in [*by_minute, *hour_keys]:
-            pipe.expire(key, 7200)
-        results = pipe.execute()
-        self._visitors, self._seen, self._clicks_in_minute = {}, {}, {}
-        position = 0
-        marked_ids = {id(e) for e in marked}
-        for event in counted:
-            self._visitors[id(event)] = results[position + 1]
-            position += 2
-            if id(event) in marked_ids:
-                self._seen[id(event)] = not results[position]
-                position += 1
+            args += [event["visitor_id"], -1 if anonymous else window]
+        keys += list(by_minute)
+        args += [len(group) for group in by_minute.values()]
+        if self._script is None:
+            self._script = self.redis.register_script(COUNT_CLICKS)
+        results = self._script(keys=keys, args=[len(events), len(by_minute), *args])
+        self._visitors = {id(e): results[2 * i] for i, e in enumerate(events)}
+        self._seen = {id(e): bool(results[2 * i + 1]) for i, e in enumerate(events)}
+        self._clicks_in_minute = {}
+        position = 2 * len(events)
         for group in by_minute.values():
             total = results[position]
             position += 1
