@@ -257,3 +257,12 @@ async def test_bot_and_fraud_clicks_are_not_credited(service: Service):
     credited = service.sql("SELECT DISTINCT campaign_id, path_length FROM "
                            "tracker.attribution_credits")
     assert credited == [{"campaign_id": "human", "path_length": 1}]
+
+
+def test_postbacks_get_no_device_or_geo_of_the_advertisers_server():
+    from tracker.enrich.steps import add_device
+
+    postback = add_device({"source": "postback", "user_agent": "Go-http-client/1.1"})
+    assert "device_type" not in postback
+    pixel = add_device({"source": "pixel", "user_agent": BROWSER_UA})
+    assert pixel["device_type"] == "desktop" and pixel["browser"] == "Chrome"

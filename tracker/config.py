@@ -138,6 +138,10 @@ class ClickHouseSettings:
     retention_days: int = 400
     dedup_window: int = 10000
     migrations_dir: str = ""  # empty: config/migrations beside this repository's code
+    cluster: str = ""  # empty: one server / chDB; else DDL runs ON CLUSTER (migrations.py)
+    replicated: bool = True  # with a cluster: Replicated*MergeTree local tables
+    zookeeper_path: str = "/clickhouse/tables/{shard}/{database}/{table}"  # macros kept as is
+    replica_name: str = "{replica}"
 
 
 @dataclass
@@ -361,6 +365,19 @@ def _validate(s: Settings) -> None:
     check(s.clickhouse.database.isidentifier(), "clickhouse.database", "must be an identifier")
     check(s.clickhouse.retention_days >= 1, "clickhouse.retention_days", "must be >= 1")
     check(s.clickhouse.dedup_window >= 100, "clickhouse.dedup_window", "must be >= 100")
+    check(not s.clickhouse.cluster or (s.clickhouse.cluster.isidentifier()
+                                       and s.clickhouse.cluster.isascii()),
+          "clickhouse.cluster", "must be an identifier (a remote_servers name) or empty")
+    check(not s.clickhouse.cluster or s.clickhouse.dsn.startswith(("http://", "https://")),
+          "clickhouse.cluster", "needs a ClickHouse server (an http(s):// dsn), not chDB")
+    zk_path = s.clickhouse.zookeeper_path
+    check(zk_path.startswith("/") and "{shard}" in zk_path
+          and ("{table}" in zk_path or "{uuid}" in zk_path),
+          "clickhouse.zookeeper_path", "must start with / and use the {shard} and {table} macros")
+    for key in ("zookeeper_path", "replica_name"):
+        value = getattr(s.clickhouse, key)
+        check(bool(value) and value.isprintable() and not set("'\\;") & set(value),
+              f"clickhouse.{key}", "must be non-empty, without quotes, backslashes or ';'")
     check(
         not s.admin_token or len(s.admin_token) >= 16,
         "admin_token",

@@ -3,6 +3,37 @@
 `apply` runs the files not yet recorded in `<db>.schema_migrations`, in order, and
 records each one. Statements use IF NOT EXISTS, so a file interrupted half-way can run
 again. Placeholders (${db}, ${retention_days}, ${dedup_window}) come from the settings.
+
+One server or a cluster
+-----------------------
+The files are written for one server (or embedded chDB) and run as they are when
+`[clickhouse] cluster` is empty. With a cluster name, each statement is rewritten on the
+way out (`cluster_statements`), from the same files:
+
+* CREATE DATABASE / CREATE TABLE / ALTER TABLE get `ON CLUSTER <cluster>`.
+* `CREATE TABLE db.t (...) ENGINE = XMergeTree(args) <clauses>` becomes two tables:
+  `db.t_local`, the same columns and clauses (PARTITION BY, ORDER BY, TTL, SETTINGS) on
+  `ReplicatedXMergeTree('<zookeeper_path>', '<replica_name>', args)` (or the engine as
+  written with `replicated = false`), and `db.t`, the same columns on
+  `Distributed(<cluster>, db, t_local, <SHARDING_KEYS[t]>)`. Inserts and analysts' queries
+  keep using `db.t`. Replicated tables deduplicate retried inserts with
+  `replicated_deduplication_window` (`non_replicated_deduplication_window` applies only to
+  plain MergeTree), so the setting is renamed on the local table.
+* `ALTER TABLE db.t ...` goes to `db.t_local`, and also to `db.t` when every clause is a
+  column change (ADD/DROP/MODIFY/RENAME/COMMENT COLUMN), which a Distributed table must
+  mirror; other clauses (TTL, indexes, settings, mutations) concern the stored data only.
+* Anything else is refused (MigrationError) rather than run on one node only: teach
+  `cluster_statements` the new kind of statement first.
+
+`schema_migrations` is not sharded: with a cluster it is a ReplicatedMergeTree created ON
+CLUSTER whose replication path has no shard in it (`{shard}` -> `all`), so every node of
+every shard holds every row and any node's sink sees what was applied, wherever
+`tracker migrate` ran. Its replica name is `{shard}_<replica_name>`, unique over the whole
+cluster even where replica macros repeat from shard to shard. ON CLUSTER itself needs
+ClickHouse Keeper, so this holds with `replicated = false` too.
+
+`render_all(settings)` lists every statement `apply` can run, in order, for tests and for
+an operator to review before pointing the service at a cluster.
 """
 
 from __future__ import annotations
@@ -18,6 +49,45 @@ from .timefmt import format_ms, now_ms
 MIGRATIONS_DIR = ROOT / "config" / "migrations"
 _FILE_RE = re.compile(r"\A(\d{4})_([a-z0-9_]+)\.sql\Z")
 
+# Which shard a row of each table goes to, with a cluster (the Distributed tables' sharding
+# keys). Deterministic keys, never rand(): a batch the sink inserts again after a failure
+# must be split across shards exactly as the first time, or the per-shard insert
+# deduplication would keep some rows twice and lose others.
+#
+# * Events are sharded by visitor, so one visitor's clicks, impressions, visits and
+#   conversions share a shard: per-visitor paths, uniq(visitor_id) and click/conversion
+#   joins are shard-local. No-track traffic has the zero visitor id; hashing it would pile
+#   every anonymous row on one shard, so those rows spread by their own id instead (they
+#   have no path to keep together). A conversion's status changes keep its visitor id, so
+#   all rows of one conversion land together either way.
+# * links: by slug. ReplacingMergeTree collapses versions of a slug only within a shard,
+#   so every version of one slug must land on the same shard for FINAL to be right.
+# * attribution_credits: by conversion, so the credits of one conversion (every model)
+#   are together and sum to its amount shard-locally.
+SHARDING_KEYS = {
+    "clicks": "cityHash64(if(empty(visitor_id), click_id, visitor_id))",
+    "impressions": "cityHash64(if(empty(visitor_id), impression_id, visitor_id))",
+    "orphan_visits": "cityHash64(if(empty(visitor_id), visit_id, visitor_id))",
+    "links": "cityHash64(slug)",
+    "conversions": "cityHash64(if(empty(visitor_id), conversion_id, visitor_id))",
+    "attribution_credits": "cityHash64(conversion_id)",
+}
+
+LOCAL_SUFFIX = "_local"
+
+_CREATE_TABLE_RE = re.compile(
+    r"\A(?P<head>CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?)(?P<db>\w+)\.(?P<table>\w+)"
+    r"(?P<gap>\s*)\(", re.I)
+_ENGINE_RE = re.compile(r"\A(?P<gap>\s*)ENGINE\s*=\s*(?P<engine>\w+)", re.I)
+_ALTER_RE = re.compile(r"\A(?P<head>ALTER\s+TABLE\s+)(?P<db>\w+)\.(?P<table>\w+)(?P<rest>\s.*)\Z",
+                       re.I | re.S)
+_CREATE_DB_RE = re.compile(r"\ACREATE\s+DATABASE\s+(?:IF\s+NOT\s+EXISTS\s+)?\w+\Z", re.I)
+_COLUMN_CLAUSE_RE = re.compile(r"\A(ADD|DROP|MODIFY|RENAME|COMMENT)\s+COLUMN\b", re.I)
+
+
+class MigrationError(ValueError):
+    """A migration statement cannot be rendered for the configured cluster."""
+
 
 def migration_files(folder: Path = MIGRATIONS_DIR) -> list[tuple[int, str, Path]]:
     found = []
@@ -29,7 +99,8 @@ def migration_files(folder: Path = MIGRATIONS_DIR) -> list[tuple[int, str, Path]
 
 
 def render(path: Path, settings: Settings) -> list[str]:
-    """The statements of one migration file with its placeholders filled."""
+    """The statements of one migration file with its placeholders filled, as written
+    (single-server form; `statements` adds the cluster rewriting)."""
     text = Template(path.read_text()).substitute(
         db=settings.clickhouse.database,
         retention_days=settings.clickhouse.retention_days,
@@ -39,15 +110,157 @@ def render(path: Path, settings: Settings) -> list[str]:
     return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
 
 
+def statements(path: Path, settings: Settings) -> list[str]:
+    """The statements `apply` runs for one migration file, for the configured target."""
+    rendered = render(path, settings)
+    if not settings.clickhouse.cluster:
+        return rendered
+    return [out for stmt in rendered for out in cluster_statements(stmt, settings)]
+
+
+def bootstrap(settings: Settings) -> list[str]:
+    """The database and the `schema_migrations` bookkeeping table."""
+    ch = settings.clickhouse
+    db = ch.database
+    if not ch.cluster:
+        return [
+            f"CREATE DATABASE IF NOT EXISTS {db}",
+            f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
+            "(version UInt32, name String, applied_at DateTime64(3, 'UTC')) "
+            "ENGINE = MergeTree ORDER BY version",
+        ]
+    # One replica set spanning the whole cluster (see the module docstring).
+    path = ch.zookeeper_path.replace("{shard}", "all")
+    replica = "{shard}_" + ch.replica_name
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {db} ON CLUSTER {ch.cluster}",
+        f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations ON CLUSTER {ch.cluster} "
+        "(version UInt32, name String, applied_at DateTime64(3, 'UTC')) "
+        f"ENGINE = ReplicatedMergeTree('{path}', '{replica}') ORDER BY version",
+    ]
+
+
+def render_all(settings: Settings) -> list[str]:
+    """Every statement `apply` runs on an empty database, in order (without the
+    bookkeeping SELECT and INSERTs)."""
+    folder = Path(settings.clickhouse.migrations_dir or MIGRATIONS_DIR)
+    out = bootstrap(settings)
+    for _, _, path in migration_files(folder):
+        out += statements(path, settings)
+    return out
+
+
+def cluster_statements(statement: str, settings: Settings) -> list[str]:
+    """One single-server statement rewritten for `settings.clickhouse.cluster`."""
+    cluster = settings.clickhouse.cluster
+    if _CREATE_DB_RE.match(statement):
+        return [f"{statement} ON CLUSTER {cluster}"]
+    if match := _CREATE_TABLE_RE.match(statement):
+        return _create_table(statement, match, settings)
+    if match := _ALTER_RE.match(statement):
+        db, table, rest = match["db"], match["table"], match["rest"]
+        columns = [bool(_COLUMN_CLAUSE_RE.match(c.strip())) for c in _split_top(rest, ",")]
+        if any(columns) and not all(columns):
+            raise MigrationError(f"ALTER TABLE {db}.{table}: put column changes and other "
+                                 "clauses in separate statements (only the former go to "
+                                 "the Distributed table too)")
+        targets = [table + LOCAL_SUFFIX] + ([table] if all(columns) else [])
+        return [f"{match['head']}{db}.{name} ON CLUSTER {cluster}{rest}" for name in targets]
+    raise MigrationError(
+        f"cannot run on cluster {cluster!r}: only CREATE DATABASE, CREATE TABLE and "
+        f"ALTER TABLE are rewritten for a cluster: {statement[:80]!r}"
+    )
+
+
+def _create_table(statement: str, match: re.Match, settings: Settings) -> list[str]:
+    ch = settings.clickhouse
+    db, table = match["db"], match["table"]
+    if table not in SHARDING_KEYS:
+        raise MigrationError(f"table {table}: no sharding key; add it to SHARDING_KEYS")
+    open_at = match.end() - 1
+    close_at = _closing(statement, open_at)
+    columns = statement[open_at:close_at + 1]
+    engine = _ENGINE_RE.match(statement[close_at + 1:])
+    if not engine:
+        raise MigrationError(f"table {table}: expected ENGINE = ... after the columns")
+    name = engine["engine"]
+    after = close_at + 1 + engine.end()
+    args = ""
+    if statement[after:after + 1] == "(":
+        args_end = _closing(statement, after)
+        args = statement[after + 1:args_end].strip()
+        after = args_end + 1
+    clauses = statement[after:]
+    if not name.endswith("MergeTree") or name.startswith("Replicated"):
+        raise MigrationError(f"table {table}: engine {name} is not a plain *MergeTree")
+    if ch.replicated:
+        replication = f"'{ch.zookeeper_path}', '{ch.replica_name}'"
+        name = "Replicated" + name
+        args = f"{replication}, {args}" if args else replication
+        clauses = re.sub(r"\bnon_replicated_deduplication_window\b",
+                         "replicated_deduplication_window", clauses)
+    engine_clause = f"ENGINE = {name}" + (f"({args})" if args else "")
+    on_cluster = f" ON CLUSTER {ch.cluster}"
+    local = table + LOCAL_SUFFIX
+    return [
+        f"{match['head']}{db}.{local}{on_cluster}{match['gap']}{columns}{engine['gap']}"
+        f"{engine_clause}{clauses}",
+        f"{match['head']}{db}.{table}{on_cluster}{match['gap']}{columns}{engine['gap']}"
+        f"ENGINE = Distributed({ch.cluster}, {db}, {local}, {SHARDING_KEYS[table]})",
+    ]
+
+
+def _closing(text: str, open_at: int) -> int:
+    """The index of the parenthesis closing the one at open_at (quotes respected)."""
+    depth, quote, i = 0, "", open_at
+    while i < len(text):
+        char = text[i]
+        if quote:
+            if char == "\\":
+                i += 1
+            elif char == quote:
+                quote = ""
+        elif char in "'`\"":
+            quote = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    raise MigrationError(f"unbalanced parentheses: {text[open_at:open_at + 80]!r}")
+
+
+def _split_top(text: str, separator: str) -> list[str]:
+    """text split at separators outside parentheses and quotes."""
+    parts, depth, quote, start, i = [], 0, "", 0, 0
+    while i < len(text):
+        char = text[i]
+        if quote:
+            if char == "\\":
+                i += 1
+            elif char == quote:
+                quote = ""
+        elif char in "'`\"":
+            quote = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == separator and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
 def apply(ch: ClickHouse, settings: Settings) -> list[str]:
     """Apply pending migrations; returns the names applied (empty when up to date)."""
     db = settings.clickhouse.database
-    ch.command(f"CREATE DATABASE IF NOT EXISTS {db}")
-    ch.command(
-        f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
-        "(version UInt32, name String, applied_at DateTime64(3, 'UTC')) "
-        "ENGINE = MergeTree ORDER BY version"
-    )
+    for statement in bootstrap(settings):
+        ch.command(statement)
     _, rows = ch.query(f"SELECT version FROM {db}.schema_migrations", readonly=False)
     done = {row[0] for row in rows}
     applied = []
@@ -55,7 +268,7 @@ def apply(ch: ClickHouse, settings: Settings) -> list[str]:
     for version, name, path in migration_files(folder):
         if version in done:
             continue
-        for statement in render(path, settings):
+        for statement in statements(path, settings):
             ch.command(statement)
         ch.command(
             f"INSERT INTO {db}.schema_migrations VALUES "

@@ -59,8 +59,9 @@ def datacenter_asn(asn: int, datacenter_asns: frozenset[int]) -> bool:
 # -- state in Redis -------------------------------------------------------------------------
 
 # KEYS: per click: its IP's hourly visitor set, its visitor-and-link marker; then the
-#       per-IP minute counters. ARGV: clicks, counters, per click: visitor id and the
-#       duplicate window in seconds (0: rule off, -1: no visitor), per counter: increment.
+#       per-IP minute counters; then each hourly set once (for its expiry).
+# ARGV: clicks, counters, per click: visitor id and the duplicate window in seconds
+#       (0: rule off, -1: no visitor), per counter: increment.
 # Returns per click: distinct visitors of the IP so far, 1 if seen within the window;
 # then each counter's total.
 COUNT_CLICKS = """
@@ -75,7 +76,6 @@ for i = 1, n do
     out[#out + 1] = 0
   else
     redis.call('SADD', hour, visitor)
-    redis.call('EXPIRE', hour, 7200)
     out[#out + 1] = redis.call('SCARD', hour)
     if window > 0 and not redis.call('SET', recent, '1', 'NX', 'EX', window) then
       out[#out + 1] = 1
@@ -88,6 +88,9 @@ for j = 1, m do
   out[#out + 1] = redis.call('INCRBY', KEYS[2 * n + j], ARGV[a])
   redis.call('EXPIRE', KEYS[2 * n + j], 7200)
   a = a + 1
+end
+for k = 2 * n + m + 1, #KEYS do
+  redis.call('EXPIRE', KEYS[k], 7200)
 end
 return out
 """
@@ -126,6 +129,7 @@ class FraudRules:
             args += [event["visitor_id"], -1 if anonymous else window]
         keys += list(by_minute)
         args += [len(group) for group in by_minute.values()]
+        keys += list(dict.fromkeys(keys[0 : 2 * len(events) : 2]))  # hourly sets, once
         if self._script is None:
             self._script = self.redis.register_script(COUNT_CLICKS)
         results = self._script(keys=keys, args=[len(events), len(by_minute), *args])

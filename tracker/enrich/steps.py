@@ -29,7 +29,15 @@ def mark_bot(event: Event) -> Event:
     return event
 
 
+def from_browser(event: Event) -> bool:
+    """A postback comes from the advertiser's server: its address and user agent say
+    nothing about the visitor, so geo and device are left empty on it."""
+    return event.get("source") != "postback"
+
+
 def add_device(event: Event) -> Event:
+    if not from_browser(event):
+        return event
     device = parse_device(event.get("user_agent", ""))
     event["device_type"] = device.device_type
     event["os"] = device.os
@@ -48,6 +56,8 @@ class GeoStep:
             self.reader.maybe_reload()
 
     def run(self, event: Event) -> Event:
+        if not from_browser(event):
+            return event
         info = self.reader.lookup(event.get("ip", ""))
         event["country"] = info.country
         event["region"] = info.region

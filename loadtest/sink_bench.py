@@ -1,0 +1,118 @@
+"""Sink throughput: stream -> (enrichment) -> ClickHouse, rows per second.
+
+    python -m loadtest.sink_bench [--rows 200000]
+
+Fills the events stream of a fresh redis-server with realistic clicks, written as the edge
+writes them (batches of 500 JSON rows), then drains it with the real sink into a fresh
+chDB folder: once as the service runs it (all enrichment steps), once with enrichment off
+(the insert path alone). Prints rows/s and each step's share of the sink's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from geo import open_geo
+from tests.conftest import RedisServer
+from tracker import config, migrations
+from tracker import constants as K
+from tracker.attributor import Attributor
+from tracker.clickhouse import ClickHouse
+from tracker.enrich import steps
+from tracker.events import RequestMeta, click_row
+from tracker.ids import uuid7
+from tracker.links import Link
+from tracker.sink import Sink
+from tracker.timefmt import now_ms
+
+AGENTS = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like "
+    "Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.6778.81 Mobile Safari/537.36",
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "curl/8.5.0",
+]
+
+
+def fill(redis, rows: int, batch: int = 500) -> None:
+    rng = random.Random(1)
+    links = [Link(f"l{i}", "https://x.example/", f"c{i % 7}", f"a{i % 13}") for i in range(50)]
+    pipe = redis.pipeline(transaction=False)
+    ms = now_ms()
+    for start in range(0, rows, batch):
+        lines = []
+        for _ in range(min(batch, rows - start)):
+            meta = RequestMeta(ip=f"203.0.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+                               user_agent=rng.choice(AGENTS) + f" build/{rng.randint(1, 2000)}",
+                               referer="https://news.example/a", accept_language="en",
+                               url="/c/l1?sub1=x", method="GET")
+            lines.append(orjson.dumps(click_row(
+                ms=ms, click_id=uuid7(), visitor_id=uuid7(), new_visitor=True,
+                link=rng.choice(links), params={"sub1": str(rng.randint(1, 10**6))},
+                meta=meta, destination="https://x.example/?c=1")))
+        pipe.xadd(K.EVENTS_STREAM, {K.BATCH_ID_FIELD: uuid7(), "clicks": b"\n".join(lines)})
+        if len(pipe) >= 50:
+            pipe.execute()
+    pipe.execute()
+
+
+def drain(settings, redis, ch, enrich: bool, geo_paths: list[str]) -> dict:
+    pipeline = steps.build(settings, redis, open_geo(geo_paths)) if enrich else None
+    sink = Sink(redis, ch, consumer="bench", read_entries=settings.sink.read_entries,
+                block_ms=10, reclaim_idle_ms=60_000, pipeline=pipeline,
+                attributor=Attributor(redis, ["linear"], 86_400_000, 86_400_000))
+    sink.ensure_group()
+    started = time.perf_counter()
+    while sink.step(block=False):
+        pass
+    seconds = time.perf_counter() - started
+    rows = sink.rows_inserted["clicks"]
+    result = {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds)}
+    if pipeline:
+        result["steps_share_of_sink_time"] = {
+            name: f"{100 * stat.seconds / seconds:.1f}%" for name, stat in pipeline.stats.items()
+        }
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--geo", action="append", default=[],
+                   help=".mmdb file for the geo step (e.g. from `python -m geo.fetch DIR`)")
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="sink-bench-"))
+    redis_server = RedisServer(work / "redis")
+    redis_server.start()
+    try:
+        redis = redis_server.client()
+        settings = config.load(env={"TRACKER_DATA_DIR": str(work / "data"),
+                                    "TRACKER_ADMIN_TOKEN": "bench-token-0123456789"})
+        ch = ClickHouse(f"chdb://{work / 'chdb'}", "tracker")
+        migrations.apply(ch, settings)
+        results = {}
+        for name, enrich in (("insert_only", False), ("enriched", True)):
+            redis.flushall()
+            fill(redis, args.rows)
+            results[name] = drain(settings, redis, ch, enrich, args.geo)
+            print(name, json.dumps(results[name]), flush=True)
+        count = ch.query("SELECT count() FROM tracker.clicks")[1][0][0]
+        results["rows_in_clickhouse"] = count
+        print(json.dumps(results, indent=2))
+        ch.close()
+    finally:
+        redis_server.stop()
+
+
+if __name__ == "__main__":
+    main()
