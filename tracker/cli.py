@@ -167,7 +167,8 @@ def _direct(settings: Settings):
     from .clickhouse import ClickHouse
 
     try:
-        return ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database)
+        return ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database,
+                      settings.clickhouse.cluster)
     except Exception as exc:
         raise CommandError(f"cannot open ClickHouse at {settings.clickhouse_dsn}: {exc}") from None
 

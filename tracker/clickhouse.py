@@ -18,9 +18,10 @@ import clickhouse_connect
 
 
 class ClickHouse:
-    def __init__(self, dsn: str, database: str) -> None:
+    def __init__(self, dsn: str, database: str, cluster: str = "") -> None:
         self.dsn = dsn
         self.database = database
+        self.cluster = cluster
         self.embedded = dsn.startswith("chdb://")
         self._writer = clickhouse_connect.get_client(dsn=dsn)
         self._admin = clickhouse_connect.get_client(dsn=dsn)
@@ -40,6 +41,9 @@ class ClickHouse:
                 settings={
                     "insert_deduplication_token": token,
                     "input_format_skip_unknown_fields": 1,
+                    # on a cluster, insert into the shards before answering, so an
+                    # acknowledged batch is stored, not merely queued on one node
+                    **({"distributed_foreground_insert": 1} if self.cluster else {}),
                 },
                 fmt="JSONEachRow",
             )

@@ -35,7 +35,8 @@ def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
-    ch = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database)
+    ch = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database,
+                      settings.clickhouse.cluster)
     applied = migrations.apply(ch, settings)
     if applied:
         log.info("migrations applied: %s", ", ".join(applied))
