@@ -1,7 +1,7 @@
 # Two commands: `make run` runs the service, `make test` runs the tests.
 # Both install what is missing first (redis-server, the Python environment in .venv/).
 
-.PHONY: run test setup lint
+.PHONY: run test setup lint bench
 
 setup:
 	@scripts/setup.sh
@@ -15,3 +15,10 @@ test: setup
 
 lint: setup
 	.venv/bin/ruff check .
+
+# Throughput against nginx empty_gif (installs nginx-light, wrk and hey when missing).
+bench: setup
+	@command -v wrk >/dev/null && command -v hey >/dev/null && test -x /usr/sbin/nginx || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk hey >/dev/null)
+	.venv/bin/python -m loadtest.bench
+	.venv/bin/python -m loadtest.sink_bench

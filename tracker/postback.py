@@ -53,7 +53,7 @@ return {'ok', current}
 """
 ATTEMPTS = 5  # concurrent status reports for one transaction: re-read and try again
 RECENT_CLICK_MS = 10_000
-RECENT_CLICK_RETRIES = 20
+RECENT_CLICK_RETRIES = 100
 
 
 @dataclass(slots=True)
@@ -144,7 +144,7 @@ async def find_click(redis, conv: conversions.ConversionInput, visitor_id: str,
         for _ in range(RECENT_CLICK_RETRIES):
             if raw is not None or now - uuid7_time_ms(conv.click_id) > RECENT_CLICK_MS:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.01)
             raw = await redis.get(K.click_key(conv.click_id))
         if raw is None:
             return None, "unknown_or_expired_click"
