@@ -121,7 +121,7 @@ class WriterSettings:
 
 @dataclass
 class SinkSettings:
-    read_entries: int = 200
+    read_entries: int = 50
     block_ms: int = 200
     reclaim_idle_seconds: int = 30
     consumer: str = ""
