@@ -210,9 +210,10 @@ def _create_table(statement: str, match: re.Match, settings: Settings) -> list[s
     ]
 
 
-def _closing(text: str, open_at: int) -> int:
-    """The index of the parenthesis closing the one at open_at (quotes respected)."""
-    depth, quote, i = 0, "", open_at
+def _outside_quotes(text: str, start: int = 0):
+    """(index, character, parenthesis depth after it) for each character of text from
+    start that is not inside a quoted string or identifier."""
+    depth, quote, i = 0, "", start
     while i < len(text):
         char = text[i]
         if quote:
@@ -222,36 +223,27 @@ def _closing(text: str, open_at: int) -> int:
                 quote = ""
         elif char in "'`\"":
             quote = char
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth == 0:
-                return i
+        else:
+            depth += (char == "(") - (char == ")")
+            yield i, char, depth
         i += 1
+
+
+def _closing(text: str, open_at: int) -> int:
+    """The index of the parenthesis closing the one at open_at (quotes respected)."""
+    for i, char, depth in _outside_quotes(text, open_at):
+        if char == ")" and depth == 0:
+            return i
     raise MigrationError(f"unbalanced parentheses: {text[open_at:open_at + 80]!r}")
 
 
 def _split_top(text: str, separator: str) -> list[str]:
     """text split at separators outside parentheses and quotes."""
-    parts, depth, quote, start, i = [], 0, "", 0, 0
-    while i < len(text):
-        char = text[i]
-        if quote:
-            if char == "\\":
-                i += 1
-            elif char == quote:
-                quote = ""
-        elif char in "'`\"":
-            quote = char
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        elif char == separator and depth == 0:
+    parts, start = [], 0
+    for i, char, depth in _outside_quotes(text):
+        if char == separator and depth == 0:
             parts.append(text[start:i])
             start = i + 1
-        i += 1
     parts.append(text[start:])
     return parts
 
