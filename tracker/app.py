@@ -7,11 +7,12 @@ Redis is still open.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import admin, health, postback, tracking
+from . import admin, health, metrics, postback, tracking
 from .advertisers import advertiser_cache
 from .config import Settings
 from .links import link_cache
@@ -29,7 +30,8 @@ MAX_BODY = 1024 * 1024
 
 
 def create_app(settings: Settings, worker_index: int = 0) -> web.Application:
-    app = web.Application(middlewares=[admin.require_token], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[count_requests, admin.require_token],
+                          client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app[WORKER_INDEX] = worker_index
     app[admin.ADMIN_TOKEN] = settings.admin_token
@@ -39,7 +41,30 @@ def create_app(settings: Settings, worker_index: int = 0) -> web.Application:
     postback.add_routes(app)
     admin.add_routes(app)
     health.add_routes(app)
+    app.router.add_get("/metrics", metrics_page)
     return app
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler):
+    """Requests aiohttp answers, by route and status (the fast path counts its own)."""
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource else "unmatched"
+        request.app[tracking.EDGE].counters.requests[(route, status)] += 1
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    body = await asyncio.get_running_loop().run_in_executor(None, metrics.exposition)
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -102,5 +127,15 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
         honor_no_track=s.privacy.honor_no_track,
     )
     await writer.start()
+    publisher = asyncio.create_task(publish_metrics(app))
     yield
+    publisher.cancel()
     await writer.close()
+    app[tracking.EDGE].counters.publish(writer, app[postback.CONVERSIONS])
+
+
+async def publish_metrics(app: web.Application) -> None:
+    edge, conversions = app[tracking.EDGE], app[postback.CONVERSIONS]
+    while True:
+        await asyncio.sleep(1.0)
+        edge.counters.publish(edge.writer, conversions)

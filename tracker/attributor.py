@@ -18,6 +18,7 @@ from attribution import Touch, attribute, build_path, split_amount
 from attribution.money import from_minor, to_minor
 
 from . import constants as K
+from . import metrics
 from .ids import ZERO_UUID
 from .timefmt import format_ms, parse_ms
 
@@ -58,6 +59,7 @@ class Attributor:
             credits = attribute(touches, converted_at, model, lookback=self.lookback_ms,
                                 half_life=self.half_life_ms, named_click_id=named)
             amounts = split_amount(minor, [credit.weight for credit in credits])
+            metrics.CREDITED.labels(model, currency).inc(sum(amounts))
             for credit, part in zip(credits, amounts, strict=True):
                 rows.append(orjson.dumps({
                     "event_time": conversion["event_time"],

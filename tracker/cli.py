@@ -6,9 +6,11 @@ import argparse
 import csv
 import io
 import logging
+import os
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import orjson
 
@@ -28,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tracker: {exc}", file=sys.stderr)
         return 2
+    # every process of the service shares its metrics through this folder
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.data_path / "metrics"))
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
     try:
         return args.func(settings, args) or 0
     except CommandError as exc:

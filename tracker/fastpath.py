@@ -173,8 +173,11 @@ class FastProtocol(asyncio.Protocol):
             if is_conversion_pixel(params):
                 raise HandOver
             reply = pixel_reply(self.edge, hit, params)
+            route = "/p.gif"
         else:
             reply = click_reply(self.edge, hit, unquote(path[3:], errors="replace"))
+            route = "/c/{slug}"
+        self.edge.counters.requests[(route, reply.status)] += 1
         keep_alive = self.parser.should_keep_alive()
         self.transport.write(encode(reply, method == "HEAD", keep_alive))
         end = self.buffer.find(b"\r\n\r\n")  # bodiless: the request ends with its headers

@@ -6,6 +6,7 @@ asks the sink. Loopback only, bearer token (the admin token), read-only queries
 
     POST /query    {"sql": "..."}  -> {"columns": [...], "rows": [[...], ...]}
     POST /migrate                  -> {"applied": [...]}
+    GET  /metrics                  -> Prometheus text (no token: counts only)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import orjson
 
 from .clickhouse import ClickHouse
+from .metrics import CONTENT_TYPE, exposition
 
 log = logging.getLogger(__name__)
 MAX_SQL = 1024 * 1024
@@ -44,6 +46,16 @@ def make_server(
 
         def _fail(self, status: int, reason: str) -> None:
             self._reply(status, orjson.dumps({"error": reason}))
+
+        def do_GET(self) -> None:  # noqa: N802 - the http.server name
+            if self.path != "/metrics":
+                return self._fail(404, "unknown path")
+            body = exposition()
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
         def do_POST(self) -> None:  # noqa: N802 - the http.server name
             scheme, _, given = self.headers.get("Authorization", "").partition(" ")

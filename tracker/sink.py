@@ -25,6 +25,7 @@ import orjson
 from redis.exceptions import RedisError, ResponseError
 
 from . import constants as K
+from . import metrics
 from .attributor import Attributor
 from .clickhouse import ClickHouse
 from .enrich.pipeline import Pipeline
@@ -67,6 +68,7 @@ class Sink:
         self.attributor = attributor
         self.pipeline = pipeline
         self._last_reclaim = 0.0
+        self._last_lag_report = 0.0
         # counters
         self.rows_inserted: dict[str, int] = defaultdict(int)
         self.batches = 0
@@ -98,6 +100,7 @@ class Sink:
                     setup = True
                 if drain_until is None:
                     self.maybe_reclaim()
+                    self.maybe_report_lag()
                 draining = drain_until is not None
                 if draining and time.monotonic() > drain_until:
                     return
@@ -148,6 +151,15 @@ class Sink:
         self._last_reclaim = now
         self.reclaim()
 
+    def maybe_report_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag_report < 5.0:
+            return
+        self._last_lag_report = now
+        for group in self.redis.xinfo_groups(K.EVENTS_STREAM):
+            if _text(group["name"]) == K.SINK_GROUP and group.get("lag") is not None:
+                metrics.STREAM_LAG.set(group["lag"])
+
     def reclaim(self) -> int:
         """Take over entries another consumer left pending for longer than the idle
         bound: one consumer at a time, so its unacknowledged batch stays one batch."""
@@ -182,6 +194,7 @@ class Sink:
     def handle(self, entries: list[tuple[bytes, dict]]) -> None:
         """Store one batch and acknowledge it. Raises Stopping when asked to stop while
         ClickHouse refuses it: the batch then stays pending, whole, for the next start."""
+        started = time.monotonic()
         ids = [_text(eid) for eid, _ in entries]
         token = f"{ids[0]}/{ids[-1]}/{len(ids)}"
         payloads: dict[str, list[bytes]] = defaultdict(list)
@@ -204,18 +217,25 @@ class Sink:
             credits = self.attributor.credit_rows(b"\n".join(payloads["conversions"]))
             if credits:
                 payloads["attribution_credits"] += credits
+        rows = 0
         for table, parts in payloads.items():
             if not parts:
                 continue
             payload = b"\n".join(parts)
             if not self._insert(table, payload, f"{token}/{table}"):
                 raise Stopping
-            self.rows_inserted[table] += payload.count(b"\n") + 1
+            count = payload.count(b"\n") + 1
+            self.rows_inserted[table] += count
+            metrics.SINK_ROWS.labels(table).inc(count)
+            rows += count
         pipe = self.redis.pipeline(transaction=False)
         pipe.xack(K.EVENTS_STREAM, K.SINK_GROUP, *ids)
         pipe.xdel(K.EVENTS_STREAM, *ids)
         pipe.execute()
         self.batches += 1
+        metrics.SINK_BATCHES.inc()
+        metrics.SINK_BATCH_ROWS.observe(rows)
+        metrics.SINK_BATCH_SECONDS.observe(time.monotonic() - started)
 
     def enrich(self, payloads: dict[str, list[bytes]]) -> None:
         """Run the enrichment steps over the tables they apply to (clicks first, so
@@ -236,6 +256,7 @@ class Sink:
                 return True
             except Exception as exc:  # ClickHouse down or refusing: retry the same batch
                 self.insert_failures += 1
+                metrics.SINK_FAILURES.inc()
                 log.warning("insert into %s failed (%s); retrying in %.1fs", table, exc, backoff)
                 if self.stop.wait(backoff):
                     return False

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from .config import Settings
@@ -116,6 +117,9 @@ def serve(settings: Settings, manage_redis: bool, demo: bool = False) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    from . import metrics
+
+    metrics.prepare_dir(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]), clear=True)
     env = dict(os.environ, TRACKER_ADMIN_TOKEN=settings.admin_token)
     python = [sys.executable, "-m", "tracker"]
     redis = None
@@ -156,6 +160,7 @@ def serve(settings: Settings, manage_redis: bool, demo: bool = False) -> int:
         time.sleep(0.2)
         for child in [sink, *edges, *([redis] if redis else [])]:
             if not stopping and not child.alive():
+                metrics.mark_dead(child.proc.pid)
                 child.restarts += 1
                 log.error("%s exited (%s); restarting", child.name, child.proc.returncode)
                 time.sleep(min(child.restarts, 5))

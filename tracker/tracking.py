@@ -9,7 +9,7 @@ fast path (fastpath.py) give the same answers.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -18,6 +18,7 @@ from . import events
 from .hashcache import HashCache
 from .ids import ZERO_UUID, is_uuid, uuid7
 from .macros import render
+from .metrics import EdgeCounters
 from .netaddr import Network, client_ip
 from .postback import conversion_pixel
 from .timefmt import now_ms
@@ -47,6 +48,7 @@ class Edge:
     fallback_url: str
     max_query_bytes: int
     honor_no_track: bool = True
+    counters: EdgeCounters = field(default_factory=EdgeCounters)
 
 
 def cookie_attributes(max_age: int, samesite: str, secure: bool, domain: str) -> str:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,7 @@ from redis.exceptions import NoScriptError
 
 from . import constants as K
 from .ids import ZERO_UUID, uuid7
+from .metrics import REDIS_FLUSH
 from .spool import Spool
 
 log = logging.getLogger(__name__)
@@ -125,6 +128,7 @@ class EventWriter:
         self.redis_ok = not spool.pending
         # counters (read by /metrics and tests)
         self.recorded = 0
+        self.recorded_by_table: Counter = Counter()
         self.flushed_batches = 0
         self.spooled_batches = 0
         self.replayed_batches = 0
@@ -134,6 +138,7 @@ class EventWriter:
 
     def add(self, table: str, row: dict) -> None:
         self._batch.rows.setdefault(table, []).append(orjson.dumps(row))
+        self.recorded_by_table[table] += 1
         self._added()
 
     def add_click(self, row: dict, record: dict, ms: int) -> None:
@@ -141,6 +146,7 @@ class EventWriter:
         self._batch.clicks.append(
             (row["click_id"], row["visitor_id"], ms, orjson.dumps(record))
         )
+        self.recorded_by_table["clicks"] += 1
         self._added()
 
     def _added(self) -> None:
@@ -197,7 +203,9 @@ class EventWriter:
         async with self._spool_lock:
             if self.redis_ok and not self.spool.pending:
                 try:
+                    started = time.perf_counter()
                     await self._send(batch)
+                    REDIS_FLUSH.observe(time.perf_counter() - started)
                     self.flushed_batches += 1
                     return
                 except Exception as exc:  # any failure: the spool keeps the batch

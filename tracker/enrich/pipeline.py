@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .. import metrics
+
 Event = dict
 
 
@@ -46,15 +48,21 @@ class Pipeline:
             if step.prepare:
                 step.prepare(events)
             kept = [out for out in map(step.run, events) if out is not None]
-            stats.seconds += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            stats.seconds += elapsed
+            metrics.STEP_SECONDS.labels(step.name).inc(elapsed)
             stats.events += len(events)
             stats.dropped += len(events) - len(kept)
             events = kept
+        flags: Counter = Counter()
         for event in events:
             for flag in event.get("fraud_flags", ()):
-                self.flags[(table, flag)] += 1
+                flags[(table, flag)] += 1
             if event.get("is_bot"):
-                self.flags[(table, f"bot:{event.get('bot_reason', '')}")] += 1
+                flags[(table, f"bot:{event.get('bot_reason', '')}")] += 1
+        for (flagged_table, name), n in flags.items():
+            metrics.FLAGS.labels(flagged_table, name).inc(n)
+        self.flags.update(flags)
         return events
 
     def tables(self) -> set[str]:

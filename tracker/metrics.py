@@ -1,0 +1,106 @@
+"""Prometheus metrics, shared by every process of one service.
+
+prometheus_client's multiprocess mode: each process writes its samples to files in
+`<data_dir>/metrics` (PROMETHEUS_MULTIPROC_DIR, set before this module is imported), and
+`GET /metrics` on any edge process, or on the sink's local endpoint, adds them all up.
+The hot path never touches these objects per request: it counts in plain integers, and
+`EdgeCounters.publish` moves the counts here once a second.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client import Counter as PromCounter
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+REQUESTS = PromCounter("tracker_requests_total", "HTTP requests answered",
+                       ["route", "status"])
+EVENTS = PromCounter("tracker_events_recorded_total", "Events recorded by the edge",
+                     ["table"])
+SPOOL = PromCounter("tracker_spool_batches_total", "Batches written to or replayed from "
+                    "the local spool", ["action"])
+SPOOL_BYTES = Gauge("tracker_spool_bytes", "Bytes waiting in the spool files",
+                    multiprocess_mode="livesum")
+REDIS_FLUSH = Histogram("tracker_redis_flush_seconds", "Time to write one batch to Redis",
+                        buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2))
+STREAM_LAG = Gauge("tracker_stream_lag_events", "Events in the stream not yet read by the "
+                   "sink", multiprocess_mode="max")
+SINK_ROWS = PromCounter("tracker_sink_rows_total", "Rows inserted into ClickHouse", ["table"])
+SINK_BATCHES = PromCounter("tracker_sink_batches_total", "Batches stored and acknowledged")
+SINK_FAILURES = PromCounter("tracker_sink_insert_failures_total", "Failed ClickHouse inserts "
+                            "(retried)")
+SINK_BATCH_SECONDS = Histogram("tracker_sink_batch_seconds", "Time to store one batch",
+                               buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
+SINK_BATCH_ROWS = Histogram("tracker_sink_batch_rows", "Rows per stored batch",
+                            buckets=(1, 10, 100, 1000, 5000, 10000, 25000, 50000))
+STEP_SECONDS = PromCounter("tracker_enrichment_step_seconds_total", "Time spent in each "
+                           "enrichment step", ["step"])
+FLAGS = PromCounter("tracker_flagged_events_total", "Events flagged by enrichment",
+                    ["table", "flag"])
+CONVERSIONS = PromCounter("tracker_conversions_total", "Conversion reports by outcome",
+                          ["outcome"])
+REJECTIONS = PromCounter("tracker_postback_rejections_total", "Refused conversion reports",
+                         ["reason"])
+CREDITED = PromCounter("tracker_attributed_amount_minor_total", "Amount credited to clicks, "
+                       "in the currency's minor units", ["model", "currency"])
+
+
+def prepare_dir(folder: Path, clear: bool) -> None:
+    """Point prometheus_client at the shared folder (the supervisor clears it at start)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if clear:
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
+def exposition() -> bytes:
+    """Every process's samples, added up, in the Prometheus text format."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # a lone process: its own samples
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
+
+
+def mark_dead(pid: int) -> None:
+    multiprocess.mark_process_dead(pid)
+
+
+class EdgeCounters:
+    """Plain counts on the hot path, published once a second."""
+
+    def __init__(self) -> None:
+        self.requests: Counter = Counter()  # (route, status) -> n
+        self._published: dict[str, int] = {}
+
+    def publish(self, writer, conversions) -> None:
+        for (route, status), n in self.requests.items():
+            REQUESTS.labels(route, str(status)).inc(n)
+        self.requests.clear()
+        for table, n in writer.recorded_by_table.items():
+            EVENTS.labels(table).inc(n)
+        writer.recorded_by_table.clear()
+        for action, total in (("spooled", writer.spooled_batches),
+                              ("replayed", writer.replayed_batches)):
+            SPOOL.labels(action).inc(total - self._published.get(action, 0))
+            self._published[action] = total
+        SPOOL_BYTES.set(writer.spool.size)
+        for outcome, n in conversions.outcomes.items():
+            CONVERSIONS.labels(outcome).inc(n)
+        conversions.outcomes.clear()
+        for reason, n in conversions.rejections.items():
+            REJECTIONS.labels(reason).inc(n)
+        conversions.rejections.clear()
