@@ -55,3 +55,18 @@ async def test_metrics_add_up_across_processes(service: Service):
     # the sink's local endpoint answers the same totals
     sink = scrape(f"http://127.0.0.1:{service.query_port}/metrics")
     assert value(sink, r'tracker_sink_rows_total\{table="clicks"\}') == 300
+
+
+def test_logs_are_json_lines_for_errors_and_lifecycle(service: Service):
+    import orjson
+
+    service.env["TRACKER_LOG_FORMAT"] = "json"
+    service.serve()
+    service.stop("serve")
+    lines = [line for line in (service.logs / "serve.log").read_text().splitlines()
+             if line.startswith("{")]
+    entries = [orjson.loads(line) for line in lines]
+    assert entries and all({"time", "level", "logger", "pid", "message"} <= set(e)
+                           for e in entries)
+    assert any("listening" in e["message"] for e in entries)
+    assert not any("GET /" in e["message"] for e in entries)  # no line per request

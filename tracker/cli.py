@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import logging
 import os
 import sys
 import urllib.error
@@ -14,17 +13,14 @@ from pathlib import Path
 
 import orjson
 
-from . import config
+from . import config, logs
 from .config import ConfigError, Settings
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-    )
+    logs.configure()
     try:
         settings = config.load(args.config)
     except ConfigError as exc:
