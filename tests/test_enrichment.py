@@ -266,3 +266,19 @@ def test_postbacks_get_no_device_or_geo_of_the_advertisers_server():
     assert "device_type" not in postback
     pixel = add_device({"source": "pixel", "user_agent": BROWSER_UA})
     assert pixel["device_type"] == "desktop" and pixel["browser"] == "Chrome"
+
+
+def test_pipeline_counting_gives_the_same_verdicts_as_the_script(redis_server):
+    """The Redis Cluster path (command by command) and the script agree."""
+    events_a = [click(ip="198.51.100.5", visitor=v, slug=s)
+                for v, s in [("v1", "a"), ("v1", "a"), ("v2", "a"), ("v3", "b"), (ZERO, "a")]]
+    events_a = [dict(e, visitor_id=uuid7() if e["visitor_id"] != ZERO else ZERO) for e in events_a]
+    events_a[1]["visitor_id"] = events_a[0]["visitor_id"]
+    fresh = {e["visitor_id"]: uuid7() for e in events_a if e["visitor_id"] != ZERO}
+    events_b = [dict(e, ip="198.51.100.6", visitor_id=fresh.get(e["visitor_id"], ZERO))
+                for e in events_a]
+    t = Thresholds(ip_clicks_per_minute=2, visitors_per_ip_per_hour=1)
+    script = FraudRules(redis_server.client(), t, {}, frozenset())
+    pipeline = FraudRules(redis_server.client(), t, {}, frozenset(), cluster=True)
+    assert run_rules(script, events_a) == run_rules(pipeline, events_b)
+    assert run_rules(script, events_a)[0]  # and they do flag something

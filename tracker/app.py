@@ -16,7 +16,7 @@ from . import admin, health, metrics, postback, tracking
 from .advertisers import advertiser_cache
 from .config import Settings
 from .links import link_cache
-from .redisconn import async_client
+from .redisconn import async_client, is_cluster
 from .spool import Spool
 from .writer import EventWriter
 
@@ -36,6 +36,7 @@ def create_app(settings: Settings, worker_index: int = 0) -> web.Application:
     app[WORKER_INDEX] = worker_index
     app[admin.ADMIN_TOKEN] = settings.admin_token
     app[health.MAX_LAG] = settings.sink.max_lag_events
+    app[health.SHARDS] = settings.redis.stream_shards
     app.cleanup_ctx.extend([redis_ctx, links_ctx, advertisers_ctx, writer_ctx])
     tracking.add_routes(app)
     postback.add_routes(app)
@@ -112,6 +113,8 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
         lookback_seconds=s.lookback_seconds,
         timeout_seconds=s.redis.timeout_seconds,
         dedup_ttl_seconds=s.redis.dedup_ttl_seconds,
+        stream_shards=s.redis.stream_shards,
+        cluster=is_cluster(s.redis.url),
     )
     app[WRITER] = writer
     app[tracking.EDGE] = tracking.Edge(

@@ -111,6 +111,7 @@ class RedisSettings:
     manage: bool = False
     timeout_seconds: float = 2.0
     dedup_ttl_seconds: int = 900
+    stream_shards: int = 1  # events stream shards (spread over a Redis Cluster's nodes)
 
 
 @dataclass
@@ -345,10 +346,12 @@ def _validate(s: Settings) -> None:
                   f"fraud.campaigns.{campaign}.{name}", "must be a number >= 0")
     check(s.attribution.half_life_days > 0, "attribution.half_life_days", "must be > 0")
     check(
-        s.redis.url.startswith(("redis://", "rediss://", "unix://")),
+        s.redis.url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://",
+                                "rediss+cluster://")),
         "redis.url",
-        "must start with redis://, rediss:// or unix://",
+        "must start with redis://, rediss://, unix:// or redis+cluster://",
     )
+    check(1 <= s.redis.stream_shards <= 64, "redis.stream_shards", "must be 1 to 64")
     check(s.redis.timeout_seconds > 0, "redis.timeout_seconds", "must be > 0")
     check(s.redis.dedup_ttl_seconds >= 60, "redis.dedup_ttl_seconds", "must be >= 60")
     check(s.writer.batch_max_events >= 1, "writer.batch_max_events", "must be >= 1")

@@ -6,9 +6,16 @@ Cluster slot.
 
 PREFIX = "trk"
 
-# The events stream: the edge appends one entry per flushed batch; the sink reads it
-# through the consumer group below.
-EVENTS_STREAM = f"{PREFIX}:events:{{s0}}"
+# The events stream, split into `redis.stream_shards` shards (each its own Cluster slot):
+# the edge appends one entry per flushed batch to one shard; the sink reads every shard
+# through the consumer group below. Shard 0 also carries conversions and link changes.
+
+
+def events_stream(shard: int = 0) -> str:
+    return f"{PREFIX}:events:{{s{shard}}}"
+
+
+EVENTS_STREAM = events_stream(0)
 SINK_GROUP = "sink"
 
 # Links: one hash slug -> JSON, plus a version counter bumped on every change so edges
@@ -37,9 +44,9 @@ def visitor_clicks_key(visitor_id: str) -> str:
     return f"{PREFIX}:visitor:{{{visitor_id}}}:clicks"
 
 
-def batch_marker_key(batch_id: str) -> str:
+def batch_marker_key(batch_id: str, shard: int = 0) -> str:
     """Set when a batch is appended to the stream, so a replayed batch is appended once."""
-    return f"{PREFIX}:batch:{{s0}}:{batch_id}"
+    return f"{PREFIX}:batch:{{s{shard}}}:{batch_id}"
 
 
 def conversion_key(advertiser_id: str, txid: str) -> str:

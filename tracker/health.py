@@ -10,19 +10,29 @@ from . import constants as K
 from .admin import REDIS, json_response
 
 MAX_LAG = web.AppKey("max_lag", int)
+SHARDS = web.AppKey("shards", int)
 
 
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
-async def stream_lag(redis) -> int | None:
-    """Entries in the events stream that the sink group has not read yet (None: no group)."""
-    for group in await redis.xinfo_groups(K.EVENTS_STREAM):
-        if group["name"] in (K.SINK_GROUP, K.SINK_GROUP.encode()):
-            lag = group.get("lag")
-            return int(lag) if lag is not None else int(group.get("pending", 0))
-    return None
+async def stream_lag(redis, shards: int) -> int | None:
+    """Entries in the events stream shards that the sink group has not read yet (None: no
+    group yet)."""
+    total = None
+    for shard in range(shards):
+        try:
+            groups = await redis.xinfo_groups(K.events_stream(shard))
+        except Exception as exc:  # a shard that does not exist yet
+            if "no such key" in str(exc).lower():
+                continue
+            raise
+        for group in groups:
+            if group["name"] in (K.SINK_GROUP, K.SINK_GROUP.encode()):
+                lag = group.get("lag")
+                total = (total or 0) + int(lag if lag is not None else group.get("pending", 0))
+    return total
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -31,7 +41,7 @@ async def readyz(request: web.Request) -> web.Response:
     lag = None
     try:
         await asyncio.wait_for(redis.ping(), 1.0)
-        lag = await asyncio.wait_for(stream_lag(redis), 1.0)
+        lag = await asyncio.wait_for(stream_lag(redis, request.app[SHARDS]), 1.0)
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
         if "no such key" not in str(exc).lower():
             problems.append(f"redis unreachable: {type(exc).__name__}")

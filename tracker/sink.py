@@ -57,6 +57,7 @@ class Sink:
         stop: threading.Event | None = None,
         attributor: Attributor | None = None,
         pipeline: Pipeline | None = None,
+        streams: list[str] | None = None,
     ) -> None:
         self.redis = redis
         self.ch = ch
@@ -67,6 +68,8 @@ class Sink:
         self.stop = stop or threading.Event()
         self.attributor = attributor
         self.pipeline = pipeline
+        self.streams = streams or [K.EVENTS_STREAM]  # every shard of the events stream
+        self._turn = 0
         self._last_reclaim = 0.0
         self._last_lag_report = 0.0
         # counters
@@ -78,11 +81,12 @@ class Sink:
     # -- the loop ---------------------------------------------------------------------
 
     def ensure_group(self) -> None:
-        try:
-            self.redis.xgroup_create(K.EVENTS_STREAM, K.SINK_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in self.streams:
+            try:
+                self.redis.xgroup_create(stream, K.SINK_GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     def run(self, drain_seconds: float = 5.0) -> None:
         """Consume until `stop` is set, then keep going while entries remain, for at most
@@ -120,29 +124,30 @@ class Sink:
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
     def step(self, block: bool = True) -> int:
-        """Read one batch of new entries and store it; returns entries handled."""
+        """Read one batch of new entries per shard and store it; returns entries handled.
+        Waits (up to block_ms, on one shard in turn) only when every shard was empty."""
+        if len(self.streams) == 1:
+            return self._read(self.streams[0], ">", self.block_ms if block else None)
+        handled = sum(self._read(stream, ">", None) for stream in self.streams)
+        if not handled and block:
+            self._turn = (self._turn + 1) % len(self.streams)
+            handled = self._read(self.streams[self._turn], ">", self.block_ms)
+        return handled
+
+    def _read(self, stream: str, start: str, block: int | None) -> int:
         response = self.redis.xreadgroup(
-            K.SINK_GROUP,
-            self.consumer,
-            {K.EVENTS_STREAM: ">"},
-            count=self.read_entries,
-            block=self.block_ms if block else None,
+            K.SINK_GROUP, self.consumer, {stream: start}, count=self.read_entries, block=block
         )
         entries = response[0][1] if response else []
         if entries:
-            self.handle(entries)
+            self.handle(entries, stream)
         return len(entries)
 
     def process_own_pending(self) -> None:
         """Finish what this consumer read but did not acknowledge before it stopped."""
-        while not self.stop.is_set():
-            response = self.redis.xreadgroup(
-                K.SINK_GROUP, self.consumer, {K.EVENTS_STREAM: "0"}, count=self.read_entries
-            )
-            entries = response[0][1] if response else []
-            if not entries:
-                return
-            self.handle(entries)
+        for stream in self.streams:
+            while not self.stop.is_set() and self._read(stream, "0", None):
+                pass
 
     def maybe_reclaim(self) -> None:
         now = time.monotonic()
@@ -156,47 +161,55 @@ class Sink:
         if now - self._last_lag_report < 5.0:
             return
         self._last_lag_report = now
-        for group in self.redis.xinfo_groups(K.EVENTS_STREAM):
-            if _text(group["name"]) == K.SINK_GROUP and group.get("lag") is not None:
-                metrics.STREAM_LAG.set(group["lag"])
+        lag = 0
+        for stream in self.streams:
+            for group in self.redis.xinfo_groups(stream):
+                if _text(group["name"]) == K.SINK_GROUP and group.get("lag") is not None:
+                    lag += int(group["lag"])
+        metrics.STREAM_LAG.set(lag)
 
     def reclaim(self) -> int:
         """Take over entries another consumer left pending for longer than the idle
-        bound: one consumer at a time, so its unacknowledged batch stays one batch."""
+        bound: one consumer and shard at a time, so its unacknowledged batch stays one
+        batch."""
         taken = 0
-        summary = self.redis.xpending(K.EVENTS_STREAM, K.SINK_GROUP)
-        for consumer in summary.get("consumers") or []:
-            name = _text(consumer["name"])
-            if name == self.consumer:
-                continue
-            pending = self.redis.xpending_range(
-                K.EVENTS_STREAM, K.SINK_GROUP, min="-", max="+", count=self.read_entries,
-                consumername=name, idle=self.reclaim_idle_ms,
-            )
-            ids = [p["message_id"] for p in pending]
-            if not ids:
-                continue
-            claimed = self.redis.xclaim(
-                K.EVENTS_STREAM, K.SINK_GROUP, self.consumer, self.reclaim_idle_ms, ids
-            )
-            entries = [(eid, fields) for eid, fields in claimed if fields]
-            gone = [eid for eid, fields in claimed if not fields]
-            if gone:  # deleted from the stream already: nothing left to store
-                self.redis.xack(K.EVENTS_STREAM, K.SINK_GROUP, *gone)
-            if entries:
-                log.warning("claimed %d entries left pending by %s", len(entries), name)
-                self.handle(entries)
-                taken += len(entries)
+        for stream in self.streams:
+            summary = self.redis.xpending(stream, K.SINK_GROUP)
+            for consumer in summary.get("consumers") or []:
+                name = _text(consumer["name"])
+                if name != self.consumer:
+                    taken += self._claim(stream, name)
         return taken
+
+    def _claim(self, stream: str, name: str) -> int:
+        pending = self.redis.xpending_range(
+            stream, K.SINK_GROUP, min="-", max="+", count=self.read_entries,
+            consumername=name, idle=self.reclaim_idle_ms,
+        )
+        ids = [p["message_id"] for p in pending]
+        if not ids:
+            return 0
+        claimed = self.redis.xclaim(stream, K.SINK_GROUP, self.consumer, self.reclaim_idle_ms,
+                                    ids)
+        entries = [(eid, fields) for eid, fields in claimed if fields]
+        gone = [eid for eid, fields in claimed if not fields]
+        if gone:  # deleted from the stream already: nothing left to store
+            self.redis.xack(stream, K.SINK_GROUP, *gone)
+        if entries:
+            log.warning("claimed %d entries left pending by %s", len(entries), name)
+            self.handle(entries, stream)
+        return len(entries)
 
     # -- one batch --------------------------------------------------------------------
 
-    def handle(self, entries: list[tuple[bytes, dict]]) -> None:
+    def handle(self, entries: list[tuple[bytes, dict]], stream: str = K.EVENTS_STREAM) -> None:
         """Store one batch and acknowledge it. Raises Stopping when asked to stop while
         ClickHouse refuses it: the batch then stays pending, whole, for the next start."""
         started = time.monotonic()
         ids = [_text(eid) for eid, _ in entries]
         token = f"{ids[0]}/{ids[-1]}/{len(ids)}"
+        if stream != K.EVENTS_STREAM:  # entry ids repeat across shards
+            token = f"{stream}/{token}"
         payloads: dict[str, list[bytes]] = defaultdict(list)
         seen: set[bytes] = set()
         for _, fields in entries:
@@ -229,8 +242,8 @@ class Sink:
             metrics.SINK_ROWS.labels(table).inc(count)
             rows += count
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xack(K.EVENTS_STREAM, K.SINK_GROUP, *ids)
-        pipe.xdel(K.EVENTS_STREAM, *ids)
+        pipe.xack(stream, K.SINK_GROUP, *ids)
+        pipe.xdel(stream, *ids)
         pipe.execute()
         self.batches += 1
         metrics.SINK_BATCHES.inc()

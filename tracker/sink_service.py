@@ -14,6 +14,7 @@ import threading
 
 from geo import open_geo
 
+from . import constants as K
 from . import migrations, queryserver
 from .attributor import Attributor
 from .clickhouse import ClickHouse
@@ -64,6 +65,7 @@ def run(settings: Settings) -> None:
         stop=stop,
         attributor=attributor,
         pipeline=enrichment.build(settings, redis, geo_reader),
+        streams=[K.events_stream(i) for i in range(settings.redis.stream_shards)],
     )
     log.info("sink %s running; SQL endpoint on %s:%d", sink.consumer,
              settings.sink.query_host, settings.sink.query_port)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -57,12 +58,21 @@ for k = 3, #KEYS, 2 do
 end
 return 1
 """
+# The stream entry alone, appended once per batch id (KEYS: stream, marker; ARGV: marker
+# TTL, then the entry's field/value pairs). Used on a Redis Cluster.
+XADD_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+  return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+end
+return false
+"""
 RECOVERY_INTERVAL = 0.5
 
 
 @dataclass(slots=True)
 class Batch:
     id: str
+    shard: int = 0  # the events stream shard it goes to (kept when spooled)
     rows: dict[str, list[bytes]] = field(default_factory=dict)  # table -> JSON rows
     # (click_id, visitor_id, event ms, click record JSON) for the Redis-side records
     clicks: list[tuple[str, str, int, bytes]] = field(default_factory=list)
@@ -82,6 +92,7 @@ class Batch:
         return orjson.dumps(
             {
                 "b": self.id,
+                "s": self.shard,
                 "t": {table: [r.decode() for r in rows] for table, rows in self.rows.items()},
                 "c": [[c, v, ms, rec.decode()] for c, v, ms, rec in self.clicks],
             }
@@ -92,6 +103,7 @@ class Batch:
         data = orjson.loads(raw)
         return cls(
             id=data["b"],
+            shard=data.get("s", 0),
             rows={table: [r.encode() for r in rows] for table, rows in data["t"].items()},
             clicks=[(c, v, ms, rec.encode()) for c, v, ms, rec in data["c"]],
         )
@@ -108,6 +120,8 @@ class EventWriter:
         lookback_seconds: int,
         timeout_seconds: float,
         dedup_ttl_seconds: int,
+        stream_shards: int = 1,
+        cluster: bool = False,
     ) -> None:
         self._redis = redis
         self.spool = spool
@@ -117,7 +131,9 @@ class EventWriter:
         self._timeout = timeout_seconds
         self._dedup_ttl = dedup_ttl_seconds
         self._script_sha: str | None = None
-        self._batch = Batch(uuid7())
+        self._shards = stream_shards
+        self._cluster = cluster
+        self._batch = self._new_batch()
         self._count = 0
         self._has_events = asyncio.Event()
         self._full = asyncio.Event()
@@ -192,8 +208,11 @@ class EventWriter:
             if self._closing and not self._count:
                 return
 
+    def _new_batch(self) -> Batch:
+        return Batch(uuid7(), random.randrange(self._shards) if self._shards > 1 else 0)
+
     def _take(self) -> Batch:
-        batch, self._batch = self._batch, Batch(uuid7())
+        batch, self._batch = self._batch, self._new_batch()
         self._count = 0
         self._has_events.clear()
         self._full.clear()
@@ -225,10 +244,12 @@ class EventWriter:
 
     async def _send_once(self, batch: Batch) -> None:
         """One script call for the batch; safe to repeat after an unclear failure."""
+        if self._cluster:
+            return await self._send_cluster(batch)
         if self._script_sha is None:
             self._script_sha = await self._redis.script_load(RECORD_BATCH)
         entry = batch.entry()
-        keys: list[str] = [K.EVENTS_STREAM, K.batch_marker_key(batch.id)]
+        keys: list[str] = [K.events_stream(batch.shard), K.batch_marker_key(batch.id, batch.shard)]
         args: list = [self._dedup_ttl, self._lookback, len(entry), *entry]
         oldest = self._lookback * 1000
         for click_id, visitor_id, ms, record in batch.clicks:
@@ -238,6 +259,30 @@ class EventWriter:
                      else K.visitor_clicks_key(visitor_id)]
             args += [record, click_id, ms, ms - oldest]
         await self._redis.evalsha(self._script_sha, len(keys), *keys, *args)
+
+    async def _send_cluster(self, batch: Batch) -> None:
+        """On a Redis Cluster the click keys live in many slots, so one script cannot
+        touch them all: the stream entry goes through the append-once script (stream and
+        marker share a slot), the click records and paths through a pipeline that
+        redis-py splits by node. Every command is idempotent, as above."""
+        entry = batch.entry()
+        await self._redis.eval(
+            XADD_ONCE, 2, K.events_stream(batch.shard), K.batch_marker_key(batch.id, batch.shard),
+            self._dedup_ttl, *entry,
+        )
+        if not batch.clicks:
+            return
+        pipe = self._redis.pipeline()
+        lookback = self._lookback
+        for click_id, visitor_id, ms, record in batch.clicks:
+            pipe.set(K.click_key(click_id), record, ex=lookback)
+            if visitor_id == ZERO_UUID:
+                continue
+            visitor_key = K.visitor_clicks_key(visitor_id)
+            pipe.zadd(visitor_key, {click_id: ms})
+            pipe.zremrangebyscore(visitor_key, "-inf", f"({ms - lookback * 1000}")
+            pipe.expire(visitor_key, lookback)
+        await pipe.execute()
 
     # -- recovery ---------------------------------------------------------------------
 

@@ -98,8 +98,9 @@ return out
 
 class FraudRules:
     def __init__(self, redis: Any, default: Thresholds, per_campaign: dict[str, Thresholds],
-                 datacenter_asns: frozenset[int]) -> None:
+                 datacenter_asns: frozenset[int], cluster: bool = False) -> None:
         self.redis = redis
+        self.cluster = cluster
         self.default = default
         self.per_campaign = per_campaign
         self.datacenter_asns = datacenter_asns
@@ -130,9 +131,12 @@ class FraudRules:
         keys += list(by_minute)
         args += [len(group) for group in by_minute.values()]
         keys += list(dict.fromkeys(keys[0 : 2 * len(events) : 2]))  # hourly sets, once
-        if self._script is None:
-            self._script = self.redis.register_script(COUNT_CLICKS)
-        results = self._script(keys=keys, args=[len(events), len(by_minute), *args])
+        if self.cluster:  # keys in many slots: the same counts, command by command
+            results = self._count_with_pipeline(keys, args, len(events), len(by_minute))
+        else:
+            if self._script is None:
+                self._script = self.redis.register_script(COUNT_CLICKS)
+            results = self._script(keys=keys, args=[len(events), len(by_minute), *args])
         self._visitors = {id(e): results[2 * i] for i, e in enumerate(events)}
         self._seen = {id(e): bool(results[2 * i + 1]) for i, e in enumerate(events)}
         self._clicks_in_minute = {}
@@ -142,6 +146,39 @@ class FraudRules:
             position += 1
             for ordinal, event in enumerate(group, start=total - len(group) + 1):
                 self._clicks_in_minute[id(event)] = ordinal
+
+    def _count_with_pipeline(self, keys: list[str], args: list, n: int, m: int) -> list[int]:
+        """COUNT_CLICKS as a pipeline (a Redis Cluster splits it by node); same result."""
+        pipe = self.redis.pipeline()
+        layout = []
+        for i in range(n):
+            visitor, window = args[2 * i], args[2 * i + 1]
+            if window < 0:
+                layout.append(None)
+                continue
+            pipe.sadd(keys[2 * i], visitor)
+            pipe.scard(keys[2 * i])
+            if window > 0:
+                pipe.set(keys[2 * i + 1], 1, nx=True, ex=window)
+            layout.append(window > 0)
+        for j in range(m):
+            pipe.incrby(keys[2 * n + j], args[2 * n + j])
+            pipe.expire(keys[2 * n + j], 7200)
+        for key in keys[2 * n + m:]:
+            pipe.expire(key, 7200)
+        replies = iter(pipe.execute())
+        results = []
+        for marked in layout:
+            if marked is None:
+                results += [0, 0]
+                continue
+            next(replies)
+            results.append(next(replies))
+            results.append(0 if not marked or next(replies) else 1)
+        for _ in range(m):
+            results.append(next(replies))
+            next(replies)
+        return results
 
     def check_click(self, event: Event) -> Event:
         t = self.thresholds(event["campaign_id"])

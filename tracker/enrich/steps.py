@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import constants as K
 from ..config import Settings
+from ..redisconn import is_cluster
 from .bots import bot_reason
 from .device import parse_device
 from .fraud import FraudRules, Thresholds, thresholds_from
@@ -98,7 +99,7 @@ def build(settings: Settings, redis: Any, geo_reader: Any | None) -> Pipeline:
     default = Thresholds(f.ip_clicks_per_minute, f.duplicate_click_seconds,
                          f.min_click_to_conversion_seconds, f.visitors_per_ip_per_hour)
     rules = FraudRules(redis, default, thresholds_from(default, f.campaigns),
-                       frozenset(f.datacenter_asns))
+                       frozenset(f.datacenter_asns), cluster=is_cluster(settings.redis.url))
     marks = ExclusionMarks(redis, settings.lookback_seconds)
     steps = [
         Step("bots", mark_bot, ("clicks",)),
