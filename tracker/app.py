@@ -35,7 +35,7 @@ def create_app(settings: Settings, worker_index: int = 0) -> web.Application:
     app[SETTINGS] = settings
     app[WORKER_INDEX] = worker_index
     app[admin.ADMIN_TOKEN] = settings.admin_token
-    app[health.MAX_LAG] = settings.sink.max_lag_events
+    app[health.MAX_LAG] = settings.sink.max_lag_entries
     app[health.SHARDS] = settings.redis.stream_shards
     app.cleanup_ctx.extend([redis_ctx, links_ctx, advertisers_ctx, writer_ctx])
     tracking.add_routes(app)

@@ -128,7 +128,7 @@ class SinkSettings:
     consumer: str = ""
     query_host: str = "127.0.0.1"
     query_port: int = 8124
-    max_lag_events: int = 100000
+    max_lag_entries: int = 2000  # stream entries (edge batches) behind
     nice: int = 10  # the sink yields the CPU to the edges under load, and catches up after
 
 
