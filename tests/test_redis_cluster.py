@@ -42,37 +42,38 @@ def redis_cluster(tmp_path):
     for _ in range(3):
         ports.append(cluster_port(ports))
     nodes = []
-    for port in ports:
-        folder = tmp_path / f"node-{port}"
-        folder.mkdir()
-        nodes.append(subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-             "--cluster-config-file", "nodes.conf", "--dir", str(folder), "--appendonly", "yes",
-             "--save", "", "--loglevel", "warning"], stdout=subprocess.DEVNULL))
+    try:
+        for port in ports:
+            folder = tmp_path / f"node-{port}"
+            folder.mkdir()
+            nodes.append(subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf", "--dir", str(folder), "--appendonly",
+                 "yes", "--save", "", "--loglevel", "warning"], stdout=subprocess.DEVNULL))
 
-    def answers(port):
-        return subprocess.run([cli, "-p", str(port), "ping"], capture_output=True,
-                              text=True).stdout.strip() == "PONG"
+        def answers(port):
+            return subprocess.run([cli, "-p", str(port), "ping"], capture_output=True,
+                                  text=True).stdout.strip() == "PONG"
 
-    for port in ports:
-        wait_until(lambda p=port: answers(p), 10, f"redis node {port}")
-    subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
-                    "--cluster-replicas", "0", "--cluster-yes"], check=True,
-                   capture_output=True, timeout=60)
+        for port in ports:
+            wait_until(lambda p=port: answers(p), 10, f"redis node {port}")
+        subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True,
+                       capture_output=True, timeout=60)
 
-    def ready():
-        return all("cluster_state:ok" in subprocess.run(
-            [cli, "-p", str(p), "cluster", "info"], capture_output=True, text=True).stdout
-            for p in ports)
+        def ready():
+            return all("cluster_state:ok" in subprocess.run(
+                [cli, "-p", str(p), "cluster", "info"], capture_output=True, text=True).stdout
+                for p in ports)
 
-    wait_until(ready, 30, "the cluster to be ready")
-    url = f"redis+cluster://127.0.0.1:{ports[0]}/"
-    yield SimpleNamespace(url=url, ports=ports, client=lambda: RedisCluster(
-        host="127.0.0.1", port=ports[0]))
-    for node in nodes:
-        node.terminate()
-    for node in nodes:
-        node.wait(10)
+        wait_until(ready, 30, "the cluster to be ready")
+        yield SimpleNamespace(url=f"redis+cluster://127.0.0.1:{ports[0]}/", ports=ports,
+                              client=lambda: RedisCluster(host="127.0.0.1", port=ports[0]))
+    finally:  # also when setting up failed half-way
+        for node in nodes:
+            node.terminate()
+        for node in nodes:
+            node.wait(10)
 
 
 async def test_clicks_and_conversions_through_a_redis_cluster(tmp_path, redis_cluster):

@@ -43,6 +43,7 @@ async def serve(settings: Settings, worker_index: int, stop: asyncio.Event | Non
              settings.http.port, " (fast path)" if fast else "")
     await stop.wait()
     log.info("edge %d stopping", worker_index)
+    app[tracking.EDGE].accepting = False  # from here on no click is answered
     if fast:
         fast.close()  # stop accepting; answers in flight are already written
         for connection in list(connections):

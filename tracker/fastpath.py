@@ -102,6 +102,10 @@ class FastProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        if not self.edge.accepting:
+            self.closing = True
+            self.transport.abort()
+            return
         self.buffer += data
         try:
             self.parser.feed_data(data)
@@ -164,6 +168,10 @@ class FastProtocol(asyncio.Protocol):
             raise HandOver
 
     def on_message_complete(self) -> None:
+        if not self.edge.accepting:  # stopping: not answered, so not acknowledged
+            self.closing = True
+            self.transport.abort()
+            return
         raw = self.url.decode("utf-8", "surrogateescape")
         path, _, query = raw.partition("?")
         method = self.parser.get_method().decode()

@@ -166,8 +166,9 @@ def serve(settings: Settings, manage_redis: bool, demo: bool = False) -> int:
                 time.sleep(min(child.restarts, 5))
                 child.start()
 
-    for edge in edges:
-        edge.proc.send_signal(signal.SIGTERM) if edge.alive() else None
+    for edge in edges:  # all at once: they stop accepting together, then flush
+        if edge.alive():
+            edge.proc.send_signal(signal.SIGTERM)
     for edge in edges:
         edge.stop(EDGE_STOP_SECONDS)
     sink.stop(SINK_STOP_SECONDS)

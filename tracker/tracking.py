@@ -49,6 +49,9 @@ class Edge:
     max_query_bytes: int
     honor_no_track: bool = True
     counters: EdgeCounters = field(default_factory=EdgeCounters)
+    # False from the moment the process is asked to stop: a click answered after the
+    # writer's last flush would be acknowledged and lost, so none is answered then.
+    accepting: bool = True
 
 
 def cookie_attributes(max_age: int, samesite: str, secure: bool, domain: str) -> str:
@@ -229,13 +232,20 @@ def to_response(reply: Reply) -> web.Response:
     return web.Response(status=reply.status, body=reply.body, headers=CIMultiDict(reply.headers))
 
 
+def refuse_when_stopping(edge: Edge) -> None:
+    if not edge.accepting:
+        raise web.HTTPServiceUnavailable(headers={"Connection": "close"})
+
+
 async def click(request: web.Request) -> web.StreamResponse:
+    refuse_when_stopping(request.app[EDGE])
     return to_response(click_reply(request.app[EDGE], hit_of(request),
                                    request.match_info["slug"]))
 
 
 async def pixel(request: web.Request) -> web.StreamResponse:
     edge: Edge = request.app[EDGE]
+    refuse_when_stopping(edge)
     hit = hit_of(request)
     params = events.parse_query(hit.query, edge.max_query_bytes)
     if is_conversion_pixel(params):  # a thank-you page: awaits Redis, so not the fast path
