@@ -168,10 +168,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {n + 1}: nginx {nginx_run['rps']:,.0f} rps, tracker "
                   f"{tracker_run['rps']:,.0f} rps, ratio {rounds[-1]['ratio']:.3f}", flush=True)
         peak = statistics.median(r["tracker"]["rps"] for r in rounds)
+        # the fixed-rate phase starts with the sink caught up, so its lag is its own
+        saturated = sum(r["tracker"]["requests"] for r in rounds)
+        wait_until(lambda: svc.count("clicks") >= saturated, 300, "the sink to catch up",
+                   interval=0.5)
         fixed = hey(f"{svc.base_url}/c/bench-1?sub1=fixed", args.duration, peak / 2)
         usage = process_usage(pids)
 
-        answered = sum(r["tracker"]["requests"] for r in rounds) + fixed["answered"]
+        answered = saturated + fixed["answered"]
         started = time.monotonic()
         wait_until(lambda: svc.count("clicks") >= answered, 300, "the sink to drain",
                    interval=0.5)
