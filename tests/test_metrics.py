@@ -45,6 +45,7 @@ async def test_metrics_add_up_across_processes(service: Service):
     assert value(samples, r'tracker_requests_total\{route="/c/\{slug\}",status="302"\}') == 300
     assert value(samples, r'tracker_requests_total\{route="/c/\{slug\}",status="404"\}') == 5
     assert value(samples, r'tracker_events_recorded_total\{table="clicks"\}') == 300
+    assert value(samples, r'tracker_clicks_total') == 300
     assert value(samples, r'tracker_postback_rejections_total\{reason="invalid_click_id"\}') == 3
     assert value(samples, r'tracker_conversions_total\{outcome="rejected"\}') == 3
     assert value(samples, r'tracker_redis_flush_seconds_count') >= 1

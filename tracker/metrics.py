@@ -29,6 +29,7 @@ REQUESTS = PromCounter("tracker_requests_total", "HTTP requests answered",
                        ["route", "status"])
 EVENTS = PromCounter("tracker_events_recorded_total", "Events recorded by the edge",
                      ["table"])
+CLICKS = PromCounter("tracker_clicks_total", "Clicks recorded by the edge")
 SPOOL = PromCounter("tracker_spool_batches_total", "Batches written to or replayed from "
                     "the local spool", ["action"])
 SPOOL_BYTES = Gauge("tracker_spool_bytes", "Bytes waiting in the spool files",
@@ -92,6 +93,8 @@ class EdgeCounters:
         self.requests.clear()
         for table, n in writer.recorded_by_table.items():
             EVENTS.labels(table).inc(n)
+            if table == "clicks":
+                CLICKS.inc(n)
         writer.recorded_by_table.clear()
         for action, total in (("spooled", writer.spooled_batches),
                               ("replayed", writer.replayed_batches)):
