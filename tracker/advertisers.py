@@ -76,6 +76,16 @@ def stage_save(pipe: Any, advertiser: Advertiser) -> None:
     pipe.incr(K.ADVERTISERS_VERSION)
 
 
+def create(redis: Any, advertiser: Advertiser) -> bool:
+    """Store a new advertiser with a sync client; False when the id is taken."""
+    if not redis.hsetnx(K.ADVERTISERS_HASH, advertiser.id, advertiser.to_json()):
+        return False
+    pipe = redis.pipeline(transaction=False)
+    stage_save(pipe, advertiser)
+    pipe.execute()
+    return True
+
+
 def advertiser_cache(redis: Any, refresh_seconds: float, snapshot: Path | None = None):
     return HashCache(redis, K.ADVERTISERS_HASH, K.ADVERTISERS_VERSION, Advertiser.from_json,
                      refresh_seconds, snapshot)

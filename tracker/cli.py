@@ -249,8 +249,7 @@ def _redis(settings: Settings):
 
 
 def cmd_links_add(settings: Settings, args) -> int:
-    from . import constants as K
-    from .links import LinkError, new_link, stage_save
+    from .links import LinkError, create, new_link
 
     try:
         link = new_link({
@@ -259,15 +258,11 @@ def cmd_links_add(settings: Settings, args) -> int:
         })
     except LinkError as exc:
         raise CommandError(str(exc)) from None
-    redis = _redis(settings)
-    if not redis.hsetnx(K.LINKS_HASH, link.slug, link.to_json()):
+    if not create(_redis(settings), link):
         if args.if_missing:
             print(f"link {link.slug} exists")
             return 0
         raise CommandError(f"link {link.slug!r} already exists")
-    pipe = redis.pipeline(transaction=False)
-    stage_save(pipe, link)
-    pipe.execute()
     print(f"link {link.slug} -> {link.destination}")
     return 0
 
@@ -285,16 +280,14 @@ def cmd_links_list(settings: Settings, args) -> int:
 
 def cmd_links_disable(settings: Settings, args) -> int:
     from . import constants as K
-    from .links import Link, apply_changes, stage_save
+    from .links import Link, apply_changes, save
 
     redis = _redis(settings)
     raw = redis.hget(K.LINKS_HASH, args.slug)
     if raw is None:
         raise CommandError(f"no link {args.slug!r}")
     link = apply_changes(Link.from_json(raw), {"status": "disabled"})
-    pipe = redis.pipeline(transaction=False)
-    stage_save(pipe, link)
-    pipe.execute()
+    save(redis, link)
     print(f"link {link.slug} disabled")
     return 0
 
@@ -303,20 +296,15 @@ def cmd_links_disable(settings: Settings, args) -> int:
 
 
 def cmd_advertisers_add(settings: Settings, args) -> int:
-    from . import constants as K
-    from .advertisers import AdvertiserError, new_advertiser, stage_save
+    from .advertisers import AdvertiserError, create, new_advertiser
 
     try:
         advertiser = new_advertiser({"id": args.id, **({"token": args.token} if args.token
                                                          else {})})
     except AdvertiserError as exc:
         raise CommandError(str(exc)) from None
-    redis = _redis(settings)
-    if not redis.hsetnx(K.ADVERTISERS_HASH, advertiser.id, advertiser.to_json()):
+    if not create(_redis(settings), advertiser):
         raise CommandError(f"advertiser {advertiser.id!r} already exists")
-    pipe = redis.pipeline(transaction=False)
-    stage_save(pipe, advertiser)
-    pipe.execute()
     print(f"advertiser {advertiser.id} token {advertiser.token}")
     return 0
 

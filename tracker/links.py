@@ -124,6 +124,21 @@ def stage_save(pipe: Any, link: Link, deleted: bool = False) -> None:
     pipe.xadd(K.EVENTS_STREAM, {K.BATCH_ID_FIELD: uuid7(), "links": mirror_row(link, deleted)})
 
 
+def save(redis: Any, link: Link, deleted: bool = False) -> None:
+    """Store (or delete) a link now, with a sync client (CLI, start-up)."""
+    pipe = redis.pipeline(transaction=False)
+    stage_save(pipe, link, deleted)
+    pipe.execute()
+
+
+def create(redis: Any, link: Link) -> bool:
+    """Store a new link with a sync client; False when the slug is taken."""
+    if not redis.hsetnx(K.LINKS_HASH, link.slug, link.to_json()):
+        return False
+    save(redis, link)
+    return True
+
+
 def parse_all(raw: dict) -> dict[str, Link]:
     return parse_hash(raw, Link.from_json)
 

@@ -91,20 +91,14 @@ def redis_answers(settings: Settings) -> bool:
 
 def ensure_demo_link(settings: Settings) -> None:
     """A `demo` link, so a new install has something to click."""
-    from . import constants as K
-    from .links import new_link, stage_save
+    from .links import create, new_link
 
-    client = sync_client(settings.redis.url)
-    link = new_link({
+    create(sync_client(settings.redis.url), new_link({
         "slug": "demo",
         "destination": "https://example.com/landing?click_id={click_id}&aff={affiliate_id}",
         "campaign_id": "demo-campaign",
         "affiliate_id": "demo-affiliate",
-    })
-    if client.hsetnx(K.LINKS_HASH, link.slug, link.to_json()):
-        pipe = client.pipeline(transaction=False)
-        stage_save(pipe, link)
-        pipe.execute()
+    }))
 
 
 def serve(settings: Settings, manage_redis: bool, demo: bool = False) -> int:
