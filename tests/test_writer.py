@@ -1,0 +1,85 @@
+"""tracker/writer.py in-process against a real redis-server: batch bounds and memory."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import tracemalloc
+
+import orjson
+import redis.asyncio as aioredis
+
+from tracker import constants as K
+from tracker.events import click_record
+from tracker.ids import uuid7
+from tracker.spool import Spool
+from tracker.writer import EventWriter
+
+BATCH = 50
+
+
+def make_writer(redis_server, tmp_path, timeout: float = 10.0) -> EventWriter:
+    client = aioredis.Redis.from_url(redis_server.url)
+    return EventWriter(
+        client, Spool(tmp_path / "edge-0.spool"), batch_max_events=BATCH,
+        batch_max_delay_ms=5, lookback_seconds=3600, timeout_seconds=timeout,
+        dedup_ttl_seconds=60,
+    )
+
+
+def click(n: int) -> tuple[dict, dict, int]:
+    ms = 1_700_000_000_000 + n
+    row = {"event_time": "2023-11-14 22:13:20.000", "click_id": uuid7(ms), "visitor_id": uuid7(ms),
+           "link_slug": "spring", "campaign_id": "c1", "affiliate_id": "a1", "advertiser_id": "",
+           **{f"sub{i}": f"value-{n}-{i}" for i in range(1, 6)},
+           "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/131.0 " + "x" * 400,
+           "sub_n": n}
+    return row, click_record(row, ms), ms
+
+
+async def test_batches_stay_bounded_and_ordered_while_redis_stalls(redis_server, tmp_path):
+    """Clicks keep arriving while Redis is frozen; once it thaws, every stream entry
+    holds at most batch_max_events and the clicks come out in the order they came in."""
+    writer = make_writer(redis_server, tmp_path)
+    await writer.start()
+    for n in range(30):  # a first flush, so the frozen one below is in flight
+        writer.add_click(*click(n))
+    await asyncio.sleep(0.05)
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        for n in range(30, 630):
+            writer.add_click(*click(n))
+            if n % 100 == 0:
+                await asyncio.sleep(0.01)  # the flush task runs and waits on Redis
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    await writer.close()
+    assert writer.spooled_batches == 0
+
+    entries = redis_server.client().xrange(K.events_stream(0))
+    sizes, order = [], []
+    for _, fields in entries:
+        lines = fields[b"clicks"].split(b"\n")
+        sizes.append(len(lines))
+        order += [orjson.loads(line)["sub_n"] for line in lines]
+    assert order == list(range(630))
+    assert max(sizes) <= BATCH
+    assert len(entries) >= 630 // BATCH
+
+
+def test_buffered_events_take_about_their_own_size(redis_server, tmp_path):
+    """What the writer holds per event is close to the event's JSON, not orjson's working
+    buffer (8 KB per row, which let an edge grow by hundreds of MB while Redis was slow)."""
+    writer = make_writer(redis_server, tmp_path)
+    clicks = [click(n) for n in range(2000)]
+    json_bytes = sum(len(orjson.dumps(row)) + len(orjson.dumps(rec)) for row, rec, _ in clicks)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for row, record, ms in clicks:
+            writer.add_click(row, record, ms)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert writer.recorded == 2000
+    assert held < 1.6 * json_bytes, (held, json_bytes)
