@@ -122,7 +122,7 @@ class WriterSettings:
 
 @dataclass
 class SinkSettings:
-    read_entries: int = 50
+    read_entries: int = 200
     block_ms: int = 200
     reclaim_idle_seconds: int = 30
     consumer: str = ""
