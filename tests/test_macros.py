@@ -183,3 +183,16 @@ def test_invalid_destinations(template, reason):
     why = validate_destination(template)
     assert why is not None
     assert reason in why
+
+
+def test_quote_value_matches_quote_on_random_text():
+    import random
+    from urllib.parse import quote
+
+    from tracker.macros import quote_value
+
+    chars = "aZ09_.~-/?&=%+ é\n\x00€😀:#@!$'()*,;[]"
+    rnd = random.Random(3)
+    for _ in range(20_000):
+        value = "".join(rnd.choice(chars) for _ in range(rnd.randint(0, 12)))
+        assert quote_value(value) == quote(value, safe=""), value

@@ -34,6 +34,8 @@ MAX_HEADERS = 96 * 1024
 REASONS = {200: "OK", 302: "Found", 400: "Bad Request", 404: "Not Found",
            431: "Request Header Fields Too Large"}
 
+CLOSE = "Connection: close\r\n"
+
 _date = ["", 0]
 
 
@@ -47,15 +49,10 @@ def date_header() -> str:
 
 
 def encode(reply: Reply, head: bool, keep_alive: bool) -> bytes:
-    parts = [f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'OK')}\r\n"]
-    parts += [f"{name}: {value}\r\n" for name, value in reply.headers]
-    parts.append(f"Content-Length: {len(reply.body)}\r\n")
-    parts.append(date_header())
-    parts.append("Server: tracker\r\n")
-    if not keep_alive:
-        parts.append("Connection: close\r\n")
-    parts.append("\r\n")
-    data = "".join(parts).encode()
+    fields = "".join([f"{name}: {value}\r\n" for name, value in reply.headers])
+    data = (f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'OK')}\r\n{fields}"
+            f"Content-Length: {len(reply.body)}\r\n{date_header()}Server: tracker\r\n"
+            f"{'' if keep_alive else CLOSE}\r\n").encode()
     return data if head else data + reply.body
 
 

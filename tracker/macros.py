@@ -52,13 +52,22 @@ def compile_template(template: str) -> tuple[tuple[str, ...], tuple[str, ...], b
     return tuple(literals), tuple(names), "click_id" in names
 
 
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def quote_value(value: str) -> str:
+    """A macro value percent-encoded (as `quote(value, safe="")`); ids and most sub values
+    need nothing, and checking that is ten times faster than quote()."""
+    return value if _UNRESERVED.fullmatch(value) else quote(value, safe="")
+
+
 def render(template: str, values: dict[str, str]) -> str:
     """The destination for one click: macros replaced, click id appended when not used."""
     literals, names, has_click_id = compile_template(template)
     if names:
         out = [literals[0]]
         for name, literal in zip(names, literals[1:], strict=True):
-            out.append(quote(values.get(name, ""), safe=""))
+            out.append(quote_value(values.get(name, "")))
             out.append(literal)
         url = "".join(out)
     else:
@@ -77,4 +86,4 @@ def append_param(url: str, name: str, value: str) -> str:
         sep = ""
     else:
         sep = "&"
-    return f"{base}{sep}{name}={quote(value, safe='')}{hash_sign}{fragment}"
+    return f"{base}{sep}{name}={quote_value(value)}{hash_sign}{fragment}"

@@ -26,6 +26,11 @@ def _parse(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return mapped or ip
 
 
+@lru_cache(maxsize=4096)
+def _text(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return str(ip)  # ipaddress formats anew on every str(): a microsecond per click
+
+
 def _trusted(ip, networks: Sequence[Network]) -> bool:
     return any(ip in net for net in networks)
 
@@ -48,4 +53,4 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted: Sequence[Net
             ip = candidate
             if not _trusted(candidate, trusted):
                 break
-    return str(ip)
+    return _text(ip)

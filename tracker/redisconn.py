@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hiredis
 import redis
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
@@ -20,14 +21,40 @@ def _plain(url: str) -> str:
     return url.replace("+cluster://", "://", 1)
 
 
+class HiredisPacking:
+    """Commands packed by hiredis, in C. redis-py's asyncio connections pack in Python
+    (its sync ones already use hiredis): for an edge's batch call of a few thousand
+    arguments that was 4.6 µs per click, against 0.6 µs. Same bytes on the wire."""
+
+    def pack_command(self, *args) -> list[bytes]:
+        if isinstance(args[0], str):  # "CONFIG GET" goes out as two arguments
+            args = tuple(args[0].encode().split()) + args[1:]
+        elif b" " in args[0]:
+            args = tuple(args[0].split()) + args[1:]
+        try:
+            return [hiredis.pack_command(tuple(
+                bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args))]
+        except TypeError as exc:  # as redis-py's own encoder answers a bad argument
+            raise redis.DataError(str(exc)) from exc
+
+
+_HIREDIS_PACKING = {
+    cls: type(f"Hiredis{cls.__name__}", (HiredisPacking, cls), {})
+    for cls in (aredis.Connection, aredis.SSLConnection, aredis.UnixDomainSocketConnection)
+}
+
+
 def async_client(url: str, timeout: float):
     if is_cluster(url):
         return AsyncRedisCluster.from_url(
             _plain(url), socket_timeout=timeout, socket_connect_timeout=timeout
         )
-    return aredis.Redis.from_url(
+    client = aredis.Redis.from_url(
         url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0
     )
+    pool = client.connection_pool
+    pool.connection_class = _HIREDIS_PACKING.get(pool.connection_class, pool.connection_class)
+    return client
 
 
 def sync_client(url: str, timeout: float = 5.0):
