@@ -108,18 +108,42 @@ def test_crash_between_insert_and_ack_does_not_double_count(r, ch):
     assert r.xpending(K.EVENTS_STREAM, K.SINK_GROUP)["pending"] == 0
 
 
-def test_entries_of_a_dead_consumer_are_claimed_once(r, ch):
-    add_batches(r, 6, 5)
-    with pytest.raises(SystemExit):
-        make_sink(r, CrashAfterInsert(ch), consumer="sink-dead").step(block=False)
-    assert count(ch) == 20  # four entries inserted by the consumer that died
+def distinct_clicks(ch: ClickHouse) -> int:
+    return ch.query(f"SELECT uniqExact(click_id) FROM {ch.database}.clicks")[1][0][0]
 
+
+def crash_with_a_batch_read_ahead(r, ch, consumer: str) -> None:
+    """Ten entries of 5 rows, batches of 4: the sink dies after inserting the first batch,
+    while the second, read ahead during that insert, is pending too."""
+    add_batches(r, 10, 5)
+    sink = make_sink(r, CrashAfterInsert(ch), consumer=consumer)
+    with pytest.raises(SystemExit):
+        sink.step(block=False)
+    sink.close()
+    assert count(ch) == 20
+    assert r.xpending(K.EVENTS_STREAM, K.SINK_GROUP)["pending"] == 8
+
+
+def test_a_restart_after_reading_ahead_stores_each_row_once(r, ch):
+    crash_with_a_batch_read_ahead(r, ch, "sink-a")
+    restarted = make_sink(r, ch)  # re-reads its pending list as the same two batches
+    restarted.process_own_pending()
+    assert count(ch) == 40
+    while restarted.step(block=False):
+        pass
+    assert count(ch) == distinct_clicks(ch) == 50
+    assert r.xpending(K.EVENTS_STREAM, K.SINK_GROUP)["pending"] == 0
+
+
+def test_entries_of_a_dead_consumer_are_claimed_once(r, ch):
+    crash_with_a_batch_read_ahead(r, ch, "sink-dead")
     other = make_sink(r, ch, consumer="sink-b", reclaim_idle_ms=0)
-    assert other.reclaim() == 4
+    assert other.reclaim() == 4  # the batch it inserted: same ids, same token, skipped
+    assert count(ch) == 20
+    assert other.reclaim() == 4  # the batch it read ahead
     while other.step(block=False):
         pass
-    assert count(ch) == 30
-    assert r.xpending(K.EVENTS_STREAM, K.SINK_GROUP)["pending"] == 0
+    assert count(ch) == distinct_clicks(ch) == 50
 
 
 def test_clickhouse_down_is_retried_until_it_answers(r, ch):

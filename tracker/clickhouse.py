@@ -12,6 +12,7 @@ Three clients, because a chDB client keeps settings for its session: one for ins
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import clickhouse_connect
@@ -28,16 +29,19 @@ class ClickHouse:
         self._reader = clickhouse_connect.get_client(dsn=dsn, settings={"readonly": 1})
         self._lock = threading.Lock()
 
-    def insert_jsonl(self, table: str, payload: bytes, token: str) -> None:
+    def insert_jsonl(self, table: str, payload: bytes | Sequence[bytes], token: str) -> None:
         """Insert JSONEachRow bytes as they are (ClickHouse parses; Python does not).
 
-        The token makes a retried insert of the same batch a no-op.
+        `payload` is one block or a sequence of blocks (rows joined by newlines), sent
+        one after the other: a batch of edge entries goes in without being copied into
+        one buffer first. The token makes a retried insert of the same batch a no-op.
         """
+        block = payload if isinstance(payload, bytes) else _lines(payload)
         with self._lock:
             self._writer.raw_insert(
                 f"{self.database}.{table}",
                 None,
-                payload,
+                block,
                 settings={
                     "insert_deduplication_token": token,
                     "input_format_skip_unknown_fields": 1,
@@ -61,3 +65,9 @@ class ClickHouse:
         with self._lock:
             for client in (self._writer, self._admin, self._reader):
                 client.close()
+
+
+def _lines(parts: Sequence[bytes]) -> Iterator[bytes]:
+    for part in parts:
+        yield part
+        yield b"\n"

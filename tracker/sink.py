@@ -4,10 +4,13 @@ Loop: read up to `read_entries` stream entries through the consumer group, inser
 table's rows as one JSONEachRow block, then XACK (and XDEL) the entries. Nothing is
 acknowledged before its insert succeeded; a failed insert is retried with backoff.
 
-Exactly once: the insert token is derived from the entries' ids. The sink finishes one
-batch before reading the next, so after a crash its pending list holds exactly the
-unacknowledged batch; reading it again gives the same ids, the same token, and
-ClickHouse skips an insert it has already seen. Entries left pending by a consumer that
+Exactly once: the insert token is derived from the entries' ids. After a crash the
+sink's pending list splits into the batches it read: each unacknowledged batch is read
+again with the same ids, so the same token, and ClickHouse skips an insert it has already
+seen. That holds because the sink reads ahead (the next batch, from a thread, while
+chDB inserts this one; chDB releases the GIL) only after a full read: the pending list
+is then a full batch followed by the one read ahead, and re-reading it `read_entries`
+at a time gives the same two batches. Entries left pending by a consumer that
 went silent are claimed per consumer, so they too keep their batch and token. An edge
 batch appended twice (an unclear Redis failure, then a replay) is recognised by its
 batch id: the edge's script appends it once, and the sink skips a repeat within a read.
@@ -15,10 +18,12 @@ batch id: the edge's script appends it once, and the sink skips a repeat within 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -72,6 +77,8 @@ class Sink:
         self._turn = 0
         self._last_reclaim = 0.0
         self._last_lag_report = 0.0
+        self._ahead: tuple[str, Future] | None = None  # (stream, the next batch's read)
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="sink-read-ahead")
         # counters
         self.rows_inserted: dict[str, int] = defaultdict(int)
         self.batches = 0
@@ -107,15 +114,20 @@ class Sink:
                     self.maybe_report_lag()
                 draining = drain_until is not None
                 if draining and time.monotonic() > drain_until:
+                    self.close()
                     return
                 handled = self.step(block=not draining)
                 if draining and not handled:
+                    self.close()
                     return
                 backoff = BACKOFF_START
             except Stopping:
+                self.close()
                 return
             except RedisError as exc:
+                self._drop_ahead()
                 if drain_until is not None:
+                    self.close()
                     return
                 # entries delivered in a reply we never got are pending for us: look again
                 setup = False
@@ -135,13 +147,41 @@ class Sink:
         return handled
 
     def _read(self, stream: str, start: str, block: int | None) -> int:
+        entries = self._take_ahead(stream) if start == ">" else []
+        if not entries:
+            entries = self._fetch(stream, start, block)
+        if entries:
+            if start == ">" and len(entries) == self.read_entries:
+                # a full read: more is waiting, so read it while this batch is inserted
+                self._ahead = (stream, self._reader.submit(self._fetch, stream, ">", None))
+            self.handle(entries, stream)
+        return len(entries)
+
+    def _fetch(self, stream: str, start: str, block: int | None) -> list:
         response = self.redis.xreadgroup(
             K.SINK_GROUP, self.consumer, {stream: start}, count=self.read_entries, block=block
         )
-        entries = response[0][1] if response else []
-        if entries:
-            self.handle(entries, stream)
-        return len(entries)
+        return response[0][1] if response else []
+
+    def _take_ahead(self, stream: str) -> list:
+        if self._ahead is None or self._ahead[0] != stream:
+            return []
+        future = self._ahead[1]
+        self._ahead = None
+        return future.result()
+
+    def _drop_ahead(self) -> None:
+        """Forget the batch read ahead: its entries are pending for this consumer, and
+        `process_own_pending` takes them up in order."""
+        if self._ahead is not None:
+            with contextlib.suppress(Exception):
+                self._ahead[1].result()
+            self._ahead = None
+
+    def close(self) -> None:
+        """Wait for a read in flight, so nothing reads for this consumer after it stops."""
+        self._drop_ahead()
+        self._reader.shutdown()
 
     def process_own_pending(self) -> None:
         """Finish what this consumer read but did not acknowledge before it stopped."""
@@ -234,10 +274,9 @@ class Sink:
         for table, parts in payloads.items():
             if not parts:
                 continue
-            payload = b"\n".join(parts)
-            if not self._insert(table, payload, f"{token}/{table}"):
+            if not self._insert(table, parts, f"{token}/{table}"):
                 raise Stopping
-            count = payload.count(b"\n") + 1
+            count = sum(part.count(b"\n") for part in parts) + len(parts)
             self.rows_inserted[table] += count
             metrics.SINK_ROWS.labels(table).inc(count)
             rows += count
@@ -261,7 +300,7 @@ class Sink:
             events = self.pipeline.process(table, events)
             payloads[table] = [b"\n".join(orjson.dumps(e) for e in events)] if events else []
 
-    def _insert(self, table: str, payload: bytes, token: str) -> bool:
+    def _insert(self, table: str, payload: list[bytes], token: str) -> bool:
         backoff = BACKOFF_START
         while True:
             try:
