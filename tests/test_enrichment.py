@@ -282,3 +282,22 @@ def test_pipeline_counting_gives_the_same_verdicts_as_the_script(redis_server):
     pipeline = FraudRules(redis_server.client(), t, {}, frozenset(), cluster=True)
     assert run_rules(script, events_a) == run_rules(pipeline, events_b)
     assert run_rules(script, events_a)[0]  # and they do flag something
+
+
+def test_counting_in_chunks_gives_the_same_verdicts_as_one_call(redis_server):
+    """A sink read of many clicks is counted a chunk at a time (a script holds Redis for
+    its whole run); verdicts across chunk boundaries are those of one call."""
+    t = Thresholds(ip_clicks_per_minute=4, visitors_per_ip_per_hour=3)
+    visitors = [uuid7() for _ in range(5)]
+    pattern = [(0, "a"), (1, "a"), (0, "a"), (2, "b"), (3, "a"), (1, "c"), (4, "a"), (0, "a")]
+
+    def events(ip: str, own: list[str]) -> list[dict]:
+        return [click(ip=ip, visitor=own[v], slug=s) for v, s in pattern]
+
+    whole = FraudRules(redis_server.client(), t, {}, frozenset())
+    chunked = FraudRules(redis_server.client(), t, {}, frozenset())
+    chunked.chunk = 3
+    expected = run_rules(whole, events("198.51.100.7", visitors))
+    assert run_rules(chunked, events("198.51.100.8", [uuid7() for _ in visitors])) == expected
+    flagged = {f for flags in expected for f in flags}
+    assert flagged == {"duplicate_click", "ip_flood", "ip_many_visitors"}
