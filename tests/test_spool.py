@@ -55,47 +55,41 @@ def test_empty_lines_are_skipped(path):
     assert Spool(path).read() == [b"a", b"b"]
 
 
-def test_keep_replaces_content(path):
+def test_replay_goes_by_chunks_and_resumes_where_it_stopped(path):
     spool = Spool(path)
-    spool.append([b"one", b"two", b"three"])
-    spool.keep([b"two", b"three"])
-    assert spool.read() == [b"two", b"three"]
-    assert spool.size == path.stat().st_size == len(b"two\nthree\n")
-    assert spool.pending
-    spool.append([b"four"])
-    assert spool.read() == [b"two", b"three", b"four"]
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    lines = [f"batch-{n:02d}".encode() * 10 for n in range(10)]  # 81 bytes a line
+    spool.append(lines)
+    first = spool.read_chunk(max_bytes=200)
+    assert first == lines[:2]  # whole lines only
+    spool.advance(first)
+    assert spool.size == 8 * 81 and spool.pending
+    assert path.stat().st_size == 10 * 81  # the file is not rewritten
+    spool.append([b"late"])
+    restarted = Spool(path)  # a crash: the position was saved beside the file
+    assert restarted.read() == lines[2:] + [b"late"]
+    assert restarted.read_chunk(max_bytes=10) == [lines[2]]  # a line longer than a chunk
 
 
-def test_keep_is_atomic_rename(path):
-    spool = Spool(path)
-    spool.append([b"one", b"two"])
-    before = path.stat().st_ino
-    spool.keep([b"two"])
-    assert path.stat().st_ino != before  # a new file renamed over, not rewritten in place
-
-
-def test_keep_failure_leaves_old_spool_intact(path, monkeypatch):
+def test_clear_empties_the_file_and_forgets_the_position(path):
     spool = Spool(path)
     spool.append([b"one", b"two"])
-
-    def fail(src, dst):
-        raise OSError("disk gone")
-
-    monkeypatch.setattr("tracker.spool.os.replace", fail)
-    with pytest.raises(OSError):
-        spool.keep([b"two"])
-    monkeypatch.undo()
-    assert Spool(path).read() == [b"one", b"two"]
-
-
-def test_keep_nothing_clears(path):
-    spool = Spool(path)
-    spool.append([b"one"])
-    spool.keep([])
+    spool.advance(spool.read_chunk())
+    assert not spool.pending and spool.position_path.exists()
+    spool.clear()
     assert (spool.size, spool.pending) == (0, False)
-    assert spool.read() == []
-    assert path.stat().st_size == 0
+    assert path.stat().st_size == 0 and not spool.position_path.exists()
+    spool.append([b"three"])
+    assert Spool(path).read() == [b"three"]
+
+
+def test_torn_tail_longer_than_a_read_is_dropped(path, monkeypatch):
+    monkeypatch.setattr("tracker.spool.CHUNK_BYTES", 4)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"first\nsecond\n" + b'{"b":"half-written batch')
+    assert Spool(path).read() == [b"first", b"second"]
+    assert path.read_bytes() == b"first\nsecond\n"
+    path.write_bytes(b"no newline at all")
+    assert Spool(path).read() == [] and path.stat().st_size == 0
 
 
 def test_clear(path):

@@ -27,6 +27,13 @@ def make_writer(redis_server, tmp_path, timeout: float = 10.0) -> EventWriter:
     )
 
 
+def stream_order(redis_server) -> list[int]:
+    order = []
+    for _, fields in redis_server.client().xrange(K.events_stream(0)):
+        order += [orjson.loads(line)["sub_n"] for line in fields[b"clicks"].split(b"\n")]
+    return order
+
+
 def click(n: int) -> tuple[dict, dict, int]:
     ms = 1_700_000_000_000 + n
     row = {"event_time": "2023-11-14 22:13:20.000", "click_id": uuid7(ms), "visitor_id": uuid7(ms),
@@ -57,12 +64,8 @@ async def test_batches_stay_bounded_and_ordered_while_redis_stalls(redis_server,
     assert writer.spooled_batches == 0
 
     entries = redis_server.client().xrange(K.events_stream(0))
-    sizes, order = [], []
-    for _, fields in entries:
-        lines = fields[b"clicks"].split(b"\n")
-        sizes.append(len(lines))
-        order += [orjson.loads(line)["sub_n"] for line in lines]
-    assert order == list(range(630))
+    sizes = [len(fields[b"clicks"].split(b"\n")) for _, fields in entries]
+    assert stream_order(redis_server) == list(range(630))
     assert max(sizes) <= BATCH
     assert len(entries) >= 630 // BATCH
 
@@ -83,3 +86,41 @@ def test_buffered_events_take_about_their_own_size(redis_server, tmp_path):
         tracemalloc.stop()
     assert writer.recorded == 2000
     assert held < 1.6 * json_bytes, (held, json_bytes)
+
+
+async def test_spool_replays_a_chunk_at_a_time_while_new_clicks_join_its_end(
+        redis_server, tmp_path, monkeypatch):
+    """Redis freezes past the timeout, so batches go to the spool; once it answers, the
+    spool is replayed a chunk at a time while clicks keep coming. Every click reaches the
+    stream once, in arrival order, and the spool ends empty."""
+    monkeypatch.setattr("tracker.spool.CHUNK_BYTES", 30_000)  # under one batch: a line a read
+    writer = make_writer(redis_server, tmp_path, timeout=0.3)
+    reads = []
+    read_chunk = writer.spool.read_chunk
+    writer.spool.read_chunk = lambda: reads.append(1) or read_chunk()
+    await writer.start()
+    for n in range(30):
+        writer.add_click(*click(n))
+    await asyncio.sleep(0.05)
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        for n in range(30, 330):
+            writer.add_click(*click(n))
+            if n % 50 == 0:
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(0.4)
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    for n in range(330, 630):  # arriving during the replay
+        writer.add_click(*click(n))
+        if n % 25 == 0:
+            await asyncio.sleep(0.01)
+    await writer.close(replay_seconds=10)
+
+    assert writer.spooled_batches >= 300 // BATCH
+    assert writer.replayed_batches == writer.spooled_batches
+    assert len(reads) > writer.spooled_batches // 2  # chunks, not the whole file at once
+    assert stream_order(redis_server) == list(range(630))
+    assert not writer.spool.pending
+    assert writer.spool.path.stat().st_size == 0
+    assert not writer.spool.position_path.exists()

@@ -12,7 +12,8 @@ visitors' touchpoints.
 
 When Redis fails or is slower than `redis.timeout_seconds`, the batch goes to the spool;
 later batches follow it there (order is kept) until a recovery task has replayed the
-spool into Redis. Memory is bounded by what arrives during one Redis timeout.
+spool into Redis, a chunk at a time (new batches join the spool's end meanwhile). Memory
+is bounded by what arrives during one Redis timeout.
 """
 
 from __future__ import annotations
@@ -316,29 +317,42 @@ class EventWriter:
                 await asyncio.wait_for(self._redis.ping(), self._timeout)
             except Exception:
                 continue
-            async with self._spool_lock:
-                if await self._replay():
-                    self.redis_ok = True
-                    log.warning("redis is back; spool replayed")
-                    return
+            if await self._replay():
+                log.warning("redis is back; spool replayed")
+                return
 
     async def _replay(self) -> bool:
-        """Send spooled batches in order; True once the spool is empty."""
+        """Send spooled batches in order, a chunk at a time; True once the spool is empty
+        (and Redis takes new batches directly again). The lock is held for one chunk at a
+        time: new batches meanwhile join the spool's end, in order, instead of waiting in
+        memory for a replay that may take minutes after a long outage."""
         loop = asyncio.get_running_loop()
-        lines = await loop.run_in_executor(None, self.spool.read)
-        for i, line in enumerate(lines):
-            try:
-                batch = Batch.loads(line)
-            except (ValueError, KeyError, TypeError):
-                self.unreadable_batches += 1
-                log.error("unreadable spool line dropped: %r", line[:200])
-                continue
-            try:
-                await self._send(batch)
-            except Exception as exc:
-                log.warning("spool replay paused: %r", exc)
-                await loop.run_in_executor(None, self.spool.keep, lines[i:])
-                return False
-            self.replayed_batches += 1
-        await loop.run_in_executor(None, self.spool.clear)
-        return True
+        while True:
+            async with self._spool_lock:
+                lines = await loop.run_in_executor(None, self.spool.read_chunk)
+                if not lines:
+                    await loop.run_in_executor(None, self.spool.clear)
+                    self.redis_ok = True
+                    return True
+                sent = 0
+                try:
+                    for line in lines:
+                        await self._replay_line(line)
+                        sent += 1
+                except Exception as exc:
+                    log.warning("spool replay paused: %r", exc)
+                    return False
+                finally:  # also when cancelled at shutdown: resume after what was sent
+                    await loop.run_in_executor(None, self.spool.advance, lines[:sent])
+
+    async def _replay_line(self, line: bytes) -> None:
+        if not line:
+            return
+        try:
+            batch = Batch.loads(line)
+        except (ValueError, KeyError, TypeError):
+            self.unreadable_batches += 1
+            log.error("unreadable spool line dropped: %r", line[:200])
+            return
+        await self._send(batch)
+        self.replayed_batches += 1
