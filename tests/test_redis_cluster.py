@@ -13,6 +13,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from tracker import constants as K
+from tracker.redisconn import HiredisPacking, async_client
 
 from .conftest import BROWSER_UA, Service, hit_many, wait_until
 
@@ -118,3 +119,21 @@ async def test_clicks_and_conversions_through_a_redis_cluster(tmp_path, redis_cl
             assert groups and groups[0]["entries-read"] > 0
     finally:
         service.stop_all()
+
+
+async def test_cluster_connections_pack_with_hiredis(redis_cluster):
+    """The edge's cluster client packs commands in C too, on every node it discovers."""
+    client = async_client(redis_cluster.url, 5.0)
+    try:
+        for n in range(30):  # keys in many slots: every master is reached
+            await client.set(f"k{n}", f"välue {n}")
+        pipe = client.pipeline()
+        for n in range(30):
+            pipe.get(f"k{n}")
+        assert await pipe.execute() == [f"välue {n}".encode() for n in range(30)]
+        nodes = client.get_nodes()
+        assert len(nodes) == 3
+        connections = [c for node in nodes for c in node._connections]
+        assert connections and all(isinstance(c, HiredisPacking) for c in connections)
+    finally:
+        await client.aclose()

@@ -44,16 +44,28 @@ _HIREDIS_PACKING = {
 }
 
 
+def _hiredis_class(cls: type) -> type:
+    return _HIREDIS_PACKING.get(cls, cls)
+
+
 def async_client(url: str, timeout: float):
     if is_cluster(url):
-        return AsyncRedisCluster.from_url(
+        cluster = AsyncRedisCluster.from_url(
             _plain(url), socket_timeout=timeout, socket_connect_timeout=timeout
         )
+        # Nodes are made from these keyword arguments as the cluster is discovered; the
+        # startup nodes exist already.
+        kwargs = cluster.nodes_manager.connection_kwargs
+        kwargs["connection_class"] = _hiredis_class(kwargs.get("connection_class",
+                                                               aredis.Connection))
+        for node in cluster.nodes_manager.startup_nodes.values():
+            node.connection_class = _hiredis_class(node.connection_class)
+        return cluster
     client = aredis.Redis.from_url(
         url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0
     )
     pool = client.connection_pool
-    pool.connection_class = _HIREDIS_PACKING.get(pool.connection_class, pool.connection_class)
+    pool.connection_class = _hiredis_class(pool.connection_class)
     return client
 
 
