@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
@@ -119,3 +120,19 @@ def test_is_uuid_accepts_generated():
 ])
 def test_is_uuid_rejects(value):
     assert not is_uuid(value)
+
+
+def test_a_forked_process_does_not_repeat_its_parents_random_bits():
+    """Random bits are read from the kernel in blocks; a fork must not share a block."""
+    uuid7()  # the parent holds a block of random bytes now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then out without running pytest's teardown
+        os.write(write, ",".join(uuid7() for _ in range(5)).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 4096).decode().split(",")
+    os.waitpid(pid, 0)
+    parent = [uuid7() for _ in range(5)]
+    assert len(child) == 5
+    assert not {c[19:] for c in child} & {p[19:] for p in parent}  # variant + rand_b

@@ -18,6 +18,28 @@ _UUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 _last_ms = 0
 _seq = 0
 
+# Random bits come from os.urandom (the kernel's CSPRNG: ids must not be guessable), read
+# 4 KB at a time: one getrandom() call per 500 ids instead of one per id.
+_POOL_BYTES = 4096
+_pool = b""
+_pool_at = _POOL_BYTES
+
+
+def _random64() -> int:
+    global _pool, _pool_at
+    if _pool_at >= _POOL_BYTES:
+        _pool, _pool_at = os.urandom(_POOL_BYTES), 0
+    _pool_at += 8
+    return int.from_bytes(_pool[_pool_at - 8 : _pool_at])
+
+
+def _forget_pool() -> None:  # a forked child must not hand out its parent's bits again
+    global _pool_at
+    _pool_at = _POOL_BYTES
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
 
 def uuid7(now_ms: int | None = None) -> str:
     """A UUIDv7 string; ids made in one process are strictly increasing.
@@ -35,8 +57,8 @@ def uuid7(now_ms: int | None = None) -> str:
         ms = _last_ms
     else:
         _last_ms = ms
-        _seq = int.from_bytes(os.urandom(1)) & 0x3F  # random start, room to count
-    rand_b = int.from_bytes(os.urandom(8)) & 0x3FFF_FFFF_FFFF_FFFF
+        _seq = _random64() & 0x3F  # random start, room to count
+    rand_b = _random64() & 0x3FFF_FFFF_FFFF_FFFF
     value = (ms << 80) | (0x7 << 76) | (_seq << 64) | (0b10 << 62) | rand_b
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
