@@ -5,7 +5,9 @@
 Fills the events stream of a fresh redis-server with realistic clicks, written as the edge
 writes them (batches of 500 JSON rows), then drains it with the real sink into a fresh
 chDB folder: once with enrichment off (the insert path alone), once as the service runs
-it (all enrichment steps). Prints rows/s and each step's share of the sink's time. The
+it (all enrichment steps). Prints rows/s, the Redis CPU the sink caused per row (reads,
+acknowledgements, and the enrichment's counters and marks), and each step's share of the
+sink's time. The
 insert path gets enough rows for ten full reads, so the rate is the steady one (reading
 ahead overlaps every read but the first).
 """
@@ -68,18 +70,27 @@ def fill(redis, rows: int, batch: int = 500) -> None:
     pipe.execute()
 
 
+def redis_cpu_seconds(redis) -> float:
+    """CPU the redis-server has used so far (its main thread and the rest)."""
+    info = redis.info("cpu")
+    return info["used_cpu_user"] + info["used_cpu_sys"]
+
+
 def drain(settings, redis, ch, enrich: bool, geo_paths: list[str]) -> dict:
     pipeline = steps.build(settings, redis, open_geo(geo_paths)) if enrich else None
     sink = Sink(redis, ch, consumer="bench", read_entries=settings.sink.read_entries,
                 block_ms=10, reclaim_idle_ms=60_000, pipeline=pipeline,
                 attributor=Attributor(redis, ["linear"], 86_400_000, 86_400_000))
     sink.ensure_group()
+    redis_cpu = redis_cpu_seconds(redis)
     started = time.perf_counter()
     while sink.step(block=False):
         pass
     seconds = time.perf_counter() - started
+    redis_cpu = redis_cpu_seconds(redis) - redis_cpu
     rows = sink.rows_inserted["clicks"]
-    result = {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds)}
+    result = {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
+              "redis_cpu_us_per_row": round(redis_cpu / rows * 1e6, 1)}
     if pipeline:
         result["steps_share_of_sink_time"] = {
             name: f"{100 * stat.seconds / seconds:.1f}%" for name, stat in pipeline.stats.items()
