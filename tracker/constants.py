@@ -60,13 +60,25 @@ def excluded_click_key(click_id: str) -> str:
     return f"{PREFIX}:click:{{{click_id}}}:excluded"
 
 
-# Fraud rule counters (short-lived).
-def fraud_ip_minute_key(ip: str, minute: int) -> str:
-    return f"{PREFIX}:fraud:ipm:{{{ip}}}:{minute}"
+# Fraud rule counters (short-lived). The per-IP counters of a window live in a few hashes
+# (and one set) per window, sharded by IP, rather than in keys of their own: a field costs
+# Redis less to write than a key with its own expiry, and the whole window expires at once.
+FRAUD_SHARDS = 16  # per window; on a Cluster, the shards spread over the nodes
 
 
-def fraud_ip_hour_key(ip: str, hour: int) -> str:
-    return f"{PREFIX}:fraud:iph:{{{ip}}}:{hour}"
+def fraud_ip_minute_key(minute: int, shard: int) -> str:
+    """Hash: IP -> clicks in that calendar minute."""
+    return f"{PREFIX}:fraud:ipm:{{m{minute}:{shard}}}"
+
+
+def fraud_ip_visitors_key(hour: int, shard: int) -> str:
+    """Set: "IP visitor" pairs seen in that hour (same slot as the counts below)."""
+    return f"{PREFIX}:fraud:ipv:{{h{hour}:{shard}}}"
+
+
+def fraud_ip_visitor_counts_key(hour: int, shard: int) -> str:
+    """Hash: IP -> distinct visitors in that hour."""
+    return f"{PREFIX}:fraud:iph:{{h{hour}:{shard}}}"
 
 
 def fraud_recent_click_key(visitor_id: str, slug: str) -> str:

@@ -9,12 +9,13 @@
 | datacenter_asn | the IP belongs to a hosting / cloud network (an ASN in `datacenter_asns`) |
 
 Thresholds come from config, with per-campaign overrides. `FraudRules.prepare_clicks`
-updates the counters for a whole batch in one Redis script call; the checks then read the
-results event by event.
+updates the counters in one Redis script call per chunk of a batch; the checks then read
+the results event by event.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any
@@ -58,25 +59,29 @@ def datacenter_asn(asn: int, datacenter_asns: frozenset[int]) -> bool:
 
 # -- state in Redis -------------------------------------------------------------------------
 
-# KEYS: per click: its IP's hourly visitor set, its visitor-and-link marker; then the
-#       per-IP minute counters; then each hourly set once (for its expiry).
-# ARGV: clicks, counters, per click: visitor id and the duplicate window in seconds
-#       (0: rule off, -1: no visitor), per counter: increment.
+# KEYS: per click: the hour's "IP visitor" set and IP -> visitors hash (one slot), its
+#       visitor-and-link marker; then per IP and minute: that minute's IP -> clicks hash;
+#       then every window key once (for its expiry).
+# ARGV: clicks, minute groups, per click: IP, "IP visitor", the duplicate window in
+#       seconds (0: rule off, -1: no visitor); per group: IP, increment.
 # Returns per click: distinct visitors of the IP so far, 1 if seen within the window;
-# then each counter's total.
+# then each group's total.
 COUNT_CLICKS = """
 local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out, a = {}, 3
 for i = 1, n do
-  local hour, recent = KEYS[2 * i - 1], KEYS[2 * i]
-  local visitor, window = ARGV[a], tonumber(ARGV[a + 1])
-  a = a + 2
+  local known, counts, recent = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local ip, pair, window = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
   if window < 0 then
     out[#out + 1] = 0
     out[#out + 1] = 0
   else
-    redis.call('SADD', hour, visitor)
-    out[#out + 1] = redis.call('SCARD', hour)
+    if redis.call('SADD', known, pair) == 1 then
+      out[#out + 1] = redis.call('HINCRBY', counts, ip, 1)
+    else
+      out[#out + 1] = tonumber(redis.call('HGET', counts, ip) or 0)
+    end
     if window > 0 and not redis.call('SET', recent, '1', 'NX', 'EX', window) then
       out[#out + 1] = 1
     else
@@ -85,15 +90,20 @@ for i = 1, n do
   end
 end
 for j = 1, m do
-  out[#out + 1] = redis.call('INCRBY', KEYS[2 * n + j], ARGV[a])
-  redis.call('EXPIRE', KEYS[2 * n + j], 7200)
-  a = a + 1
+  out[#out + 1] = redis.call('HINCRBY', KEYS[3 * n + j], ARGV[a], ARGV[a + 1])
+  a = a + 2
 end
-for k = 2 * n + m + 1, #KEYS do
-  redis.call('EXPIRE', KEYS[k], 7200)
+for k = 3 * n + m + 1, #KEYS do
+  redis.call('EXPIRE', KEYS[k], ARGV[a])
 end
 return out
 """
+WINDOW_TTL = 7200  # seconds a window's counters are kept (the longest window is an hour)
+
+
+def ip_shard(ip: str) -> int:
+    """Stable across processes: every sink counts an IP in the same shard."""
+    return zlib.crc32(ip.encode()) % K.FRAUD_SHARDS
 
 
 class FraudRules:
@@ -127,29 +137,34 @@ class FraudRules:
     def _count(self, events: list[Event]) -> None:
         keys: list[str] = []
         args: list = []
-        by_minute: dict[str, list[Event]] = defaultdict(list)
+        by_minute: dict[tuple[str, str], list[Event]] = defaultdict(list)
         for event in events:
             ms = parse_ms(event["event_time"])
-            ip = event["ip"]
-            by_minute[K.fraud_ip_minute_key(ip, ms // 60_000)].append(event)
-            anonymous = event["visitor_id"] == ZERO_UUID
-            keys += [K.fraud_ip_hour_key(ip, ms // 3_600_000),
-                     K.fraud_recent_click_key(event["visitor_id"], event["link_slug"])]
+            ip, visitor = event["ip"], event["visitor_id"]
+            shard = ip_shard(ip)
+            by_minute[(K.fraud_ip_minute_key(ms // 60_000, shard), ip)].append(event)
+            hour = ms // 3_600_000
+            keys += [K.fraud_ip_visitors_key(hour, shard),
+                     K.fraud_ip_visitor_counts_key(hour, shard),
+                     K.fraud_recent_click_key(visitor, event["link_slug"])]
             window = self.thresholds(event["campaign_id"]).duplicate_click_seconds
-            args += [event["visitor_id"], -1 if anonymous else window]
-        keys += list(by_minute)
-        args += [len(group) for group in by_minute.values()]
-        keys += list(dict.fromkeys(keys[0 : 2 * len(events) : 2]))  # hourly sets, once
+            args += [ip, f"{ip} {visitor}", -1 if visitor == ZERO_UUID else window]
+        n, m = len(events), len(by_minute)
+        keys += [key for key, _ in by_minute]
+        for (_, ip), group in by_minute.items():
+            args += [ip, len(group)]
+        windows = [k for i, k in enumerate(keys[: 3 * n]) if i % 3 != 2] + keys[3 * n :]
+        keys += list(dict.fromkeys(windows))  # each window key once, for its expiry
         if self.cluster:  # keys in many slots: the same counts, command by command
-            results = self._count_with_pipeline(keys, args, len(events), len(by_minute))
+            results = self._count_with_pipeline(keys, args, n, m)
         else:
             if self._script is None:
                 self._script = self.redis.register_script(COUNT_CLICKS)
-            results = self._script(keys=keys, args=[len(events), len(by_minute), *args])
+            results = self._script(keys=keys, args=[n, m, *args, WINDOW_TTL])
         for i, event in enumerate(events):
             self._visitors[id(event)] = results[2 * i]
             self._seen[id(event)] = bool(results[2 * i + 1])
-        position = 2 * len(events)
+        position = 2 * n
         for group in by_minute.values():
             total = results[position]
             position += 1
@@ -157,37 +172,39 @@ class FraudRules:
                 self._clicks_in_minute[id(event)] = ordinal
 
     def _count_with_pipeline(self, keys: list[str], args: list, n: int, m: int) -> list[int]:
-        """COUNT_CLICKS as a pipeline (a Redis Cluster splits it by node); same result."""
+        """COUNT_CLICKS as two pipelines (a Redis Cluster splits each by node), with the
+        same results: first the pairs, markers and minute counts; then, in click order,
+        each IP's visitor count, raised for a new pair and read for a known one."""
         pipe = self.redis.pipeline()
-        layout = []
         for i in range(n):
-            visitor, window = args[2 * i], args[2 * i + 1]
-            if window < 0:
-                layout.append(None)
-                continue
-            pipe.sadd(keys[2 * i], visitor)
-            pipe.scard(keys[2 * i])
+            pair, window = args[3 * i + 1], args[3 * i + 2]
+            if window >= 0:
+                pipe.sadd(keys[3 * i], pair)
             if window > 0:
-                pipe.set(keys[2 * i + 1], 1, nx=True, ex=window)
-            layout.append(window > 0)
+                pipe.set(keys[3 * i + 2], 1, nx=True, ex=window)
         for j in range(m):
-            pipe.incrby(keys[2 * n + j], args[2 * n + j])
-            pipe.expire(keys[2 * n + j], 7200)
-        for key in keys[2 * n + m:]:
-            pipe.expire(key, 7200)
-        replies = iter(pipe.execute())
-        results = []
-        for marked in layout:
-            if marked is None:
-                results += [0, 0]
+            pipe.hincrby(keys[3 * n + j], args[3 * n + 2 * j], args[3 * n + 2 * j + 1])
+        for key in keys[3 * n + m :]:
+            pipe.expire(key, WINDOW_TTL)
+        first = iter(pipe.execute())
+        counts = self.redis.pipeline()
+        seen: list[int] = []
+        for i in range(n):
+            ip, window = args[3 * i], args[3 * i + 2]
+            if window < 0:
+                seen.append(0)
                 continue
-            next(replies)
-            results.append(next(replies))
-            results.append(0 if not marked or next(replies) else 1)
-        for _ in range(m):
-            results.append(next(replies))
-            next(replies)
-        return results
+            if next(first):  # a new pair
+                counts.hincrby(keys[3 * i + 1], ip, 1)
+            else:
+                counts.hget(keys[3 * i + 1], ip)
+            seen.append(0 if window == 0 or next(first) else 1)
+        totals = [next(first) for _ in range(m)]
+        visitors = iter(counts.execute()) if len(counts) else iter(())
+        results: list[int] = []
+        for i in range(n):
+            results += [0 if args[3 * i + 2] < 0 else int(next(visitors) or 0), seen[i]]
+        return results + totals
 
     def check_click(self, event: Event) -> Event:
         t = self.thresholds(event["campaign_id"])
