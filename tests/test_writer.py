@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import tracemalloc
 
@@ -27,6 +28,25 @@ def make_writer(redis_server, tmp_path, timeout: float = 10.0) -> EventWriter:
     )
 
 
+async def add_clicks(writer: EventWriter, numbers: range, pause_every: int = 0,
+                     pause: float = 0.0) -> None:
+    """Clicks numbered in arrival order; every `pause_every`, the flush task gets to run."""
+    for n in numbers:
+        writer.add_click(*click(n))
+        if pause_every and n % pause_every == 0:
+            await asyncio.sleep(pause)
+
+
+@contextlib.contextmanager
+def frozen(redis_server):
+    """Redis stops answering (SIGSTOP) until the block ends."""
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+
+
 def stream_order(redis_server) -> list[int]:
     order = []
     for _, fields in redis_server.client().xrange(K.events_stream(0)):
@@ -49,17 +69,10 @@ async def test_batches_stay_bounded_and_ordered_while_redis_stalls(redis_server,
     holds at most batch_max_events and the clicks come out in the order they came in."""
     writer = make_writer(redis_server, tmp_path)
     await writer.start()
-    for n in range(30):  # a first flush, so the frozen one below is in flight
-        writer.add_click(*click(n))
+    await add_clicks(writer, range(30))  # a first flush, so the frozen one below is in flight
     await asyncio.sleep(0.05)
-    redis_server.proc.send_signal(signal.SIGSTOP)
-    try:
-        for n in range(30, 630):
-            writer.add_click(*click(n))
-            if n % 100 == 0:
-                await asyncio.sleep(0.01)  # the flush task runs and waits on Redis
-    finally:
-        redis_server.proc.send_signal(signal.SIGCONT)
+    with frozen(redis_server):  # the flush task runs and waits on Redis
+        await add_clicks(writer, range(30, 630), pause_every=100, pause=0.01)
     await writer.close()
     assert writer.spooled_batches == 0
 
@@ -99,22 +112,12 @@ async def test_spool_replays_a_chunk_at_a_time_while_new_clicks_join_its_end(
     read_chunk = writer.spool.read_chunk
     writer.spool.read_chunk = lambda: reads.append(1) or read_chunk()
     await writer.start()
-    for n in range(30):
-        writer.add_click(*click(n))
+    await add_clicks(writer, range(30))
     await asyncio.sleep(0.05)
-    redis_server.proc.send_signal(signal.SIGSTOP)
-    try:
-        for n in range(30, 330):
-            writer.add_click(*click(n))
-            if n % 50 == 0:
-                await asyncio.sleep(0.1)
+    with frozen(redis_server):  # past the timeout: batches go to the spool
+        await add_clicks(writer, range(30, 330), pause_every=50, pause=0.1)
         await asyncio.sleep(0.4)
-    finally:
-        redis_server.proc.send_signal(signal.SIGCONT)
-    for n in range(330, 630):  # arriving during the replay
-        writer.add_click(*click(n))
-        if n % 25 == 0:
-            await asyncio.sleep(0.01)
+    await add_clicks(writer, range(330, 630), pause_every=25, pause=0.01)  # during replay
     await writer.close(replay_seconds=10)
 
     assert writer.spooled_batches >= 300 // BATCH

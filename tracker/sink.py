@@ -98,6 +98,12 @@ class Sink:
     def run(self, drain_seconds: float = 5.0) -> None:
         """Consume until `stop` is set, then keep going while entries remain, for at most
         `drain_seconds`, so a clean stop leaves nothing behind that was already sent."""
+        try:
+            self._consume(drain_seconds)
+        finally:
+            self.close()
+
+    def _consume(self, drain_seconds: float) -> None:
         backoff = BACKOFF_START
         setup = False
         drain_until: float | None = None
@@ -114,20 +120,16 @@ class Sink:
                     self.maybe_report_lag()
                 draining = drain_until is not None
                 if draining and time.monotonic() > drain_until:
-                    self.close()
                     return
                 handled = self.step(block=not draining)
                 if draining and not handled:
-                    self.close()
                     return
                 backoff = BACKOFF_START
             except Stopping:
-                self.close()
                 return
             except RedisError as exc:
                 self._drop_ahead()
                 if drain_until is not None:
-                    self.close()
                     return
                 # entries delivered in a reply we never got are pending for us: look again
                 setup = False

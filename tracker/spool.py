@@ -82,23 +82,21 @@ class Spool:
         return data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
 
     def read(self) -> list[bytes]:
-        """Every batch line still to replay, oldest first (for tests and tools: replay
-        goes by chunks)."""
-        lines: list[bytes] = []
-        position = self._position
-        while chunk := self.read_chunk():
-            lines += chunk
-            self.advance(chunk, save=False)
-        self._position = position
-        return [line for line in lines if line]
+        """Every batch line still to replay, oldest first, read whole (for tests and
+        tools; replay goes by `read_chunk`)."""
+        if not self.pending:
+            return []
+        with open(self.path, "rb") as fh:
+            fh.seek(self._position)
+            data = fh.read(self._size - self._position)
+        return [line for line in data.split(b"\n") if line]
 
-    def advance(self, lines: list[bytes], save: bool = True) -> None:
+    def advance(self, lines: list[bytes]) -> None:
         """Mark these lines (the first ones from the replay position) replayed."""
         self._position += sum(len(line) + 1 for line in lines)
-        if save:
-            tmp = self.position_path.with_name(self.position_path.name + ".tmp")
-            tmp.write_text(str(self._position))
-            os.replace(tmp, self.position_path)
+        tmp = self.position_path.with_name(self.position_path.name + ".tmp")
+        tmp.write_text(str(self._position))
+        os.replace(tmp, self.position_path)
 
     def clear(self) -> None:
         """Everything replayed: empty the file and forget the position."""

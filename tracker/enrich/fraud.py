@@ -137,24 +137,25 @@ class FraudRules:
     def _count(self, events: list[Event]) -> None:
         keys: list[str] = []
         args: list = []
-        by_minute: dict[tuple[str, str], list[Event]] = defaultdict(list)
+        by_minute: dict[tuple[str, str], list[Event]] = defaultdict(list)  # (key, IP)
+        windows: dict[str, None] = {}  # every window key once, for its expiry
         for event in events:
             ms = parse_ms(event["event_time"])
             ip, visitor = event["ip"], event["visitor_id"]
-            shard = ip_shard(ip)
-            by_minute[(K.fraud_ip_minute_key(ms // 60_000, shard), ip)].append(event)
-            hour = ms // 3_600_000
-            keys += [K.fraud_ip_visitors_key(hour, shard),
-                     K.fraud_ip_visitor_counts_key(hour, shard),
-                     K.fraud_recent_click_key(visitor, event["link_slug"])]
+            shard, hour = ip_shard(ip), ms // 3_600_000
+            minute_key = K.fraud_ip_minute_key(ms // 60_000, shard)
+            by_minute[(minute_key, ip)].append(event)
+            pairs_key = K.fraud_ip_visitors_key(hour, shard)
+            counts_key = K.fraud_ip_visitor_counts_key(hour, shard)
+            windows.update(dict.fromkeys((minute_key, pairs_key, counts_key)))
+            keys += [pairs_key, counts_key, K.fraud_recent_click_key(visitor, event["link_slug"])]
             window = self.thresholds(event["campaign_id"]).duplicate_click_seconds
             args += [ip, f"{ip} {visitor}", -1 if visitor == ZERO_UUID else window]
         n, m = len(events), len(by_minute)
-        keys += [key for key, _ in by_minute]
-        for (_, ip), group in by_minute.items():
+        for (key, ip), group in by_minute.items():
+            keys.append(key)
             args += [ip, len(group)]
-        windows = [k for i, k in enumerate(keys[: 3 * n]) if i % 3 != 2] + keys[3 * n :]
-        keys += list(dict.fromkeys(windows))  # each window key once, for its expiry
+        keys += windows
         if self.cluster:  # keys in many slots: the same counts, command by command
             results = self._count_with_pipeline(keys, args, n, m)
         else:
