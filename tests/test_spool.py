@@ -82,6 +82,13 @@ def test_clear_empties_the_file_and_forgets_the_position(path):
     assert Spool(path).read() == [b"three"]
 
 
+def test_a_position_beyond_the_file_replays_it_all(path):
+    spool = Spool(path)
+    spool.append([b"one", b"two"])
+    spool.position_path.write_text("5000")  # stale: the file was emptied since
+    assert Spool(path).read() == [b"one", b"two"]
+
+
 def test_torn_tail_longer_than_a_read_is_dropped(path, monkeypatch):
     monkeypatch.setattr("tracker.spool.CHUNK_BYTES", 4)
     path.parent.mkdir(parents=True)

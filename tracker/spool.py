@@ -27,7 +27,8 @@ class Spool:
         self.position_path = path.with_name(path.name + ".pos")
         path.parent.mkdir(parents=True, exist_ok=True)
         self._size = self._drop_torn_tail() if path.exists() else 0
-        self._position = min(self._saved_position(), self._size)
+        saved = self._saved_position()
+        self._position = saved if saved <= self._size else 0  # stale: replay it all again
 
     def _drop_torn_tail(self) -> int:
         """Cut a line a crash left half-written, so the next append starts a clean line.
@@ -99,8 +100,10 @@ class Spool:
         os.replace(tmp, self.position_path)
 
     def clear(self) -> None:
-        """Everything replayed: empty the file and forget the position."""
+        """Everything replayed: forget the position, then empty the file (a crash between
+        the two replays batches again, which is harmless; the other order could leave a
+        stale position that skips batches appended later)."""
+        self.position_path.unlink(missing_ok=True)
         if self.path.exists():
             os.truncate(self.path, 0)
-        self.position_path.unlink(missing_ok=True)
         self._size = self._position = 0
