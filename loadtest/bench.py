@@ -1,13 +1,17 @@
 """Throughput as a ratio against nginx `empty_gif`, in one run, on this machine.
 
     python -m loadtest.bench [--duration 10] [--connections 64] [--processes 2] [--rounds 3]
+                             [--bare]
 
 Starts on loopback: nginx (empty_gif, N workers) and the full tracker (N edge processes,
 its own redis-server with AOF, the sink, chDB). Runs wrk against each in turn, alternating,
 with a realistic click mix (many links, sub values, long user agents, cookies present and
-absent). Then latency at a fixed rate of half the tracker's peak (hey, rate-limited), CPU
-seconds and peak RSS per process, and, after the sink drained, clicks answered vs rows in
-ClickHouse. Prints a summary and writes it as JSON to loadtest/results/.
+absent). Each run also gives the CPU spent per request: by wrk itself, by nginx's workers,
+and by each tracker process. Then latency at a fixed rate of half the tracker's peak (hey,
+rate-limited), CPU seconds and peak RSS per process, and, after the sink drained, clicks
+answered vs rows in ClickHouse. Prints a summary and writes it as JSON to
+loadtest/results/. `--bare` adds a third contender to each round: `loadtest/bare.py`, the
+edge's transport (uvloop + llhttp, N processes) answering a fixed 302 with no tracking.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -23,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -52,12 +58,15 @@ http {
 
 
 def wrk(url: str, duration: int, connections: int, threads: int, script: Path) -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
          "-s", str(script), url],
         capture_output=True, text=True, check=True,
     ).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
+        "wrk_cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "errors": sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out)),
@@ -85,6 +94,32 @@ def hey(url: str, duration: int, rate: float, workers: int = 16) -> dict:
         "p99_ms": float(re.search(r"99%+ in ([\d.]+) secs", out).group(1)) * 1000,
         "answered": sum(int(n) for n in re.findall(r"\[\d{3}\]\s+(\d+) responses", out)),
     }
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) each process has used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for name, pid in pids.items():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        used[name] = (int(stat[11]) + int(stat[12])) / ticks
+    return used
+
+
+def measured(url: str, args, script: Path, servers: dict[str, int]) -> dict:
+    """One wrk run, with the CPU it cost per request: wrk's and each server process's."""
+    before = cpu_seconds(servers)
+    run = wrk(url, args.duration, args.connections, args.threads, script)
+    after = cpu_seconds(servers)
+    per_request = 1e6 / max(run["requests"], 1)
+    cpu = {"wrk": run.pop("wrk_cpu_s") * per_request}
+    cpu.update({name: (after[name] - before[name]) * per_request
+                for name in after if name in before})
+    run["cpu_us_per_request"] = {name: round(us, 1) for name, us in cpu.items()}
+    return run
 
 
 def process_usage(pids: dict[str, int]) -> dict:
@@ -127,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="nginx workers = tracker edge processes")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="wrk threads")
+    p.add_argument("--bare", action="store_true",
+                   help="also measure a bare uvloop + llhttp 302 server (the transport alone)")
     args = p.parse_args(argv)
     for tool in ("nginx", "wrk", "hey", "redis-server"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
@@ -140,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
                                                    "port": nginx_port})
     nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c",
                               str(work / "nginx.conf"), "-p", str(work)])
+    bare = None
+    if args.bare:
+        bare_port = free_port()
+        bare = subprocess.Popen([sys.executable, "-m", "loadtest.bare", "--port",
+                                 str(bare_port), "--processes", str(args.processes)],
+                                start_new_session=True)
     redis = RedisServer(work / "redis")
     redis.start()
     svc = Service(work / "tracker", redis, TRACKER_WORKERS=str(args.processes))
@@ -158,15 +201,26 @@ def main(argv: list[str] | None = None) -> int:
         pids = tracker_pids(svc.procs["serve"].pid)
         pids["redis"] = redis.proc.pid
 
+        nginx_workers = {f"nginx-{i}": pid for i, pid in enumerate(children(nginx.pid))}
+        if args.bare:
+            bare_url = f"http://127.0.0.1:{bare_port}/"
+            wait_until(lambda: _answers(bare_url, 302), 10, "the bare server")
+            bare_pids = {"bare-0": bare.pid} | {
+                f"bare-{i + 1}": pid for i, pid in enumerate(children(bare.pid))}
+
         rounds = []
         for n in range(args.rounds):
-            nginx_run = wrk(nginx_url, args.duration, args.connections, args.threads, script)
-            tracker_run = wrk(tracker_url, args.duration, args.connections, args.threads,
-                              script)
+            nginx_run = measured(nginx_url, args, script, nginx_workers)
+            tracker_run = measured(tracker_url, args, script, pids)
             rounds.append({"nginx": nginx_run, "tracker": tracker_run,
                            "ratio": tracker_run["rps"] / nginx_run["rps"]})
-            print(f"round {n + 1}: nginx {nginx_run['rps']:,.0f} rps, tracker "
-                  f"{tracker_run['rps']:,.0f} rps, ratio {rounds[-1]['ratio']:.3f}", flush=True)
+            line = (f"round {n + 1}: nginx {nginx_run['rps']:,.0f} rps, tracker "
+                    f"{tracker_run['rps']:,.0f} rps, ratio {rounds[-1]['ratio']:.3f}")
+            if args.bare:
+                bare_run = measured(bare_url, args, script, bare_pids)
+                rounds[-1]["bare"] = bare_run
+                line += f"; bare 302 {bare_run['rps']:,.0f} rps"
+            print(line, flush=True)
         peak = statistics.median(r["tracker"]["rps"] for r in rounds)
         # the fixed-rate phase starts with the sink caught up, so its lag is its own
         saturated = sum(r["tracker"]["requests"] for r in rounds)
@@ -192,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             "nginx_rps": statistics.median(r["nginx"]["rps"] for r in rounds),
             "tracker_rps": peak,
             "ratio": statistics.median(r["ratio"] for r in rounds),
+            "cpu_us_per_request": {
+                contender: median_cpu([r[contender] for r in rounds])
+                for contender in ("nginx", "tracker", "bare") if contender in rounds[0]},
             "saturation_latency_ms": {
                 "p50": statistics.median(r["tracker"]["p50_ms"] for r in rounds),
                 "p99": statistics.median(r["tracker"]["p99_ms"] for r in rounds)},
@@ -203,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
             "drain_s": round(drain_s, 1),
         }
     finally:
+        if bare:
+            os.killpg(bare.pid, signal.SIGTERM)
+            bare.wait(10)
         nginx.send_signal(signal.SIGQUIT)
         svc.stop_all()
         redis.stop()
@@ -212,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     out = out_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("nginx_rps", "tracker_rps", "ratio",
+                                             "cpu_us_per_request",
                                              "saturation_latency_ms", "fixed_rate",
                                              "clicks_answered", "rows_in_clickhouse")},
                      indent=2))
@@ -220,10 +281,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if rows == answered else 1
 
 
-def _answers(url: str) -> bool:
+def median_cpu(runs: list[dict]) -> dict[str, float]:
+    """Per process, the median over rounds of its CPU µs per request."""
+    names = runs[0]["cpu_us_per_request"]
+    return {name: statistics.median(r["cpu_us_per_request"].get(name, 0.0) for r in runs)
+            for name in names}
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def _answers(url: str, status: int = 200) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return r.status == 200
+        with urllib.request.build_opener(_NoRedirect).open(url, timeout=1) as r:
+            return r.status == status
+    except urllib.error.HTTPError as exc:
+        return exc.code == status
     except OSError:
         return False
 
