@@ -32,8 +32,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import RedisServer, Service, free_port, wait_until
 from tracker.config import FraudSettings, RedisSettings, SinkSettings, TrackingSettings
+from tracker.testing import RedisServer, Service, free_port, wait_until
 
 HERE = Path(__file__).resolve().parent
 SLUGS = 50

@@ -41,17 +41,17 @@ from pathlib import Path
 
 import orjson
 
-from tests.conftest import RedisServer
-from tracker import config, migrations, redisconn
-from tracker import constants as K
+from tracker import config, migrations, redis_connection
+from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
-from tracker.events import RequestMeta, click_record, click_row, parse_query
+from tracker.edge.spool import Spool
+from tracker.edge.writer import EventWriter
 from tracker.ids import uuid7
 from tracker.links import Link
 from tracker.macros import render
-from tracker.spool import Spool
+from tracker.records import RequestMeta, click_record, click_row, parse_query
+from tracker.testing import RedisServer
 from tracker.timefmt import now_ms
-from tracker.writer import EventWriter
 
 TOKEN = "capacity-token-0123456789"
 ALNUM = string.ascii_letters + string.digits
@@ -221,7 +221,7 @@ def cpu_seconds(pid: int) -> float:
 async def write_clicks(settings, url: str, spool: Path, clicks: Clicks, count: int,
                        per_visitor: int) -> dict:
     """`count` clicks through the real EventWriter, in edge batches of batch_max_events."""
-    client = redisconn.async_client(url, settings.redis.timeout_seconds)
+    client = redis_connection.async_client(url, settings.redis.timeout_seconds)
     writer = EventWriter(
         client,
         Spool(spool),

@@ -24,16 +24,16 @@ from pathlib import Path
 import orjson
 
 from geo import open_geo
-from tests.conftest import RedisServer
 from tracker import config, migrations
-from tracker import constants as K
-from tracker.attributor import Attributor
+from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
-from tracker.enrich import steps
-from tracker.events import RequestMeta, click_row
 from tracker.ids import uuid7
 from tracker.links import Link
-from tracker.sink import Sink
+from tracker.records import RequestMeta, click_row
+from tracker.sink.attributor import Attributor
+from tracker.sink.consumer import Sink
+from tracker.sink.enrich import steps
+from tracker.testing import RedisServer
 from tracker.timefmt import now_ms
 
 AGENTS = [

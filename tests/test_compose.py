@@ -18,7 +18,7 @@ import yaml
 from tracker import config
 from tracker.cli import build_parser
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "config" / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 TOKEN = "compose-test-token-0123456789"

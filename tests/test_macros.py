@@ -6,13 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tracker.macros import (
-    MACROS,
-    append_param,
-    compile_template,
-    render,
-    validate_destination,
-)
+from tracker.macros import MACROS, append_param, compile_template, render, validate_destination
 
 CLICK = "018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5b"
 

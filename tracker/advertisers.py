@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from . import constants as K
-from .hashcache import HashCache
-from .timefmt import format_ms, now_ms
+from tracker import redis_keys as K
+from tracker.hashcache import HashCache
+from tracker.timefmt import format_ms, now_ms
 
 ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 STATUSES = ("active", "disabled")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import orjson
 
-from . import config, logs
-from .config import ConfigError, Settings
+from tracker import config, logs
+from tracker.config import ConfigError, Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,20 +125,20 @@ def _period_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(settings: Settings, args) -> int:
-    from .supervisor import serve
+    from tracker.supervisor import serve
 
     return serve(settings, manage_redis=args.redis or settings.redis.manage, demo=args.demo)
 
 
 def cmd_edge(settings: Settings, args) -> int:
-    from .edge import run
+    from tracker.edge.server import run
 
     run(settings, args.worker)
     return 0
 
 
 def cmd_sink(settings: Settings, args) -> int:
-    from .sink_service import run
+    from tracker.sink.process import run
 
     run(settings)
     return 0
@@ -165,7 +165,7 @@ def _endpoint(settings: Settings, path: str, body: dict) -> dict | None:
 
 
 def _direct(settings: Settings):
-    from .clickhouse import ClickHouse
+    from tracker.clickhouse import ClickHouse
 
     try:
         return ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database,
@@ -192,7 +192,7 @@ def run_query(settings: Settings, sql: str) -> tuple[list[str], list[list]]:
 def cmd_migrate(settings: Settings, args) -> int:
     answer = _endpoint(settings, "/migrate", {})
     if answer is None:
-        from . import migrations
+        from tracker import migrations
 
         ch = _direct(settings)
         try:
@@ -243,13 +243,13 @@ def _cell(value) -> str:
 
 
 def _redis(settings: Settings):
-    from .redisconn import sync_client
+    from tracker.redis_connection import sync_client
 
     return sync_client(settings.redis.url)
 
 
 def cmd_links_add(settings: Settings, args) -> int:
-    from .links import LinkError, create, new_link
+    from tracker.links import LinkError, create, new_link
 
     try:
         link = new_link({
@@ -268,8 +268,8 @@ def cmd_links_add(settings: Settings, args) -> int:
 
 
 def cmd_links_list(settings: Settings, args) -> int:
-    from . import constants as K
-    from .links import parse_all
+    from tracker import redis_keys as K
+    from tracker.links import parse_all
 
     links = parse_all(_redis(settings).hgetall(K.LINKS_HASH))
     columns = ["slug", "status", "campaign_id", "affiliate_id", "advertiser_id", "destination"]
@@ -279,8 +279,8 @@ def cmd_links_list(settings: Settings, args) -> int:
 
 
 def cmd_links_disable(settings: Settings, args) -> int:
-    from . import constants as K
-    from .links import Link, apply_changes, save
+    from tracker import redis_keys as K
+    from tracker.links import Link, apply_changes, save
 
     redis = _redis(settings)
     raw = redis.hget(K.LINKS_HASH, args.slug)
@@ -296,7 +296,7 @@ def cmd_links_disable(settings: Settings, args) -> int:
 
 
 def cmd_advertisers_add(settings: Settings, args) -> int:
-    from .advertisers import AdvertiserError, create, new_advertiser
+    from tracker.advertisers import AdvertiserError, create, new_advertiser
 
     try:
         advertiser = new_advertiser({"id": args.id, **({"token": args.token} if args.token
@@ -310,9 +310,9 @@ def cmd_advertisers_add(settings: Settings, args) -> int:
 
 
 def cmd_advertisers_list(settings: Settings, args) -> int:
-    from . import constants as K
-    from .advertisers import Advertiser
-    from .hashcache import parse_hash
+    from tracker import redis_keys as K
+    from tracker.advertisers import Advertiser
+    from tracker.hashcache import parse_hash
 
     items = parse_hash(_redis(settings).hgetall(K.ADVERTISERS_HASH), Advertiser.from_json)
     columns = ["id", "status", "created_at"] + (["token"] if args.show_tokens else [])

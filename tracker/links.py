@@ -16,11 +16,11 @@ from typing import Any
 
 import orjson
 
-from . import constants as K
-from .hashcache import HashCache, parse_hash
-from .ids import uuid7
-from .macros import validate_destination
-from .timefmt import format_ms, now_ms
+from tracker import redis_keys as K
+from tracker.hashcache import HashCache, parse_hash
+from tracker.ids import uuid7
+from tracker.macros import validate_destination
+from tracker.timefmt import format_ms, now_ms
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import sys
 
 import orjson
 
-from .timefmt import format_ms
+from tracker.timefmt import format_ms
 
 
 class JsonFormatter(logging.Formatter):

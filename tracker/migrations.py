@@ -42,9 +42,9 @@ import re
 from pathlib import Path
 from string import Template
 
-from .clickhouse import ClickHouse
-from .config import ROOT, Settings
-from .timefmt import format_ms, now_ms
+from tracker.clickhouse import ClickHouse
+from tracker.config import ROOT, Settings
+from tracker.timefmt import format_ms, now_ms
 
 MIGRATIONS_DIR = ROOT / "config" / "migrations"
 _FILE_RE = re.compile(r"\A(\d{4})_([a-z0-9_]+)\.sql\Z")

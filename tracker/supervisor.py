@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .config import Settings
-from .redisconn import sync_client
+from tracker.config import Settings
+from tracker.redis_connection import sync_client
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def redis_answers(settings: Settings) -> bool:
 
 def ensure_demo_link(settings: Settings) -> None:
     """A `demo` link, so a new install has something to click."""
-    from .links import create, new_link
+    from tracker.links import create, new_link
 
     create(sync_client(settings.redis.url), new_link({
         "slug": "demo",
@@ -111,7 +111,7 @@ def serve(settings: Settings, manage_redis: bool, demo: bool = False) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    from . import metrics
+    from tracker import metrics
 
     metrics.prepare_dir(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]), clear=True)
     env = dict(os.environ, TRACKER_ADMIN_TOKEN=settings.admin_token)

@@ -1,0 +1,187 @@
+"""The sink's exactly-once rules, step by step, against real Redis and real chDB."""
+
+from __future__ import annotations
+
+import threading
+
+import orjson
+import pytest
+
+from tracker import config, migrations
+from tracker import redis_keys as K
+from tracker.clickhouse import ClickHouse
+from tracker.ids import uuid7
+from tracker.sink.consumer import Sink, Stopping
+from tracker.timefmt import format_ms, now_ms
+
+
+@pytest.fixture
+def ch(chdb_database):
+    return chdb_database
+
+
+def test_migrations_are_idempotent(ch, tmp_path):
+    settings = config.load(env={"TRACKER_DATA_DIR": str(tmp_path),
+                                "TRACKER_CLICKHOUSE_DATABASE": ch.database})
+    assert migrations.apply(ch, settings) == []
+    versions = ch.query(f"SELECT version FROM {ch.database}.schema_migrations "
+                        "ORDER BY version")[1]
+    assert [v[0] for v in versions] == [n for n, _, _ in migrations.migration_files()]
+
+
+@pytest.fixture
+def r(redis_server):
+    return redis_server.client()
+
+
+def add_batches(r, batches: int, per_batch: int) -> list[str]:
+    """Stream entries as the edge writes them; returns the click ids."""
+    ids = []
+    for _ in range(batches):
+        rows = []
+        for _ in range(per_batch):
+            click_id = uuid7()
+            ids.append(click_id)
+            rows.append(orjson.dumps({
+                "event_time": format_ms(now_ms()), "click_id": click_id,
+                "visitor_id": uuid7(), "link_slug": "s", "campaign_id": "c", "ip": "10.0.0.1",
+            }))
+        r.xadd(K.EVENTS_STREAM, {K.BATCH_ID_FIELD: uuid7(), "clicks": b"\n".join(rows)})
+    return ids
+
+
+def count(ch: ClickHouse) -> int:
+    return ch.query(f"SELECT count() FROM {ch.database}.clicks")[1][0][0]
+
+
+def make_sink(r, ch, consumer="sink-a", read_entries=4, **kwargs) -> Sink:
+    sink = Sink(r, ch, consumer=consumer, read_entries=read_entries, block_ms=10,
+                reclaim_idle_ms=kwargs.pop("reclaim_idle_ms", 60_000), **kwargs)
+    sink.ensure_group()
+    return sink
+
+
+class CrashAfterInsert:
+    """The real ClickHouse, but the process 'dies' right after an insert succeeded."""
+
+    def __init__(self, ch: ClickHouse) -> None:
+        self.ch = ch
+
+    def insert_jsonl(self, table, payload, token):
+        self.ch.insert_jsonl(table, payload, token)
+        raise SystemExit("crashed before XACK")
+
+
+class FailingInserts:
+    """The real ClickHouse, refusing the first `failures` inserts (ClickHouse down)."""
+
+    def __init__(self, ch: ClickHouse, failures: int) -> None:
+        self.ch, self.failures, self.calls = ch, failures, 0
+
+    def insert_jsonl(self, table, payload, token):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionError("clickhouse is down")
+        self.ch.insert_jsonl(table, payload, token)
+
+
+def test_reads_inserts_and_acknowledges(r, ch):
+    add_batches(r, 10, 25)
+    sink = make_sink(r, ch)
+    while sink.step(block=False):
+        pass
+    assert count(ch) == 250
+    assert r.xlen(K.EVENTS_STREAM) == 0  # acknowledged entries are deleted
+    assert r.xpending(K.EVENTS_STREAM, K.SINK_GROUP)["pending"] == 0
+
+
+def test_crash_between_insert_and_ack_does_not_double_count(r, ch):
+    add_batches(r, 3, 10)
+    with pytest.raises(SystemExit):
+        make_sink(r, CrashAfterInsert(ch)).step(block=False)
+    assert count(ch) == 10 * 3  # inserted (read_entries=4 takes all three entries)...
+    assert r.xpending(K.EVENTS_STREAM, K.SINK_GROUP)["pending"] == 3  # ...not acknowledged
+
+    restarted = make_sink(r, ch)  # same consumer name: it finishes its own batch first
+    restarted.process_own_pending()
+    assert count(ch) == 30  # same entries -> same token -> ClickHouse skipped the repeat
+    assert r.xpending(K.EVENTS_STREAM, K.SINK_GROUP)["pending"] == 0
+
+
+def distinct_clicks(ch: ClickHouse) -> int:
+    return ch.query(f"SELECT uniqExact(click_id) FROM {ch.database}.clicks")[1][0][0]
+
+
+def crash_with_a_batch_read_ahead(r, ch, consumer: str) -> None:
+    """Ten entries of 5 rows, batches of 4: the sink dies after inserting the first batch,
+    while the second, read ahead during that insert, is pending too."""
+    add_batches(r, 10, 5)
+    sink = make_sink(r, CrashAfterInsert(ch), consumer=consumer)
+    with pytest.raises(SystemExit):
+        sink.step(block=False)
+    sink.close()
+    assert count(ch) == 20
+    assert r.xpending(K.EVENTS_STREAM, K.SINK_GROUP)["pending"] == 8
+
+
+def test_a_restart_after_reading_ahead_stores_each_row_once(r, ch):
+    crash_with_a_batch_read_ahead(r, ch, "sink-a")
+    restarted = make_sink(r, ch)  # re-reads its pending list as the same two batches
+    restarted.process_own_pending()
+    assert count(ch) == 40
+    while restarted.step(block=False):
+        pass
+    assert count(ch) == distinct_clicks(ch) == 50
+    assert r.xpending(K.EVENTS_STREAM, K.SINK_GROUP)["pending"] == 0
+
+
+def test_entries_of_a_dead_consumer_are_claimed_once(r, ch):
+    crash_with_a_batch_read_ahead(r, ch, "sink-dead")
+    other = make_sink(r, ch, consumer="sink-b", reclaim_idle_ms=0)
+    assert other.reclaim() == 4  # the batch it inserted: same ids, same token, skipped
+    assert count(ch) == 20
+    assert other.reclaim() == 4  # the batch it read ahead
+    while other.step(block=False):
+        pass
+    assert count(ch) == distinct_clicks(ch) == 50
+
+
+def test_clickhouse_down_is_retried_until_it_answers(r, ch):
+    add_batches(r, 2, 7)
+    flaky = FailingInserts(ch, failures=3)
+    sink = make_sink(r, flaky)
+    sink.step(block=False)
+    assert flaky.calls == 4 and sink.insert_failures == 3
+    assert count(ch) == 14
+    assert r.xpending(K.EVENTS_STREAM, K.SINK_GROUP)["pending"] == 0
+
+
+def test_stop_while_clickhouse_is_down_leaves_the_batch_pending(r, ch):
+    add_batches(r, 2, 3)
+    stop = threading.Event()
+    flaky = FailingInserts(ch, failures=10**6)
+    sink = make_sink(r, flaky, stop=stop)
+    stop.set()
+    with pytest.raises(Stopping):
+        sink.step(block=False)
+    assert count(ch) == 0
+    assert r.xpending(K.EVENTS_STREAM, K.SINK_GROUP)["pending"] == 2  # kept for the next run
+    make_sink(r, ch).process_own_pending()
+    assert count(ch) == 6
+
+
+def test_an_edge_batch_appended_twice_is_stored_once(r, ch):
+    add_batches(r, 1, 4)
+    (entry_id, fields), = r.xrange(K.EVENTS_STREAM)
+    r.xadd(K.EVENTS_STREAM, fields)  # the same batch id again (a replay after a timeout)
+    sink = make_sink(r, ch)
+    sink.step(block=False)
+    assert count(ch) == 4 and sink.duplicate_batches == 1
+
+
+def test_run_drains_the_stream_when_stopped(r, ch):
+    add_batches(r, 9, 3)
+    stop = threading.Event()
+    stop.set()  # asked to stop before it starts: it still drains what is there
+    make_sink(r, ch, stop=stop).run(drain_seconds=10)
+    assert count(ch) == 27

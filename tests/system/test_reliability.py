@@ -1,0 +1,133 @@
+"""Nothing acknowledged is lost: outages and crashes, counted in ClickHouse."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import aiohttp
+
+from tracker.testing import Service, get_status_location, hit_many, wait_until
+
+
+class Load:
+    """Clicks from concurrent clients until stopped; counts the answers."""
+
+    def __init__(self, url: str, clients: int = 16) -> None:
+        self.url = url
+        self.clients = clients
+        self.statuses: list[int] = []
+        self.errors = 0
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.clients)
+        ) as session:
+            await asyncio.gather(*(self._client(session) for _ in range(self.clients)))
+
+    async def _client(self, session: aiohttp.ClientSession) -> None:
+        while not self._stop.is_set():
+            try:
+                async with session.get(self.url, allow_redirects=False) as r:
+                    await r.read()
+                    self.statuses.append(r.status)
+            except (aiohttp.ClientError, ConnectionError):
+                self.errors += 1
+                await asyncio.sleep(0.01)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def test_redis_outage_every_click_redirects_and_lands_once(service: Service):
+    service.serve()
+    service.add_link("outage", campaign_id="outage")
+    load = Load(f"{service.base_url}/c/outage")
+    task = asyncio.create_task(load.run())
+    await asyncio.sleep(1.0)
+
+    service.redis.stop()
+    before_outage = len(load.statuses)
+    await asyncio.sleep(2.0)
+    during_outage = len(load.statuses) - before_outage
+    status, _ = await asyncio.to_thread(get_status_location, f"{service.base_url}/readyz")
+    assert status == 503  # not ready while Redis is away...
+    service.redis.start()
+    await asyncio.sleep(1.5)
+    load.stop()
+    await task
+
+    assert during_outage > 50  # ...but the redirects kept coming
+    assert load.errors == 0
+    assert set(load.statuses) == {302}
+    sent = len(load.statuses)
+    assert service.wait_count("clicks", sent, "link_slug = 'outage'", timeout=60) == sent
+    unique = service.sql("SELECT uniqExact(click_id) AS n FROM tracker.clicks")[0]["n"]
+    assert unique == sent
+    # everything replayed: the spool files are empty again
+    spools = list((service.folder / "data" / "spool").glob("*.spool"))
+    assert spools and all(p.stat().st_size == 0 for p in spools)
+
+
+async def test_edge_killed_while_redis_down_replays_spool_on_restart(service: Service):
+    service.serve()
+    service.add_link("spool", campaign_id="spool")
+    service.stop("serve")
+
+    service.start_sink()
+    service.redis.stop()
+    service.start_edges(1)
+    statuses = await hit_many(f"{service.base_url}/c/spool", 500, concurrency=10)
+    assert statuses.count(302) == 500
+    spool = service.folder / "data" / "spool" / "edge-0.spool"
+    wait_until(lambda: spool.exists() and spool.stat().st_size > 0, 5, "the spool file")
+    time.sleep(0.2)  # let the last batch reach the spool (flush every 5 ms)
+    service.signal("edge-0", signal.SIGKILL)  # a crash: nothing flushed on the way out
+    service.procs["edge-0"].wait(10)
+
+    service.redis.start()
+    service.start_edges(1)  # the same worker index finds its spool and replays it
+    assert service.wait_count("clicks", 500, "link_slug = 'spool'") == 500
+
+
+async def test_sink_killed_mid_batch_then_restarted_counts_exactly(service: Service):
+    # small batches so that the kill lands between inserts and acknowledgements
+    service.env["TRACKER_SINK_READ_ENTRIES"] = "5"
+    service.env["TRACKER_WRITER_BATCH_MAX_EVENTS"] = "20"
+    service.start_edges(2)
+    service.start_sink()
+    service.add_link("crash", campaign_id="crash")
+    # a backlog: clicks arrive while no sink runs
+    service.stop("sink")
+    statuses = await hit_many(f"{service.base_url}/c/crash", 6000, concurrency=50)
+    assert statuses.count(302) == 6000
+
+    for _ in range(3):  # three crashes at different points
+        service.spawn("sink", "sink")
+        wait_until(lambda: service._query_up() and service.count("clicks") > 0, 30,
+                   "the sink to insert")
+        service.signal("sink", signal.SIGKILL)
+        service.procs["sink"].wait(10)
+    service.start_sink()
+    assert service.wait_count("clicks", 6000, "link_slug = 'crash'") == 6000
+    assert service.sql("SELECT uniqExact(click_id) AS n FROM tracker.clicks")[0]["n"] == 6000
+
+
+async def test_clean_stop_under_load_loses_nothing(service: Service):
+    proc = service.serve()
+    service.add_link("stop", campaign_id="stop")
+    load = Load(f"{service.base_url}/c/stop", clients=32)
+    task = asyncio.create_task(load.run())
+    await asyncio.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 60) == 0
+    load.stop()
+    await task
+
+    acknowledged = load.statuses.count(302)
+    assert acknowledged > 100 and set(load.statuses) == {302}
+    service.start_sink()  # the data is on disk: a fresh sink answers for it
+    assert service.wait_count("clicks", acknowledged, "link_slug = 'stop'") == acknowledged
+    assert service.redis.client().xlen("trk:events:{s0}") == 0  # drained before exit

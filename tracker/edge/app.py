@@ -1,0 +1,157 @@
+"""The edge application: routes, and the resources each process opens and closes.
+
+Startup and shutdown are aiohttp cleanup contexts: Redis connection -> link cache ->
+event writer. On shutdown they unwind in reverse, so the writer flushes its buffer while
+Redis is still open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from tracker import metrics
+from tracker.advertisers import advertiser_cache
+from tracker.config import Settings
+from tracker.edge import admin, clicks, health, postback, routes
+from tracker.edge.intake import ConversionIntake
+from tracker.edge.keys import (
+    ADMIN_TOKEN,
+    ADVERTISER_CACHE,
+    CLICKS,
+    CONVERSIONS,
+    LINK_CACHE,
+    MAX_LAG,
+    REDIS,
+    SETTINGS,
+    SHARDS,
+    WORKER_INDEX,
+    WRITER,
+)
+from tracker.edge.spool import Spool
+from tracker.edge.writer import EventWriter
+from tracker.links import link_cache
+from tracker.redis_connection import async_client, is_cluster
+
+# Room for long tracking URLs and big cookies: the handler decides what to keep.
+HANDLER_ARGS = {"max_line_size": 65536, "max_field_size": 32768}
+MAX_BODY = 1024 * 1024
+
+
+def create_app(settings: Settings, worker_index: int = 0) -> web.Application:
+    app = web.Application(middlewares=[count_requests, admin.require_token],
+                          client_max_size=MAX_BODY)
+    app[SETTINGS] = settings
+    app[WORKER_INDEX] = worker_index
+    app[ADMIN_TOKEN] = settings.admin_token
+    app[MAX_LAG] = settings.sink.max_lag_entries
+    app[SHARDS] = settings.redis.stream_shards
+    app.cleanup_ctx.extend([redis_ctx, links_ctx, advertisers_ctx, writer_ctx])
+    routes.add_routes(app)
+    postback.add_routes(app)
+    admin.add_routes(app)
+    health.add_routes(app)
+    app.router.add_get("/metrics", metrics_page)
+    return app
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler):
+    """Requests aiohttp answers, by route and status (the fast path counts its own)."""
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource else "unmatched"
+        request.app[CLICKS].counters.requests[(route, status)] += 1
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    body = await asyncio.get_running_loop().run_in_executor(None, metrics.exposition)
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[REDIS] = async_client(settings.redis.url, settings.redis.timeout_seconds)
+    yield
+    await app[REDIS].aclose()
+
+
+async def links_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    cache = link_cache(
+        app[REDIS],
+        settings.tracking.link_refresh_seconds,
+        snapshot=settings.data_path / "links.snapshot.json",
+    )
+    app[LINK_CACHE] = cache
+    await cache.start()
+    yield
+    await cache.stop()
+
+
+async def advertisers_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    cache = advertiser_cache(
+        app[REDIS],
+        settings.tracking.link_refresh_seconds,
+        snapshot=settings.data_path / "advertisers.snapshot.json",
+    )
+    app[ADVERTISER_CACHE] = cache
+    app[CONVERSIONS] = ConversionIntake(
+        app[REDIS], cache, settings, settings.trusted_networks
+    )
+    await cache.start()
+    yield
+    await cache.stop()
+
+
+async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
+    s = app[SETTINGS]
+    spool = Spool(s.data_path / "spool" / f"edge-{app[WORKER_INDEX]}.spool")
+    writer = EventWriter(
+        app[REDIS],
+        spool,
+        batch_max_events=s.writer.batch_max_events,
+        batch_max_delay_ms=s.writer.batch_max_delay_ms,
+        lookback_seconds=s.lookback_seconds,
+        timeout_seconds=s.redis.timeout_seconds,
+        dedup_ttl_seconds=s.redis.dedup_ttl_seconds,
+        stream_shards=s.redis.stream_shards,
+        cluster=is_cluster(s.redis.url),
+    )
+    app[WRITER] = writer
+    app[CLICKS] = clicks.ClickContext(
+        links=app[LINK_CACHE],
+        writer=writer,
+        trusted=s.trusted_networks,
+        cookie_name=s.cookie.name,
+        cookie_attrs=clicks.cookie_attributes(
+            s.lookback_seconds, s.cookie.samesite, s.cookie.secure, s.cookie.domain
+        ),
+        fallback_url=s.http.fallback_url,
+        max_query_bytes=s.http.max_query_bytes,
+        honor_no_track=s.privacy.honor_no_track,
+    )
+    await writer.start()
+    publisher = asyncio.create_task(publish_metrics(app))
+    yield
+    publisher.cancel()
+    await writer.close()
+    app[CLICKS].counters.publish(writer, app[CONVERSIONS])
+
+
+async def publish_metrics(app: web.Application) -> None:
+    edge, conversions = app[CLICKS], app[CONVERSIONS]
+    while True:
+        await asyncio.sleep(1.0)
+        edge.counters.publish(edge.writer, conversions)

@@ -1,0 +1,169 @@
+"""Conversions: reading a postback's parameters, the status lifecycle, the stored row.
+
+Pure functions, no I/O. A refusal raises Rejected with the HTTP status and a short reason
+that the advertiser sees in the JSON reply.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+
+from attribution.money import is_currency, to_minor
+from tracker.ids import ZERO_UUID, is_uuid
+from tracker.records import SUB_KEYS, RequestMeta, clean
+from tracker.timefmt import format_ms
+
+# Parameter names advertisers' systems commonly use, first match wins.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "click_id": ("click_id", "cid", "subid", "clickid"),
+    "txid": ("txid", "transaction_id", "order_id", "tid"),
+    "amount": ("amount", "payout", "revenue", "sum"),
+    "advertiser": ("advertiser", "advertiser_id", "adv"),
+}
+STATUSES = ("pending", "approved", "rejected", "reversed")
+# new status -> the statuses it may follow
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "approved": ("pending",),
+    "rejected": ("pending",),
+    "reversed": ("approved",),
+}
+FIRST_STATUSES = ("pending", "approved")  # what a transaction may start as
+
+_ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+_EVENT_RE = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,31}\Z")
+
+
+class Rejected(Exception):
+    """A conversion that is refused: HTTP status and a short machine-readable reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class ConversionInput:
+    advertiser: str
+    txid: str
+    click_id: str  # "" when none was given
+    amount: Decimal | None  # None when none was given
+    currency: str
+    status: str
+    event: str
+    subs: dict[str, str] = field(default_factory=dict)
+
+
+def pick(params: Mapping[str, str], name: str) -> str:
+    for alias in ALIASES.get(name, (name,)):
+        value = params.get(alias)
+        if value not in (None, ""):
+            return value.strip()
+    return ""
+
+
+def parse(
+    params: Mapping[str, str], *, default_currency: str, max_amount: int, require_click: bool
+) -> ConversionInput:
+    """Validate a conversion's parameters (query, form or JSON, already merged)."""
+    advertiser = pick(params, "advertiser")
+    if not advertiser:
+        raise Rejected(400, "missing_advertiser")
+    if not _ID_RE.match(advertiser):
+        raise Rejected(400, "invalid_advertiser")
+
+    txid = pick(params, "txid")
+    if not txid:
+        raise Rejected(400, "missing_txid")
+    if len(txid) > 128 or not txid.isprintable() or any(ch.isspace() for ch in txid):
+        raise Rejected(400, "invalid_txid")
+
+    click_id = pick(params, "click_id").lower()
+    if not click_id and require_click:
+        raise Rejected(400, "missing_click_id")
+    if click_id and not is_uuid(click_id):
+        raise Rejected(400, "invalid_click_id")
+
+    currency = (pick(params, "currency") or default_currency).upper()
+    if not is_currency(currency):
+        raise Rejected(400, "unknown_currency")
+    amount = parse_amount(pick(params, "amount"), currency, max_amount)
+
+    status = (pick(params, "status") or "pending").lower()
+    if status not in STATUSES:
+        raise Rejected(400, "unknown_status")
+    event = (pick(params, "event") or "conversion").lower()
+    if not _EVENT_RE.match(event):
+        raise Rejected(400, "invalid_event")
+    subs = {key: clean(params.get(key, ""), 512) for key in SUB_KEYS}
+    return ConversionInput(advertiser, txid, click_id, amount, currency, status, event, subs)
+
+
+def parse_amount(text: str, currency: str, max_amount: int) -> Decimal | None:
+    if not text:
+        return None
+    if len(text) > 40:
+        raise Rejected(400, "invalid_amount")
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        raise Rejected(400, "invalid_amount") from None
+    if not amount.is_finite():
+        raise Rejected(400, "invalid_amount")
+    if amount < 0:
+        raise Rejected(400, "negative_amount")
+    if amount > max_amount:
+        raise Rejected(400, "amount_too_large")
+    try:
+        to_minor(amount, currency)
+    except ValueError:
+        raise Rejected(400, "too_many_decimals") from None
+    return amount
+
+
+def transition(current: str | None, new: str) -> str:
+    """'new', 'duplicate' or 'change' for a status report; Rejected when not allowed."""
+    if current is None:
+        if new not in FIRST_STATUSES:
+            raise Rejected(409, "unknown_transaction")
+        return "new"
+    if current == new:
+        return "duplicate"
+    if current in TRANSITIONS.get(new, ()):
+        return "change"
+    raise Rejected(409, "illegal_transition")
+
+
+def conversion_row(
+    *, ms: int, conversion_id: str, conv: ConversionInput, amount: Decimal, currency: str,
+    previous_status: str, click: Mapping | None, visitor_id: str, unattributed_reason: str,
+    source: str, meta: RequestMeta,
+) -> dict:
+    """The `conversions` row for one conversion event (a first report or a status change)."""
+    click = click or {}
+    return {
+        "event_time": format_ms(ms),
+        "conversion_id": conversion_id,
+        "advertiser_id": conv.advertiser,
+        "txid": conv.txid,
+        "event": conv.event,
+        "status": conv.status,
+        "previous_status": previous_status,
+        "amount": str(amount),
+        "currency": currency,
+        "click_id": click.get("click_id") or ZERO_UUID,
+        "visitor_id": visitor_id or ZERO_UUID,
+        "click_time": format_ms(click["ts"]) if click.get("ts") else format_ms(0),
+        "link_slug": click.get("link_slug", ""),
+        "campaign_id": click.get("campaign_id", ""),
+        "affiliate_id": click.get("affiliate_id", ""),
+        "attributed": int(not unattributed_reason),
+        "unattributed_reason": unattributed_reason,
+        "source": source,
+        **conv.subs,
+        "ip": meta.ip,
+        "user_agent": meta.user_agent,
+    }

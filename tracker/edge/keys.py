@@ -1,0 +1,23 @@
+"""The edge application's typed keys: one place for what `app[...]` holds."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from tracker.config import Settings
+from tracker.edge.clicks import ClickContext
+from tracker.edge.intake import ConversionIntake
+from tracker.edge.writer import EventWriter
+from tracker.hashcache import HashCache
+
+SETTINGS = web.AppKey("settings", Settings)
+WORKER_INDEX = web.AppKey("worker_index", int)
+REDIS = web.AppKey("redis", object)  # a tracker.types.AsyncRedis
+LINK_CACHE = web.AppKey("link_cache", HashCache)
+ADVERTISER_CACHE = web.AppKey("advertiser_cache", HashCache)
+WRITER = web.AppKey("writer", EventWriter)
+ADMIN_TOKEN = web.AppKey("admin_token", str)
+MAX_LAG = web.AppKey("max_lag", int)  # stream entries the sink may lag before /readyz fails
+SHARDS = web.AppKey("shards", int)
+CLICKS = web.AppKey("clicks", ClickContext)
+CONVERSIONS = web.AppKey("conversions", ConversionIntake)

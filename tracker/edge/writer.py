@@ -1,0 +1,358 @@
+"""The edge's event writer: buffer in memory, flush one Redis call per batch.
+
+Handlers call `add_*` (no await, no I/O). A single flush task sends a batch when it holds
+`batch_max_events` events or its oldest event is `batch_max_delay_ms` old. A batch never
+holds more than `batch_max_events`: while a flush is in flight, full batches queue up in
+order, so each script call (and the memory to encode it) stays the same size however slow
+Redis gets. (Unbounded batches fed back on themselves: a slow call made a bigger batch,
+which made a slower call, and the edge's memory grew by hundreds of MB.) One batch is
+one script call: the stream entry (appended once per batch id, so a batch replayed after
+an unclear failure is not appended twice), the click records with TTL = lookback, and the
+visitors' touchpoints.
+
+When Redis fails or is slower than `redis.timeout_seconds`, the batch goes to the spool;
+later batches follow it there (order is kept) until a recovery task has replayed the
+spool into Redis, a chunk at a time (new batches join the spool's end meanwhile). Memory
+is bounded by what arrives during one Redis timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.exceptions import NoScriptError
+
+from tracker import redis_keys as K
+from tracker.edge.spool import Spool
+from tracker.ids import ZERO_UUID, uuid7
+from tracker.metrics import REDIS_FLUSH
+
+log = logging.getLogger(__name__)
+
+# One script call records a whole batch, so the edge encodes one command and parses one
+# reply per batch instead of four per click (this was most of an edge's time).
+# KEYS: stream, batch marker, then per click: click record key, visitor path key (the
+#       click key again for a click without a visitor).
+# ARGV: marker ttl, lookback seconds, number of entry arguments, the entry's field/value
+#       pairs, then per click: record JSON, click id, time (ms), oldest time kept (ms).
+# The stream entry is appended once per batch id (a replayed batch is not appended
+# twice); the click records and paths are plain overwrites, safe to repeat.
+RECORD_BATCH = """
+local lookback = ARGV[2]
+local nf = tonumber(ARGV[3])
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4, 3 + nf))
+end
+local a = 4 + nf
+for k = 3, #KEYS, 2 do
+  redis.call('SET', KEYS[k], ARGV[a], 'EX', lookback)
+  if KEYS[k + 1] ~= KEYS[k] then
+    redis.call('ZADD', KEYS[k + 1], ARGV[a + 2], ARGV[a + 1])
+    redis.call('ZREMRANGEBYSCORE', KEYS[k + 1], '-inf', '(' .. ARGV[a + 3])
+    redis.call('EXPIRE', KEYS[k + 1], lookback)
+  end
+  a = a + 4
+end
+return 1
+"""
+# The stream entry alone, appended once per batch id (KEYS: stream, marker; ARGV: marker
+# TTL, then the entry's field/value pairs). Used on a Redis Cluster.
+XADD_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+  return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+end
+return false
+"""
+RECOVERY_INTERVAL = 0.5
+
+
+def compact_json(obj: dict) -> bytes:
+    """JSON in a bytes object of its own size. orjson hands back its bytes with the whole
+    working buffer still allocated (8 KB for a 1.2 KB click row), and buffered events are
+    held until Redis takes them: that was 7x the memory the events needed."""
+    return bytes(memoryview(orjson.dumps(obj)))
+
+
+@dataclass(slots=True)
+class Batch:
+    id: str
+    shard: int = 0  # the events stream shard it goes to (kept when spooled)
+    rows: dict[str, list[bytes]] = field(default_factory=dict)  # table -> JSON rows
+    # (click_id, visitor_id, event ms, click record JSON) for the Redis-side records
+    clicks: list[tuple[str, str, int, bytes]] = field(default_factory=list)
+
+    def count(self) -> int:
+        return sum(len(rows) for rows in self.rows.values())
+
+    def entry(self) -> list[bytes | str]:
+        """The stream entry as field/value pairs: the batch id, then one JSONEachRow
+        payload per table."""
+        pairs: list[bytes | str] = [K.BATCH_ID_FIELD, self.id]
+        for table, rows in self.rows.items():
+            pairs += [table, b"\n".join(rows)]
+        return pairs
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(
+            {
+                "b": self.id,
+                "s": self.shard,
+                "t": {table: [r.decode() for r in rows] for table, rows in self.rows.items()},
+                "c": [[c, v, ms, rec.decode()] for c, v, ms, rec in self.clicks],
+            }
+        )
+
+    @classmethod
+    def loads(cls, raw: bytes) -> Batch:
+        data = orjson.loads(raw)
+        return cls(
+            id=data["b"],
+            shard=data.get("s", 0),
+            rows={table: [r.encode() for r in rows] for table, rows in data["t"].items()},
+            clicks=[(c, v, ms, rec.encode()) for c, v, ms, rec in data["c"]],
+        )
+
+
+class EventWriter:
+    def __init__(
+        self,
+        redis: Any,
+        spool: Spool,
+        *,
+        batch_max_events: int,
+        batch_max_delay_ms: int,
+        lookback_seconds: int,
+        timeout_seconds: float,
+        dedup_ttl_seconds: int,
+        stream_shards: int = 1,
+        cluster: bool = False,
+    ) -> None:
+        self._redis = redis
+        self.spool = spool
+        self._max_events = batch_max_events
+        self._max_delay = batch_max_delay_ms / 1000
+        self._lookback = lookback_seconds
+        self._timeout = timeout_seconds
+        self._dedup_ttl = dedup_ttl_seconds
+        self._script_sha: str | None = None
+        self._shards = stream_shards
+        self._cluster = cluster
+        self._batch = self._new_batch()
+        self._count = 0  # events in self._batch
+        self._ready: deque[Batch] = deque()  # full batches waiting for the flush task
+        self._has_events = asyncio.Event()
+        self._full = asyncio.Event()
+        self._spool_lock = asyncio.Lock()
+        self._closing = False
+        self._task: asyncio.Task | None = None
+        self._recovery: asyncio.Task | None = None
+        self.redis_ok = not spool.pending
+        # counters (read by /metrics and tests)
+        self.recorded = 0
+        self.recorded_by_table: Counter = Counter()
+        self.flushed_batches = 0
+        self.spooled_batches = 0
+        self.replayed_batches = 0
+        self.unreadable_batches = 0
+
+    # -- called by handlers: no I/O --------------------------------------------------
+
+    def add(self, table: str, row: dict) -> None:
+        self._batch.rows.setdefault(table, []).append(compact_json(row))
+        self.recorded_by_table[table] += 1
+        self._added()
+
+    def add_click(self, row: dict, record: dict, ms: int) -> None:
+        self._batch.rows.setdefault("clicks", []).append(compact_json(row))
+        self._batch.clicks.append((row["click_id"], row["visitor_id"], ms, compact_json(record)))
+        self.recorded_by_table["clicks"] += 1
+        self._added()
+
+    def _added(self) -> None:
+        self.recorded += 1
+        self._count += 1
+        if self._count == 1:
+            self._has_events.set()
+        if self._count >= self._max_events:
+            self._ready.append(self._batch)
+            self._batch, self._count = self._new_batch(), 0
+            self._full.set()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.spool.pending:
+            self._start_recovery()
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self, replay_seconds: float = 5.0) -> None:
+        """Flush everything buffered (to Redis or the spool) and try a last replay."""
+        self._closing = True
+        self._has_events.set()
+        self._full.set()
+        if self._task:
+            await self._task
+        if self._recovery and not self._recovery.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._recovery), replay_seconds)
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
+
+    # -- flushing ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if not self._ready:
+                await self._has_events.wait()
+                if not self._closing and not self._ready and self._max_delay:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), self._max_delay)
+            batch = self._take()
+            if batch.rows:
+                await self._deliver(batch)
+            if self._closing and not self._count and not self._ready:
+                return
+
+    def _new_batch(self) -> Batch:
+        return Batch(uuid7(), random.randrange(self._shards) if self._shards > 1 else 0)
+
+    def _take(self) -> Batch:
+        """The oldest full batch, else the one being filled."""
+        if self._ready:
+            batch = self._ready.popleft()
+            if not self._ready:
+                self._full.clear()
+            return batch
+        batch, self._batch = self._batch, self._new_batch()
+        self._count = 0
+        self._has_events.clear()
+        self._full.clear()
+        return batch
+
+    async def _deliver(self, batch: Batch) -> None:
+        async with self._spool_lock:
+            if self.redis_ok and not self.spool.pending:
+                try:
+                    started = time.perf_counter()
+                    await self._send(batch)
+                    REDIS_FLUSH.observe(time.perf_counter() - started)
+                    self.flushed_batches += 1
+                    return
+                except Exception as exc:  # any failure: the spool keeps the batch
+                    log.warning("redis write failed, spooling: %r", exc)
+                    self.redis_ok = False
+            line = batch.dumps()
+            await asyncio.get_running_loop().run_in_executor(None, self.spool.append, [line])
+            self.spooled_batches += 1
+        self._start_recovery()
+
+    async def _send(self, batch: Batch) -> None:
+        try:
+            await asyncio.wait_for(self._send_once(batch), self._timeout)
+        except NoScriptError:  # Redis restarted without our script: load it, send again
+            self._script_sha = None
+            await asyncio.wait_for(self._send_once(batch), self._timeout)
+
+    async def _send_once(self, batch: Batch) -> None:
+        """One script call for the batch; safe to repeat after an unclear failure."""
+        if self._cluster:
+            return await self._send_cluster(batch)
+        if self._script_sha is None:
+            self._script_sha = await self._redis.script_load(RECORD_BATCH)
+        entry = batch.entry()
+        keys: list[str] = [K.events_stream(batch.shard), K.batch_marker_key(batch.id, batch.shard)]
+        args: list = [self._dedup_ttl, self._lookback, len(entry), *entry]
+        oldest = self._lookback * 1000
+        for click_id, visitor_id, ms, record in batch.clicks:
+            click_key = K.click_key(click_id)
+            # a no-track click has no visitor path
+            keys += [click_key, click_key if visitor_id == ZERO_UUID
+                     else K.visitor_clicks_key(visitor_id)]
+            args += [record, click_id, ms, ms - oldest]
+        await self._redis.evalsha(self._script_sha, len(keys), *keys, *args)
+
+    async def _send_cluster(self, batch: Batch) -> None:
+        """On a Redis Cluster the click keys live in many slots, so one script cannot
+        touch them all: the stream entry goes through the append-once script (stream and
+        marker share a slot), the click records and paths through a pipeline that
+        redis-py splits by node. Every command is idempotent, as above."""
+        entry = batch.entry()
+        await self._redis.eval(
+            XADD_ONCE, 2, K.events_stream(batch.shard), K.batch_marker_key(batch.id, batch.shard),
+            self._dedup_ttl, *entry,
+        )
+        if not batch.clicks:
+            return
+        pipe = self._redis.pipeline()
+        lookback = self._lookback
+        for click_id, visitor_id, ms, record in batch.clicks:
+            pipe.set(K.click_key(click_id), record, ex=lookback)
+            if visitor_id == ZERO_UUID:
+                continue
+            visitor_key = K.visitor_clicks_key(visitor_id)
+            pipe.zadd(visitor_key, {click_id: ms})
+            pipe.zremrangebyscore(visitor_key, "-inf", f"({ms - lookback * 1000}")
+            pipe.expire(visitor_key, lookback)
+        await pipe.execute()
+
+    # -- recovery ---------------------------------------------------------------------
+
+    def _start_recovery(self) -> None:
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.create_task(self._recover())
+
+    async def _recover(self) -> None:
+        while True:
+            await asyncio.sleep(RECOVERY_INTERVAL)
+            try:
+                await asyncio.wait_for(self._redis.ping(), self._timeout)
+            except Exception:
+                continue
+            if await self._replay():
+                log.warning("redis is back; spool replayed")
+                return
+
+    async def _replay(self) -> bool:
+        """Send spooled batches in order, a chunk at a time; True once the spool is empty
+        (and Redis takes new batches directly again). The lock is held for one chunk at a
+        time: new batches meanwhile join the spool's end, in order, instead of waiting in
+        memory for a replay that may take minutes after a long outage."""
+        loop = asyncio.get_running_loop()
+        while True:
+            async with self._spool_lock:
+                lines = await loop.run_in_executor(None, self.spool.read_chunk)
+                if not lines:
+                    await loop.run_in_executor(None, self.spool.clear)
+                    self.redis_ok = True
+                    return True
+                sent = 0
+                try:
+                    for line in lines:
+                        await self._replay_line(line)
+                        sent += 1
+                except Exception as exc:
+                    log.warning("spool replay paused: %r", exc)
+                    return False
+                finally:  # also when cancelled at shutdown: resume after what was sent
+                    await loop.run_in_executor(None, self.spool.advance, lines[:sent])
+
+    async def _replay_line(self, line: bytes) -> None:
+        if not line:
+            return
+        try:
+            batch = Batch.loads(line)
+        except (ValueError, KeyError, TypeError):
+            self.unreadable_batches += 1
+            log.error("unreadable spool line dropped: %r", line[:200])
+            return
+        await self._send(batch)
+        self.replayed_batches += 1

@@ -1,0 +1,1 @@
+"""What the sink process runs: the stream consumer, enrichment, attribution, SQL."""

@@ -1,0 +1,317 @@
+"""The sink: events stream -> ClickHouse, at least once from Redis, exactly once in tables.
+
+Loop: read up to `read_entries` stream entries through the consumer group, insert each
+table's rows as one JSONEachRow block, then XACK (and XDEL) the entries. Nothing is
+acknowledged before its insert succeeded; a failed insert is retried with backoff.
+
+Exactly once: the insert token is derived from the entries' ids. After a crash the
+sink's pending list splits into the batches it read: each unacknowledged batch is read
+again with the same ids, so the same token, and ClickHouse skips an insert it has already
+seen. That holds because the sink reads ahead (the next batch, from a thread, while
+chDB inserts this one; chDB releases the GIL) only after a full read: the pending list
+is then a full batch followed by the one read ahead, and re-reading it `read_entries`
+at a time gives the same two batches. Entries left pending by a consumer that
+went silent are claimed per consumer, so they too keep their batch and token. An edge
+batch appended twice (an unclear Redis failure, then a replay) is recognised by its
+batch id: the edge's script appends it once, and the sink skips a repeat within a read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError, ResponseError
+
+from tracker import metrics
+from tracker import redis_keys as K
+from tracker.clickhouse import ClickHouse
+from tracker.sink.attributor import Attributor
+from tracker.sink.enrich.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START = 0.2
+BACKOFF_MAX = 10.0
+
+
+class Stopping(Exception):
+    """Asked to stop while a batch could not be stored; it stays pending."""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Sink:
+    def __init__(
+        self,
+        redis: Any,
+        ch: ClickHouse,
+        *,
+        consumer: str,
+        read_entries: int,
+        block_ms: int,
+        reclaim_idle_ms: int,
+        stop: threading.Event | None = None,
+        attributor: Attributor | None = None,
+        pipeline: Pipeline | None = None,
+        streams: list[str] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.ch = ch
+        self.consumer = consumer
+        self.read_entries = read_entries
+        self.block_ms = block_ms
+        self.reclaim_idle_ms = reclaim_idle_ms
+        self.stop = stop or threading.Event()
+        self.attributor = attributor
+        self.pipeline = pipeline
+        self.streams = streams or [K.EVENTS_STREAM]  # every shard of the events stream
+        self._turn = 0
+        self._last_reclaim = 0.0
+        self._last_lag_report = 0.0
+        self._ahead: tuple[str, Future] | None = None  # (stream, the next batch's read)
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="sink-read-ahead")
+        # counters
+        self.rows_inserted: dict[str, int] = defaultdict(int)
+        self.batches = 0
+        self.insert_failures = 0
+        self.duplicate_batches = 0
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def ensure_group(self) -> None:
+        for stream in self.streams:
+            try:
+                self.redis.xgroup_create(stream, K.SINK_GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def run(self, drain_seconds: float = 5.0) -> None:
+        """Consume until `stop` is set, then keep going while entries remain, for at most
+        `drain_seconds`, so a clean stop leaves nothing behind that was already sent."""
+        try:
+            self._consume(drain_seconds)
+        finally:
+            self.close()
+
+    def _consume(self, drain_seconds: float) -> None:
+        backoff = BACKOFF_START
+        setup = False
+        drain_until: float | None = None
+        while True:
+            if self.stop.is_set() and drain_until is None:
+                drain_until = time.monotonic() + drain_seconds
+            try:
+                if not setup:
+                    self.ensure_group()
+                    self.process_own_pending()
+                    setup = True
+                if drain_until is None:
+                    self.maybe_reclaim()
+                    self.maybe_report_lag()
+                draining = drain_until is not None
+                if draining and time.monotonic() > drain_until:
+                    return
+                handled = self.step(block=not draining)
+                if draining and not handled:
+                    return
+                backoff = BACKOFF_START
+            except Stopping:
+                return
+            except RedisError as exc:
+                self._drop_ahead()
+                if drain_until is not None:
+                    return
+                # entries delivered in a reply we never got are pending for us: look again
+                setup = False
+                log.warning("redis unavailable to the sink (%r); retrying in %.1fs", exc, backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def step(self, block: bool = True) -> int:
+        """Read one batch of new entries per shard and store it; returns entries handled.
+        Waits (up to block_ms, on one shard in turn) only when every shard was empty."""
+        if len(self.streams) == 1:
+            return self._read(self.streams[0], ">", self.block_ms if block else None)
+        handled = sum(self._read(stream, ">", None) for stream in self.streams)
+        if not handled and block:
+            self._turn = (self._turn + 1) % len(self.streams)
+            handled = self._read(self.streams[self._turn], ">", self.block_ms)
+        return handled
+
+    def _read(self, stream: str, start: str, block: int | None) -> int:
+        entries = self._take_ahead(stream) if start == ">" else []
+        if not entries:
+            entries = self._fetch(stream, start, block)
+        if entries:
+            if start == ">" and len(entries) == self.read_entries:
+                # a full read: more is waiting, so read it while this batch is inserted
+                self._ahead = (stream, self._reader.submit(self._fetch, stream, ">", None))
+            self.handle(entries, stream)
+        return len(entries)
+
+    def _fetch(self, stream: str, start: str, block: int | None) -> list:
+        response = self.redis.xreadgroup(
+            K.SINK_GROUP, self.consumer, {stream: start}, count=self.read_entries, block=block
+        )
+        return response[0][1] if response else []
+
+    def _take_ahead(self, stream: str) -> list:
+        if self._ahead is None or self._ahead[0] != stream:
+            return []
+        future = self._ahead[1]
+        self._ahead = None
+        return future.result()
+
+    def _drop_ahead(self) -> None:
+        """Forget the batch read ahead: its entries are pending for this consumer, and
+        `process_own_pending` takes them up in order."""
+        if self._ahead is not None:
+            with contextlib.suppress(Exception):
+                self._ahead[1].result()
+            self._ahead = None
+
+    def close(self) -> None:
+        """Wait for a read in flight, so nothing reads for this consumer after it stops."""
+        self._drop_ahead()
+        self._reader.shutdown()
+
+    def process_own_pending(self) -> None:
+        """Finish what this consumer read but did not acknowledge before it stopped."""
+        for stream in self.streams:
+            while not self.stop.is_set() and self._read(stream, "0", None):
+                pass
+
+    def maybe_reclaim(self) -> None:
+        now = time.monotonic()
+        if now - self._last_reclaim < max(self.reclaim_idle_ms / 2000, 0.5):
+            return
+        self._last_reclaim = now
+        self.reclaim()
+
+    def maybe_report_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag_report < 5.0:
+            return
+        self._last_lag_report = now
+        lag = 0
+        for stream in self.streams:
+            for group in self.redis.xinfo_groups(stream):
+                if _text(group["name"]) == K.SINK_GROUP and group.get("lag") is not None:
+                    lag += int(group["lag"])
+        metrics.STREAM_LAG.set(lag)
+
+    def reclaim(self) -> int:
+        """Take over entries another consumer left pending for longer than the idle
+        bound: one consumer and shard at a time, so its unacknowledged batch stays one
+        batch."""
+        taken = 0
+        for stream in self.streams:
+            summary = self.redis.xpending(stream, K.SINK_GROUP)
+            for consumer in summary.get("consumers") or []:
+                name = _text(consumer["name"])
+                if name != self.consumer:
+                    taken += self._claim(stream, name)
+        return taken
+
+    def _claim(self, stream: str, name: str) -> int:
+        pending = self.redis.xpending_range(
+            stream, K.SINK_GROUP, min="-", max="+", count=self.read_entries,
+            consumername=name, idle=self.reclaim_idle_ms,
+        )
+        ids = [p["message_id"] for p in pending]
+        if not ids:
+            return 0
+        claimed = self.redis.xclaim(stream, K.SINK_GROUP, self.consumer, self.reclaim_idle_ms,
+                                    ids)
+        entries = [(eid, fields) for eid, fields in claimed if fields]
+        gone = [eid for eid, fields in claimed if not fields]
+        if gone:  # deleted from the stream already: nothing left to store
+            self.redis.xack(stream, K.SINK_GROUP, *gone)
+        if entries:
+            log.warning("claimed %d entries left pending by %s", len(entries), name)
+            self.handle(entries, stream)
+        return len(entries)
+
+    # -- one batch --------------------------------------------------------------------
+
+    def handle(self, entries: list[tuple[bytes, dict]], stream: str = K.EVENTS_STREAM) -> None:
+        """Store one batch and acknowledge it. Raises Stopping when asked to stop while
+        ClickHouse refuses it: the batch then stays pending, whole, for the next start."""
+        started = time.monotonic()
+        ids = [_text(eid) for eid, _ in entries]
+        token = f"{ids[0]}/{ids[-1]}/{len(ids)}"
+        if stream != K.EVENTS_STREAM:  # entry ids repeat across shards
+            token = f"{stream}/{token}"
+        payloads: dict[str, list[bytes]] = defaultdict(list)
+        seen: set[bytes] = set()
+        for _, fields in entries:
+            batch_id = fields.get(K.BATCH_ID_FIELD.encode())
+            if batch_id in seen:
+                self.duplicate_batches += 1
+                continue
+            seen.add(batch_id)
+            for key, value in fields.items():
+                table = _text(key)
+                if table in K.TABLES:
+                    payloads[table].append(value)
+                elif table != K.BATCH_ID_FIELD:
+                    log.error("entry field %r is not a known table; skipped", table)
+        if self.pipeline:
+            self.enrich(payloads)
+        if self.attributor and payloads.get("conversions"):
+            credits = self.attributor.credit_rows(b"\n".join(payloads["conversions"]))
+            if credits:
+                payloads["attribution_credits"] += credits
+        rows = 0
+        for table, parts in payloads.items():
+            if not parts:
+                continue
+            if not self._insert(table, parts, f"{token}/{table}"):
+                raise Stopping
+            count = sum(part.count(b"\n") for part in parts) + len(parts)
+            self.rows_inserted[table] += count
+            metrics.SINK_ROWS.labels(table).inc(count)
+            rows += count
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(stream, K.SINK_GROUP, *ids)
+        pipe.xdel(stream, *ids)
+        pipe.execute()
+        self.batches += 1
+        metrics.SINK_BATCHES.inc()
+        metrics.SINK_BATCH_ROWS.observe(rows)
+        metrics.SINK_BATCH_SECONDS.observe(time.monotonic() - started)
+
+    def enrich(self, payloads: dict[str, list[bytes]]) -> None:
+        """Run the enrichment steps over the tables they apply to (clicks first, so
+        conversions in the same batch see the clicks' flags)."""
+        for table in sorted(self.pipeline.tables(), key=lambda t: t != "clicks"):
+            if not payloads.get(table):
+                continue
+            events = [orjson.loads(line) for part in payloads[table]
+                      for line in part.split(b"\n") if line]
+            events = self.pipeline.process(table, events)
+            payloads[table] = [b"\n".join(orjson.dumps(e) for e in events)] if events else []
+
+    def _insert(self, table: str, payload: list[bytes], token: str) -> bool:
+        backoff = BACKOFF_START
+        while True:
+            try:
+                self.ch.insert_jsonl(table, payload, token)
+                return True
+            except Exception as exc:  # ClickHouse down or refusing: retry the same batch
+                self.insert_failures += 1
+                metrics.SINK_FAILURES.inc()
+                log.warning("insert into %s failed (%s); retrying in %.1fs", table, exc, backoff)
+                if self.stop.wait(backoff):
+                    return False
+                backoff = min(backoff * 2, BACKOFF_MAX)

@@ -1,0 +1,119 @@
+"""The enrichment steps, in order: the one place to add one.
+
+    bots -> device -> geo -> fraud rules -> exclusion marks -> IP anonymisation
+
+Geo runs before the fraud rules (the datacenter rule needs the ASN); anonymisation runs
+last, so rules see the real address and storage never does.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tracker import redis_keys as K
+from tracker.config import Settings
+from tracker.redis_connection import is_cluster
+from tracker.sink.enrich.bots import bot_reason
+from tracker.sink.enrich.device import parse_device
+from tracker.sink.enrich.fraud import FraudRules, Thresholds, thresholds_from
+from tracker.sink.enrich.pipeline import Event, Pipeline, Step
+from tracker.sink.enrich.privacy import anonymize_ip
+
+GEO_RELOAD_SECONDS = 10.0
+
+
+def mark_bot(event: Event) -> Event:
+    reason = bot_reason(event.get("user_agent", ""), event.get("method", "GET"))
+    event["is_bot"] = int(bool(reason))
+    event["bot_reason"] = reason
+    return event
+
+
+def from_browser(event: Event) -> bool:
+    """A postback comes from the advertiser's server: its address and user agent say
+    nothing about the visitor, so geo and device are left empty on it."""
+    return event.get("source") != "postback"
+
+
+def add_device(event: Event) -> Event:
+    if not from_browser(event):
+        return event
+    device = parse_device(event.get("user_agent", ""))
+    event["device_type"] = device.device_type
+    event["os"] = device.os
+    event["browser"] = device.browser
+    return event
+
+
+class GeoStep:
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self._checked = time.monotonic()
+
+    def prepare(self, events: list[Event]) -> None:
+        if time.monotonic() - self._checked > GEO_RELOAD_SECONDS:  # a new database file?
+            self._checked = time.monotonic()
+            self.reader.maybe_reload()
+
+    def run(self, event: Event) -> Event:
+        if not from_browser(event):
+            return event
+        info = self.reader.lookup(event.get("ip", ""))
+        event["country"] = info.country
+        event["region"] = info.region
+        event["city"] = info.city
+        event["asn"] = info.asn
+        event["as_org"] = info.as_org
+        return event
+
+
+class ExclusionMarks:
+    """Bot- and fraud-flagged clicks are marked in Redis, so online attribution (which
+    reads paths from Redis) leaves them out, also for conversions in the same batch."""
+
+    def __init__(self, redis: Any, lookback_seconds: int) -> None:
+        self.redis = redis
+        self.lookback = lookback_seconds
+
+    def prepare(self, events: list[Event]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for event in events:
+            if event.get("is_bot") or event.get("fraud_flags"):
+                pipe.set(K.excluded_click_key(event["click_id"]), 1, ex=self.lookback)
+        if pipe:
+            pipe.execute()
+
+    @staticmethod
+    def run(event: Event) -> Event:
+        return event
+
+
+def anonymize(event: Event) -> Event:
+    event["ip"] = anonymize_ip(event.get("ip", "::"))
+    return event
+
+
+def build(settings: Settings, redis: Any, geo_reader: Any | None) -> Pipeline:
+    f = settings.fraud
+    default = Thresholds(f.ip_clicks_per_minute, f.duplicate_click_seconds,
+                         f.min_click_to_conversion_seconds, f.visitors_per_ip_per_hour)
+    rules = FraudRules(redis, default, thresholds_from(default, f.campaigns),
+                       frozenset(f.datacenter_asns), cluster=is_cluster(settings.redis.url))
+    marks = ExclusionMarks(redis, settings.lookback_seconds)
+    steps = [
+        Step("bots", mark_bot, ("clicks",)),
+        Step("device", add_device, ("clicks", "conversions")),
+    ]
+    if geo_reader is not None:
+        geo = GeoStep(geo_reader)
+        steps.append(Step("geo", geo.run, ("clicks", "conversions"), geo.prepare))
+    steps += [
+        Step("fraud_clicks", rules.check_click, ("clicks",), rules.prepare_clicks),
+        Step("fraud_conversions", rules.check_conversion, ("conversions",)),
+        Step("exclusion_marks", marks.run, ("clicks",), marks.prepare),
+    ]
+    if settings.privacy.anonymize_ip:
+        steps.append(Step("anonymize_ip", anonymize,
+                          ("clicks", "conversions", "impressions", "orphan_visits")))
+    return Pipeline(steps)

@@ -1,0 +1,78 @@
+"""The sink process: applies migrations, serves local SQL, runs the sink loop.
+
+SIGTERM / SIGINT: finish the batch in hand, drain what is already in the stream (a few
+seconds at most), close chDB, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+
+from geo import open_geo
+from tracker import migrations
+from tracker import redis_keys as K
+from tracker.clickhouse import ClickHouse
+from tracker.config import Settings
+from tracker.redis_connection import sync_client
+from tracker.sink import query_server
+from tracker.sink.attributor import Attributor
+from tracker.sink.consumer import Sink
+from tracker.sink.enrich import steps as enrichment
+
+log = logging.getLogger(__name__)
+
+
+def consumer_name(settings: Settings) -> str:
+    return settings.sink.consumer or f"sink-{socket.gethostname()}"
+
+
+def run(settings: Settings) -> None:
+    os.nice(settings.sink.nice)  # answering clicks comes first; the sink catches up
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+    ch = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database,
+                      settings.clickhouse.cluster)
+    applied = migrations.apply(ch, settings)
+    if applied:
+        log.info("migrations applied: %s", ", ".join(applied))
+    server = query_server.make_server(
+        ch, settings.admin_token, settings.sink.query_host, settings.sink.query_port,
+        migrate=lambda: migrations.apply(ch, settings),
+    )
+    query_server.start(server)
+    redis = sync_client(settings.redis.url)
+    attributor = Attributor(
+        redis,
+        settings.attribution.models,
+        lookback_ms=settings.lookback_seconds * 1000,
+        half_life_ms=int(settings.attribution.half_life_days * 86400 * 1000),
+        credit_flagged=settings.fraud.credit_flagged_conversions,
+    )
+    geo_reader = open_geo(settings.geo.databases)
+    sink = Sink(
+        redis,
+        ch,
+        consumer=consumer_name(settings),
+        read_entries=settings.sink.read_entries,
+        block_ms=settings.sink.block_ms,
+        reclaim_idle_ms=settings.sink.reclaim_idle_seconds * 1000,
+        stop=stop,
+        attributor=attributor,
+        pipeline=enrichment.build(settings, redis, geo_reader),
+        streams=[K.events_stream(i) for i in range(settings.redis.stream_shards)],
+    )
+    log.info("sink %s running; SQL endpoint on %s:%d", sink.consumer,
+             settings.sink.query_host, settings.sink.query_port)
+    try:
+        sink.run()
+    finally:
+        server.shutdown()
+        server.server_close()
+        ch.close()
+        log.info("sink stopped: %d batches, rows %s", sink.batches, dict(sink.rows_inserted))

@@ -1,0 +1,91 @@
+"""The sink's local SQL endpoint, so `tracker sql` works while the sink owns chDB.
+
+Embedded chDB allows one engine per process and the sink holds it; the CLI therefore
+asks the sink. Loopback only, bearer token (the admin token), read-only queries
+(`readonly=1`), plus `POST /migrate` so `tracker migrate` works while the service runs.
+
+    POST /query    {"sql": "..."}  -> {"columns": [...], "rows": [[...], ...]}
+    POST /migrate                  -> {"applied": [...]}
+    GET  /metrics                  -> Prometheus text (no token: counts only)
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import orjson
+
+from tracker.clickhouse import ClickHouse
+from tracker.metrics import CONTENT_TYPE, exposition
+
+log = logging.getLogger(__name__)
+MAX_SQL = 1024 * 1024
+
+
+def encode_rows(columns: list[str], rows: list) -> bytes:
+    return orjson.dumps({"columns": columns, "rows": rows}, default=str)
+
+
+def make_server(
+    ch: ClickHouse, token: str, host: str, port: int, migrate: Callable[[], list[str]]
+) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, fmt, *args):  # no per-request logging
+            pass
+
+        def _reply(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _fail(self, status: int, reason: str) -> None:
+            self._reply(status, orjson.dumps({"error": reason}))
+
+        def do_GET(self) -> None:  # noqa: N802 - the http.server name
+            if self.path != "/metrics":
+                return self._fail(404, "unknown path")
+            body = exposition()
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # noqa: N802 - the http.server name
+            scheme, _, given = self.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), token.encode()
+            ):
+                return self._fail(401, "missing or wrong bearer token")
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_SQL:
+                return self._fail(413, "query too large")
+            body = self.rfile.read(length)
+            try:
+                if self.path == "/query":
+                    sql = orjson.loads(body)["sql"]
+                    columns, rows = ch.query(sql, readonly=True)
+                    return self._reply(200, encode_rows(columns, rows))
+                if self.path == "/migrate":
+                    return self._reply(200, orjson.dumps({"applied": migrate()}))
+                return self._fail(404, "unknown path")
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                return self._fail(400, 'body must be {"sql": "..."}')
+            except Exception as exc:  # a ClickHouse error: show it to the analyst
+                return self._fail(400, str(exc).strip().splitlines()[0][:2000])
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def start(server: ThreadingHTTPServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, name="query-server", daemon=True)
+    thread.start()
+    return thread

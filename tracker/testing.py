@@ -1,0 +1,274 @@
+"""The test harness: a real redis-server on a free loopback port and the real service
+processes (`tracker serve`, or `tracker sink` / `tracker edge` one by one), configured
+through TRACKER_* as an operator would. The tests and the load tests both use it, as
+aiohttp's own `test_utils` serves its users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import orjson
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+TOKEN = "test-admin-token-0123456789"
+BROWSER_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+              "Chrome/131.0.0.0 Safari/537.36")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def get_status_location(url: str) -> tuple[int, str]:
+    """One GET without following redirects: (status, Location or "")."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request("GET", parts.path + ("?" + parts.query if parts.query else ""))
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheader("Location") or ""
+    finally:
+        conn.close()
+
+
+async def hit_many(url: str, count: int, concurrency: int = 64, **kwargs) -> list[int]:
+    """GET url count times from `concurrency` concurrent clients; the statuses."""
+    statuses: list[int] = []
+    queue = iter(range(count))
+
+    async def client(session):
+        for _ in queue:
+            async with session.get(url, allow_redirects=False, **kwargs) as r:
+                await r.read()
+                statuses.append(r.status)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector,
+                                     headers={"User-Agent": BROWSER_UA}) as session:
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+    return statuses
+
+
+class RedisServer:
+    """redis-server with AOF in its own folder; stop() and start() keep port and data."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed (make test installs it)"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--appendonly", "yes", "--save", "", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+        )
+        client = self.client()
+        wait_until(lambda: _pings(client), 10, "redis-server to answer")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return client.ping()
+    except redis.RedisError:
+        return False
+
+
+class Service:
+    """The tracker's processes, configured through TRACKER_* like an operator would."""
+
+    def __init__(self, folder: Path, redis_server: RedisServer, **overrides: str) -> None:
+        self.folder = folder
+        self.redis = redis_server
+        self.port = free_port()
+        self.query_port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "TRACKER_DATA_DIR": str(folder / "data"),
+            "TRACKER_REDIS_URL": redis_server.url,
+            "TRACKER_HOST": "127.0.0.1",
+            "TRACKER_PORT": str(self.port),
+            "TRACKER_SINK_QUERY_PORT": str(self.query_port),
+            "TRACKER_WORKERS": "2",
+            "TRACKER_ADMIN_TOKEN": TOKEN,
+            "TRACKER_TRACKING_LINK_REFRESH_SECONDS": "0.2",
+            "TRACKER_REDIS_TIMEOUT_SECONDS": "0.5",
+            "TRACKER_SINK_RECLAIM_IDLE_SECONDS": "2",
+            "TRACKER_SINK_CONSUMER": "sink-test",
+            # every test client shares 127.0.0.1 and clicks fast: fraud rules off unless a
+            # test turns them on
+            "TRACKER_FRAUD_IP_CLICKS_PER_MINUTE": "100000000",
+            "TRACKER_FRAUD_VISITORS_PER_IP_PER_HOUR": "100000000",
+            "TRACKER_FRAUD_DUPLICATE_CLICK_SECONDS": "0",
+            "TRACKER_FRAUD_MIN_CLICK_TO_CONVERSION_SECONDS": "0",
+            **overrides,
+        }
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs = folder / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    # -- processes --------------------------------------------------------------------
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - kept open by the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tracker", *args], env=self.env, cwd=ROOT,
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def serve(self) -> subprocess.Popen:
+        proc = self.spawn("serve", "serve")
+        self.wait_ready()
+        return proc
+
+    def start_sink(self) -> subprocess.Popen:
+        proc = self.spawn("sink", "sink")
+        wait_until(self._query_up, 30, "the sink's SQL endpoint")
+        return proc
+
+    def start_edges(self, count: int = 1) -> None:
+        for i in range(count):
+            self.spawn(f"edge-{i}", "edge", "--worker", str(i))
+        wait_until(self._edge_up, 30, "the edge to answer")
+
+    def wait_ready(self) -> None:
+        wait_until(self._edge_up, 30, "the edge to answer")
+        wait_until(self._query_up, 30, "the sink's SQL endpoint")
+
+    def signal(self, name: str, sig: int) -> None:
+        self.procs[name].send_signal(sig)
+
+    def stop(self, name: str, timeout: float = 60) -> int:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def log_text(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+            for p in self.logs.glob("*.log")
+        )
+
+    def _edge_up(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/healthz", timeout=1) as r:
+                return r.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def _query_up(self) -> bool:
+        try:
+            self.sql("SELECT 1")
+            return True
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    # -- ClickHouse through the sink ------------------------------------------------
+
+    def sql(self, query: str) -> list[dict]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.query_port}/query",
+            data=orjson.dumps({"sql": query}),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = orjson.loads(response.read())
+        return [dict(zip(answer["columns"], row, strict=True)) for row in answer["rows"]]
+
+    def count(self, table: str, where: str = "1") -> int:
+        return self.sql(f"SELECT count() AS n FROM tracker.{table} WHERE {where}")[0]["n"]
+
+    def wait_count(self, table: str, expected: int, where: str = "1", timeout: float = 60) -> int:
+        """Wait until the count reaches expected, then check it stays there (no late dups)."""
+        try:
+            wait_until(lambda: self.count(table, where) >= expected, timeout,
+                       f"{expected} rows in {table}", interval=0.2)
+        except AssertionError:
+            raise AssertionError(
+                f"{table}: {self.count(table, where)} rows, expected {expected}\n"
+                + self.log_text()
+            ) from None
+        time.sleep(1.0)
+        return self.count(table, where)
+
+    # -- admin API ---------------------------------------------------------------------
+
+    def api(self, method: str, path: str, body=None, token: str | None = TOKEN):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        data = body if isinstance(body, bytes) else (orjson.dumps(body) if body is not None
+                                                      else None)
+        request = urllib.request.Request(
+            self.base_url + path, data=data, headers=headers, method=method
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return r.status, orjson.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                return exc.code, orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                return exc.code, raw
+
+    def add_link(self, slug: str, destination: str = "https://shop.example/landing", **fields):
+        status, body = self.api("POST", "/api/links", {"slug": slug, "destination": destination,
+                                                       **fields})
+        assert status == 201, body
+        time.sleep(0.6)  # every edge process reloads links within 0.2 s (set above)
+        return body
