@@ -76,7 +76,10 @@ MODELS: dict[str, Model] = {
 
 
 def build_path(
-    touches: Sequence[Touch], converted_at: int, *, lookback_ms: int,
+    touches: Sequence[Touch],
+    converted_at: int,
+    *,
+    lookback_ms: int,
     named_click_id: str | None = None,
 ) -> list[Touch]:
     """The touches in [converted_at - lookback_ms, converted_at], ordered by (ts, click_id);
@@ -95,8 +98,12 @@ def build_path(
 
 
 def attribute(
-    touches: Sequence[Touch], converted_at: int, model: str, *,
-    lookback: int = DEFAULT_LOOKBACK_MS, half_life: int = DEFAULT_HALF_LIFE_MS,
+    touches: Sequence[Touch],
+    converted_at: int,
+    model: str,
+    *,
+    lookback: int = DEFAULT_LOOKBACK_MS,
+    half_life: int = DEFAULT_HALF_LIFE_MS,
     named_click_id: str | None = None,
 ) -> list[Credit]:
     """The credited touches (weight > 0) of one conversion under one model; weights sum

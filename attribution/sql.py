@@ -66,8 +66,14 @@ WEIGHTS: dict[str, Callable[[int], str]] = {
 
 
 def credits_sql(
-    db: str, model: str, *, date_from: str | None = None, date_to: str | None = None,
-    lookback_ms: int, half_life_ms: int, credit_flagged: bool = False,
+    db: str,
+    model: str,
+    *,
+    date_from: str | None = None,
+    date_to: str | None = None,
+    lookback_ms: int,
+    half_life_ms: int,
+    credit_flagged: bool = False,
 ) -> str:
     """One row per (conversion_id, credited click) under `model`, weights summing to 1.
 
@@ -91,8 +97,14 @@ ORDER BY conversion_time, conversion_id, position"""
 
 
 def report_sql(
-    db: str, by: str, models: Sequence[str], *, date_from: str | None = None,
-    date_to: str | None = None, lookback_ms: int, half_life_ms: int,
+    db: str,
+    by: str,
+    models: Sequence[str],
+    *,
+    date_from: str | None = None,
+    date_to: str | None = None,
+    lookback_ms: int,
+    half_life_ms: int,
     credit_flagged: bool = False,
 ) -> str:
     """Per campaign (or affiliate) and currency, for each model side by side:
@@ -104,9 +116,7 @@ def report_sql(
     names = list(dict.fromkeys(models))
     if not names:
         raise ValueError("name at least one model")
-    weights = ",\n           ".join(
-        f"{_weight(name, half_life_ms)} AS w_{name}" for name in names
-    )
+    weights = ",\n           ".join(f"{_weight(name, half_life_ms)} AS w_{name}" for name in names)
     totals = ",\n       ".join(
         f"sum(w_{name}) AS {name}_conversions,\n       "
         f"toDecimal128(round(sum(amount * toDecimal128(w_{name}, 12)), 3), 3) AS {name}_revenue"
@@ -135,8 +145,13 @@ def _weight(model: str, half_life_ms: int) -> str:
     return WEIGHTS[model](_non_negative_int(half_life_ms, "half_life_ms", minimum=1))
 
 
-def _path_ctes(db: str, date_from: str | None, date_to: str | None, lookback_ms: int,
-               credit_flagged: bool = False) -> str:
+def _path_ctes(
+    db: str,
+    date_from: str | None,
+    date_to: str | None,
+    lookback_ms: int,
+    credit_flagged: bool = False,
+) -> str:
     """WITH ... path AS (...): one row per (conversion, click in its path), with position,
     path_length, click_ms, newest_ms and the conversion's time, amount and currency."""
     if not _IDENT_RE.match(db):

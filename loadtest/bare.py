@@ -18,8 +18,10 @@ import socket
 import httptools
 import uvloop
 
-REPLY = (b"HTTP/1.1 302 Found\r\nLocation: https://shop.example/landing\r\n"
-         b"Cache-Control: no-store\r\nContent-Length: 0\r\n\r\n")
+REPLY = (
+    b"HTTP/1.1 302 Found\r\nLocation: https://shop.example/landing\r\n"
+    b"Cache-Control: no-store\r\nContent-Length: 0\r\n\r\n"
+)
 
 
 class Redirect(asyncio.Protocol):

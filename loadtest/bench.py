@@ -69,17 +69,26 @@ def product_settings(processes: int) -> dict[str, str]:
         "TRACKER_TRACKING_LINK_REFRESH_SECONDS": str(TrackingSettings().link_refresh_seconds),
         "TRACKER_SINK_RECLAIM_IDLE_SECONDS": str(sink.reclaim_idle_seconds),
         "TRACKER_FRAUD_DUPLICATE_CLICK_SECONDS": str(fraud.duplicate_click_seconds),
-        "TRACKER_FRAUD_MIN_CLICK_TO_CONVERSION_SECONDS":
-            str(fraud.min_click_to_conversion_seconds),
+        "TRACKER_FRAUD_MIN_CLICK_TO_CONVERSION_SECONDS": str(fraud.min_click_to_conversion_seconds),
     }
 
 
 def wrk(url: str, duration: int, connections: int, threads: int, script: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
-         "-s", str(script), url],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
@@ -100,9 +109,22 @@ def _wrk_ms(out: str, pct: str) -> float:
 def hey(url: str, duration: int, rate: float, workers: int = 16) -> dict:
     """Rate-limited load (`-q` per worker): tail latency at a fixed request rate."""
     out = subprocess.run(
-        ["hey", "-z", f"{duration}s", "-c", str(workers), "-q", f"{rate / workers:.1f}",
-         "-disable-redirects", "-H", "User-Agent: Mozilla/5.0 (bench) Chrome/131.0", url],
-        capture_output=True, text=True, check=True,
+        [
+            "hey",
+            "-z",
+            f"{duration}s",
+            "-c",
+            str(workers),
+            "-q",
+            f"{rate / workers:.1f}",
+            "-disable-redirects",
+            "-H",
+            "User-Agent: Mozilla/5.0 (bench) Chrome/131.0",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return {
         "rate_target": round(rate),
@@ -133,8 +155,9 @@ def measured(url: str, args, script: Path, servers: dict[str, int]) -> dict:
     after = cpu_seconds(servers)
     per_request = 1e6 / max(run["requests"], 1)
     cpu = {"wrk": run.pop("wrk_cpu_s") * per_request}
-    cpu.update({name: (after[name] - before[name]) * per_request
-                for name in after if name in before})
+    cpu.update(
+        {name: (after[name] - before[name]) * per_request for name in after if name in before}
+    )
     run["cpu_us_per_request"] = {name: round(us, 1) for name, us in cpu.items()}
     return run
 
@@ -150,8 +173,10 @@ def process_usage(pids: dict[str, int]) -> dict:
         except FileNotFoundError:
             continue
         hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
-        usage[name] = {"cpu_s": round((int(stat[11]) + int(stat[12])) / ticks, 1),
-                       "peak_rss_mb": round(hwm, 1)}
+        usage[name] = {
+            "cpu_s": round((int(stat[11]) + int(stat[12])) / ticks, 1),
+            "peak_rss_mb": round(hwm, 1),
+        }
     return usage
 
 
@@ -175,12 +200,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     p.add_argument("--connections", type=int, default=64)
-    p.add_argument("--processes", type=int, default=os.cpu_count() or 2,
-                   help="nginx workers = tracker edge processes")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="nginx workers = tracker edge processes",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="wrk threads")
-    p.add_argument("--bare", action="store_true",
-                   help="also measure a bare uvloop + llhttp 302 server (the transport alone)")
+    p.add_argument(
+        "--bare",
+        action="store_true",
+        help="also measure a bare uvloop + llhttp 302 server (the transport alone)",
+    )
     args = p.parse_args(argv)
     for tool in ("nginx", "wrk", "hey", "redis-server"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
@@ -190,27 +222,49 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="tracker-bench-"))
     script = WRK_SCRIPT
     nginx_port = free_port()
-    (work / "nginx.conf").write_text(NGINX_CONF % {"workers": args.processes, "dir": work,
-                                                   "port": nginx_port})
-    nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c",
-                              str(work / "nginx.conf"), "-p", str(work)])
+    (work / "nginx.conf").write_text(
+        NGINX_CONF % {"workers": args.processes, "dir": work, "port": nginx_port}
+    )
+    nginx = subprocess.Popen(
+        [
+            shutil.which("nginx") or "/usr/sbin/nginx",
+            "-c",
+            str(work / "nginx.conf"),
+            "-p",
+            str(work),
+        ]
+    )
     bare = None
     if args.bare:
         bare_port = free_port()
-        bare = subprocess.Popen([sys.executable, "-m", "loadtest.bare", "--port",
-                                 str(bare_port), "--processes", str(args.processes)],
-                                start_new_session=True)
+        bare = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "loadtest.bare",
+                "--port",
+                str(bare_port),
+                "--processes",
+                str(args.processes),
+            ],
+            start_new_session=True,
+        )
     redis = RedisServer(work / "redis")
     redis.start()
     svc = Service(work / "tracker", redis, **product_settings(args.processes))
     try:
         svc.serve()
         for i in range(1, SLUGS + 1):
-            svc.api("POST", "/api/links", {
-                "slug": f"bench-{i}", "campaign_id": f"campaign-{i % 7}",
-                "affiliate_id": f"aff-{i % 13}",
-                "destination": "https://shop.example/landing?c={click_id}&s={sub1}",
-            })
+            svc.api(
+                "POST",
+                "/api/links",
+                {
+                    "slug": f"bench-{i}",
+                    "campaign_id": f"campaign-{i % 7}",
+                    "affiliate_id": f"aff-{i % 13}",
+                    "destination": "https://shop.example/landing?c={click_id}&s={sub1}",
+                },
+            )
         time.sleep(TrackingSettings().link_refresh_seconds + 1)  # every edge knows them
         nginx_url = f"http://127.0.0.1:{nginx_port}/"
         tracker_url = f"{svc.base_url}/"
@@ -223,16 +277,24 @@ def main(argv: list[str] | None = None) -> int:
             bare_url = f"http://127.0.0.1:{bare_port}/"
             wait_until(lambda: _answers(bare_url, 302), 10, "the bare server")
             bare_pids = {"bare-0": bare.pid} | {
-                f"bare-{i + 1}": pid for i, pid in enumerate(children(bare.pid))}
+                f"bare-{i + 1}": pid for i, pid in enumerate(children(bare.pid))
+            }
 
         rounds = []
         for n in range(args.rounds):
             nginx_run = measured(nginx_url, args, script, nginx_workers)
             tracker_run = measured(tracker_url, args, script, pids)
-            rounds.append({"nginx": nginx_run, "tracker": tracker_run,
-                           "ratio": tracker_run["rps"] / nginx_run["rps"]})
-            line = (f"round {n + 1}: nginx {nginx_run['rps']:,.0f} rps, tracker "
-                    f"{tracker_run['rps']:,.0f} rps, ratio {rounds[-1]['ratio']:.3f}")
+            rounds.append(
+                {
+                    "nginx": nginx_run,
+                    "tracker": tracker_run,
+                    "ratio": tracker_run["rps"] / nginx_run["rps"],
+                }
+            )
+            line = (
+                f"round {n + 1}: nginx {nginx_run['rps']:,.0f} rps, tracker "
+                f"{tracker_run['rps']:,.0f} rps, ratio {rounds[-1]['ratio']:.3f}"
+            )
             if args.bare:
                 bare_run = measured(bare_url, args, script, bare_pids)
                 rounds[-1]["bare"] = bare_run
@@ -241,34 +303,43 @@ def main(argv: list[str] | None = None) -> int:
         peak = statistics.median(r["tracker"]["rps"] for r in rounds)
         # the fixed-rate phase starts with the sink caught up, so its lag is its own
         saturated = sum(r["tracker"]["requests"] for r in rounds)
-        wait_until(lambda: svc.count("clicks") >= saturated, 300, "the sink to catch up",
-                   interval=0.5)
+        wait_until(
+            lambda: svc.count("clicks") >= saturated, 300, "the sink to catch up", interval=0.5
+        )
         fixed = hey(f"{svc.base_url}/c/bench-1?sub1=fixed", args.duration, peak / 2)
         usage = process_usage(pids)
 
         answered = saturated + fixed["answered"]
         started = time.monotonic()
-        wait_until(lambda: svc.count("clicks") >= answered, 300, "the sink to drain",
-                   interval=0.5)
+        wait_until(lambda: svc.count("clicks") >= answered, 300, "the sink to drain", interval=0.5)
         drain_s = time.monotonic() - started
         rows = svc.count("clicks")
-        lag = svc.sql("SELECT quantile(0.5)(toFloat64(inserted_at - event_time)) AS p50, "
-                      "quantile(0.99)(toFloat64(inserted_at - event_time)) AS p99 "
-                      "FROM tracker.clicks WHERE sub1 = 'fixed'")[0]
+        lag = svc.sql(
+            "SELECT quantile(0.5)(toFloat64(inserted_at - event_time)) AS p50, "
+            "quantile(0.99)(toFloat64(inserted_at - event_time)) AS p99 "
+            "FROM tracker.clicks WHERE sub1 = 'fixed'"
+        )[0]
         result = {
-            "machine": {"cores": os.cpu_count(), "processes": args.processes,
-                        "connections": args.connections, "duration_s": args.duration,
-                        "wrk_threads": args.threads},
+            "machine": {
+                "cores": os.cpu_count(),
+                "processes": args.processes,
+                "connections": args.connections,
+                "duration_s": args.duration,
+                "wrk_threads": args.threads,
+            },
             "rounds": rounds,
             "nginx_rps": statistics.median(r["nginx"]["rps"] for r in rounds),
             "tracker_rps": peak,
             "ratio": statistics.median(r["ratio"] for r in rounds),
             "cpu_us_per_request": {
                 contender: median_cpu([r[contender] for r in rounds])
-                for contender in ("nginx", "tracker", "bare") if contender in rounds[0]},
+                for contender in ("nginx", "tracker", "bare")
+                if contender in rounds[0]
+            },
             "saturation_latency_ms": {
                 "p50": statistics.median(r["tracker"]["p50_ms"] for r in rounds),
-                "p99": statistics.median(r["tracker"]["p99_ms"] for r in rounds)},
+                "p99": statistics.median(r["tracker"]["p99_ms"] for r in rounds),
+            },
             "fixed_rate": fixed,
             "click_to_queryable_s_at_fixed_rate": lag,
             "processes": usage,
@@ -288,11 +359,24 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(exist_ok=True)
     out = out_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("nginx_rps", "tracker_rps", "ratio",
-                                             "cpu_us_per_request",
-                                             "saturation_latency_ms", "fixed_rate",
-                                             "clicks_answered", "rows_in_clickhouse")},
-                     indent=2))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "nginx_rps",
+                    "tracker_rps",
+                    "ratio",
+                    "cpu_us_per_request",
+                    "saturation_latency_ms",
+                    "fixed_rate",
+                    "clicks_answered",
+                    "rows_in_clickhouse",
+                )
+            },
+            indent=2,
+        )
+    )
     print(f"written to {out}")
     shutil.rmtree(work, ignore_errors=True)
     return 0 if rows == answered else 1
@@ -301,8 +385,10 @@ def main(argv: list[str] | None = None) -> int:
 def median_cpu(runs: list[dict]) -> dict[str, float]:
     """Per process, the median over rounds of its CPU µs per request."""
     names = runs[0]["cpu_us_per_request"]
-    return {name: statistics.median(r["cpu_us_per_request"].get(name, 0.0) for r in runs)
-            for name in names}
+    return {
+        name: statistics.median(r["cpu_us_per_request"].get(name, 0.0) for r in runs)
+        for name in names
+    }
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

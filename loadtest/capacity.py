@@ -79,13 +79,53 @@ UA_TEMPLATES = [
     "SamsungBrowser/{minor}.0 Chrome/{major}.0.0.0 Mobile Safari/537.36",
     "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
 ]
-LANGUAGES = ["en-US,en;q=0.9", "en-GB,en;q=0.9", "de-DE,de;q=0.9,en;q=0.8",
-             "fr-FR,fr;q=0.9,en-US;q=0.8,en;q=0.7", "es-ES,es;q=0.9", "pt-BR,pt;q=0.9,en;q=0.8",
-             "it-IT,it;q=0.9", "nl-NL,nl;q=0.9,en;q=0.8", "pl-PL,pl;q=0.9", "ja-JP,ja;q=0.9", ""]
-COUNTRIES = ["US", "DE", "GB", "FR", "BR", "IN", "ES", "IT", "NL", "PL", "CA", "AU", "MX", "JP",
-             "TR", "SE", "ID", "PH", "VN", "ZA"]
-UTM_SOURCES = ["facebook", "google", "instagram", "tiktok", "newsletter", "bing", "taboola",
-               "outbrain", "twitter", "pinterest"]
+LANGUAGES = [
+    "en-US,en;q=0.9",
+    "en-GB,en;q=0.9",
+    "de-DE,de;q=0.9,en;q=0.8",
+    "fr-FR,fr;q=0.9,en-US;q=0.8,en;q=0.7",
+    "es-ES,es;q=0.9",
+    "pt-BR,pt;q=0.9,en;q=0.8",
+    "it-IT,it;q=0.9",
+    "nl-NL,nl;q=0.9,en;q=0.8",
+    "pl-PL,pl;q=0.9",
+    "ja-JP,ja;q=0.9",
+    "",
+]
+COUNTRIES = [
+    "US",
+    "DE",
+    "GB",
+    "FR",
+    "BR",
+    "IN",
+    "ES",
+    "IT",
+    "NL",
+    "PL",
+    "CA",
+    "AU",
+    "MX",
+    "JP",
+    "TR",
+    "SE",
+    "ID",
+    "PH",
+    "VN",
+    "ZA",
+]
+UTM_SOURCES = [
+    "facebook",
+    "google",
+    "instagram",
+    "tiktok",
+    "newsletter",
+    "bing",
+    "taboola",
+    "outbrain",
+    "twitter",
+    "pinterest",
+]
 UTM_MEDIUMS = ["cpc", "affiliate", "email", "social", "display", "native"]
 
 
@@ -102,12 +142,20 @@ class Clicks:
         self.links = []
         for i in range(2000):
             affiliate = f"aff-{rng.randrange(500):04d}"
-            template = (f"https://www.shop{i % 97}.example/products/item-{rng.randrange(10**5)}"
-                        f"?utm_source=affiliate&utm_medium=cpa&aff={{affiliate_id}}"
-                        f"&click_id={{click_id}}&s1={{sub1}}")
-            self.links.append(Link(f"l{i:04d}-{token(rng, 6).lower()}", template,
-                                   f"camp-{rng.randrange(200):03d}", affiliate,
-                                   f"adv-{rng.randrange(50):02d}"))
+            template = (
+                f"https://www.shop{i % 97}.example/products/item-{rng.randrange(10**5)}"
+                f"?utm_source=affiliate&utm_medium=cpa&aff={{affiliate_id}}"
+                f"&click_id={{click_id}}&s1={{sub1}}"
+            )
+            self.links.append(
+                Link(
+                    f"l{i:04d}-{token(rng, 6).lower()}",
+                    template,
+                    f"camp-{rng.randrange(200):03d}",
+                    affiliate,
+                    f"adv-{rng.randrange(50):02d}",
+                )
+            )
         self.link_weights = list(accumulate(1 / (i + 1) ** 0.8 for i in range(len(self.links))))
         self.placements = [token(rng, 10).lower() for _ in range(5000)]
         self.campaign_names = [f"spring_{token(rng, 5).lower()}_{i}" for i in range(200)]
@@ -118,9 +166,14 @@ class Clicks:
     def _agent(self) -> str:
         rng = self.rng
         return rng.choice(UA_TEMPLATES).format(
-            major=rng.randint(118, 132), minor=rng.randint(15, 18), build=rng.randint(5000, 6900),
-            patch=rng.randint(0, 250), ios=f"{rng.randint(16, 18)}_{rng.randint(0, 6)}",
-            android=rng.randint(11, 15), model=rng.randint(100, 999))
+            major=rng.randint(118, 132),
+            minor=rng.randint(15, 18),
+            build=rng.randint(5000, 6900),
+            patch=rng.randint(0, 250),
+            ios=f"{rng.randint(16, 18)}_{rng.randint(0, 6)}",
+            android=rng.randint(11, 15),
+            model=rng.randint(100, 999),
+        )
 
     def ip(self) -> str:
         rng = self.rng
@@ -139,8 +192,11 @@ class Clicks:
         if rng.random() < 0.15:
             q.append(f"sub3={rng.randrange(100)}")
         if rng.random() < 0.6:
-            q += [f"utm_source={rng.choice(UTM_SOURCES)}", f"utm_medium={rng.choice(UTM_MEDIUMS)}",
-                  f"utm_campaign={rng.choice(self.campaign_names)}"]
+            q += [
+                f"utm_source={rng.choice(UTM_SOURCES)}",
+                f"utm_medium={rng.choice(UTM_MEDIUMS)}",
+                f"utm_campaign={rng.choice(self.campaign_names)}",
+            ]
             if rng.random() < 0.3:
                 q.append(f"utm_content=ad_{rng.randrange(400)}")
             if rng.random() < 0.1:
@@ -160,19 +216,40 @@ class Clicks:
         link = rng.choices(self.links, cum_weights=self.link_weights)[0]
         raw_query = self.query()
         params = parse_query(raw_query, 8192)
-        referer = (f"{rng.choice(self.publishers)}/{token(rng, rng.randint(8, 40)).lower()}"
-                   if rng.random() < 0.8 else "")
+        referer = (
+            f"{rng.choice(self.publishers)}/{token(rng, rng.randint(8, 40)).lower()}"
+            if rng.random() < 0.8
+            else ""
+        )
         agent = rng.choices(self.agents, cum_weights=self.agent_weights)[0]
-        meta = RequestMeta(ip=self.ip(), user_agent=agent,
-                           referer=referer, accept_language=rng.choice(LANGUAGES),
-                           url=f"/c/{link.slug}" + (f"?{raw_query}" if raw_query else ""),
-                           method="GET")
-        destination = render(link.destination, {
-            "click_id": click_id, "visitor_id": visitor_id, "campaign_id": link.campaign_id,
-            "affiliate_id": link.affiliate_id, **{f"sub{i}": params.get(f"sub{i}", "")
-                                                  for i in range(1, 6)}})
-        return click_row(ms=ms, click_id=click_id, visitor_id=visitor_id, new_visitor=new,
-                         link=link, params=params, meta=meta, destination=destination)
+        meta = RequestMeta(
+            ip=self.ip(),
+            user_agent=agent,
+            referer=referer,
+            accept_language=rng.choice(LANGUAGES),
+            url=f"/c/{link.slug}" + (f"?{raw_query}" if raw_query else ""),
+            method="GET",
+        )
+        destination = render(
+            link.destination,
+            {
+                "click_id": click_id,
+                "visitor_id": visitor_id,
+                "campaign_id": link.campaign_id,
+                "affiliate_id": link.affiliate_id,
+                **{f"sub{i}": params.get(f"sub{i}", "") for i in range(1, 6)},
+            },
+        )
+        return click_row(
+            ms=ms,
+            click_id=click_id,
+            visitor_id=visitor_id,
+            new_visitor=new,
+            link=link,
+            params=params,
+            meta=meta,
+            destination=destination,
+        )
 
     def enrich(self, row: dict) -> dict:
         """The columns the sink adds (geo country, device, bot flag, fraud flags)."""
@@ -180,15 +257,21 @@ class Clicks:
         ua = row["user_agent"]
         mobile = "Mobile" in ua or "iPhone" in ua
         bot = "bot" in ua
-        row.update({
-            "country": rng.choice(COUNTRIES), "device_type": "bot" if bot else (
-                "mobile" if mobile else "desktop"),
-            "os": "iOS" if "iPhone" in ua else "Android" if "Android" in ua else (
-                "Mac OS X" if "Mac OS" in ua else "Windows"),
-            "browser": ua.rsplit(" ", 1)[-1].split("/")[0][:20],
-            "is_bot": int(bot), "bot_reason": "user_agent" if bot else "",
-            "fraud_flags": ["duplicate_click"] if rng.random() < 0.01 else [],
-        })
+        row.update(
+            {
+                "country": rng.choice(COUNTRIES),
+                "device_type": "bot" if bot else ("mobile" if mobile else "desktop"),
+                "os": "iOS"
+                if "iPhone" in ua
+                else "Android"
+                if "Android" in ua
+                else ("Mac OS X" if "Mac OS" in ua else "Windows"),
+                "browser": ua.rsplit(" ", 1)[-1].split("/")[0][:20],
+                "is_bot": int(bot),
+                "bot_reason": "user_agent" if bot else "",
+                "fraud_flags": ["duplicate_click"] if rng.random() < 0.01 else [],
+            }
+        )
         return row
 
 
@@ -218,8 +301,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def write_clicks(settings, url: str, spool: Path, clicks: Clicks, count: int,
-                       per_visitor: int) -> dict:
+async def write_clicks(
+    settings, url: str, spool: Path, clicks: Clicks, count: int, per_visitor: int
+) -> dict:
     """`count` clicks through the real EventWriter, in edge batches of batch_max_events."""
     client = redis_connection.async_client(url, settings.redis.timeout_seconds)
     writer = EventWriter(
@@ -249,16 +333,20 @@ async def write_clicks(settings, url: str, spool: Path, clicks: Clicks, count: i
     await client.aclose()
     if writer.spooled_batches:
         raise RuntimeError("Redis did not take every batch; the measurement is void")
-    return {"batches": writer.flushed_batches, "visitors": len(visitors),
-            "json_bytes_per_click_row": round(json_bytes / count)}
+    return {
+        "batches": writer.flushed_batches,
+        "visitors": len(visitors),
+        "json_bytes_per_click_row": round(json_bytes / count),
+    }
 
 
 def drain_stream(client, read_entries: int) -> int:
     """Empty the stream as the sink does: read through the group, XACK, XDEL."""
     drained = 0
     while True:
-        reply = client.xreadgroup(K.SINK_GROUP, "capacity", {K.EVENTS_STREAM: ">"},
-                                  count=read_entries)
+        reply = client.xreadgroup(
+            K.SINK_GROUP, "capacity", {K.EVENTS_STREAM: ">"}, count=read_entries
+        )
         if not reply or not reply[0][1]:
             return drained
         ids = [entry_id for entry_id, _ in reply[0][1]]
@@ -269,23 +357,32 @@ def drain_stream(client, read_entries: int) -> int:
         drained += len(ids)
 
 
-def redis_run(settings, server: RedisServer, work: Path, clicks: Clicks, count: int,
-              per_visitor: int) -> dict:
+def redis_run(
+    settings, server: RedisServer, work: Path, clicks: Clicks, count: int, per_visitor: int
+) -> dict:
     client = server.client()
     client.flushall()
     client.xgroup_create(K.EVENTS_STREAM, K.SINK_GROUP, id="0", mkstream=True)
     base = memory(client)
     started, cpu_start = time.perf_counter(), cpu_seconds(server.proc.pid)
-    wrote = asyncio.run(write_clicks(settings, server.url, work / f"edge-{per_visitor}.spool",
-                                     clicks, count, per_visitor))
+    wrote = asyncio.run(
+        write_clicks(
+            settings, server.url, work / f"edge-{per_visitor}.spool", clicks, count, per_visitor
+        )
+    )
     seconds, cpu_write = time.perf_counter() - started, cpu_seconds(server.proc.pid) - cpu_start
     after_write = memory(client)
     stream_entries = client.xlen(K.EVENTS_STREAM)
     sample = [key for _, key in zip(range(2000), client.scan_iter(count=1000), strict=False)]
     usage: dict[str, list[int]] = {"click_record_key": [], "visitor_path_key": []}
     for key in sample:
-        kind = ("visitor_path_key" if key.endswith(b":clicks") else
-                "click_record_key" if key.startswith(b"trk:click:") else None)
+        kind = (
+            "visitor_path_key"
+            if key.endswith(b":clicks")
+            else "click_record_key"
+            if key.startswith(b"trk:click:")
+            else None
+        )
         if kind:
             usage[kind].append(client.memory_usage(key, samples=0))
     markers = list(client.scan_iter(match=K.batch_marker_key("*"), count=1000))
@@ -305,16 +402,20 @@ def redis_run(settings, server: RedisServer, work: Path, clicks: Clicks, count: 
         "stream_entries": stream_entries,
         "stream_entries_drained": drained,
         "persistent_keys": keys,
-        "used_memory": {"before": base, "after_write": after_write,
-                        "after_markers_expired": after_markers,
-                        "after_stream_drained": after_drain},
+        "used_memory": {
+            "before": base,
+            "after_write": after_write,
+            "after_markers_expired": after_markers,
+            "after_stream_drained": after_drain,
+        },
         "bytes_per_click": {
             "persistent_record_and_path": round((after_drain - base) / count, 1),
             "stream_entry_share": round((after_markers - after_drain) / count, 1),
             "batch_marker_share": round(marker_bytes / count, 2),  # MEMORY USAGE
         },
         "memory_usage_command_average_bytes": {
-            kind: round(sum(values) / len(values)) for kind, values in usage.items() if values},
+            kind: round(sum(values) / len(values)) for kind, values in usage.items() if values
+        },
         # redis-server's own CPU (all threads, AOF included), per click
         "redis_cpu_microseconds_per_click": {
             "edge_batch_script": round(cpu_write * 1e6 / count, 2),
@@ -332,8 +433,10 @@ def measure_redis(settings, work: Path, count: int, seed: int) -> dict:
     finally:
         server.stop()
     # memory = clicks * per_click + visitors * per_visitor, from the two runs
-    (m1, v1), (m4, v4) = ((r["used_memory"]["after_stream_drained"]
-                           - r["used_memory"]["before"], r["visitors"]) for r in runs)
+    (m1, v1), (m4, v4) = (
+        (r["used_memory"]["after_stream_drained"] - r["used_memory"]["before"], r["visitors"])
+        for r in runs
+    )
     per_visitor = (m1 - m4) / (v1 - v4)
     per_click = (m1 - per_visitor * v1) / count
     stream = sum(r["bytes_per_click"]["stream_entry_share"] for r in runs) / len(runs)
@@ -345,8 +448,9 @@ def measure_redis(settings, work: Path, count: int, seed: int) -> dict:
             "bytes_per_click_record_and_path_entry": round(per_click, 1),
             "bytes_per_visitor_path_key": round(per_visitor, 1),
             "persistent_bytes_per_click_1_click_per_visitor": round(per_click + per_visitor, 1),
-            "persistent_bytes_per_click_2_clicks_per_visitor": round(per_click
-                                                                     + per_visitor / 2, 1),
+            "persistent_bytes_per_click_2_clicks_per_visitor": round(
+                per_click + per_visitor / 2, 1
+            ),
             "stream_bytes_per_click_until_drained": round(stream, 1),
             "redis_cpu_microseconds_per_click_write_and_drain": round(cpu, 2),
             "redis_clicks_per_second_per_core_ceiling": round(1e6 / cpu),
@@ -398,12 +502,14 @@ def measure_clickhouse(settings, work: Path, rows: int, seed: int, chunk: int = 
         _, parts = ch.query(
             "SELECT count(), sum(rows), sum(bytes_on_disk), sum(data_compressed_bytes), "
             f"sum(data_uncompressed_bytes) FROM system.parts WHERE database = '{db}' "
-            "AND table = 'clicks' AND active")
+            "AND table = 'clicks' AND active"
+        )
         n_parts, n_rows, on_disk, compressed, uncompressed = parts[0]
         _, columns = ch.query(
             "SELECT name, data_compressed_bytes, data_uncompressed_bytes FROM system.columns "
             f"WHERE database = '{db}' AND table = 'clicks' ORDER BY data_compressed_bytes DESC "
-            "LIMIT 8")
+            "LIMIT 8"
+        )
         _, version = ch.query("SELECT version()")
     finally:
         ch.close()
@@ -417,9 +523,13 @@ def measure_clickhouse(settings, work: Path, rows: int, seed: int, chunk: int = 
         "json_bytes_per_row": round(json_bytes / rows, 1),
         "compression_ratio": round(uncompressed / compressed, 2),
         "largest_columns_compressed_bytes_per_row": {
-            name: round(c / n_rows, 1) for name, c, _ in columns},
-        "seconds": {"generate_rows": round(generate, 1), "insert": round(insert, 1),
-                    "optimize_final": round(optimize, 1)},
+            name: round(c / n_rows, 1) for name, c, _ in columns
+        },
+        "seconds": {
+            "generate_rows": round(generate, 1),
+            "insert": round(insert, 1),
+            "optimize_final": round(optimize, 1),
+        },
         "insert_rows_per_second": round(rows / insert),
     }
 
@@ -434,17 +544,22 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="capacity-") as tmp:
         work = Path(tmp)
-        settings = config.load(env={"TRACKER_DATA_DIR": str(work / "data"),
-                                    "TRACKER_ADMIN_TOKEN": TOKEN})
+        settings = config.load(
+            env={"TRACKER_DATA_DIR": str(work / "data"), "TRACKER_ADMIN_TOKEN": TOKEN}
+        )
         redis = measure_redis(settings, work, args.clicks, args.seed)
         print("redis: " + json.dumps(redis["model"]), file=sys.stderr, flush=True)
         clickhouse = measure_clickhouse(settings, work, args.rows, args.seed)
     summary = {
-        "measured_on": {"cpus": os.cpu_count(), "command": "python -m loadtest.capacity "
-                        + " ".join(sys.argv[1:])},
-        "settings": {"lookback_days": settings.tracking.lookback_days,
-                     "retention_days": settings.clickhouse.retention_days,
-                     "writer_batch_max_events": settings.writer.batch_max_events},
+        "measured_on": {
+            "cpus": os.cpu_count(),
+            "command": "python -m loadtest.capacity " + " ".join(sys.argv[1:]),
+        },
+        "settings": {
+            "lookback_days": settings.tracking.lookback_days,
+            "retention_days": settings.clickhouse.retention_days,
+            "writer_batch_max_events": settings.writer.batch_max_events,
+        },
         "redis": redis,
         "clickhouse": clickhouse,
         "seconds": round(time.perf_counter() - started, 1),

@@ -38,8 +38,9 @@ accepted: list[str] = []
 
 
 def admin(host: str, path: str, body: dict) -> None:
-    response = requests.post(f"{host}{path}", json=body, timeout=10,
-                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    response = requests.post(
+        f"{host}{path}", json=body, timeout=10, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
     if response.status_code not in (201, 409):
         raise RuntimeError(f"{path}: {response.status_code} {response.text}")
 
@@ -48,8 +49,15 @@ def admin(host: str, path: str, body: dict) -> None:
 def create_links(environment, **_) -> None:
     host = environment.host
     for slug in LINKS:
-        admin(host, "/api/links", {"slug": slug, "campaign_id": f"lt-campaign-{slug[-1]}",
-                                   "destination": f"{host}/p.gif?slug={slug}&c={{click_id}}"})
+        admin(
+            host,
+            "/api/links",
+            {
+                "slug": slug,
+                "campaign_id": f"lt-campaign-{slug[-1]}",
+                "destination": f"{host}/p.gif?slug={slug}&c={{click_id}}",
+            },
+        )
     admin(host, "/api/advertisers", {"id": ADVERTISER, "token": ADVERTISER_TOKEN})
     time.sleep(3)  # every edge process picks the links up
 
@@ -61,16 +69,22 @@ def check_conversions(environment, **_) -> None:
     deadline = time.monotonic() + 60
     stored = -1
     while time.monotonic() < deadline:
-        answer = requests.post(QUERY_URL, timeout=30, data=orjson.dumps(
-            {"sql": f"SELECT count() FROM tracker.conversions WHERE startsWith(txid, '{RUN}')"}),
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()
+        answer = requests.post(
+            QUERY_URL,
+            timeout=30,
+            data=orjson.dumps(
+                {"sql": f"SELECT count() FROM tracker.conversions WHERE startsWith(txid, '{RUN}')"}
+            ),
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ).json()
         stored = answer["rows"][0][0]
         if stored >= expected:
             break
         time.sleep(1)
     ok = stored == expected
-    print(f"conversions accepted: {expected}, in ClickHouse: {stored} -> "
-          f"{'OK' if ok else 'MISMATCH'}")
+    print(
+        f"conversions accepted: {expected}, in ClickHouse: {stored} -> {'OK' if ok else 'MISMATCH'}"
+    )
     if not ok:
         environment.process_exit_code = 1
 
@@ -89,9 +103,13 @@ class Visitor(FastHttpUser):
         if self.cookie:
             headers["Cookie"] = self.cookie
         slug = random.choice(LINKS)
-        with self.client.get(f"/c/{slug}?sub1={random.randint(1, 999)}&utm_source=locust",
-                             headers=headers, allow_redirects=False, name="/c/[slug]",
-                             catch_response=True) as r:
+        with self.client.get(
+            f"/c/{slug}?sub1={random.randint(1, 999)}&utm_source=locust",
+            headers=headers,
+            allow_redirects=False,
+            name="/c/[slug]",
+            catch_response=True,
+        ) as r:
             if r.status_code != 302:
                 r.failure(f"expected 302, got {r.status_code}")
                 return
@@ -100,14 +118,17 @@ class Visitor(FastHttpUser):
                 self.cookie = set_cookie.split(";", 1)[0]
             location = urlsplit(r.headers["Location"])
         click_id = location.query.rsplit("c=", 1)[1]
-        self.client.get(f"{location.path}?{location.query}", headers=headers,
-                        name="/p.gif (landing)")
+        self.client.get(
+            f"{location.path}?{location.query}", headers=headers, name="/p.gif (landing)"
+        )
         if random.random() < 0.2:
             txid = f"{RUN}-{uuid.uuid4().hex[:12]}"
             with self.client.get(
                 f"/postback?advertiser={ADVERTISER}&token={ADVERTISER_TOKEN}"
                 f"&click_id={click_id}&txid={txid}&amount={random.randint(100, 9999) / 100}"
-                "&currency=EUR", name="/postback", catch_response=True,
+                "&currency=EUR",
+                name="/postback",
+                catch_response=True,
             ) as r:
                 if r.status_code == 200 and r.json()["status"] == "accepted":
                     accepted.append(txid)
@@ -121,6 +142,10 @@ class Bot(FastHttpUser):
 
     @task
     def crawl(self) -> None:
-        self.client.request("HEAD", f"/c/{random.choice(LINKS)}", allow_redirects=False,
-                            headers={"User-Agent": "Mozilla/5.0 (compatible; Googlebot/2.1)"},
-                            name="/c/[slug] (bot)")
+        self.client.request(
+            "HEAD",
+            f"/c/{random.choice(LINKS)}",
+            allow_redirects=False,
+            headers={"User-Agent": "Mozilla/5.0 (compatible; Googlebot/2.1)"},
+            name="/c/[slug] (bot)",
+        )

@@ -56,14 +56,28 @@ def fill(redis, rows: int, batch: int = 500) -> None:
     for start in range(0, rows, batch):
         lines = []
         for _ in range(min(batch, rows - start)):
-            meta = RequestMeta(ip=f"203.0.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
-                               user_agent=rng.choice(AGENTS) + f" build/{rng.randint(1, 2000)}",
-                               referer="https://news.example/a", accept_language="en",
-                               url="/c/l1?sub1=x", method="GET")
-            lines.append(orjson.dumps(click_row(
-                ms=ms, click_id=uuid7(), visitor_id=uuid7(), new_visitor=True,
-                link=rng.choice(links), params={"sub1": str(rng.randint(1, 10**6))},
-                meta=meta, destination="https://x.example/?c=1")))
+            meta = RequestMeta(
+                ip=f"203.0.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+                user_agent=rng.choice(AGENTS) + f" build/{rng.randint(1, 2000)}",
+                referer="https://news.example/a",
+                accept_language="en",
+                url="/c/l1?sub1=x",
+                method="GET",
+            )
+            lines.append(
+                orjson.dumps(
+                    click_row(
+                        ms=ms,
+                        click_id=uuid7(),
+                        visitor_id=uuid7(),
+                        new_visitor=True,
+                        link=rng.choice(links),
+                        params={"sub1": str(rng.randint(1, 10**6))},
+                        meta=meta,
+                        destination="https://x.example/?c=1",
+                    )
+                )
+            )
         pipe.xadd(K.EVENTS_STREAM, {K.BATCH_ID_FIELD: uuid7(), "clicks": b"\n".join(lines)})
         if len(pipe) >= 50:
             pipe.execute()
@@ -78,9 +92,16 @@ def redis_cpu_seconds(redis) -> float:
 
 def drain(settings, redis, ch, enrich: bool, geo_paths: list[str]) -> dict:
     pipeline = steps.build(settings, redis, open_geo(geo_paths)) if enrich else None
-    sink = Sink(redis, ch, consumer="bench", read_entries=settings.sink.read_entries,
-                block_ms=10, reclaim_idle_ms=60_000, pipeline=pipeline,
-                attributor=Attributor(redis, ["linear"], 86_400_000, 86_400_000))
+    sink = Sink(
+        redis,
+        ch,
+        consumer="bench",
+        read_entries=settings.sink.read_entries,
+        block_ms=10,
+        reclaim_idle_ms=60_000,
+        pipeline=pipeline,
+        attributor=Attributor(redis, ["linear"], 86_400_000, 86_400_000),
+    )
     sink.ensure_group()
     redis_cpu = redis_cpu_seconds(redis)
     started = time.perf_counter()
@@ -89,8 +110,12 @@ def drain(settings, redis, ch, enrich: bool, geo_paths: list[str]) -> dict:
     seconds = time.perf_counter() - started
     redis_cpu = redis_cpu_seconds(redis) - redis_cpu
     rows = sink.rows_inserted["clicks"]
-    result = {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
-              "redis_cpu_us_per_row": round(redis_cpu / rows * 1e6, 1)}
+    result = {
+        "rows": rows,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(rows / seconds),
+        "redis_cpu_us_per_row": round(redis_cpu / rows * 1e6, 1),
+    }
     if pipeline:
         result["steps_share_of_sink_time"] = {
             name: f"{100 * stat.seconds / seconds:.1f}%" for name, stat in pipeline.stats.items()
@@ -101,23 +126,34 @@ def drain(settings, redis, ch, enrich: bool, geo_paths: list[str]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=1_000_000, help="clicks for the insert path")
-    p.add_argument("--enriched-rows", type=int, default=200_000,
-                   help="clicks for the enriched path")
-    p.add_argument("--geo", action="append", default=[],
-                   help=".mmdb file for the geo step (e.g. from `python -m geo.fetch DIR`)")
+    p.add_argument(
+        "--enriched-rows", type=int, default=200_000, help="clicks for the enriched path"
+    )
+    p.add_argument(
+        "--geo",
+        action="append",
+        default=[],
+        help=".mmdb file for the geo step (e.g. from `python -m geo.fetch DIR`)",
+    )
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sink-bench-"))
     redis_server = RedisServer(work / "redis")
     redis_server.start()
     try:
         redis = redis_server.client()
-        settings = config.load(env={"TRACKER_DATA_DIR": str(work / "data"),
-                                    "TRACKER_ADMIN_TOKEN": "bench-token-0123456789"})
+        settings = config.load(
+            env={
+                "TRACKER_DATA_DIR": str(work / "data"),
+                "TRACKER_ADMIN_TOKEN": "bench-token-0123456789",
+            }
+        )
         ch = ClickHouse(f"chdb://{work / 'chdb'}", "tracker")
         migrations.apply(ch, settings)
         results = {}
-        for name, enrich, rows in (("insert_only", False, args.rows),
-                                   ("enriched", True, args.enriched_rows)):
+        for name, enrich, rows in (
+            ("insert_only", False, args.rows),
+            ("enriched", True, args.enriched_rows),
+        ):
             redis.flushall()
             fill(redis, rows)
             results[name] = drain(settings, redis, ch, enrich, args.geo)

@@ -72,8 +72,12 @@ def chdb_database(chdb_engine, tmp_path):
     """The in-process engine switched to a fresh database with the real migrations applied."""
     from tracker import config, migrations
 
-    settings = config.load(env={"TRACKER_DATA_DIR": str(tmp_path),
-                                "TRACKER_CLICKHOUSE_DATABASE": f"t{next(_db_numbers)}"})
+    settings = config.load(
+        env={
+            "TRACKER_DATA_DIR": str(tmp_path),
+            "TRACKER_CLICKHOUSE_DATABASE": f"t{next(_db_numbers)}",
+        }
+    )
     chdb_engine.database = settings.clickhouse.database
     assert migrations.apply(chdb_engine, settings)
     return chdb_engine

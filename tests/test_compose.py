@@ -83,8 +83,7 @@ def interpolate(value, env: dict[str, str]):
 def environment(service: dict, env: dict[str, str]) -> dict[str, str]:
     raw = service.get("environment") or {}
     if isinstance(raw, list):
-        raw = dict(item.split("=", 1) if "=" in item else (item, env.get(item, ""))
-                   for item in raw)
+        raw = dict(item.split("=", 1) if "=" in item else (item, env.get(item, "")) for item in raw)
     return {k: "" if v is None else str(v) for k, v in interpolate(raw, env).items()}
 
 
@@ -103,7 +102,7 @@ def dockerfile_env() -> dict[str, str]:
 def dockerfile_entrypoint() -> list[str]:
     for line in DOCKERFILE.read_text().splitlines():
         if line.strip().upper().startswith("ENTRYPOINT "):
-            return yaml.safe_load(line.strip()[len("ENTRYPOINT "):])
+            return yaml.safe_load(line.strip()[len("ENTRYPOINT ") :])
     raise AssertionError("the Dockerfile has no ENTRYPOINT")
 
 
@@ -119,10 +118,11 @@ def service_settings(service: dict, env: dict[str, str]) -> config.Settings:
     full = {**image_env, **environment(service, env)}
     # The image copies config/ to /app/config; read this checkout's copy instead.
     if full.get("TRACKER_CONFIG", "").startswith("/app/"):
-        full["TRACKER_CONFIG"] = str(ROOT / full["TRACKER_CONFIG"][len("/app/"):])
+        full["TRACKER_CONFIG"] = str(ROOT / full["TRACKER_CONFIG"][len("/app/") :])
     if full.get("TRACKER_CLICKHOUSE_MIGRATIONS_DIR", "").startswith("/app/"):
         full["TRACKER_CLICKHOUSE_MIGRATIONS_DIR"] = str(
-            ROOT / full["TRACKER_CLICKHOUSE_MIGRATIONS_DIR"][len("/app/"):])
+            ROOT / full["TRACKER_CLICKHOUSE_MIGRATIONS_DIR"][len("/app/") :]
+        )
     return config.load(env=full)
 
 
@@ -223,8 +223,14 @@ def test_commands_are_real_tracker_subcommands(services, name):
 
 def test_env_name_discovery_sees_real_keys():
     names = known_env_names()
-    assert {"TRACKER_REDIS_URL", "TRACKER_CLICKHOUSE_DSN", "TRACKER_DATA_DIR",
-            "TRACKER_ADMIN_TOKEN", "TRACKER_SINK_CONSUMER", "TRACKER_PORT"} <= names
+    assert {
+        "TRACKER_REDIS_URL",
+        "TRACKER_CLICKHOUSE_DSN",
+        "TRACKER_DATA_DIR",
+        "TRACKER_ADMIN_TOKEN",
+        "TRACKER_SINK_CONSUMER",
+        "TRACKER_PORT",
+    } <= names
     assert "TRACKER_REDIS_HOST" not in names
 
 
@@ -254,25 +260,34 @@ def test_tracker_settings_load_and_point_at_the_services(services, name):
     assert settings.admin_token == TOKEN
     redis_url = urlsplit(settings.redis.url)
     assert (redis_url.scheme, redis_url.hostname, redis_url.port or 6379) == (
-        "redis", "redis", 6379)
+        "redis",
+        "redis",
+        6379,
+    )
     assert "--port" not in services["redis"].get("command", []), "redis listens on 6379"
     dsn = urlsplit(settings.clickhouse_dsn)
     assert (dsn.scheme, dsn.hostname, dsn.port) == ("http", "clickhouse", 8123)
     assert settings.data_dir == "/data"
 
 
-@pytest.mark.parametrize("env", [
-    BASE_ENV,
-    {**BASE_ENV, "CH_USER": "analytics", "CH_PASSWORD": "s3cret-Pass"},
-])
+@pytest.mark.parametrize(
+    "env",
+    [
+        BASE_ENV,
+        {**BASE_ENV, "CH_USER": "analytics", "CH_PASSWORD": "s3cret-Pass"},
+    ],
+)
 def test_dsn_carries_the_clickhouse_service_credentials(services, env):
     server = environment(services["clickhouse"], env)
-    assert server.get("CLICKHOUSE_USER") and server.get("CLICKHOUSE_PASSWORD"), \
+    assert server.get("CLICKHOUSE_USER") and server.get("CLICKHOUSE_PASSWORD"), (
         "the clickhouse service needs a user and a password (with defaults)"
+    )
     for name in TRACKER_SERVICES:
         dsn = urlsplit(service_settings(services[name], env).clickhouse_dsn)
         assert (dsn.username, dsn.password) == (
-            server["CLICKHOUSE_USER"], server["CLICKHOUSE_PASSWORD"]), name
+            server["CLICKHOUSE_USER"],
+            server["CLICKHOUSE_PASSWORD"],
+        ), name
     if "CH_USER" in env:
         assert server["CLICKHOUSE_USER"] == env["CH_USER"]
         assert server["CLICKHOUSE_PASSWORD"] == env["CH_PASSWORD"]
@@ -300,8 +315,9 @@ def test_redis_aof_health_and_storage(services, compose):
 
     assert flag("--appendonly") == "yes"
     assert flag("--appendfsync") == "everysec"
-    assert flag("--maxmemory-policy", "noeviction") == "noeviction", \
+    assert flag("--maxmemory-policy", "noeviction") == "noeviction", (
         "click records must never be evicted"
+    )
     assert healthcheck(redis)[-2:] == ["redis-cli", "ping"]
     source = mounts(redis).get("/data", "")  # the official image's working dir: the AOF
     assert is_named_volume(source) and source in (compose.get("volumes") or {})
@@ -315,8 +331,9 @@ def test_dependencies_and_start_order(services):
     assert sink.get("migrate") == "service_completed_successfully"
     edge = depends(services["edge"])
     assert edge.get("redis") == "service_healthy"
-    assert not {"sink", "clickhouse", "migrate"} & set(edge), \
+    assert not {"sink", "clickhouse", "migrate"} & set(edge), (
         "edges must redirect while the sink or ClickHouse is down"
+    )
 
 
 def test_awaited_health_exists(services):
@@ -326,8 +343,9 @@ def test_awaited_health_exists(services):
             if condition == "service_healthy":
                 assert healthcheck(services[target]), f"{name} waits for {target}'s health"
             if condition == "service_completed_successfully":
-                assert services[target].get("restart") == "no", \
+                assert services[target].get("restart") == "no", (
                     f"{target} must run once for {name} to see it complete"
+                )
 
 
 @pytest.mark.parametrize("name", sorted(TRACKER_SERVICES))
@@ -352,8 +370,9 @@ def test_edge_port_and_spool(services, compose):
     assert [c for _, c in published(edge, BASE_ENV)] == [settings.http.port]
     assert settings.http.host == "0.0.0.0", "the edge must listen beyond the container"
     source = mounts(edge).get(settings.data_dir, "")
-    assert is_named_volume(source) and source in (compose.get("volumes") or {}), \
+    assert is_named_volume(source) and source in (compose.get("volumes") or {}), (
         "the edge's spool (data dir) must be on a named volume"
+    )
 
 
 def test_edges_never_share_a_spool_file(services):
@@ -380,8 +399,9 @@ def test_sink_query_endpoint_stays_local(services):
     assert settings.sink.query_host in ("127.0.0.1", "::1", "localhost")
     assert "TRACKER_SINK_QUERY_HOST" not in environment(sink, BASE_ENV)
     assert not sink.get("ports"), "the sink's SQL endpoint must not be published"
-    assert environment(sink, BASE_ENV).get("TRACKER_SINK_CONSUMER"), \
+    assert environment(sink, BASE_ENV).get("TRACKER_SINK_CONSUMER"), (
         "a fixed consumer name lets a recreated sink take its pending batch back at once"
+    )
 
 
 def test_volumes_declared_and_used(services, compose):

@@ -48,7 +48,10 @@ def test_defaults_from_empty_file(toml, env, data_dir):
     assert s.http.fallback_url == ""
     assert s.http.max_query_bytes == 8192
     assert (s.cookie.name, s.cookie.secure, s.cookie.samesite, s.cookie.domain) == (
-        "vid", False, "Lax", "",
+        "vid",
+        False,
+        "Lax",
+        "",
     )
     assert s.tracking.lookback_days == 30
     assert s.lookback_seconds == 30 * 86400
@@ -109,7 +112,10 @@ def test_file_values_are_applied(toml, env):
     ]
     assert s.http.fallback_url == "https://example.com/gone"
     assert (s.cookie.name, s.cookie.secure, s.cookie.samesite, s.cookie.domain) == (
-        "visitor", True, "None", "example.com",
+        "visitor",
+        True,
+        "None",
+        "example.com",
     )
     assert s.lookback_seconds == 7 * 86400
     assert s.tracking.link_refresh_seconds == 0.5
@@ -292,7 +298,6 @@ def test_invalid_values_name_the_key(toml, env, data_dir, text, overrides, names
     assert "\n" not in message
     # validation happens before any token is generated
     assert not (data_dir / "admin_token").exists()
-
 
 
 def test_samesite_none_allowed_with_secure(toml, env):

@@ -92,11 +92,14 @@ def test_clock_going_backwards_still_increasing():
     assert uuid7_time_ms(second) == 1_700_000_000_500
 
 
-@pytest.mark.parametrize("value", [
-    "018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5b",
-    "00000000-0000-0000-0000-000000000000",
-    str(uuid.uuid4()),
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5b",
+        "00000000-0000-0000-0000-000000000000",
+        str(uuid.uuid4()),
+    ],
+)
 def test_is_uuid_accepts(value):
     assert is_uuid(value)
 
@@ -105,19 +108,22 @@ def test_is_uuid_accepts_generated():
     assert is_uuid(uuid7())
 
 
-@pytest.mark.parametrize("value", [
-    "",
-    "018F3A2B-4C5D-7E6F-8A9B-0C1D2E3F4A5B",
-    "018f3a2b4c5d7e6f8a9b0c1d2e3f4a5b",
-    "{018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5b}",
-    "018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5",
-    "018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5bb",
-    "018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5g",
-    "018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5\n",
-    "018f3a2b_4c5d_7e6f_8a9b_0c1d2e3f4a5b",
-    "018f3a2b-4c5d7-e6f-8a9b-0c1d2e3f4a5b",
-    "urn:uuid:018f3a2b-4c5d-7e6f-8a9b-0c",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "018F3A2B-4C5D-7E6F-8A9B-0C1D2E3F4A5B",
+        "018f3a2b4c5d7e6f8a9b0c1d2e3f4a5b",
+        "{018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5b}",
+        "018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5",
+        "018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5bb",
+        "018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5g",
+        "018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5\n",
+        "018f3a2b_4c5d_7e6f_8a9b_0c1d2e3f4a5b",
+        "018f3a2b-4c5d7-e6f-8a9b-0c1d2e3f4a5b",
+        "urn:uuid:018f3a2b-4c5d-7e6f-8a9b-0c",
+    ],
+)
 def test_is_uuid_rejects(value):
     assert not is_uuid(value)
 

@@ -61,11 +61,14 @@ def test_values_are_percent_encoded(value, encoded):
     assert parse_qs(urlsplit(url).query)["s"] == [value]
 
 
-@pytest.mark.parametrize("template", [
-    "https://shop.example/{sub1}",
-    "https://shop.example/?s={sub1}",
-    "https://shop.example/?s={sub1}&c={click_id}#{sub1}",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "https://shop.example/{sub1}",
+        "https://shop.example/?s={sub1}",
+        "https://shop.example/?s={sub1}&c={click_id}#{sub1}",
+    ],
+)
 def test_hostile_values_never_appear_raw(template):
     hostile = "a b&zz=1\r\nLocation: https://evil.example/\x00\t#?"
     values = {key: hostile for key in MACROS}

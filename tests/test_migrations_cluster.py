@@ -32,13 +32,16 @@ REPLICATION = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
 
 
 def load(tmp_path: Path, **env: str) -> config.Settings:
-    return config.load(env={"TRACKER_DATA_DIR": str(tmp_path), "TRACKER_ADMIN_TOKEN": TOKEN,
-                            **env})
+    return config.load(env={"TRACKER_DATA_DIR": str(tmp_path), "TRACKER_ADMIN_TOKEN": TOKEN, **env})
 
 
 def cluster_settings(tmp_path: Path, **env: str) -> config.Settings:
-    return load(tmp_path, TRACKER_CLICKHOUSE_CLUSTER=CLUSTER,
-                TRACKER_CLICKHOUSE_DSN="http://ch.example:8123", **env)
+    return load(
+        tmp_path,
+        TRACKER_CLICKHOUSE_CLUSTER=CLUSTER,
+        TRACKER_CLICKHOUSE_DSN="http://ch.example:8123",
+        **env,
+    )
 
 
 def legacy_render(path: Path, settings: config.Settings) -> list[str]:
@@ -66,8 +69,11 @@ def legacy_all(settings: config.Settings) -> list[str]:
     return out
 
 
-CREATE_RE = re.compile(r"\ACREATE TABLE IF NOT EXISTS (\w+)\.(\w+)(?: ON CLUSTER (\w+))?"
-                       r"(\s*\(.*\n\))\s*ENGINE = (\w+)(?:\((.*?)\))?(\n.*)?\Z", re.S)
+CREATE_RE = re.compile(
+    r"\ACREATE TABLE IF NOT EXISTS (\w+)\.(\w+)(?: ON CLUSTER (\w+))?"
+    r"(\s*\(.*\n\))\s*ENGINE = (\w+)(?:\((.*?)\))?(\n.*)?\Z",
+    re.S,
+)
 ALTER_RE = re.compile(r"\AALTER TABLE (\w+)\.(\w+)(?: ON CLUSTER (\w+))?(\s.*)\Z", re.S)
 
 
@@ -89,17 +95,24 @@ def alters(statements: list[str]) -> list[re.Match]:
 
 
 def test_single_server_rendering_is_unchanged(tmp_path):
-    for env in ({}, {"TRACKER_CLICKHOUSE_DATABASE": "events",
-                     "TRACKER_CLICKHOUSE_RETENTION_DAYS": "30",
-                     "TRACKER_CLICKHOUSE_DEDUP_WINDOW": "500"}):
+    for env in (
+        {},
+        {
+            "TRACKER_CLICKHOUSE_DATABASE": "events",
+            "TRACKER_CLICKHOUSE_RETENTION_DAYS": "30",
+            "TRACKER_CLICKHOUSE_DEDUP_WINDOW": "500",
+        },
+    ):
         settings = load(tmp_path, **env)
         assert settings.clickhouse.cluster == ""
         assert migrations.render_all(settings) == legacy_all(settings)
         for _, _, path in migrations.migration_files():
             assert migrations.statements(path, settings) == legacy_render(path, settings)
             assert migrations.render(path, settings) == legacy_render(path, settings)
-    assert not any("ON CLUSTER" in s or "Distributed" in s or "Replicated" in s
-                   for s in migrations.render_all(load(tmp_path)))
+    assert not any(
+        "ON CLUSTER" in s or "Distributed" in s or "Replicated" in s
+        for s in migrations.render_all(load(tmp_path))
+    )
 
 
 class Recorder:
@@ -135,8 +148,10 @@ def test_apply_runs_exactly_render_all(tmp_path, clustered):
 
 def test_every_cluster_statement_runs_on_the_cluster(tmp_path):
     statements = migrations.render_all(cluster_settings(tmp_path))
-    head = re.compile(r"\A(CREATE DATABASE IF NOT EXISTS \w+|CREATE TABLE IF NOT EXISTS \w+\.\w+"
-                      rf"|ALTER TABLE \w+\.\w+) ON CLUSTER {CLUSTER}(\s|\Z)")
+    head = re.compile(
+        r"\A(CREATE DATABASE IF NOT EXISTS \w+|CREATE TABLE IF NOT EXISTS \w+\.\w+"
+        rf"|ALTER TABLE \w+\.\w+) ON CLUSTER {CLUSTER}(\s|\Z)"
+    )
     assert statements and all(head.match(s) for s in statements)
     assert statements[0] == f"CREATE DATABASE IF NOT EXISTS tracker ON CLUSTER {CLUSTER}"
 
@@ -166,8 +181,9 @@ def test_every_table_becomes_local_replicated_plus_distributed(tmp_path):
         assert local[5] == f"Replicated{engine}"
         assert local[6] == (f"{REPLICATION}, {args}" if args else REPLICATION)
         assert "non_replicated_deduplication_window" in clauses
-        assert local[7] == clauses.replace("non_replicated_deduplication_window",
-                                           "replicated_deduplication_window")
+        assert local[7] == clauses.replace(
+            "non_replicated_deduplication_window", "replicated_deduplication_window"
+        )
         assert "SETTINGS replicated_deduplication_window = 10000" in local[7]
         # the Distributed table: the original name, same columns, nothing else
         assert dist[1] == db and dist[3] == CLUSTER and dist[4] == columns
@@ -180,7 +196,8 @@ def test_every_table_becomes_local_replicated_plus_distributed(tmp_path):
     # the local table is created before the Distributed one that points at it
     for table in single:
         assert statements.index(clustered[f"{table}_local"][0]) < statements.index(
-            clustered[table][0])
+            clustered[table][0]
+        )
 
 
 def test_alters_hit_local_and_distributed_tables(tmp_path):
@@ -203,8 +220,9 @@ def test_schema_migrations_is_replicated_on_every_node(tmp_path):
         "ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/{database}/{table}', "
         "'{shard}_{replica}') ORDER BY version"
     )
-    assert not any("schema_migrations_local" in s
-                   for s in migrations.render_all(cluster_settings(tmp_path)))
+    assert not any(
+        "schema_migrations_local" in s for s in migrations.render_all(cluster_settings(tmp_path))
+    )
 
 
 def test_sharded_without_replication(tmp_path):
@@ -221,8 +239,10 @@ def test_sharded_without_replication(tmp_path):
 
 def test_custom_replication_path_and_replica(tmp_path):
     settings = cluster_settings(
-        tmp_path, TRACKER_CLICKHOUSE_ZOOKEEPER_PATH="/ch/{cluster}/{shard}/{uuid}",
-        TRACKER_CLICKHOUSE_REPLICA_NAME="{hostname}")
+        tmp_path,
+        TRACKER_CLICKHOUSE_ZOOKEEPER_PATH="/ch/{cluster}/{shard}/{uuid}",
+        TRACKER_CLICKHOUSE_REPLICA_NAME="{hostname}",
+    )
     statements = migrations.render_all(settings)
     assert "ReplicatedMergeTree('/ch/{cluster}/all/{uuid}', '{shard}_{hostname}')" in statements[1]
     local = creates(statements)["clicks_local"]
@@ -232,36 +252,56 @@ def test_custom_replication_path_and_replica(tmp_path):
 def test_statements_that_cannot_be_rewritten_are_refused(tmp_path):
     settings = cluster_settings(tmp_path)
     rewrite = migrations.cluster_statements
-    assert rewrite("ALTER TABLE tracker.clicks MODIFY TTL toDateTime(event_time) + "
-                   "INTERVAL 30 DAY", settings) == [
+    assert rewrite(
+        "ALTER TABLE tracker.clicks MODIFY TTL toDateTime(event_time) + INTERVAL 30 DAY", settings
+    ) == [
         f"ALTER TABLE tracker.clicks_local ON CLUSTER {CLUSTER} MODIFY TTL "
-        "toDateTime(event_time) + INTERVAL 30 DAY"]
-    assert len(rewrite("ALTER TABLE tracker.links DROP COLUMN x, RENAME COLUMN a TO b",
-                       settings)) == 2
+        "toDateTime(event_time) + INTERVAL 30 DAY"
+    ]
+    assert (
+        len(rewrite("ALTER TABLE tracker.links DROP COLUMN x, RENAME COLUMN a TO b", settings)) == 2
+    )
     with pytest.raises(migrations.MigrationError, match="separate statements"):
-        rewrite("ALTER TABLE tracker.clicks ADD COLUMN x UInt8, MODIFY TTL "
-                "toDateTime(event_time) + INTERVAL 30 DAY", settings)
+        rewrite(
+            "ALTER TABLE tracker.clicks ADD COLUMN x UInt8, MODIFY TTL "
+            "toDateTime(event_time) + INTERVAL 30 DAY",
+            settings,
+        )
     with pytest.raises(migrations.MigrationError, match="no sharding key"):
-        rewrite("CREATE TABLE IF NOT EXISTS tracker.new_table (a UInt8) ENGINE = MergeTree "
-                "ORDER BY a", settings)
+        rewrite(
+            "CREATE TABLE IF NOT EXISTS tracker.new_table (a UInt8) ENGINE = MergeTree ORDER BY a",
+            settings,
+        )
     with pytest.raises(migrations.MigrationError, match="only CREATE DATABASE"):
         rewrite("CREATE MATERIALIZED VIEW tracker.mv AS SELECT 1", settings)
     with pytest.raises(migrations.MigrationError, match="not a plain"):
         rewrite("CREATE TABLE IF NOT EXISTS tracker.links (a UInt8) ENGINE = Memory", settings)
 
 
-@pytest.mark.parametrize(("env", "key"), [
-    ({"TRACKER_CLICKHOUSE_CLUSTER": "bad-name",
-      "TRACKER_CLICKHOUSE_DSN": "http://ch.example:8123"}, "clickhouse.cluster"),
-    ({"TRACKER_CLICKHOUSE_CLUSTER": CLUSTER}, "clickhouse.cluster"),  # chDB has no clusters
-    ({"TRACKER_CLICKHOUSE_ZOOKEEPER_PATH": "/clickhouse/tables/{table}"},
-     "clickhouse.zookeeper_path"),
-    ({"TRACKER_CLICKHOUSE_ZOOKEEPER_PATH": "clickhouse/{shard}/{table}"},
-     "clickhouse.zookeeper_path"),
-    ({"TRACKER_CLICKHOUSE_REPLICA_NAME": "r'1"}, "clickhouse.replica_name"),
-    ({"TRACKER_CLICKHOUSE_REPLICA_NAME": ""}, "clickhouse.replica_name"),
-    ({"TRACKER_CLICKHOUSE_REPLICATED": "maybe"}, "clickhouse.replicated"),
-])
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        (
+            {
+                "TRACKER_CLICKHOUSE_CLUSTER": "bad-name",
+                "TRACKER_CLICKHOUSE_DSN": "http://ch.example:8123",
+            },
+            "clickhouse.cluster",
+        ),
+        ({"TRACKER_CLICKHOUSE_CLUSTER": CLUSTER}, "clickhouse.cluster"),  # chDB has no clusters
+        (
+            {"TRACKER_CLICKHOUSE_ZOOKEEPER_PATH": "/clickhouse/tables/{table}"},
+            "clickhouse.zookeeper_path",
+        ),
+        (
+            {"TRACKER_CLICKHOUSE_ZOOKEEPER_PATH": "clickhouse/{shard}/{table}"},
+            "clickhouse.zookeeper_path",
+        ),
+        ({"TRACKER_CLICKHOUSE_REPLICA_NAME": "r'1"}, "clickhouse.replica_name"),
+        ({"TRACKER_CLICKHOUSE_REPLICA_NAME": ""}, "clickhouse.replica_name"),
+        ({"TRACKER_CLICKHOUSE_REPLICATED": "maybe"}, "clickhouse.replicated"),
+    ],
+)
 def test_cluster_settings_are_validated(tmp_path, env, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
         load(tmp_path, **env)
@@ -271,7 +311,9 @@ def test_cluster_settings_defaults(tmp_path):
     ch = load(tmp_path).clickhouse
     assert (ch.cluster, ch.replicated) == ("", True)
     assert (ch.zookeeper_path, ch.replica_name) == (
-        "/clickhouse/tables/{shard}/{database}/{table}", "{replica}")
+        "/clickhouse/tables/{shard}/{database}/{table}",
+        "{replica}",
+    )
 
 
 # -- executed on chDB -------------------------------------------------------------------
@@ -280,18 +322,24 @@ def test_cluster_settings_defaults(tmp_path):
 def test_single_server_tables_on_chdb(chdb_database):
     db = chdb_database.database
     _, rows = chdb_database.query(
-        f"SELECT name, engine, engine_full FROM system.tables WHERE database = '{db}'")
+        f"SELECT name, engine, engine_full FROM system.tables WHERE database = '{db}'"
+    )
     engines = {name: engine for name, engine, _ in rows}
     assert engines == {
-        "schema_migrations": "MergeTree", "clicks": "MergeTree", "impressions": "MergeTree",
-        "orphan_visits": "MergeTree", "links": "ReplacingMergeTree", "conversions": "MergeTree",
+        "schema_migrations": "MergeTree",
+        "clicks": "MergeTree",
+        "impressions": "MergeTree",
+        "orphan_visits": "MergeTree",
+        "links": "ReplacingMergeTree",
+        "conversions": "MergeTree",
         "attribution_credits": "MergeTree",
     }
     for name, _, full in rows:
         if name != "schema_migrations":
             assert "non_replicated_deduplication_window = 10000" in full, name
     _, columns = chdb_database.query(
-        f"SELECT table FROM system.columns WHERE database = '{db}' AND name = 'fraud_flags'")
+        f"SELECT table FROM system.columns WHERE database = '{db}' AND name = 'fraud_flags'"
+    )
     assert sorted(t for (t,) in columns) == ["clicks", "conversions"]
 
 
@@ -309,10 +357,12 @@ def strip_on_cluster(statement: str) -> str:
 def plain_twin(statement: str) -> str:
     """ReplicatedXMergeTree('path', 'replica'[, args]) -> XMergeTree([args]), with the
     non-replicated deduplication setting back."""
-    statement = re.sub(r"ENGINE = Replicated(\w*MergeTree)\('[^']*', '[^']*'(?:, )?",
-                       r"ENGINE = \1(", statement)
-    return statement.replace("SETTINGS replicated_deduplication_window",
-                             "SETTINGS non_replicated_deduplication_window")
+    statement = re.sub(
+        r"ENGINE = Replicated(\w*MergeTree)\('[^']*', '[^']*'(?:, )?", r"ENGINE = \1(", statement
+    )
+    return statement.replace(
+        "SETTINGS replicated_deduplication_window", "SETTINGS non_replicated_deduplication_window"
+    )
 
 
 CHDB_CONFIG = f"""<clickhouse>
@@ -352,8 +402,13 @@ def run_chdb_with_cluster(tmp_path: Path, steps: list[tuple[str, str]]) -> dict:
     cfg = tmp_path / "cluster.xml"
     cfg.write_text(CHDB_CONFIG)
     job = {"path": str(tmp_path / "chdb"), "config": str(cfg), "steps": steps}
-    done = subprocess.run([sys.executable, "-c", CHDB_SCRIPT], input=json.dumps(job),
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", CHDB_SCRIPT],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout)
     assert "error" not in out, out
@@ -361,39 +416,63 @@ def run_chdb_with_cluster(tmp_path: Path, steps: list[tuple[str, str]]) -> dict:
 
 
 def test_cluster_rendering_executes_on_chdb_with_a_cluster(tmp_path):
-    rendered = migrations.render_all(
-        cluster_settings(tmp_path, TRACKER_CLICKHOUSE_DATABASE="ct_r"))
+    rendered = migrations.render_all(cluster_settings(tmp_path, TRACKER_CLICKHOUSE_DATABASE="ct_r"))
     twins = migrations.render_all(cluster_settings(tmp_path, TRACKER_CLICKHOUSE_DATABASE="ct_t"))
-    click = ("INSERT INTO ct_t.clicks (event_time, click_id, visitor_id, campaign_id, country, "
-             "fraud_flags) SETTINGS distributed_foreground_insert = 1 VALUES "
-             "('2030-01-02 03:04:05.678', '{id}', '{visitor}', 'camp', 'DE', ['fast'])")
+    click = (
+        "INSERT INTO ct_t.clicks (event_time, click_id, visitor_id, campaign_id, country, "
+        "fraud_flags) SETTINGS distributed_foreground_insert = 1 VALUES "
+        "('2030-01-02 03:04:05.678', '{id}', '{visitor}', 'camp', 'DE', ['fast'])"
+    )
     zero = "00000000-0000-0000-0000-000000000000"
     steps = [
         ("clusters", "SELECT cluster, is_local FROM system.clusters"),
         # as rendered (ON CLUSTER aside): Replicated engines with macros, Distributed tables;
         # the ALTERs need writable replicas, which chDB does not have
         *[("", strip_on_cluster(s)) for s in rendered if not s.startswith("ALTER")],
-        ("rendered", "SELECT name, engine, engine_full FROM system.tables "
-                     "WHERE database = 'ct_r' ORDER BY name"),
-        ("replicas", "SELECT table, replica_path FROM system.replicas "
-                     "WHERE database = 'ct_r' ORDER BY table"),
+        (
+            "rendered",
+            "SELECT name, engine, engine_full FROM system.tables "
+            "WHERE database = 'ct_r' ORDER BY name",
+        ),
+        (
+            "replicas",
+            "SELECT table, replica_path FROM system.replicas "
+            "WHERE database = 'ct_r' ORDER BY table",
+        ),
         # everything, ALTERs included, on the plain twins, and rows through Distributed
         *[("", plain_twin(strip_on_cluster(s))) for s in twins],
         ("", click.format(id="0190a1b2-0000-7000-8000-000000000001", visitor=zero)),
-        ("", click.format(id="0190a1b2-0000-7000-8000-000000000002",
-                          visitor="0190a1b2-0000-7000-8000-0000000000aa")),
-        ("", "INSERT INTO ct_t.links (slug, destination, updated_at) SETTINGS "
-             "distributed_foreground_insert = 1 VALUES ('s', 'https://a.example/', 1), "
-             "('s', 'https://b.example/', 2)"),
-        ("local", "SELECT click_id, country, arrayStringConcat(fraud_flags, ',') "
-                  "FROM ct_t.clicks_local ORDER BY 1"),
-        ("distributed", "SELECT click_id, country, arrayStringConcat(fraud_flags, ',') "
-                        "FROM ct_t.clicks ORDER BY 1"),
+        (
+            "",
+            click.format(
+                id="0190a1b2-0000-7000-8000-000000000002",
+                visitor="0190a1b2-0000-7000-8000-0000000000aa",
+            ),
+        ),
+        (
+            "",
+            "INSERT INTO ct_t.links (slug, destination, updated_at) SETTINGS "
+            "distributed_foreground_insert = 1 VALUES ('s', 'https://a.example/', 1), "
+            "('s', 'https://b.example/', 2)",
+        ),
+        (
+            "local",
+            "SELECT click_id, country, arrayStringConcat(fraud_flags, ',') "
+            "FROM ct_t.clicks_local ORDER BY 1",
+        ),
+        (
+            "distributed",
+            "SELECT click_id, country, arrayStringConcat(fraud_flags, ',') "
+            "FROM ct_t.clicks ORDER BY 1",
+        ),
         ("links", "SELECT destination FROM ct_t.links FINAL"),
-        ("columns", "SELECT table, arrayStringConcat(groupArray(name || ' ' || type), ', ') "
-                    "FROM "
-                    "(SELECT * FROM system.columns WHERE database = 'ct_t' "
-                    "ORDER BY table, position) GROUP BY table"),
+        (
+            "columns",
+            "SELECT table, arrayStringConcat(groupArray(name || ' ' || type), ', ') "
+            "FROM "
+            "(SELECT * FROM system.columns WHERE database = 'ct_t' "
+            "ORDER BY table, position) GROUP BY table",
+        ),
         ("engines", "SELECT name, engine FROM system.tables WHERE database = 'ct_t'"),
     ]
     out = run_chdb_with_cluster(tmp_path, steps)
@@ -411,18 +490,22 @@ def test_cluster_rendering_executes_on_chdb_with_a_cluster(tmp_path):
         assert engine == "Distributed"
         assert full == f"Distributed('{CLUSTER}', 'ct_r', '{table}_local', {key})"
     assert tables["schema_migrations"][0] == "ReplicatedMergeTree"
-    assert ("ReplicatedMergeTree('/clickhouse/tables/all/ct_r/schema_migrations', "
-            "'{shard}_{replica}')") in tables["schema_migrations"][1]
+    assert (
+        "ReplicatedMergeTree('/clickhouse/tables/all/ct_r/schema_migrations', '{shard}_{replica}')"
+    ) in tables["schema_migrations"][1]
     replicas = dict(out["replicas"])
     assert replicas["schema_migrations"] == (
-        "/clickhouse/tables/all/ct_r/schema_migrations/replicas/01_r1")
+        "/clickhouse/tables/all/ct_r/schema_migrations/replicas/01_r1"
+    )
     assert replicas["clicks_local"] == "/clickhouse/tables/01/ct_r/clicks_local/replicas/r1"
 
     engines = dict(out["engines"])
     assert {engines[t] for t in migrations.SHARDING_KEYS} == {"Distributed"}
     assert engines["links_local"] == "ReplacingMergeTree"
-    rows = [["0190a1b2-0000-7000-8000-000000000001", "DE", "fast"],
-            ["0190a1b2-0000-7000-8000-000000000002", "DE", "fast"]]
+    rows = [
+        ["0190a1b2-0000-7000-8000-000000000001", "DE", "fast"],
+        ["0190a1b2-0000-7000-8000-000000000002", "DE", "fast"],
+    ]
     assert out["local"] == out["distributed"] == rows
     assert out["links"] == [["https://b.example/"]]
     columns = {table: cols for table, cols in out["columns"]}

@@ -115,7 +115,7 @@ def test_control_characters_removed_from_values():
     assert params["sub1"] == "abcdefg"  # C0 and C1 controls dropped
     # format characters are text (zero-width joiners build emoji): kept
     assert params["sub2"] == "\u200b"
-    family = "\U0001F468\u200d\U0001F469\u200d\U0001F467"
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
     assert clean(family + "\u00a0x", 100) == family + "\u00a0x"
 
 
@@ -155,15 +155,23 @@ def test_click_row_values():
     assert row["event_time"] == EVENT_TIME
     assert (row["click_id"], row["visitor_id"], row["new_visitor"]) == (CID, VID, 1)
     assert (row["link_slug"], row["campaign_id"], row["affiliate_id"], row["advertiser_id"]) == (
-        "promo", "camp", "aff", "adv",
+        "promo",
+        "camp",
+        "aff",
+        "adv",
     )
     assert (row["sub1"], row["utm_source"], row["gclid"]) == ("s1", "news", "g")
     assert row["sub2"] == row["utm_term"] == row["msclkid"] == ""
     assert "evil" not in row
-    assert (row["ip"], row["user_agent"], row["referer"]) == ("1.2.3.4", "UA/1.0",
-                                                              "https://ref.example/")
+    assert (row["ip"], row["user_agent"], row["referer"]) == (
+        "1.2.3.4",
+        "UA/1.0",
+        "https://ref.example/",
+    )
     assert (row["accept_language"], row["request_url"], row["method"]) == (
-        "en-US", "/c/promo?sub1=a", "GET",
+        "en-US",
+        "/c/promo?sub1=a",
+        "GET",
     )
     assert row["destination_url"] == "https://shop.example/?click_id=" + CID
     assert set(KEPT_PARAMS) <= set(row)
@@ -196,31 +204,51 @@ def test_click_record():
 
 def test_orphan_row_keys_and_values():
     row = orphan_row(
-        ms=MS, visit_id=CID, visitor_id=VID, slug="x" * 500, reason="unknown_link",
-        route="click", meta=META,
+        ms=MS,
+        visit_id=CID,
+        visitor_id=VID,
+        slug="x" * 500,
+        reason="unknown_link",
+        route="click",
+        meta=META,
     )
     assert list(row) == table_columns("orphan_visits")
     assert row["event_time"] == EVENT_TIME
     assert row["link_slug"] == "x" * 128
     assert (row["visit_id"], row["visitor_id"], row["reason"], row["route"]) == (
-        CID, VID, "unknown_link", "click",
+        CID,
+        VID,
+        "unknown_link",
+        "click",
     )
     assert (row["ip"], row["request_url"], row["method"]) == ("1.2.3.4", "/c/promo?sub1=a", "GET")
 
 
 def test_impression_row_keys_with_and_without_link():
     with_link = impression_row(
-        ms=MS, impression_id=CID, visitor_id=VID, link=LINK, campaign_id="ignored",
-        params={"sub3": "s3", "affiliate_id": "ignored"}, meta=META,
+        ms=MS,
+        impression_id=CID,
+        visitor_id=VID,
+        link=LINK,
+        campaign_id="ignored",
+        params={"sub3": "s3", "affiliate_id": "ignored"},
+        meta=META,
     )
     assert list(with_link) == table_columns("impressions")
     assert (with_link["link_slug"], with_link["campaign_id"], with_link["affiliate_id"]) == (
-        "promo", "camp", "aff",
+        "promo",
+        "camp",
+        "aff",
     )
     assert with_link["sub3"] == "s3"
     bare = impression_row(
-        ms=MS, impression_id=CID, visitor_id=VID, link=None, campaign_id="c9",
-        params={"affiliate_id": "a9"}, meta=META,
+        ms=MS,
+        impression_id=CID,
+        visitor_id=VID,
+        link=None,
+        campaign_id="c9",
+        params={"affiliate_id": "a9"},
+        meta=META,
     )
     assert (bare["link_slug"], bare["campaign_id"], bare["affiliate_id"]) == ("", "c9", "a9")
 
@@ -229,7 +257,6 @@ def test_event_time_format_at_second_boundaries():
     assert make_click_row(ms=0)["event_time"] == "1970-01-01 00:00:00.000"
     assert make_click_row(ms=1_700_000_000_999)["event_time"] == "2023-11-14 22:13:20.999"
     assert make_click_row(ms=1_700_000_001_000)["event_time"] == "2023-11-14 22:13:21.000"
-
 
 
 # -- tracking.read_cookie / cookie_attributes ---------------------------------------------

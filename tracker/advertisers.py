@@ -87,5 +87,11 @@ def create(redis: Any, advertiser: Advertiser) -> bool:
 
 
 def advertiser_cache(redis: Any, refresh_seconds: float, snapshot: Path | None = None):
-    return HashCache(redis, K.ADVERTISERS_HASH, K.ADVERTISERS_VERSION, Advertiser.from_json,
-                     refresh_seconds, snapshot)
+    return HashCache(
+        redis,
+        K.ADVERTISERS_HASH,
+        K.ADVERTISERS_VERSION,
+        Advertiser.from_json,
+        refresh_seconds,
+        snapshot,
+    )

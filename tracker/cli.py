@@ -46,8 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the sink and the edge processes")
-    s.add_argument("--redis", action="store_true",
-                   help="also start redis-server with AOF under the data folder")
+    s.add_argument(
+        "--redis",
+        action="store_true",
+        help="also start redis-server with AOF under the data folder",
+    )
     s.add_argument("--demo", action="store_true", help="create a `demo` link and print URLs")
     s.set_defaults(func=cmd_serve)
 
@@ -88,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="reports").add_subparsers(
         dest="report_command", required=True
     )
-    s = report.add_parser("fraud", help="flagged clicks and conversions by campaign, "
-                          "affiliate and rule")
+    s = report.add_parser(
+        "fraud", help="flagged clicks and conversions by campaign, affiliate and rule"
+    )
     s.add_argument("--from", dest="date_from", help="from (UTC date or datetime)")
     s.add_argument("--to", dest="date_to", help="before (UTC date or datetime)")
     s.add_argument("--format", choices=["table", "json", "csv"], default="table")
@@ -168,8 +172,9 @@ def _direct(settings: Settings):
     from tracker.clickhouse import ClickHouse
 
     try:
-        return ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database,
-                      settings.clickhouse.cluster)
+        return ClickHouse(
+            settings.clickhouse_dsn, settings.clickhouse.database, settings.clickhouse.cluster
+        )
     except Exception as exc:
         raise CommandError(f"cannot open ClickHouse at {settings.clickhouse_dsn}: {exc}") from None
 
@@ -225,8 +230,7 @@ def format_rows(columns: list[str], rows: list[list], fmt: str) -> str:
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+\n"
     head = "|" + "|".join(f" {c:<{w}} " for c, w in zip(columns, widths, strict=True)) + "|\n"
     body = "".join(
-        "|" + "|".join(f" {v:<{w}} " for v, w in zip(r, widths, strict=True)) + "|\n"
-        for r in cells
+        "|" + "|".join(f" {v:<{w}} " for v, w in zip(r, widths, strict=True)) + "|\n" for r in cells
     )
     return line + head + line + body + line + f"({len(rows)} row{'s' * (len(rows) != 1)})\n"
 
@@ -252,10 +256,15 @@ def cmd_links_add(settings: Settings, args) -> int:
     from tracker.links import LinkError, create, new_link
 
     try:
-        link = new_link({
-            "slug": args.slug, "destination": args.destination, "campaign_id": args.campaign,
-            "affiliate_id": args.affiliate, "advertiser_id": args.advertiser,
-        })
+        link = new_link(
+            {
+                "slug": args.slug,
+                "destination": args.destination,
+                "campaign_id": args.campaign,
+                "affiliate_id": args.affiliate,
+                "advertiser_id": args.advertiser,
+            }
+        )
     except LinkError as exc:
         raise CommandError(str(exc)) from None
     if not create(_redis(settings), link):
@@ -299,8 +308,9 @@ def cmd_advertisers_add(settings: Settings, args) -> int:
     from tracker.advertisers import AdvertiserError, create, new_advertiser
 
     try:
-        advertiser = new_advertiser({"id": args.id, **({"token": args.token} if args.token
-                                                         else {})})
+        advertiser = new_advertiser(
+            {"id": args.id, **({"token": args.token} if args.token else {})}
+        )
     except AdvertiserError as exc:
         raise CommandError(str(exc)) from None
     if not create(_redis(settings), advertiser):
@@ -341,16 +351,21 @@ def _when(value: str | None, flag: str) -> str | None:
 def _report(settings: Settings, args, models: list[str]) -> int:
     from attribution.sql import report_sql
 
-    lookback_days = args.lookback if args.lookback is not None else (
-        settings.tracking.lookback_days)
-    half_life_days = args.half_life if args.half_life is not None else (
-        settings.attribution.half_life_days)
+    lookback_days = (
+        args.lookback if args.lookback is not None else (settings.tracking.lookback_days)
+    )
+    half_life_days = (
+        args.half_life if args.half_life is not None else (settings.attribution.half_life_days)
+    )
     if lookback_days <= 0 or half_life_days <= 0:
         raise CommandError("--lookback and --half-life must be positive")
     try:
         sql = report_sql(
-            settings.clickhouse.database, args.by, models,
-            date_from=_when(args.date_from, "--from"), date_to=_when(args.date_to, "--to"),
+            settings.clickhouse.database,
+            args.by,
+            models,
+            date_from=_when(args.date_from, "--from"),
+            date_to=_when(args.date_to, "--to"),
             lookback_ms=int(lookback_days * 86_400_000),
             half_life_ms=int(half_life_days * 86_400_000),
             credit_flagged=settings.fraud.credit_flagged_conversions,
@@ -373,12 +388,21 @@ def cmd_report_attribution(settings: Settings, args) -> int:
 def cmd_report_fraud(settings: Settings, args) -> int:
     """Flags by campaign, affiliate and rule; bot clicks count under `bot:<reason>`."""
     db = settings.clickhouse.database
-    period = " AND ".join(
-        [f"event_time >= toDateTime64('{d}', 3, 'UTC')" for d in [_when(args.date_from,
-                                                                         "--from")] if d]
-        + [f"event_time < toDateTime64('{d}', 3, 'UTC')" for d in [_when(args.date_to, "--to")]
-           if d]
-    ) or "1"
+    period = (
+        " AND ".join(
+            [
+                f"event_time >= toDateTime64('{d}', 3, 'UTC')"
+                for d in [_when(args.date_from, "--from")]
+                if d
+            ]
+            + [
+                f"event_time < toDateTime64('{d}', 3, 'UTC')"
+                for d in [_when(args.date_to, "--to")]
+                if d
+            ]
+        )
+        or "1"
+    )
     sql = f"""
 SELECT kind, campaign_id, affiliate_id, rule, count() AS events
 FROM (

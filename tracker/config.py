@@ -71,7 +71,11 @@ class ConversionSettings:
 class AttributionSettings:
     models: list[str] = field(
         default_factory=lambda: [
-            "first_click", "last_click", "linear", "time_decay", "position_based"
+            "first_click",
+            "last_click",
+            "linear",
+            "time_decay",
+            "position_based",
         ]
     )
     half_life_days: float = 7.0
@@ -90,8 +94,23 @@ class PrivacySettings:
 
 # Hosting and cloud networks (AWS, Google Cloud, Azure, DigitalOcean, OVH, Hetzner, Linode,
 # Vultr, Oracle, Alibaba, Tencent, Contabo, Scaleway, Leaseweb).
-DATACENTER_ASNS = [16509, 14618, 396982, 8075, 14061, 16276, 24940, 63949, 20473, 31898,
-                   45102, 132203, 51167, 12876, 60781]
+DATACENTER_ASNS = [
+    16509,
+    14618,
+    396982,
+    8075,
+    14061,
+    16276,
+    24940,
+    63949,
+    20473,
+    31898,
+    45102,
+    132203,
+    51167,
+    12876,
+    60781,
+]
 
 
 @dataclass
@@ -307,10 +326,16 @@ def _validate(s: Settings) -> None:
         "must be an http(s) URL or empty",
     )
     check(s.http.max_query_bytes >= 256, "http.max_query_bytes", "must be at least 256")
-    check(s.http.fallback_url.isprintable() and " " not in s.http.fallback_url,
-          "http.fallback_url", "must not contain spaces or control characters")
-    check(all(ch.isalnum() or ch in ".-" for ch in s.cookie.domain), "cookie.domain",
-          "must be a domain name")
+    check(
+        s.http.fallback_url.isprintable() and " " not in s.http.fallback_url,
+        "http.fallback_url",
+        "must not contain spaces or control characters",
+    )
+    check(
+        all(ch.isalnum() or ch in ".-" for ch in s.cookie.domain),
+        "cookie.domain",
+        "must be a domain name",
+    )
     check(s.cookie.name.isidentifier(), "cookie.name", "must be a plain token")
     check(s.cookie.samesite in ("Lax", "Strict", "None"), "cookie.samesite", "Lax, Strict or None")
     check(
@@ -320,34 +345,57 @@ def _validate(s: Settings) -> None:
     )
     check(1 <= s.tracking.lookback_days <= 3650, "tracking.lookback_days", "1 to 3650 days")
     check(s.tracking.link_refresh_seconds > 0, "tracking.link_refresh_seconds", "must be > 0")
-    check(len(s.conversions.default_currency) == 3 and s.conversions.default_currency.isupper(),
-          "conversions.default_currency", "must be an ISO 4217 code such as USD")
+    check(
+        len(s.conversions.default_currency) == 3 and s.conversions.default_currency.isupper(),
+        "conversions.default_currency",
+        "must be an ISO 4217 code such as USD",
+    )
     check(s.conversions.dedup_days >= 1, "conversions.dedup_days", "must be >= 1")
-    check(s.conversions.signature_window_seconds >= 1, "conversions.signature_window_seconds",
-          "must be >= 1")
-    check(1024 <= s.conversions.max_body_bytes <= 1024 * 1024, "conversions.max_body_bytes",
-          "must be 1 KiB to 1 MiB")
+    check(
+        s.conversions.signature_window_seconds >= 1,
+        "conversions.signature_window_seconds",
+        "must be >= 1",
+    )
+    check(
+        1024 <= s.conversions.max_body_bytes <= 1024 * 1024,
+        "conversions.max_body_bytes",
+        "must be 1 KiB to 1 MiB",
+    )
     check(s.conversions.max_amount >= 1, "conversions.max_amount", "must be >= 1")
     from attribution import MODELS  # the registry is the one list of model names
 
     check(bool(s.attribution.models), "attribution.models", "must name at least one model")
     for model in s.attribution.models:
-        check(model in MODELS, "attribution.models",
-              f"unknown model {model!r} (known: {', '.join(sorted(MODELS))})")
-    thresholds = ("ip_clicks_per_minute", "duplicate_click_seconds",
-                  "min_click_to_conversion_seconds", "visitors_per_ip_per_hour")
+        check(
+            model in MODELS,
+            "attribution.models",
+            f"unknown model {model!r} (known: {', '.join(sorted(MODELS))})",
+        )
+    thresholds = (
+        "ip_clicks_per_minute",
+        "duplicate_click_seconds",
+        "min_click_to_conversion_seconds",
+        "visitors_per_ip_per_hour",
+    )
     for name in thresholds:
         check(getattr(s.fraud, name) >= 0, f"fraud.{name}", "must be >= 0")
     for campaign, values in s.fraud.campaigns.items():
-        check(isinstance(values, dict) and set(values) <= set(thresholds),
-              f"fraud.campaigns.{campaign}", f"may set only {', '.join(thresholds)}")
+        check(
+            isinstance(values, dict) and set(values) <= set(thresholds),
+            f"fraud.campaigns.{campaign}",
+            f"may set only {', '.join(thresholds)}",
+        )
         for name, value in values.items():
-            check(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
-                  f"fraud.campaigns.{campaign}.{name}", "must be a number >= 0")
+            check(
+                isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
+                f"fraud.campaigns.{campaign}.{name}",
+                "must be a number >= 0",
+            )
     check(s.attribution.half_life_days > 0, "attribution.half_life_days", "must be > 0")
     check(
-        s.redis.url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://",
-                                "rediss+cluster://")),
+        s.redis.url.startswith(
+            ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+        ),
         "redis.url",
         "must start with redis://, rediss://, unix:// or redis+cluster://",
     )
@@ -368,19 +416,32 @@ def _validate(s: Settings) -> None:
     check(s.clickhouse.database.isidentifier(), "clickhouse.database", "must be an identifier")
     check(s.clickhouse.retention_days >= 1, "clickhouse.retention_days", "must be >= 1")
     check(s.clickhouse.dedup_window >= 100, "clickhouse.dedup_window", "must be >= 100")
-    check(not s.clickhouse.cluster or (s.clickhouse.cluster.isidentifier()
-                                       and s.clickhouse.cluster.isascii()),
-          "clickhouse.cluster", "must be an identifier (a remote_servers name) or empty")
-    check(not s.clickhouse.cluster or s.clickhouse.dsn.startswith(("http://", "https://")),
-          "clickhouse.cluster", "needs a ClickHouse server (an http(s):// dsn), not chDB")
+    check(
+        not s.clickhouse.cluster
+        or (s.clickhouse.cluster.isidentifier() and s.clickhouse.cluster.isascii()),
+        "clickhouse.cluster",
+        "must be an identifier (a remote_servers name) or empty",
+    )
+    check(
+        not s.clickhouse.cluster or s.clickhouse.dsn.startswith(("http://", "https://")),
+        "clickhouse.cluster",
+        "needs a ClickHouse server (an http(s):// dsn), not chDB",
+    )
     zk_path = s.clickhouse.zookeeper_path
-    check(zk_path.startswith("/") and "{shard}" in zk_path
-          and ("{table}" in zk_path or "{uuid}" in zk_path),
-          "clickhouse.zookeeper_path", "must start with / and use the {shard} and {table} macros")
+    check(
+        zk_path.startswith("/")
+        and "{shard}" in zk_path
+        and ("{table}" in zk_path or "{uuid}" in zk_path),
+        "clickhouse.zookeeper_path",
+        "must start with / and use the {shard} and {table} macros",
+    )
     for key in ("zookeeper_path", "replica_name"):
         value = getattr(s.clickhouse, key)
-        check(bool(value) and value.isprintable() and not set("'\\;") & set(value),
-              f"clickhouse.{key}", "must be non-empty, without quotes, backslashes or ';'")
+        check(
+            bool(value) and value.isprintable() and not set("'\\;") & set(value),
+            f"clickhouse.{key}",
+            "must be non-empty, without quotes, backslashes or ';'",
+        )
     check(
         not s.admin_token or len(s.admin_token) >= 16,
         "admin_token",

@@ -80,8 +80,12 @@ class HashCache(Generic[T]):
         except Exception as exc:  # Redis down at start: serve the last snapshot meanwhile
             if self._snapshot and self._snapshot.exists():
                 self.items = parse_hash(orjson.loads(self._snapshot.read_bytes()), self._parse)
-            log.warning("%s not loaded from redis (%r); %d from the local snapshot",
-                        self._hash_key, exc, len(self.items))
+            log.warning(
+                "%s not loaded from redis (%r); %d from the local snapshot",
+                self._hash_key,
+                exc,
+                len(self.items),
+            )
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:

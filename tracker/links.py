@@ -145,5 +145,6 @@ def parse_all(raw: dict) -> dict[str, Link]:
 
 def link_cache(redis: Any, refresh_seconds: float, snapshot: Path | None = None) -> HashCache:
     """Each edge process's copy of the links (see HashCache)."""
-    return HashCache(redis, K.LINKS_HASH, K.LINKS_VERSION, Link.from_json, refresh_seconds,
-                     snapshot)
+    return HashCache(
+        redis, K.LINKS_HASH, K.LINKS_VERSION, Link.from_json, refresh_seconds, snapshot
+    )

@@ -25,37 +25,55 @@ from prometheus_client import Counter as PromCounter
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-REQUESTS = PromCounter("tracker_requests_total", "HTTP requests answered",
-                       ["route", "status"])
-EVENTS = PromCounter("tracker_events_recorded_total", "Events recorded by the edge",
-                     ["table"])
+REQUESTS = PromCounter("tracker_requests_total", "HTTP requests answered", ["route", "status"])
+EVENTS = PromCounter("tracker_events_recorded_total", "Events recorded by the edge", ["table"])
 CLICKS = PromCounter("tracker_clicks_total", "Clicks recorded by the edge")
-SPOOL = PromCounter("tracker_spool_batches_total", "Batches written to or replayed from "
-                    "the local spool", ["action"])
-SPOOL_BYTES = Gauge("tracker_spool_bytes", "Bytes waiting in the spool files",
-                    multiprocess_mode="livesum")
-REDIS_FLUSH = Histogram("tracker_redis_flush_seconds", "Time to write one batch to Redis",
-                        buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2))
-STREAM_LAG = Gauge("tracker_stream_lag_events", "Events in the stream not yet read by the "
-                   "sink", multiprocess_mode="max")
+SPOOL = PromCounter(
+    "tracker_spool_batches_total", "Batches written to or replayed from the local spool", ["action"]
+)
+SPOOL_BYTES = Gauge(
+    "tracker_spool_bytes", "Bytes waiting in the spool files", multiprocess_mode="livesum"
+)
+REDIS_FLUSH = Histogram(
+    "tracker_redis_flush_seconds",
+    "Time to write one batch to Redis",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2),
+)
+STREAM_LAG = Gauge(
+    "tracker_stream_lag_events",
+    "Events in the stream not yet read by the sink",
+    multiprocess_mode="max",
+)
 SINK_ROWS = PromCounter("tracker_sink_rows_total", "Rows inserted into ClickHouse", ["table"])
 SINK_BATCHES = PromCounter("tracker_sink_batches_total", "Batches stored and acknowledged")
-SINK_FAILURES = PromCounter("tracker_sink_insert_failures_total", "Failed ClickHouse inserts "
-                            "(retried)")
-SINK_BATCH_SECONDS = Histogram("tracker_sink_batch_seconds", "Time to store one batch",
-                               buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
-SINK_BATCH_ROWS = Histogram("tracker_sink_batch_rows", "Rows per stored batch",
-                            buckets=(1, 10, 100, 1000, 5000, 10000, 25000, 50000))
-STEP_SECONDS = PromCounter("tracker_enrichment_step_seconds_total", "Time spent in each "
-                           "enrichment step", ["step"])
-FLAGS = PromCounter("tracker_flagged_events_total", "Events flagged by enrichment",
-                    ["table", "flag"])
-CONVERSIONS = PromCounter("tracker_conversions_total", "Conversion reports by outcome",
-                          ["outcome"])
-REJECTIONS = PromCounter("tracker_postback_rejections_total", "Refused conversion reports",
-                         ["reason"])
-CREDITED = PromCounter("tracker_attributed_amount_minor_total", "Amount credited to clicks, "
-                       "in the currency's minor units", ["model", "currency"])
+SINK_FAILURES = PromCounter(
+    "tracker_sink_insert_failures_total", "Failed ClickHouse inserts (retried)"
+)
+SINK_BATCH_SECONDS = Histogram(
+    "tracker_sink_batch_seconds",
+    "Time to store one batch",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+)
+SINK_BATCH_ROWS = Histogram(
+    "tracker_sink_batch_rows",
+    "Rows per stored batch",
+    buckets=(1, 10, 100, 1000, 5000, 10000, 25000, 50000),
+)
+STEP_SECONDS = PromCounter(
+    "tracker_enrichment_step_seconds_total", "Time spent in each enrichment step", ["step"]
+)
+FLAGS = PromCounter(
+    "tracker_flagged_events_total", "Events flagged by enrichment", ["table", "flag"]
+)
+CONVERSIONS = PromCounter("tracker_conversions_total", "Conversion reports by outcome", ["outcome"])
+REJECTIONS = PromCounter(
+    "tracker_postback_rejections_total", "Refused conversion reports", ["reason"]
+)
+CREDITED = PromCounter(
+    "tracker_attributed_amount_minor_total",
+    "Amount credited to clicks, in the currency's minor units",
+    ["model", "currency"],
+)
 
 
 def prepare_dir(folder: Path, clear: bool) -> None:
@@ -96,8 +114,10 @@ class EdgeCounters:
             if table == "clicks":
                 CLICKS.inc(n)
         writer.recorded_by_table.clear()
-        for action, total in (("spooled", writer.spooled_batches),
-                              ("replayed", writer.replayed_batches)):
+        for action, total in (
+            ("spooled", writer.spooled_batches),
+            ("replayed", writer.replayed_batches),
+        ):
             SPOOL.labels(action).inc(total - self._published.get(action, 0))
             self._published[action] = total
         SPOOL_BYTES.set(writer.spool.size)

@@ -77,10 +77,13 @@ LOCAL_SUFFIX = "_local"
 
 _CREATE_TABLE_RE = re.compile(
     r"\A(?P<head>CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?)(?P<db>\w+)\.(?P<table>\w+)"
-    r"(?P<gap>\s*)\(", re.I)
+    r"(?P<gap>\s*)\(",
+    re.I,
+)
 _ENGINE_RE = re.compile(r"\A(?P<gap>\s*)ENGINE\s*=\s*(?P<engine>\w+)", re.I)
-_ALTER_RE = re.compile(r"\A(?P<head>ALTER\s+TABLE\s+)(?P<db>\w+)\.(?P<table>\w+)(?P<rest>\s.*)\Z",
-                       re.I | re.S)
+_ALTER_RE = re.compile(
+    r"\A(?P<head>ALTER\s+TABLE\s+)(?P<db>\w+)\.(?P<table>\w+)(?P<rest>\s.*)\Z", re.I | re.S
+)
 _CREATE_DB_RE = re.compile(r"\ACREATE\s+DATABASE\s+(?:IF\s+NOT\s+EXISTS\s+)?\w+\Z", re.I)
 _COLUMN_CLAUSE_RE = re.compile(r"\A(ADD|DROP|MODIFY|RENAME|COMMENT)\s+COLUMN\b", re.I)
 
@@ -161,9 +164,11 @@ def cluster_statements(statement: str, settings: Settings) -> list[str]:
         db, table, rest = match["db"], match["table"], match["rest"]
         columns = [bool(_COLUMN_CLAUSE_RE.match(c.strip())) for c in _split_top(rest, ",")]
         if any(columns) and not all(columns):
-            raise MigrationError(f"ALTER TABLE {db}.{table}: put column changes and other "
-                                 "clauses in separate statements (only the former go to "
-                                 "the Distributed table too)")
+            raise MigrationError(
+                f"ALTER TABLE {db}.{table}: put column changes and other "
+                "clauses in separate statements (only the former go to "
+                "the Distributed table too)"
+            )
         targets = [table + LOCAL_SUFFIX] + ([table] if all(columns) else [])
         return [f"{match['head']}{db}.{name} ON CLUSTER {cluster}{rest}" for name in targets]
     raise MigrationError(
@@ -179,16 +184,16 @@ def _create_table(statement: str, match: re.Match, settings: Settings) -> list[s
         raise MigrationError(f"table {table}: no sharding key; add it to SHARDING_KEYS")
     open_at = match.end() - 1
     close_at = _closing(statement, open_at)
-    columns = statement[open_at:close_at + 1]
-    engine = _ENGINE_RE.match(statement[close_at + 1:])
+    columns = statement[open_at : close_at + 1]
+    engine = _ENGINE_RE.match(statement[close_at + 1 :])
     if not engine:
         raise MigrationError(f"table {table}: expected ENGINE = ... after the columns")
     name = engine["engine"]
     after = close_at + 1 + engine.end()
     args = ""
-    if statement[after:after + 1] == "(":
+    if statement[after : after + 1] == "(":
         args_end = _closing(statement, after)
-        args = statement[after + 1:args_end].strip()
+        args = statement[after + 1 : args_end].strip()
         after = args_end + 1
     clauses = statement[after:]
     if not name.endswith("MergeTree") or name.startswith("Replicated"):
@@ -197,8 +202,9 @@ def _create_table(statement: str, match: re.Match, settings: Settings) -> list[s
         replication = f"'{ch.zookeeper_path}', '{ch.replica_name}'"
         name = "Replicated" + name
         args = f"{replication}, {args}" if args else replication
-        clauses = re.sub(r"\bnon_replicated_deduplication_window\b",
-                         "replicated_deduplication_window", clauses)
+        clauses = re.sub(
+            r"\bnon_replicated_deduplication_window\b", "replicated_deduplication_window", clauses
+        )
     engine_clause = f"ENGINE = {name}" + (f"({args})" if args else "")
     on_cluster = f" ON CLUSTER {ch.cluster}"
     local = table + LOCAL_SUFFIX
@@ -234,7 +240,7 @@ def _closing(text: str, open_at: int) -> int:
     for i, char, depth in _outside_quotes(text, open_at):
         if char == ")" and depth == 0:
             return i
-    raise MigrationError(f"unbalanced parentheses: {text[open_at:open_at + 80]!r}")
+    raise MigrationError(f"unbalanced parentheses: {text[open_at : open_at + 80]!r}")
 
 
 def _split_top(text: str, separator: str) -> list[str]:

@@ -123,8 +123,14 @@ def click_record(row: dict, ms: int) -> dict:
 
 
 def impression_row(
-    *, ms: int, impression_id: str, visitor_id: str, link: Link | None, campaign_id: str,
-    params: dict[str, str], meta: RequestMeta,
+    *,
+    ms: int,
+    impression_id: str,
+    visitor_id: str,
+    link: Link | None,
+    campaign_id: str,
+    params: dict[str, str],
+    meta: RequestMeta,
 ) -> dict:
     return {
         "event_time": format_ms(ms),
@@ -143,7 +149,13 @@ def impression_row(
 
 
 def orphan_row(
-    *, ms: int, visit_id: str, visitor_id: str, slug: str, reason: str, route: str,
+    *,
+    ms: int,
+    visit_id: str,
+    visitor_id: str,
+    slug: str,
+    reason: str,
+    route: str,
     meta: RequestMeta,
 ) -> dict:
     return {

@@ -32,8 +32,11 @@ class HiredisPacking:
         elif b" " in args[0]:
             args = tuple(args[0].split()) + args[1:]
         try:
-            return [hiredis.pack_command(tuple(
-                bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args))]
+            return [
+                hiredis.pack_command(
+                    tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args)
+                )
+            ]
         except TypeError as exc:  # as redis-py's own encoder answers a bad argument
             raise redis.DataError(str(exc)) from exc
 
@@ -56,8 +59,9 @@ def async_client(url: str, timeout: float):
         # Nodes are made from these keyword arguments as the cluster is discovered; the
         # startup nodes exist already.
         kwargs = cluster.nodes_manager.connection_kwargs
-        kwargs["connection_class"] = _hiredis_class(kwargs.get("connection_class",
-                                                               aredis.Connection))
+        kwargs["connection_class"] = _hiredis_class(
+            kwargs.get("connection_class", aredis.Connection)
+        )
         for node in cluster.nodes_manager.startup_nodes.values():
             node.connection_class = _hiredis_class(node.connection_class)
         return cluster

@@ -28,9 +28,7 @@ ADVERTISERS_HASH = f"{PREFIX}:advertisers:{{adv}}"
 ADVERTISERS_VERSION = f"{PREFIX}:advertisers:{{adv}}:version"
 
 # Tables of the events carried in a stream entry (entry field name -> ClickHouse table).
-TABLES = (
-    "clicks", "impressions", "orphan_visits", "links", "conversions", "attribution_credits"
-)
+TABLES = ("clicks", "impressions", "orphan_visits", "links", "conversions", "attribution_credits")
 BATCH_ID_FIELD = "b"
 
 

@@ -29,14 +29,23 @@ def canonical(timestamp: str, method: str, path: str, query: str, body: bytes) -
 
 
 def sign(token: str, timestamp: str, method: str, path: str, query: str, body: bytes) -> str:
-    digest = hmac.new(token.encode(), canonical(timestamp, method, path, query, body),
-                      hashlib.sha256).hexdigest()
+    digest = hmac.new(
+        token.encode(), canonical(timestamp, method, path, query, body), hashlib.sha256
+    ).hexdigest()
     return f"sha256={digest}"
 
 
 def verify(
-    token: str, signature: str, timestamp: str, method: str, path: str, query: str,
-    body: bytes, *, now: float, window: int,
+    token: str,
+    signature: str,
+    timestamp: str,
+    method: str,
+    path: str,
+    query: str,
+    body: bytes,
+    *,
+    now: float,
+    window: int,
 ) -> str | None:
     """None when the signature is good; otherwise the reason it is refused."""
     try:

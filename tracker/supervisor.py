@@ -34,14 +34,22 @@ def redis_command(settings: Settings) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     return [
         shutil.which("redis-server") or "redis-server",
-        "--port", str(url.port or 6379),
-        "--bind", url.hostname or "127.0.0.1",
-        "--dir", str(folder),
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
-        "--save", "",
-        "--daemonize", "no",
-        "--loglevel", "warning",
+        "--port",
+        str(url.port or 6379),
+        "--bind",
+        url.hostname or "127.0.0.1",
+        "--dir",
+        str(folder),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
     ]
 
 
@@ -93,12 +101,17 @@ def ensure_demo_link(settings: Settings) -> None:
     """A `demo` link, so a new install has something to click."""
     from tracker.links import create, new_link
 
-    create(sync_client(settings.redis.url), new_link({
-        "slug": "demo",
-        "destination": "https://example.com/landing?click_id={click_id}&aff={affiliate_id}",
-        "campaign_id": "demo-campaign",
-        "affiliate_id": "demo-affiliate",
-    }))
+    create(
+        sync_client(settings.redis.url),
+        new_link(
+            {
+                "slug": "demo",
+                "destination": "https://example.com/landing?click_id={click_id}&aff={affiliate_id}",
+                "campaign_id": "demo-campaign",
+                "affiliate_id": "demo-affiliate",
+            }
+        ),
+    )
 
 
 def serve(settings: Settings, manage_redis: bool, demo: bool = False) -> int:

@@ -26,8 +26,10 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 TOKEN = "test-admin-token-0123456789"
-BROWSER_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-              "Chrome/131.0.0.0 Safari/537.36")
+BROWSER_UA = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36"
+)
 
 
 def free_port() -> int:
@@ -72,8 +74,9 @@ async def hit_many(url: str, count: int, concurrency: int = 64, **kwargs) -> lis
                 statuses.append(r.status)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector,
-                                     headers={"User-Agent": BROWSER_UA}) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, headers={"User-Agent": BROWSER_UA}
+    ) as session:
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
     return statuses
 
@@ -92,8 +95,21 @@ class RedisServer:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed (make test installs it)"
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--appendonly", "yes", "--save", "", "--loglevel", "warning"],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.folder),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--loglevel",
+                "warning",
+            ],
             stdout=subprocess.DEVNULL,
         )
         client = self.client()
@@ -154,8 +170,11 @@ class Service:
     def spawn(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - kept open by the child
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tracker", *args], env=self.env, cwd=ROOT,
-            stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "tracker", *args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         self.procs[name] = proc
         return proc
@@ -237,12 +256,15 @@ class Service:
     def wait_count(self, table: str, expected: int, where: str = "1", timeout: float = 60) -> int:
         """Wait until the count reaches expected, then check it stays there (no late dups)."""
         try:
-            wait_until(lambda: self.count(table, where) >= expected, timeout,
-                       f"{expected} rows in {table}", interval=0.2)
+            wait_until(
+                lambda: self.count(table, where) >= expected,
+                timeout,
+                f"{expected} rows in {table}",
+                interval=0.2,
+            )
         except AssertionError:
             raise AssertionError(
-                f"{table}: {self.count(table, where)} rows, expected {expected}\n"
-                + self.log_text()
+                f"{table}: {self.count(table, where)} rows, expected {expected}\n" + self.log_text()
             ) from None
         time.sleep(1.0)
         return self.count(table, where)
@@ -251,8 +273,9 @@ class Service:
 
     def api(self, method: str, path: str, body=None, token: str | None = TOKEN):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        data = body if isinstance(body, bytes) else (orjson.dumps(body) if body is not None
-                                                      else None)
+        data = (
+            body if isinstance(body, bytes) else (orjson.dumps(body) if body is not None else None)
+        )
         request = urllib.request.Request(
             self.base_url + path, data=data, headers=headers, method=method
         )
@@ -267,8 +290,9 @@ class Service:
                 return exc.code, raw
 
     def add_link(self, slug: str, destination: str = "https://shop.example/landing", **fields):
-        status, body = self.api("POST", "/api/links", {"slug": slug, "destination": destination,
-                                                       **fields})
+        status, body = self.api(
+            "POST", "/api/links", {"slug": slug, "destination": destination, **fields}
+        )
         assert status == 201, body
         time.sleep(0.6)  # every edge process reloads links within 0.2 s (set above)
         return body

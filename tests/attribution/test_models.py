@@ -27,8 +27,12 @@ def touches_before(*days: float) -> list[Touch]:
 
 def weights(model: str, touches: list[Touch], **kwargs) -> list[float]:
     """Weight per path position (0 for touches the model does not credit)."""
-    path = build_path(touches, CONV, lookback_ms=kwargs.get("lookback", DEFAULT_LOOKBACK_MS),
-                      named_click_id=kwargs.get("named_click_id"))
+    path = build_path(
+        touches,
+        CONV,
+        lookback_ms=kwargs.get("lookback", DEFAULT_LOOKBACK_MS),
+        named_click_id=kwargs.get("named_click_id"),
+    )
     out = [0.0] * len(path)
     for credit in attribute(touches, CONV, model, **kwargs):
         assert credit.touch is path[credit.position - 1]
@@ -38,8 +42,7 @@ def weights(model: str, touches: list[Touch], **kwargs) -> list[float]:
 
 def test_defaults_and_registry():
     assert DEFAULT_LOOKBACK_MS == 30 * DAY and DEFAULT_HALF_LIFE_MS == 7 * DAY
-    assert list(MODELS) == ["first_click", "last_click", "linear", "time_decay",
-                            "position_based"]
+    assert list(MODELS) == ["first_click", "last_click", "linear", "time_decay", "position_based"]
 
 
 @pytest.mark.parametrize("model", list(MODELS))
@@ -63,7 +66,8 @@ def test_five_touches():
     assert weights("last_click", path) == [0, 0, 0, 0, 1.0]
     assert weights("linear", path) == pytest.approx([0.2] * 5, abs=1e-15)
     assert weights("position_based", path) == pytest.approx(
-        [0.4, 0.2 / 3, 0.2 / 3, 0.2 / 3, 0.4], abs=1e-15)
+        [0.4, 0.2 / 3, 0.2 / 3, 0.2 / 3, 0.4], abs=1e-15
+    )
     raw = [2 ** (-d / 7) for d in (20, 15, 10, 5, 1)]
     assert weights("time_decay", path) == pytest.approx([r / sum(raw) for r in raw], abs=1e-15)
 
@@ -71,7 +75,8 @@ def test_five_touches():
 def test_only_credited_touches_are_returned_with_their_path_position():
     path = touches_before(20, 15, 10)
     assert [(c.position, c.touch.click_id) for c in attribute(path, CONV, "last_click")] == [
-        (3, uid(3))]
+        (3, uid(3))
+    ]
     assert [c.position for c in attribute(path, CONV, "linear")] == [1, 2, 3]
 
 
@@ -80,7 +85,8 @@ def test_time_decay_exact_values_and_half_life():
     assert weights("time_decay", path) == pytest.approx([1 / 3, 2 / 3], abs=1e-15)
     # One day half-life: 7 days apart means 2^-7 relative weight.
     assert weights("time_decay", path, half_life=DAY) == pytest.approx(
-        [1 / 129, 128 / 129], abs=1e-15)
+        [1 / 129, 128 / 129], abs=1e-15
+    )
     # Touches at the same time weigh the same whatever the half-life.
     assert weights("time_decay", touches_before(3, 3, 3)) == pytest.approx([1 / 3] * 3)
 
@@ -93,8 +99,12 @@ def test_time_decay_far_apart_touches_do_not_divide_by_zero():
 
 def test_equal_timestamps_are_ordered_by_click_id():
     t = CONV - DAY
-    touches = [Touch(uid(3), t, "c3"), Touch(uid(1), t, "c1"), Touch(uid(2), t - 1, "c2"),
-               Touch(uid(0xA), t, "ca")]
+    touches = [
+        Touch(uid(3), t, "c3"),
+        Touch(uid(1), t, "c1"),
+        Touch(uid(2), t - 1, "c2"),
+        Touch(uid(0xA), t, "ca"),
+    ]
     path = build_path(touches, CONV, lookback_ms=DEFAULT_LOOKBACK_MS)
     assert [p.click_id for p in path] == [uid(2), uid(1), uid(3), uid(0xA)]
     assert attribute(touches, CONV, "first_click")[0].touch.click_id == uid(2)
@@ -115,7 +125,10 @@ def test_touches_outside_the_window_and_after_the_conversion_are_dropped():
     path = build_path(touches, CONV, lookback_ms=lookback)
     assert [t.campaign_id for t in path] == ["oldest-kept", "mid", "at-conversion"]
     assert [c.touch.campaign_id for c in attribute(touches, CONV, "linear")] == [
-        "oldest-kept", "mid", "at-conversion"]
+        "oldest-kept",
+        "mid",
+        "at-conversion",
+    ]
     assert attribute(touches[:1] + touches[-1:], CONV, "linear") == []
     assert build_path(touches, CONV, lookback_ms=DAY) == touches[2:4]
 
@@ -135,8 +148,9 @@ def test_named_click_in_the_middle_ends_the_path():
 def test_named_click_outside_the_window_or_unknown_gives_no_credit():
     touches = touches_before(40, 6, 3)
     for named in (uid(1), uid(99)):
-        assert build_path(touches, CONV, lookback_ms=DEFAULT_LOOKBACK_MS,
-                          named_click_id=named) == []
+        assert (
+            build_path(touches, CONV, lookback_ms=DEFAULT_LOOKBACK_MS, named_click_id=named) == []
+        )
         assert attribute(touches, CONV, "linear", named_click_id=named) == []
     after = touches + [Touch(uid(7), CONV + 5)]
     assert attribute(after, CONV, "linear", named_click_id=uid(7)) == []
@@ -186,12 +200,14 @@ def test_split_preserves_the_sum_on_random_inputs():
         n = rng.randint(1, 10)
         raw = [rng.random() for _ in range(n)]
         weights_ = [w / sum(raw) for w in raw]
-        amount = rng.choice([0, 1, 7, rng.randint(-10**6, 10**6), rng.randint(0, 10**18)])
+        amount = rng.choice([0, 1, 7, rng.randint(-(10**6), 10**6), rng.randint(0, 10**18)])
         parts = split_amount(amount, weights_)
         assert sum(parts) == amount and len(parts) == n
         # Largest remainder: every part is within one unit of its exact share.
-        assert all(abs(p - amount * w) < 1 + 1e-6 * abs(amount) for p, w in zip(
-            parts, weights_, strict=True))
+        assert all(
+            abs(p - amount * w) < 1 + 1e-6 * abs(amount)
+            for p, w in zip(parts, weights_, strict=True)
+        )
 
 
 def test_split_largest_remainder():
@@ -266,12 +282,18 @@ def test_to_minor():
     assert to_minor(Decimal("0"), "EUR") == 0
     assert to_minor(7, "EUR") == 700
     assert to_minor(Decimal("123456789012345678901234567890.12"), "USD") == (
-        12345678901234567890123456789012)
+        12345678901234567890123456789012
+    )
 
 
 def test_to_minor_refuses_extra_decimals_floats_and_unknown_codes():
-    for amount, currency in [("1.5", "JPY"), ("0.001", "EUR"), ("1.0001", "KWD"),
-                             ("NaN", "EUR"), ("Infinity", "EUR")]:
+    for amount, currency in [
+        ("1.5", "JPY"),
+        ("0.001", "EUR"),
+        ("1.0001", "KWD"),
+        ("NaN", "EUR"),
+        ("Infinity", "EUR"),
+    ]:
         with pytest.raises(ValueError):
             to_minor(Decimal(amount), currency)
     with pytest.raises(ValueError):

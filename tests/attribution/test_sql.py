@@ -42,19 +42,30 @@ def jsonl(rows: list[dict]) -> bytes:
 
 
 def click_row(visitor_id: str, touch: Touch) -> dict:
-    return {"event_time": format_ms(touch.ts), "click_id": touch.click_id,
-            "visitor_id": visitor_id, "campaign_id": touch.campaign_id,
-            "affiliate_id": touch.affiliate_id}
+    return {
+        "event_time": format_ms(touch.ts),
+        "click_id": touch.click_id,
+        "visitor_id": visitor_id,
+        "campaign_id": touch.campaign_id,
+        "affiliate_id": touch.affiliate_id,
+    }
 
 
-def conversion_row(c: Conversion, ts: int | None = None, amount: Decimal | None = None,
-                   status: str = "pending") -> dict:
-    return {"event_time": format_ms(c.ts if ts is None else ts),
-            "conversion_id": c.conversion_id, "visitor_id": c.visitor_id,
-            "click_id": c.click_id, "amount": str(c.amount if amount is None else amount),
-            "currency": c.currency, "status": status, "attributed": 1,
-            # a postback names its click; without one the conversion came by pixel
-            "source": "pixel" if c.click_id == ZERO_UUID else "postback"}
+def conversion_row(
+    c: Conversion, ts: int | None = None, amount: Decimal | None = None, status: str = "pending"
+) -> dict:
+    return {
+        "event_time": format_ms(c.ts if ts is None else ts),
+        "conversion_id": c.conversion_id,
+        "visitor_id": c.visitor_id,
+        "click_id": c.click_id,
+        "amount": str(c.amount if amount is None else amount),
+        "currency": c.currency,
+        "status": status,
+        "attributed": 1,
+        # a postback names its click; without one the conversion came by pixel
+        "source": "pixel" if c.click_id == ZERO_UUID else "postback",
+    }
 
 
 def make_journeys(rng: random.Random, count: int):
@@ -71,8 +82,9 @@ def make_journeys(rng: random.Random, count: int):
                 ts = rng.choice(touches).ts  # a tie in time
             else:
                 ts = BASE + rng.randint(0, 60 * DAY)
-            touches.append(Touch(uid(rng), ts, f"camp-{rng.randrange(12)}",
-                                 f"aff-{rng.randrange(5)}"))
+            touches.append(
+                Touch(uid(rng), ts, f"camp-{rng.randrange(12)}", f"aff-{rng.randrange(5)}")
+            )
         clicks[visitor] = touches
         for _ in range(1 if rng.random() < 0.9 else 2):
             conversions.append(make_conversion(rng, visitor, touches))
@@ -81,12 +93,14 @@ def make_journeys(rng: random.Random, count: int):
 
 def make_conversion(rng: random.Random, visitor: str, touches: list[Touch]) -> Conversion:
     anchor = rng.choice(touches).ts
-    ts = rng.choice([
-        BASE + rng.randint(20 * DAY, 62 * DAY),
-        anchor,  # a click exactly at the conversion time
-        anchor + LOOKBACK,  # a click exactly on the lookback bound
-        anchor + rng.randint(0, 3 * DAY),
-    ])
+    ts = rng.choice(
+        [
+            BASE + rng.randint(20 * DAY, 62 * DAY),
+            anchor,  # a click exactly at the conversion time
+            anchor + LOOKBACK,  # a click exactly on the lookback bound
+            anchor + rng.randint(0, 3 * DAY),
+        ]
+    )
     in_window = build_path(touches, ts, lookback_ms=LOOKBACK)
     roll = rng.random()
     visitor_id, named = visitor, ZERO_UUID
@@ -105,20 +119,22 @@ def make_conversion(rng: random.Random, visitor: str, touches: list[Touch]) -> C
     return Conversion(uid(rng), ts, visitor_id, named, amount, currency)
 
 
-def load(ch, clicks: dict[str, list[Touch]], conversions: list[Conversion],
-         rng: random.Random) -> None:
+def load(
+    ch, clicks: dict[str, list[Touch]], conversions: list[Conversion], rng: random.Random
+) -> None:
     click_rows = [click_row(v, t) for v, touches in clicks.items() for t in touches]
     rng.shuffle(click_rows)
     conversion_rows = [conversion_row(c) for c in conversions]
     # Status changes come later, with other amounts: only the first row counts.
     for c in conversions:
         if rng.random() < 0.2:
-            conversion_rows.append(conversion_row(c, c.ts + rng.randint(1, 20 * DAY),
-                                                  c.amount + 1, "approved"))
+            conversion_rows.append(
+                conversion_row(c, c.ts + rng.randint(1, 20 * DAY), c.amount + 1, "approved")
+            )
     rng.shuffle(conversion_rows)
     for name, rows in (("clicks", click_rows), ("conversions", conversion_rows)):
         for i in range(0, len(rows), 20_000):
-            ch.insert_jsonl(name, jsonl(rows[i:i + 20_000]), f"{name}-{uuid.uuid4()}")
+            ch.insert_jsonl(name, jsonl(rows[i : i + 20_000]), f"{name}-{uuid.uuid4()}")
 
 
 def expected_credits(clicks, conversions, model: str) -> dict[str, list[tuple]]:
@@ -131,19 +147,20 @@ def expected_credits(clicks, conversions, model: str) -> dict[str, list[tuple]]:
             visitor = visitor_of.get(c.click_id, ZERO_UUID)
         touches = clicks.get(visitor, [])
         named = None if c.click_id == ZERO_UUID else c.click_id
-        credits = attribute(touches, c.ts, model, lookback=LOOKBACK, half_life=HALF_LIFE,
-                            named_click_id=named)
+        credits = attribute(
+            touches, c.ts, model, lookback=LOOKBACK, half_life=HALF_LIFE, named_click_id=named
+        )
         if credits:
             length = len(build_path(touches, c.ts, lookback_ms=LOOKBACK, named_click_id=named))
-            out[c.conversion_id] = [(cr.touch.click_id, cr.position, length, cr.weight)
-                                    for cr in credits]
+            out[c.conversion_id] = [
+                (cr.touch.click_id, cr.position, length, cr.weight) for cr in credits
+            ]
     return out
 
 
 def sql_credits(ch, model: str, **kwargs) -> tuple[dict[str, list[tuple]], dict[str, tuple]]:
     """SQL's answer in the same shape, and conversion id -> (time ms, amount, currency)."""
-    query = credits_sql(ch.database, model, lookback_ms=LOOKBACK, half_life_ms=HALF_LIFE,
-                        **kwargs)
+    query = credits_sql(ch.database, model, lookback_ms=LOOKBACK, half_life_ms=HALF_LIFE, **kwargs)
     _, rows = ch.query(
         "SELECT toString(conversion_id), toString(click_id), position, path_length, weight, "
         "toUnixTimestamp64Milli(conversion_time), toString(amount), currency "
@@ -193,8 +210,9 @@ def test_sql_agrees_with_python_on_ten_thousand_journeys(chdb_database):
     # A date range selects conversions by their first row's time.
     date_from, date_to = BASE + 35 * DAY, BASE + 45 * DAY
     in_range = [c for c in conversions if date_from <= c.ts < date_to]
-    got, _ = sql_credits(ch, "time_decay", date_from=format_ms(date_from)[:19],
-                         date_to=format_ms(date_to)[:19])
+    got, _ = sql_credits(
+        ch, "time_decay", date_from=format_ms(date_from)[:19], date_to=format_ms(date_to)[:19]
+    )
     assert_same(expected_credits(clicks, in_range, "time_decay"), got, "time_decay")
     assert len(got) > 500
 
@@ -224,11 +242,13 @@ def test_report_side_by_side_on_a_small_journey_set(chdb_database):
     ch.insert_jsonl("conversions", jsonl(conversion_rows), "report-conversions")
 
     models = ["first_click", "linear", "position_based", "time_decay"]
-    query = report_sql(ch.database, "campaign", models, lookback_ms=LOOKBACK,
-                       half_life_ms=HALF_LIFE)
+    query = report_sql(
+        ch.database, "campaign", models, lookback_ms=LOOKBACK, half_life_ms=HALF_LIFE
+    )
     columns, rows = ch.query(query)
     assert columns == ["campaign_id", "currency"] + [
-        f"{m}_{what}" for m in models for what in ("conversions", "revenue")]
+        f"{m}_{what}" for m in models for what in ("conversions", "revenue")
+    ]
     report = {(r[0], r[1]): r[2:] for r in rows}
     assert set(report) == {("camp-a", "EUR"), ("camp-b", "EUR"), ("camp-c", "JPY")}
 
@@ -246,8 +266,11 @@ def test_report_side_by_side_on_a_small_journey_set(chdb_database):
     for model in models:
         assert pair(c_jpy, model) == (pytest.approx(1.0), Decimal("7"))
     decay: dict[str, float] = {}
-    touches = [Touch(a1, t - 10 * DAY, "camp-a"), Touch(a2, t - 5 * DAY, "camp-b"),
-               Touch(a3, t - DAY, "camp-a")]
+    touches = [
+        Touch(a1, t - 10 * DAY, "camp-a"),
+        Touch(a2, t - 5 * DAY, "camp-b"),
+        Touch(a3, t - DAY, "camp-a"),
+    ]
     for cr in attribute(touches, t, "time_decay"):
         decay[cr.touch.campaign_id] = decay.get(cr.touch.campaign_id, 0.0) + cr.weight
     assert pair(a_eur, "time_decay")[0] == pytest.approx(decay["camp-a"], abs=1e-12)
@@ -258,21 +281,41 @@ def test_report_side_by_side_on_a_small_journey_set(chdb_database):
         assert sum(n for n, _ in eur) == pytest.approx(2.0)
         assert sum(m for _, m in eur) == Decimal("150")
 
-    _, rows = ch.query(report_sql(ch.database, "affiliate", ["last_click"],
-                                  lookback_ms=LOOKBACK, half_life_ms=HALF_LIFE))
-    assert rows == [("aff-1", "EUR", 1.0, Decimal("100")), ("aff-2", "EUR", 1.0, Decimal("50")),
-                    ("aff-3", "JPY", 1.0, Decimal("7"))]
+    _, rows = ch.query(
+        report_sql(
+            ch.database, "affiliate", ["last_click"], lookback_ms=LOOKBACK, half_life_ms=HALF_LIFE
+        )
+    )
+    assert rows == [
+        ("aff-1", "EUR", 1.0, Decimal("100")),
+        ("aff-2", "EUR", 1.0, Decimal("50")),
+        ("aff-3", "JPY", 1.0, Decimal("7")),
+    ]
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"db": "t0; DROP TABLE x"}, {"db": "t0.clicks"}, {"model": "u_shaped"},
-    {"date_from": "2024-01-01"}, {"date_from": "2024-01-01 00:00:00' OR 1=1 --"},
-    {"date_to": "2024-02-30 00:00:00"}, {"date_to": 20240101}, {"lookback_ms": -1},
-    {"half_life_ms": 0}, {"lookback_ms": 1.5},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"db": "t0; DROP TABLE x"},
+        {"db": "t0.clicks"},
+        {"model": "u_shaped"},
+        {"date_from": "2024-01-01"},
+        {"date_from": "2024-01-01 00:00:00' OR 1=1 --"},
+        {"date_to": "2024-02-30 00:00:00"},
+        {"date_to": 20240101},
+        {"lookback_ms": -1},
+        {"half_life_ms": 0},
+        {"lookback_ms": 1.5},
+    ],
+)
 def test_credits_sql_refuses_what_it_cannot_bind_safely(kwargs):
-    args = {"db": "tracker", "model": "linear", "lookback_ms": LOOKBACK,
-            "half_life_ms": HALF_LIFE, **kwargs}
+    args = {
+        "db": "tracker",
+        "model": "linear",
+        "lookback_ms": LOOKBACK,
+        "half_life_ms": HALF_LIFE,
+        **kwargs,
+    }
     with pytest.raises(ValueError):
         credits_sql(args.pop("db"), args.pop("model"), **args)
 
@@ -288,27 +331,55 @@ def test_flagged_clicks_and_conversions_are_left_out(chdb_database):
     now = int(time.time() * 1000)
     visitor = "01900000-0000-7000-8000-00000000aaaa"
     clicks = [
-        {"event_time": format_ms(now - 3000), "click_id": "01900000-0000-7000-8000-000000000001",
-         "visitor_id": visitor, "campaign_id": "ok"},
-        {"event_time": format_ms(now - 2000), "click_id": "01900000-0000-7000-8000-000000000002",
-         "visitor_id": visitor, "campaign_id": "bot", "is_bot": 1},
-        {"event_time": format_ms(now - 1000), "click_id": "01900000-0000-7000-8000-000000000003",
-         "visitor_id": visitor, "campaign_id": "fraud", "fraud_flags": ["ip_flood"]},
+        {
+            "event_time": format_ms(now - 3000),
+            "click_id": "01900000-0000-7000-8000-000000000001",
+            "visitor_id": visitor,
+            "campaign_id": "ok",
+        },
+        {
+            "event_time": format_ms(now - 2000),
+            "click_id": "01900000-0000-7000-8000-000000000002",
+            "visitor_id": visitor,
+            "campaign_id": "bot",
+            "is_bot": 1,
+        },
+        {
+            "event_time": format_ms(now - 1000),
+            "click_id": "01900000-0000-7000-8000-000000000003",
+            "visitor_id": visitor,
+            "campaign_id": "fraud",
+            "fraud_flags": ["ip_flood"],
+        },
     ]
     ch.insert_jsonl("clicks", jsonl(clicks), "flag-clicks")
     conversions = [
-        {"event_time": format_ms(now), "conversion_id": "01900000-0000-7000-8000-0000000000c1",
-         "visitor_id": visitor, "amount": "10", "currency": "USD", "attributed": 1,
-         "source": "pixel"},
-        {"event_time": format_ms(now), "conversion_id": "01900000-0000-7000-8000-0000000000c2",
-         "visitor_id": visitor, "amount": "10", "currency": "USD", "attributed": 1,
-         "source": "pixel", "fraud_flags": ["fast_conversion"]},
+        {
+            "event_time": format_ms(now),
+            "conversion_id": "01900000-0000-7000-8000-0000000000c1",
+            "visitor_id": visitor,
+            "amount": "10",
+            "currency": "USD",
+            "attributed": 1,
+            "source": "pixel",
+        },
+        {
+            "event_time": format_ms(now),
+            "conversion_id": "01900000-0000-7000-8000-0000000000c2",
+            "visitor_id": visitor,
+            "amount": "10",
+            "currency": "USD",
+            "attributed": 1,
+            "source": "pixel",
+            "fraud_flags": ["fast_conversion"],
+        },
     ]
     ch.insert_jsonl("conversions", jsonl(conversions), "flag-conversions")
     sql = credits_sql(ch.database, "linear", lookback_ms=LOOKBACK, half_life_ms=HALF_LIFE)
     _, rows = ch.query(sql)
     assert [(str(r[0])[-2:], r[2], r[5]) for r in rows] == [("c1", "ok", 1)]
-    with_flagged = credits_sql(ch.database, "linear", lookback_ms=LOOKBACK,
-                               half_life_ms=HALF_LIFE, credit_flagged=True)
+    with_flagged = credits_sql(
+        ch.database, "linear", lookback_ms=LOOKBACK, half_life_ms=HALF_LIFE, credit_flagged=True
+    )
     _, rows = ch.query(with_flagged)
     assert sorted(str(r[0])[-2:] for r in rows) == ["c1", "c2"]

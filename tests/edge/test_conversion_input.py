@@ -14,8 +14,9 @@ CLICK = "01900000-0000-7000-8000-000000000001"
 
 
 def parse(**params):
-    return conversion_input.parse(params, default_currency="USD", max_amount=10**9,
-                             require_click=True)
+    return conversion_input.parse(
+        params, default_currency="USD", max_amount=10**9, require_click=True
+    )
 
 
 def test_aliases_and_defaults():
@@ -23,19 +24,33 @@ def test_aliases_and_defaults():
     assert (conv.advertiser, conv.click_id, conv.txid) == ("shop", CLICK, "o-1")
     assert conv.amount == Decimal("12.5") and conv.currency == "USD"
     assert (conv.status, conv.event) == ("pending", "conversion")
-    conv = parse(advertiser_id="shop", subid=CLICK, transaction_id="t", revenue="1",
-                 currency="jpy", status="APPROVED", event="Install")
+    conv = parse(
+        advertiser_id="shop",
+        subid=CLICK,
+        transaction_id="t",
+        revenue="1",
+        currency="jpy",
+        status="APPROVED",
+        event="Install",
+    )
     assert (conv.currency, conv.status, conv.event) == ("JPY", "approved", "install")
     assert parse(advertiser="shop", click_id=CLICK, txid="t").amount is None
 
 
 @pytest.mark.parametrize(
     ("amount", "currency", "reason"),
-    [("-0.01", "USD", "negative_amount"), ("nan", "USD", "invalid_amount"),
-     ("sNaN", "USD", "invalid_amount"), ("1e9999", "USD", "amount_too_large"),
-     ("abc", "USD", "invalid_amount"), ("1" * 41, "USD", "invalid_amount"),
-     ("1000000000.01", "USD", "amount_too_large"), ("1.5", "JPY", "too_many_decimals"),
-     ("1.0001", "KWD", "too_many_decimals"), ("5", "EURO", "unknown_currency")],
+    [
+        ("-0.01", "USD", "negative_amount"),
+        ("nan", "USD", "invalid_amount"),
+        ("sNaN", "USD", "invalid_amount"),
+        ("1e9999", "USD", "amount_too_large"),
+        ("abc", "USD", "invalid_amount"),
+        ("1" * 41, "USD", "invalid_amount"),
+        ("1000000000.01", "USD", "amount_too_large"),
+        ("1.5", "JPY", "too_many_decimals"),
+        ("1.0001", "KWD", "too_many_decimals"),
+        ("5", "EURO", "unknown_currency"),
+    ],
 )
 def test_bad_amounts(amount, currency, reason):
     with pytest.raises(Rejected) as exc:
@@ -45,20 +60,24 @@ def test_bad_amounts(amount, currency, reason):
 
 def test_good_amounts_stay_exact():
     assert parse(advertiser="shop", click_id=CLICK, txid="t", amount="0.1").amount == (
-        Decimal("0.1"))
-    assert parse(advertiser="shop", click_id=CLICK, txid="t", amount="1.234",
-                 currency="KWD").amount == Decimal("1.234")
+        Decimal("0.1")
+    )
+    assert parse(
+        advertiser="shop", click_id=CLICK, txid="t", amount="1.234", currency="KWD"
+    ).amount == Decimal("1.234")
 
 
 @pytest.mark.parametrize(
     ("params", "reason"),
-    [({"click_id": CLICK, "txid": "t"}, "missing_advertiser"),
-     ({"advertiser": "a b", "click_id": CLICK, "txid": "t"}, "invalid_advertiser"),
-     ({"advertiser": "s", "click_id": CLICK}, "missing_txid"),
-     ({"advertiser": "s", "click_id": CLICK, "txid": "a b"}, "invalid_txid"),
-     ({"advertiser": "s", "click_id": CLICK, "txid": "x" * 129}, "invalid_txid"),
-     ({"advertiser": "s", "txid": "t"}, "missing_click_id"),
-     ({"advertiser": "s", "click_id": "123", "txid": "t"}, "invalid_click_id")],
+    [
+        ({"click_id": CLICK, "txid": "t"}, "missing_advertiser"),
+        ({"advertiser": "a b", "click_id": CLICK, "txid": "t"}, "invalid_advertiser"),
+        ({"advertiser": "s", "click_id": CLICK}, "missing_txid"),
+        ({"advertiser": "s", "click_id": CLICK, "txid": "a b"}, "invalid_txid"),
+        ({"advertiser": "s", "click_id": CLICK, "txid": "x" * 129}, "invalid_txid"),
+        ({"advertiser": "s", "txid": "t"}, "missing_click_id"),
+        ({"advertiser": "s", "click_id": "123", "txid": "t"}, "invalid_click_id"),
+    ],
 )
 def test_bad_identities(params, reason):
     with pytest.raises(Rejected) as exc:
@@ -75,9 +94,13 @@ def test_lifecycle():
     assert t("pending", "pending") == "duplicate"
     assert t("pending", "approved") == "change" and t("pending", "rejected") == "change"
     assert t("approved", "reversed") == "change"
-    for current, new in [("approved", "pending"), ("rejected", "approved"),
-                         ("reversed", "approved"), ("pending", "reversed"),
-                         ("approved", "rejected")]:
+    for current, new in [
+        ("approved", "pending"),
+        ("rejected", "approved"),
+        ("reversed", "approved"),
+        ("pending", "reversed"),
+        ("approved", "rejected"),
+    ]:
         with pytest.raises(Rejected) as exc:
             t(current, new)
         assert (exc.value.status, exc.value.reason) == (409, "illegal_transition")
@@ -88,16 +111,26 @@ def test_signatures():
     good = signing.sign("secret-token-0123456", *args)
     assert good.startswith("sha256=") and len(good) == 7 + 64
     # parameter order does not matter; everything else does
-    assert signing.sign("secret-token-0123456", "1700000000", "POST", "/postback", "a=1&b=2",
-                        b'{"x":1}') == good
+    assert (
+        signing.sign(
+            "secret-token-0123456", "1700000000", "POST", "/postback", "a=1&b=2", b'{"x":1}'
+        )
+        == good
+    )
     verify = signing.verify
     assert verify("secret-token-0123456", good, *args, now=1700000100, window=300) is None
-    assert verify("secret-token-0123456", good, *args, now=1700000400,
-                  window=300) == "stale_signature"
-    assert verify("other-token-00000000", good, *args, now=1700000000,
-                  window=300) == "bad_signature"
+    assert (
+        verify("secret-token-0123456", good, *args, now=1700000400, window=300) == "stale_signature"
+    )
+    assert (
+        verify("other-token-00000000", good, *args, now=1700000000, window=300) == "bad_signature"
+    )
     tampered = (*args[:4], b'{"x":2}')
-    assert verify("secret-token-0123456", good, *tampered, now=1700000000,
-                  window=300) == "bad_signature"
-    assert verify("secret-token-0123456", good, "soon", *args[1:], now=1700000000,
-                  window=300) == "bad_timestamp"
+    assert (
+        verify("secret-token-0123456", good, *tampered, now=1700000000, window=300)
+        == "bad_signature"
+    )
+    assert (
+        verify("secret-token-0123456", good, "soon", *args[1:], now=1700000000, window=300)
+        == "bad_timestamp"
+    )

@@ -11,8 +11,9 @@ import pytest
 from tracker.testing import BROWSER_UA, Service
 
 
-def exchange(port: int, data: bytes | list[bytes], wait_close: bool = False,
-             expect: int = 1) -> bytes:
+def exchange(
+    port: int, data: bytes | list[bytes], wait_close: bool = False, expect: int = 1
+) -> bytes:
     """Send raw bytes (a list: one write each, a little apart) and read the answers."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         for chunk in data if isinstance(data, list) else [data]:
@@ -53,8 +54,9 @@ def statuses(data: bytes) -> list[int]:
 
 
 def get(path: str, extra: str = "", version: str = "1.1") -> bytes:
-    return (f"GET {path} HTTP/{version}\r\nHost: t\r\nUser-Agent: {BROWSER_UA}\r\n{extra}"
-            "\r\n").encode()
+    return (
+        f"GET {path} HTTP/{version}\r\nHost: t\r\nUser-Agent: {BROWSER_UA}\r\n{extra}\r\n"
+    ).encode()
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +74,7 @@ def test_keep_alive_and_pipelining_answer_in_order(svc):
 
 
 def test_mixed_pipeline_hands_over_to_aiohttp_without_losing_a_request(svc):
-    mixed = (get("/c/fast?sub1=m1") + get("/healthz") + get("/c/fast?sub1=m2")
-             + get("/api/links"))
+    mixed = get("/c/fast?sub1=m1") + get("/healthz") + get("/c/fast?sub1=m2") + get("/api/links")
     answer = exchange(svc.port, mixed, expect=4)
     assert statuses(answer) == [302, 200, 302, 401]
     assert b'{"status":"ok"}' in answer and b'"unauthorized"' in answer
@@ -82,7 +83,7 @@ def test_mixed_pipeline_hands_over_to_aiohttp_without_losing_a_request(svc):
 
 def test_request_split_into_many_writes(svc):
     request = get("/c/fast?sub1=split")
-    answer = exchange(svc.port, [request[i:i + 7] for i in range(0, len(request), 7)])
+    answer = exchange(svc.port, [request[i : i + 7] for i in range(0, len(request), 7)])
     assert statuses(answer) == [302]
     svc.wait_count("clicks", 1, "sub1 = 'split'")
 
@@ -98,8 +99,11 @@ def test_head_has_the_headers_of_get_and_no_body(svc):
 def test_http_1_0_closes_unless_asked_to_keep_alive(svc):
     closed = exchange(svc.port, get("/c/fast", version="1.0"), wait_close=True)
     assert statuses(closed) == [302] and b"Connection: close" in closed
-    kept = exchange(svc.port, get("/c/fast", "Connection: keep-alive\r\n", "1.0")
-                    + get("/c/fast", version="1.0"), wait_close=True)
+    kept = exchange(
+        svc.port,
+        get("/c/fast", "Connection: keep-alive\r\n", "1.0") + get("/c/fast", version="1.0"),
+        wait_close=True,
+    )
     assert statuses(kept) == [302, 302]
 
 
@@ -118,8 +122,9 @@ def test_other_methods_and_bodies_go_to_aiohttp(svc):
 IGNORED = re.compile(rb"^(Date|Server|Set-Cookie|Location|Content-Type|Connection): .*$", re.M)
 
 
-@pytest.mark.parametrize("path", ["/c/fast?sub1=same", "/c/missing", "/p.gif?slug=fast",
-                                  "/p.gif", "/c/fast?no-track=1"])
+@pytest.mark.parametrize(
+    "path", ["/c/fast?sub1=same", "/c/missing", "/p.gif?slug=fast", "/p.gif", "/c/fast?no-track=1"]
+)
 def test_same_answers_as_the_aiohttp_routes(svc, service: Service, path):
     service.env["TRACKER_HTTP_FAST_PATH"] = "0"
     service.serve()
@@ -128,14 +133,21 @@ def test_same_answers_as_the_aiohttp_routes(svc, service: Service, path):
     def parts(port: int):
         answer = exchange(port, get(path))
         head, _, body = answer.partition(b"\r\n\r\n")
-        lines = sorted(line.split(b": ")[0] + (b": " + line.split(b": ", 1)[1]
-                                               if not IGNORED.match(line) else b"")
-                       for line in head.split(b"\r\n")[1:])
+        lines = sorted(
+            line.split(b": ")[0]
+            + (b": " + line.split(b": ", 1)[1] if not IGNORED.match(line) else b"")
+            for line in head.split(b"\r\n")[1:]
+        )
         location = re.search(rb"Location: ([^\r]*)", head)
         cookie = re.search(rb"Set-Cookie: [^=]*=[^;]*(;[^\r]*)", head)
         ctype = re.search(rb"Content-Type: ([^;\r]*)", head)
-        return (statuses(answer), lines, body,
-                location.group(1).split(b"c=")[0] if location else None,
-                cookie.group(1) if cookie else None, ctype.group(1) if ctype else None)
+        return (
+            statuses(answer),
+            lines,
+            body,
+            location.group(1).split(b"c=")[0] if location else None,
+            cookie.group(1) if cookie else None,
+            ctype.group(1) if ctype else None,
+        )
 
     assert parts(svc.port) == parts(service.port)

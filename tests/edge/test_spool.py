@@ -177,7 +177,8 @@ def test_batch_entry_layout():
     assert clicks_payload == b"\n".join(batch.rows["clicks"])
     # JSONEachRow: one JSON object per line, newlines inside values stay escaped
     assert [orjson.loads(line)["click_id"] for line in clicks_payload.split(b"\n")] == [
-        "c1", "c2",
+        "c1",
+        "c2",
     ]
     assert orjson.loads(orphans_payload) == {"visit_id": "o1", "reason": "unknown_link"}
     assert batch.count() == 3

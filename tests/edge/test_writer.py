@@ -22,14 +22,19 @@ BATCH = 50
 def make_writer(redis_server, tmp_path, timeout: float = 10.0) -> EventWriter:
     client = aioredis.Redis.from_url(redis_server.url)
     return EventWriter(
-        client, Spool(tmp_path / "edge-0.spool"), batch_max_events=BATCH,
-        batch_max_delay_ms=5, lookback_seconds=3600, timeout_seconds=timeout,
+        client,
+        Spool(tmp_path / "edge-0.spool"),
+        batch_max_events=BATCH,
+        batch_max_delay_ms=5,
+        lookback_seconds=3600,
+        timeout_seconds=timeout,
         dedup_ttl_seconds=60,
     )
 
 
-async def add_clicks(writer: EventWriter, numbers: range, pause_every: int = 0,
-                     pause: float = 0.0) -> None:
+async def add_clicks(
+    writer: EventWriter, numbers: range, pause_every: int = 0, pause: float = 0.0
+) -> None:
     """Clicks numbered in arrival order; every `pause_every`, the flush task gets to run."""
     for n in numbers:
         writer.add_click(*click(n))
@@ -56,11 +61,18 @@ def stream_order(redis_server) -> list[int]:
 
 def click(n: int) -> tuple[dict, dict, int]:
     ms = 1_700_000_000_000 + n
-    row = {"event_time": "2023-11-14 22:13:20.000", "click_id": uuid7(ms), "visitor_id": uuid7(ms),
-           "link_slug": "spring", "campaign_id": "c1", "affiliate_id": "a1", "advertiser_id": "",
-           **{f"sub{i}": f"value-{n}-{i}" for i in range(1, 6)},
-           "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/131.0 " + "x" * 400,
-           "sub_n": n}
+    row = {
+        "event_time": "2023-11-14 22:13:20.000",
+        "click_id": uuid7(ms),
+        "visitor_id": uuid7(ms),
+        "link_slug": "spring",
+        "campaign_id": "c1",
+        "affiliate_id": "a1",
+        "advertiser_id": "",
+        **{f"sub{i}": f"value-{n}-{i}" for i in range(1, 6)},
+        "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/131.0 " + "x" * 400,
+        "sub_n": n,
+    }
     return row, click_record(row, ms), ms
 
 
@@ -102,7 +114,8 @@ def test_buffered_events_take_about_their_own_size(redis_server, tmp_path):
 
 
 async def test_spool_replays_a_chunk_at_a_time_while_new_clicks_join_its_end(
-        redis_server, tmp_path, monkeypatch):
+    redis_server, tmp_path, monkeypatch
+):
     """Redis freezes past the timeout, so batches go to the spool; once it answers, the
     spool is replayed a chunk at a time while clicks keep coming. Every click reaches the
     stream once, in arrival order, and the spool ends empty."""

@@ -21,11 +21,11 @@ def ch(chdb_database):
 
 
 def test_migrations_are_idempotent(ch, tmp_path):
-    settings = config.load(env={"TRACKER_DATA_DIR": str(tmp_path),
-                                "TRACKER_CLICKHOUSE_DATABASE": ch.database})
+    settings = config.load(
+        env={"TRACKER_DATA_DIR": str(tmp_path), "TRACKER_CLICKHOUSE_DATABASE": ch.database}
+    )
     assert migrations.apply(ch, settings) == []
-    versions = ch.query(f"SELECT version FROM {ch.database}.schema_migrations "
-                        "ORDER BY version")[1]
+    versions = ch.query(f"SELECT version FROM {ch.database}.schema_migrations ORDER BY version")[1]
     assert [v[0] for v in versions] == [n for n, _, _ in migrations.migration_files()]
 
 
@@ -42,10 +42,18 @@ def add_batches(r, batches: int, per_batch: int) -> list[str]:
         for _ in range(per_batch):
             click_id = uuid7()
             ids.append(click_id)
-            rows.append(orjson.dumps({
-                "event_time": format_ms(now_ms()), "click_id": click_id,
-                "visitor_id": uuid7(), "link_slug": "s", "campaign_id": "c", "ip": "10.0.0.1",
-            }))
+            rows.append(
+                orjson.dumps(
+                    {
+                        "event_time": format_ms(now_ms()),
+                        "click_id": click_id,
+                        "visitor_id": uuid7(),
+                        "link_slug": "s",
+                        "campaign_id": "c",
+                        "ip": "10.0.0.1",
+                    }
+                )
+            )
         r.xadd(K.EVENTS_STREAM, {K.BATCH_ID_FIELD: uuid7(), "clicks": b"\n".join(rows)})
     return ids
 
@@ -55,8 +63,15 @@ def count(ch: ClickHouse) -> int:
 
 
 def make_sink(r, ch, consumer="sink-a", read_entries=4, **kwargs) -> Sink:
-    sink = Sink(r, ch, consumer=consumer, read_entries=read_entries, block_ms=10,
-                reclaim_idle_ms=kwargs.pop("reclaim_idle_ms", 60_000), **kwargs)
+    sink = Sink(
+        r,
+        ch,
+        consumer=consumer,
+        read_entries=read_entries,
+        block_ms=10,
+        reclaim_idle_ms=kwargs.pop("reclaim_idle_ms", 60_000),
+        **kwargs,
+    )
     sink.ensure_group()
     return sink
 
@@ -172,7 +187,7 @@ def test_stop_while_clickhouse_is_down_leaves_the_batch_pending(r, ch):
 
 def test_an_edge_batch_appended_twice_is_stored_once(r, ch):
     add_batches(r, 1, 4)
-    (entry_id, fields), = r.xrange(K.EVENTS_STREAM)
+    ((entry_id, fields),) = r.xrange(K.EVENTS_STREAM)
     r.xadd(K.EVENTS_STREAM, fields)  # the same batch id again (a replay after a timeout)
     sink = make_sink(r, ch)
     sink.step(block=False)

@@ -42,8 +42,12 @@ def test_rules_are_pure_functions():
 
 @pytest.mark.parametrize(
     ("ip", "anonymized"),
-    [("203.0.113.77", "203.0.113.0"), ("::ffff:203.0.113.77", "203.0.113.0"),
-     ("2001:db8:1234:5678:9abc:def0:1234:5678", "2001:db8:1234::"), ("junk", "::")],
+    [
+        ("203.0.113.77", "203.0.113.0"),
+        ("::ffff:203.0.113.77", "203.0.113.0"),
+        ("2001:db8:1234:5678:9abc:def0:1234:5678", "2001:db8:1234::"),
+        ("junk", "::"),
+    ],
 )
 def test_anonymize_ip(ip, anonymized):
     assert anonymize_ip(ip) == anonymized
@@ -64,9 +68,13 @@ def test_pipeline_runs_steps_in_order_counts_and_times_them():
         return event
 
     prepared = []
-    pipeline = Pipeline([Step("first", first, ("clicks",)),
-                         Step("second", second, ("clicks",), prepared.append),
-                         Step("other", second, ("impressions",))])
+    pipeline = Pipeline(
+        [
+            Step("first", first, ("clicks",)),
+            Step("second", second, ("clicks",), prepared.append),
+            Step("other", second, ("impressions",)),
+        ]
+    )
     out = pipeline.process("clicks", [{"n": 1}, {"n": 2}, {"n": 3}])
     assert [e["n"] for e in out] == [1, 3] and out[1]["fraud_flags"] == ["odd"]
     assert seen == [("first", 1), ("first", 2), ("first", 3), ("second", 1), ("second", 3)]
@@ -82,8 +90,14 @@ def test_pipeline_runs_steps_in_order_counts_and_times_them():
 
 
 def click(ip="198.51.100.1", visitor=None, slug="s", campaign="c", ms=1_700_000_000_000):
-    return {"event_time": format_ms(ms), "ip": ip, "visitor_id": visitor or uuid7(),
-            "link_slug": slug, "campaign_id": campaign, "click_id": uuid7()}
+    return {
+        "event_time": format_ms(ms),
+        "ip": ip,
+        "visitor_id": visitor or uuid7(),
+        "link_slug": slug,
+        "campaign_id": campaign,
+        "click_id": uuid7(),
+    }
 
 
 def run_rules(rules: FraudRules, events: list[dict]) -> list[list[str]]:
@@ -92,26 +106,42 @@ def run_rules(rules: FraudRules, events: list[dict]) -> list[list[str]]:
 
 
 def test_ip_flood_counts_across_batches_with_per_campaign_thresholds(redis_server):
-    rules = FraudRules(redis_server.client(), Thresholds(ip_clicks_per_minute=3),
-                       {"vip": Thresholds(ip_clicks_per_minute=5)}, frozenset())
+    rules = FraudRules(
+        redis_server.client(),
+        Thresholds(ip_clicks_per_minute=3),
+        {"vip": Thresholds(ip_clicks_per_minute=5)},
+        frozenset(),
+    )
     visitor = uuid7()
     first = run_rules(rules, [click(visitor=visitor, slug=f"s{i}") for i in range(2)])
     second = run_rules(rules, [click(visitor=visitor, slug=f"t{i}") for i in range(3)])
     assert first == [[], []] and second == [[], ["ip_flood"], ["ip_flood"]]
-    vip = run_rules(rules, [click(ip="198.51.100.2", visitor=visitor, slug=f"v{i}",
-                                  campaign="vip") for i in range(6)])
+    vip = run_rules(
+        rules,
+        [click(ip="198.51.100.2", visitor=visitor, slug=f"v{i}", campaign="vip") for i in range(6)],
+    )
     assert [bool(f) for f in vip] == [False] * 5 + [True]
-    other_minute = run_rules(rules, [click(visitor=visitor, slug="late",
-                                           ms=1_700_000_000_000 + 60_000)])
+    other_minute = run_rules(
+        rules, [click(visitor=visitor, slug="late", ms=1_700_000_000_000 + 60_000)]
+    )
     assert other_minute == [[]]
 
 
 def test_duplicate_click_and_many_visitors(redis_server):
-    rules = FraudRules(redis_server.client(), Thresholds(visitors_per_ip_per_hour=2),
-                       {}, frozenset())
+    rules = FraudRules(
+        redis_server.client(), Thresholds(visitors_per_ip_per_hour=2), {}, frozenset()
+    )
     v1, v2, v3 = uuid7(), uuid7(), uuid7()
-    flags = run_rules(rules, [click(visitor=v1), click(visitor=v1), click(visitor=v2),
-                              click(visitor=v3), click(visitor=v1, slug="other")])
+    flags = run_rules(
+        rules,
+        [
+            click(visitor=v1),
+            click(visitor=v1),
+            click(visitor=v2),
+            click(visitor=v3),
+            click(visitor=v1, slug="other"),
+        ],
+    )
     assert flags == [[], ["duplicate_click"], [], ["ip_many_visitors"], ["ip_many_visitors"]]
     anonymous = run_rules(rules, [click(ip="198.51.100.9", visitor=ZERO) for _ in range(3)])
     assert anonymous == [[], [], []]  # no visitor id: nothing to compare
@@ -119,8 +149,13 @@ def test_duplicate_click_and_many_visitors(redis_server):
 
 def test_fast_conversion_flag():
     rules = FraudRules(None, Thresholds(), {}, frozenset())
-    conv = {"click_id": uuid7(), "click_time": format_ms(1_000_000), "campaign_id": "c",
-            "event_time": format_ms(1_003_000), "previous_status": ""}
+    conv = {
+        "click_id": uuid7(),
+        "click_time": format_ms(1_000_000),
+        "campaign_id": "c",
+        "event_time": format_ms(1_003_000),
+        "previous_status": "",
+    }
     assert rules.check_conversion(dict(conv))["fraud_flags"] == ["fast_conversion"]
     later = dict(conv, event_time=format_ms(1_010_000))
     assert "fraud_flags" not in rules.check_conversion(later)
@@ -139,8 +174,9 @@ async def send(base: str, jobs: list[tuple[str, dict[str, str]]], concurrency: i
 
     async def worker(session):
         for method, headers in queue:
-            async with session.request(method, f"{base}/c/mix", headers=headers,
-                                       allow_redirects=False) as r:
+            async with session.request(
+                method, f"{base}/c/mix", headers=headers, allow_redirects=False
+            ) as r:
                 await r.read()
                 statuses.append(r.status)
 
@@ -150,19 +186,29 @@ async def send(base: str, jobs: list[tuple[str, dict[str, str]]], concurrency: i
 
 
 async def test_ten_thousand_mixed_clicks_give_exact_flag_counts(service: Service, tmp_path):
-    geo_db = write_mmdb(tmp_path / "asn.mmdb", {
-        "3.5.140.0/24": {"autonomous_system_number": 16509,
-                         "autonomous_system_organization": "Cloud Inc"},
-        "8.8.0.0/16": {"autonomous_system_number": 15169,
-                       "autonomous_system_organization": "Google"},
-    }, "GeoLite2-ASN")
-    service.env.update({
-        "TRACKER_TRUSTED_PROXIES": "127.0.0.1/32",
-        "TRACKER_GEO_DATABASES": str(geo_db),
-        "TRACKER_FRAUD_IP_CLICKS_PER_MINUTE": "100",
-        "TRACKER_FRAUD_VISITORS_PER_IP_PER_HOUR": "5",
-        "TRACKER_FRAUD_DUPLICATE_CLICK_SECONDS": "60",
-    })
+    geo_db = write_mmdb(
+        tmp_path / "asn.mmdb",
+        {
+            "3.5.140.0/24": {
+                "autonomous_system_number": 16509,
+                "autonomous_system_organization": "Cloud Inc",
+            },
+            "8.8.0.0/16": {
+                "autonomous_system_number": 15169,
+                "autonomous_system_organization": "Google",
+            },
+        },
+        "GeoLite2-ASN",
+    )
+    service.env.update(
+        {
+            "TRACKER_TRUSTED_PROXIES": "127.0.0.1/32",
+            "TRACKER_GEO_DATABASES": str(geo_db),
+            "TRACKER_FRAUD_IP_CLICKS_PER_MINUTE": "100",
+            "TRACKER_FRAUD_VISITORS_PER_IP_PER_HOUR": "5",
+            "TRACKER_FRAUD_DUPLICATE_CLICK_SECONDS": "60",
+        }
+    )
     service.serve()
     service.add_link("mix", campaign_id="mix", affiliate_id="aff")
     rng = random.Random(7)
@@ -177,11 +223,13 @@ async def test_ten_thousand_mixed_clicks_give_exact_flag_counts(service: Service
     # 8,700 ordinary clicks: each from its own address, new visitor
     jobs += [human(f"10.{i // 250}.{i % 250}.{rng.randint(1, 250)}") for i in range(8700)]
     # 300 bots: crawlers, empty user agents, HEAD requests
-    jobs += [("GET", {"User-Agent": GOOGLEBOT, "X-Forwarded-For": f"8.8.4.{i}"})
-             for i in range(100)]
+    jobs += [
+        ("GET", {"User-Agent": GOOGLEBOT, "X-Forwarded-For": f"8.8.4.{i}"}) for i in range(100)
+    ]
     jobs += [("GET", {"User-Agent": "", "X-Forwarded-For": f"11.0.0.{i}"}) for i in range(100)]
-    jobs += [("HEAD", {"User-Agent": BROWSER_UA, "X-Forwarded-For": f"11.0.1.{i}"})
-             for i in range(100)]
+    jobs += [
+        ("HEAD", {"User-Agent": BROWSER_UA, "X-Forwarded-For": f"11.0.1.{i}"}) for i in range(100)
+    ]
     # 2 flooding addresses, 150 clicks each, one returning visitor per address
     flood_visitors = [uuid7(), uuid7()]
     for n, visitor in enumerate(flood_visitors):
@@ -198,30 +246,52 @@ async def test_ten_thousand_mixed_clicks_give_exact_flag_counts(service: Service
     assert len(statuses) == 10_000 and set(statuses) == {302}
 
     assert service.wait_count("clicks", 10_000, "link_slug = 'mix'") == 10_000
-    counts = {r["rule"]: r["n"] for r in service.sql(
-        "SELECT arrayJoin(fraud_flags) AS rule, count() AS n FROM tracker.clicks "
-        "WHERE link_slug = 'mix' GROUP BY rule")}
-    bots = {r["bot_reason"]: r["n"] for r in service.sql(
-        "SELECT bot_reason, count() AS n FROM tracker.clicks WHERE is_bot GROUP BY bot_reason")}
+    counts = {
+        r["rule"]: r["n"]
+        for r in service.sql(
+            "SELECT arrayJoin(fraud_flags) AS rule, count() AS n FROM tracker.clicks "
+            "WHERE link_slug = 'mix' GROUP BY rule"
+        )
+    }
+    bots = {
+        r["bot_reason"]: r["n"]
+        for r in service.sql(
+            "SELECT bot_reason, count() AS n FROM tracker.clicks WHERE is_bot GROUP BY bot_reason"
+        )
+    }
     assert bots == {"crawler": 100, "empty_user_agent": 100, "head_request": 100}
     assert counts["datacenter_asn"] == 300
     # flooding: per address and calendar minute, every click past the 100th
     expected_flood = service.sql(
         "SELECT sum(greatest(n - 100, 0)) AS n FROM (SELECT count() AS n FROM tracker.clicks "
-        "WHERE link_slug = 'mix' GROUP BY ip, toStartOfMinute(event_time))")[0]["n"]
+        "WHERE link_slug = 'mix' GROUP BY ip, toStartOfMinute(event_time))"
+    )[0]["n"]
     assert expected_flood >= 2 * 50 + 288 - 100  # whatever minute boundaries fell in between
     assert counts["ip_flood"] == expected_flood
     # the same visitor on the same link within 60 s: every click but the first
     assert counts["duplicate_click"] == 2 * 149 + 387
     # 12 visitors on one address: the 6th and later are flagged
-    assert service.count("clicks", "toString(ip) = '::ffff:172.16.9.9' AND "
-                                   "has(fraud_flags, 'ip_many_visitors')") == 7
-    assert service.count("clicks", "toString(ip) LIKE '::ffff:10.%' AND "
-                                   "(is_bot OR notEmpty(fraud_flags))") == 0
+    assert (
+        service.count(
+            "clicks", "toString(ip) = '::ffff:172.16.9.9' AND has(fraud_flags, 'ip_many_visitors')"
+        )
+        == 7
+    )
+    assert (
+        service.count(
+            "clicks", "toString(ip) LIKE '::ffff:10.%' AND (is_bot OR notEmpty(fraud_flags))"
+        )
+        == 0
+    )
 
-    report = subprocess.run([sys.executable, "-m", "tracker", "report", "fraud",
-                             "--format", "json"], env=service.env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    report = subprocess.run(
+        [sys.executable, "-m", "tracker", "report", "fraud", "--format", "json"],
+        env=service.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert report.returncode == 0, report.stderr
     rows = {(r["kind"], r["rule"]): r["events"] for r in orjson.loads(report.stdout)}
     assert rows[("click", "bot:crawler")] == 100
@@ -231,16 +301,24 @@ async def test_ten_thousand_mixed_clicks_give_exact_flag_counts(service: Service
 async def test_bot_and_fraud_clicks_are_not_credited(service: Service):
     service.env["TRACKER_FRAUD_DUPLICATE_CLICK_SECONDS"] = "60"
     service.serve()
-    assert service.api("POST", "/api/advertisers",
-                       {"id": "shop", "token": "adv-token-0123456789abcdef"})[0] == 201
+    assert (
+        service.api(
+            "POST", "/api/advertisers", {"id": "shop", "token": "adv-token-0123456789abcdef"}
+        )[0]
+        == 201
+    )
     service.add_link("human", campaign_id="human")
     service.add_link("botty", campaign_id="botty")
     visitor = uuid7()
     jar = {"Cookie": f"vid={visitor}"}
     async with aiohttp.ClientSession(skip_auto_headers=["User-Agent"]) as session:
+
         async def go(slug, ua):
-            async with session.get(f"{service.base_url}/c/{slug}", allow_redirects=False,
-                                   headers={**jar, "User-Agent": ua}) as r:
+            async with session.get(
+                f"{service.base_url}/c/{slug}",
+                allow_redirects=False,
+                headers={**jar, "User-Agent": ua},
+            ) as r:
                 return r.headers["Location"].rsplit("click_id=", 1)[1]
 
         await go("human", BROWSER_UA)
@@ -253,8 +331,9 @@ async def test_bot_and_fraud_clicks_are_not_credited(service: Service):
         ) as r:
             assert r.status == 200
     service.wait_count("attribution_credits", 5)
-    credited = service.sql("SELECT DISTINCT campaign_id, path_length FROM "
-                           "tracker.attribution_credits")
+    credited = service.sql(
+        "SELECT DISTINCT campaign_id, path_length FROM tracker.attribution_credits"
+    )
     assert credited == [{"campaign_id": "human", "path_length": 1}]
 
 
@@ -269,13 +348,16 @@ def test_postbacks_get_no_device_or_geo_of_the_advertisers_server():
 
 def test_pipeline_counting_gives_the_same_verdicts_as_the_script(redis_server):
     """The Redis Cluster path (command by command) and the script agree."""
-    events_a = [click(ip="198.51.100.5", visitor=v, slug=s)
-                for v, s in [("v1", "a"), ("v1", "a"), ("v2", "a"), ("v3", "b"), (ZERO, "a")]]
+    events_a = [
+        click(ip="198.51.100.5", visitor=v, slug=s)
+        for v, s in [("v1", "a"), ("v1", "a"), ("v2", "a"), ("v3", "b"), (ZERO, "a")]
+    ]
     events_a = [dict(e, visitor_id=uuid7() if e["visitor_id"] != ZERO else ZERO) for e in events_a]
     events_a[1]["visitor_id"] = events_a[0]["visitor_id"]
     fresh = {e["visitor_id"]: uuid7() for e in events_a if e["visitor_id"] != ZERO}
-    events_b = [dict(e, ip="198.51.100.6", visitor_id=fresh.get(e["visitor_id"], ZERO))
-                for e in events_a]
+    events_b = [
+        dict(e, ip="198.51.100.6", visitor_id=fresh.get(e["visitor_id"], ZERO)) for e in events_a
+    ]
     t = Thresholds(ip_clicks_per_minute=2, visitors_per_ip_per_hour=1)
     script = FraudRules(redis_server.client(), t, {}, frozenset())
     pipeline = FraudRules(redis_server.client(), t, {}, frozenset(), cluster=True)

@@ -10,8 +10,9 @@ from tracker.ids import is_uuid
 from tracker.testing import Service
 
 
-def raw_get(port: int, target: bytes, headers: dict[str, bytes] | None = None,
-            method: bytes = b"GET") -> tuple[int, list[tuple[str, str]], bytes]:
+def raw_get(
+    port: int, target: bytes, headers: dict[str, bytes] | None = None, method: bytes = b"GET"
+) -> tuple[int, list[tuple[str, str]], bytes]:
     """Send one request exactly as given (bytes) and read the whole answer."""
     lines = [method + b" " + target + b" HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close"]
     lines += [name.encode() + b": " + value for name, value in (headers or {}).items()]
@@ -41,8 +42,9 @@ def test_unknown_slug_is_a_404_page_and_an_orphan_visit(svc):
     assert status == 404 and b"Link not found" in body
     assert header(headers, "Cache-Control") == ["no-store"]
     svc.wait_count("orphan_visits", 1, "link_slug = 'no-such-link'")
-    row = svc.sql("SELECT reason, route FROM tracker.orphan_visits "
-                  "WHERE link_slug = 'no-such-link'")
+    row = svc.sql(
+        "SELECT reason, route FROM tracker.orphan_visits WHERE link_slug = 'no-such-link'"
+    )
     assert row == [{"reason": "unknown_link", "route": "click"}]
 
 
@@ -62,8 +64,9 @@ def test_sixteen_kb_query_string_still_redirects(svc):
     assert location.startswith("https://shop.example/l?s=&click_id=")  # oversized query ignored
     click_id = location.rsplit("=", 1)[1]
     svc.wait_count("clicks", 1, f"click_id = '{click_id}'")
-    row = svc.sql(f"SELECT sub1, length(request_url) AS n FROM tracker.clicks "
-                  f"WHERE click_id = '{click_id}'")
+    row = svc.sql(
+        f"SELECT sub1, length(request_url) AS n FROM tracker.clicks WHERE click_id = '{click_id}'"
+    )
     assert row == [{"sub1": "", "n": 4096}]
 
 
@@ -80,7 +83,8 @@ def test_bad_encodings_still_redirect(svc, query, stored):
     click_id = header(headers, "Location")[0].rsplit("=", 1)[1]
     svc.wait_count("clicks", 1, f"click_id = '{click_id}'")
     assert svc.sql(f"SELECT sub1 FROM tracker.clicks WHERE click_id = '{click_id}'") == [
-        {"sub1": stored}]
+        {"sub1": stored}
+    ]
 
 
 def test_raw_non_ascii_bytes_in_request_line_are_a_protocol_error(svc):
@@ -126,15 +130,21 @@ def test_bad_cookies_get_a_fresh_visitor_id(svc, cookie):
     assert is_uuid(visitor_id)
     click_id = header(headers, "Location")[0].rsplit("=", 1)[1]
     svc.wait_count("clicks", 1, f"click_id = '{click_id}'")
-    row = svc.sql(f"SELECT toString(visitor_id) AS v, new_visitor FROM tracker.clicks "
-                  f"WHERE click_id = '{click_id}'")
+    row = svc.sql(
+        f"SELECT toString(visitor_id) AS v, new_visitor FROM tracker.clicks "
+        f"WHERE click_id = '{click_id}'"
+    )
     assert row == [{"v": visitor_id, "new_visitor": 1}]
 
 
 @pytest.mark.parametrize(
     ("method", "target"),
-    [(b"POST", b"/c/junk?sub1=method"), (b"PUT", b"/c/junk?sub1=method"),
-     (b"DELETE", b"/p.gif?slug=junk&sub1=method"), (b"POST", b"/p.gif?slug=junk&sub1=method")],
+    [
+        (b"POST", b"/c/junk?sub1=method"),
+        (b"PUT", b"/c/junk?sub1=method"),
+        (b"DELETE", b"/p.gif?slug=junk&sub1=method"),
+        (b"POST", b"/p.gif?slug=junk&sub1=method"),
+    ],
 )
 def test_other_methods_are_405_and_not_recorded(svc, method, target):
     status, headers, _ = raw_get(svc.port, target, {"Content-Length": b"0"}, method=method)
@@ -157,12 +167,21 @@ def test_405s_recorded_nothing(svc):
         (b'{"slug": "ok1"}', 400, "destination"),
         (b'{"slug": "ok2", "destination": "javascript:alert(1)"}', 400, "http(s)"),
         (b'{"slug": "ok3", "destination": "https://a.example/\\r\\nX: y"}', 400, "control"),
-        (b'{"slug": "ok4", "destination": "https://a.example/", "colour": "red"}', 400,
-         "unknown field"),
-        (b'{"slug": "ok5", "destination": "https://a.example/", "status": "paused"}', 400,
-         "status"),
-        (b'{"slug": "ok6", "destination": "https://a.example/", "campaign_id": 7}', 400,
-         "campaign_id"),
+        (
+            b'{"slug": "ok4", "destination": "https://a.example/", "colour": "red"}',
+            400,
+            "unknown field",
+        ),
+        (
+            b'{"slug": "ok5", "destination": "https://a.example/", "status": "paused"}',
+            400,
+            "status",
+        ),
+        (
+            b'{"slug": "ok6", "destination": "https://a.example/", "campaign_id": 7}',
+            400,
+            "campaign_id",
+        ),
     ],
 )
 def test_admin_api_rejects_bad_links_with_json_reason(svc, body, status, reason_part):

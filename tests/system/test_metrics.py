@@ -37,22 +37,25 @@ async def test_metrics_add_up_across_processes(service: Service):
 
     def counted():
         s = scrape(f"{service.base_url}/metrics")
-        return s if value(s, r'tracker_requests_total\{route="/c/\{slug\}",status="302"\}') \
-            >= 300 else None
+        return (
+            s
+            if value(s, r'tracker_requests_total\{route="/c/\{slug\}",status="302"\}') >= 300
+            else None
+        )
 
     samples = wait_until(counted, 10, "the edges' counts")
     # two edge processes answered; one scrape shows the sum of both
     assert value(samples, r'tracker_requests_total\{route="/c/\{slug\}",status="302"\}') == 300
     assert value(samples, r'tracker_requests_total\{route="/c/\{slug\}",status="404"\}') == 5
     assert value(samples, r'tracker_events_recorded_total\{table="clicks"\}') == 300
-    assert value(samples, r'tracker_clicks_total') == 300
+    assert value(samples, r"tracker_clicks_total") == 300
     assert value(samples, r'tracker_postback_rejections_total\{reason="invalid_click_id"\}') == 3
     assert value(samples, r'tracker_conversions_total\{outcome="rejected"\}') == 3
-    assert value(samples, r'tracker_redis_flush_seconds_count') >= 1
+    assert value(samples, r"tracker_redis_flush_seconds_count") >= 1
     assert value(samples, r'tracker_sink_rows_total\{table="clicks"\}') == 300
-    assert value(samples, r'tracker_sink_batches_total') >= 1
+    assert value(samples, r"tracker_sink_batches_total") >= 1
     assert value(samples, r'tracker_enrichment_step_seconds_total\{step="bots"\}') > 0
-    assert value(samples, r'tracker_flagged_events_total\{.*\}') == 0  # a browser, no rules on
+    assert value(samples, r"tracker_flagged_events_total\{.*\}") == 0  # a browser, no rules on
     # the sink's local endpoint answers the same totals
     sink = scrape(f"http://127.0.0.1:{service.query_port}/metrics")
     assert value(sink, r'tracker_sink_rows_total\{table="clicks"\}') == 300
@@ -64,10 +67,12 @@ def test_logs_are_json_lines_for_errors_and_lifecycle(service: Service):
     service.env["TRACKER_LOG_FORMAT"] = "json"
     service.serve()
     service.stop("serve")
-    lines = [line for line in (service.logs / "serve.log").read_text().splitlines()
-             if line.startswith("{")]
+    lines = [
+        line
+        for line in (service.logs / "serve.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
     entries = [orjson.loads(line) for line in lines]
-    assert entries and all({"time", "level", "logger", "pid", "message"} <= set(e)
-                           for e in entries)
+    assert entries and all({"time", "level", "logger", "pid", "message"} <= set(e) for e in entries)
     assert any("listening" in e["message"] for e in entries)
     assert not any("GET /" in e["message"] for e in entries)  # no line per request

@@ -20,8 +20,11 @@ from tracker.timefmt import parse_ms
 
 async def test_one_click_lands_with_all_fields(running):
     running.add_link(
-        "one", "https://shop.example/p?aff={affiliate_id}&s={sub1}",
-        campaign_id="camp-1", affiliate_id="aff-1", advertiser_id="adv-1",
+        "one",
+        "https://shop.example/p?aff={affiliate_id}&s={sub1}",
+        campaign_id="camp-1",
+        affiliate_id="aff-1",
+        advertiser_id="adv-1",
     )
     url = (
         f"{running.base_url}/c/one?sub1=a%20b&sub2=x&sub3=3&sub4=4&sub5=5&utm_source=news"
@@ -55,10 +58,18 @@ async def test_one_click_lands_with_all_fields(running):
     assert row["visitor_id"] == cookie.value
     assert row["new_visitor"] == 1
     assert (row["campaign_id"], row["affiliate_id"], row["advertiser_id"]) == (
-        "camp-1", "aff-1", "adv-1")
+        "camp-1",
+        "aff-1",
+        "adv-1",
+    )
     assert [row[f"sub{i}"] for i in range(1, 6)] == ["a b", "x", "3", "4", "5"]
-    assert (row["utm_source"], row["utm_medium"], row["utm_campaign"], row["utm_term"],
-            row["utm_content"]) == ("news", "email", "winter", "t", "c")
+    assert (
+        row["utm_source"],
+        row["utm_medium"],
+        row["utm_campaign"],
+        row["utm_term"],
+        row["utm_content"],
+    ) == ("news", "email", "winter", "t", "c")
     assert (row["gclid"], row["fbclid"], row["msclkid"]) == ("G1", "F1", "M1")
     assert row["ip_text"] == "::ffff:127.0.0.1"
     assert row["user_agent"] == headers["User-Agent"]
@@ -87,8 +98,9 @@ async def test_returning_visitor_keeps_id(running):
                 assert r.status == 302
                 assert "Set-Cookie" not in r.headers
     running.wait_count("clicks", 3, "link_slug = 'again'")
-    rows = running.sql("SELECT DISTINCT visitor_id, new_visitor FROM tracker.clicks "
-                       "WHERE link_slug = 'again'")
+    rows = running.sql(
+        "SELECT DISTINCT visitor_id, new_visitor FROM tracker.clicks WHERE link_slug = 'again'"
+    )
     assert rows == [{"visitor_id": visitor, "new_visitor": 0}]
     members = running.redis.client().zrange(K.visitor_clicks_key(visitor), 0, -1)
     assert len(members) == 3
@@ -100,7 +112,8 @@ async def test_ten_thousand_concurrent_clicks_exactly_once(running):
     assert statuses.count(302) == 10_000
     assert running.wait_count("clicks", 10_000, "link_slug = 'bulk'", timeout=60) == 10_000
     distinct = running.sql(
-        "SELECT uniqExact(click_id) AS n FROM tracker.clicks WHERE link_slug = 'bulk'")
+        "SELECT uniqExact(click_id) AS n FROM tracker.clicks WHERE link_slug = 'bulk'"
+    )
     assert distinct[0]["n"] == 10_000
 
 
@@ -115,24 +128,34 @@ async def test_pixel_records_impressions(running):
         async with session.head(f"{running.base_url}/p.gif?slug=pix") as r:
             assert r.status == 200
     running.wait_count("impressions", 2, "campaign_id = 'pc'")
-    rows = running.sql("SELECT method, sub1, affiliate_id FROM tracker.impressions "
-                       "WHERE campaign_id = 'pc' ORDER BY method")
-    assert rows == [{"method": "GET", "sub1": "s", "affiliate_id": "pa"},
-                    {"method": "HEAD", "sub1": "", "affiliate_id": "pa"}]
+    rows = running.sql(
+        "SELECT method, sub1, affiliate_id FROM tracker.impressions "
+        "WHERE campaign_id = 'pc' ORDER BY method"
+    )
+    assert rows == [
+        {"method": "GET", "sub1": "s", "affiliate_id": "pa"},
+        {"method": "HEAD", "sub1": "", "affiliate_id": "pa"},
+    ]
     running.wait_count("impressions", 1, "campaign_id = 'only-campaign'")
-    reasons = running.sql("SELECT reason FROM tracker.orphan_visits WHERE route = 'pixel' "
-                          "ORDER BY reason")
+    reasons = running.sql(
+        "SELECT reason FROM tracker.orphan_visits WHERE route = 'pixel' ORDER BY reason"
+    )
     assert [r["reason"] for r in reasons] == ["no_link_or_campaign", "unknown_link"]
 
 
 def test_admin_api_links_lifecycle(running):
     assert running.api("GET", "/api/links", token=None)[0] == 401
     assert running.api("GET", "/api/links", token="wrong")[0] == 401
-    status, body = running.api("POST", "/api/links", {
-        "slug": "life", "destination": "https://a.example/", "campaign_id": "lc"})
+    status, body = running.api(
+        "POST",
+        "/api/links",
+        {"slug": "life", "destination": "https://a.example/", "campaign_id": "lc"},
+    )
     assert status == 201 and body["status"] == "active"
-    assert running.api("POST", "/api/links", {"slug": "life",
-                                              "destination": "https://a.example/"})[0] == 409
+    assert (
+        running.api("POST", "/api/links", {"slug": "life", "destination": "https://a.example/"})[0]
+        == 409
+    )
     status, body = running.api("GET", "/api/links/life")
     assert status == 200 and body["campaign_id"] == "lc"
     assert "life" in [link["slug"] for link in running.api("GET", "/api/links")[1]["links"]]
@@ -144,8 +167,11 @@ def test_admin_api_links_lifecycle(running):
         return get_status_location(running.base_url + "/c/life")
 
     # Every edge process sees the change within its refresh interval.
-    wait_until(lambda: all(location()[1].startswith("https://b.example/") for _ in range(8)),
-               5, "the new destination on every edge")
+    wait_until(
+        lambda: all(location()[1].startswith("https://b.example/") for _ in range(8)),
+        5,
+        "the new destination on every edge",
+    )
     assert running.api("PATCH", "/api/links/life", {"status": "disabled"})[0] == 200
     wait_until(lambda: all(location()[0] == 404 for _ in range(8)), 5, "the link disabled")
     status, body = running.api("DELETE", "/api/links/life")
@@ -154,41 +180,62 @@ def test_admin_api_links_lifecycle(running):
 
     # The mirror in ClickHouse shows the latest state of the link.
     wait_until(
-        lambda: running.sql("SELECT status FROM tracker.links FINAL WHERE slug = 'life'")
-        == [{"status": "deleted"}], 10, "links mirror to show the deletion")
-    row = running.sql("SELECT destination, campaign_id FROM tracker.links FINAL "
-                      "WHERE slug = 'life'")
+        lambda: (
+            running.sql("SELECT status FROM tracker.links FINAL WHERE slug = 'life'")
+            == [{"status": "deleted"}]
+        ),
+        10,
+        "links mirror to show the deletion",
+    )
+    row = running.sql(
+        "SELECT destination, campaign_id FROM tracker.links FINAL WHERE slug = 'life'"
+    )
     assert row == [{"destination": "https://b.example/", "campaign_id": "lc"}]
 
 
 def test_cli_links_and_sql(running):
     def tracker(*args):
         return subprocess.run(
-            [sys.executable, "-m", "tracker", *args], env=running.env, cwd=ROOT,
-            capture_output=True, text=True, timeout=60,
+            [sys.executable, "-m", "tracker", *args],
+            env=running.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
-    added = tracker("links", "add", "cli-link", "https://c.example/?c={click_id}",
-                    "--campaign", "cli")
+    added = tracker(
+        "links", "add", "cli-link", "https://c.example/?c={click_id}", "--campaign", "cli"
+    )
     assert added.returncode == 0, added.stderr
     assert tracker("links", "add", "cli-link", "https://c.example/").returncode == 1
     bad = tracker("links", "add", "bad slug!", "https://c.example/")
     assert bad.returncode == 1 and "slug" in bad.stderr
     listed = tracker("links", "list", "--format", "json")
-    assert {"slug": "cli-link", "status": "active", "campaign_id": "cli", "affiliate_id": "",
-            "advertiser_id": "", "destination": "https://c.example/?c={click_id}"} in (
-        orjson.loads(listed.stdout))
+    assert {
+        "slug": "cli-link",
+        "status": "active",
+        "campaign_id": "cli",
+        "affiliate_id": "",
+        "advertiser_id": "",
+        "destination": "https://c.example/?c={click_id}",
+    } in (orjson.loads(listed.stdout))
     assert tracker("links", "disable", "cli-link").returncode == 0
     assert running.api("GET", "/api/links/cli-link")[1]["status"] == "disabled"
 
     # `tracker sql` works while the sink holds chDB, in three formats
-    query = ("SELECT slug, status, campaign_id FROM tracker.links FINAL "
-             "WHERE slug = 'cli-link'")
-    wait_until(lambda: running.sql(query) == [
-        {"slug": "cli-link", "status": "disabled", "campaign_id": "cli"}], 10, "the mirror")
+    query = "SELECT slug, status, campaign_id FROM tracker.links FINAL WHERE slug = 'cli-link'"
+    wait_until(
+        lambda: (
+            running.sql(query) == [{"slug": "cli-link", "status": "disabled", "campaign_id": "cli"}]
+        ),
+        10,
+        "the mirror",
+    )
     as_json = tracker("sql", query, "--format", "json")
     assert orjson.loads(as_json.stdout) == [
-        {"slug": "cli-link", "status": "disabled", "campaign_id": "cli"}]
+        {"slug": "cli-link", "status": "disabled", "campaign_id": "cli"}
+    ]
     as_csv = tracker("sql", query, "--format", "csv")
     assert as_csv.stdout.splitlines() == ["slug,status,campaign_id", "cli-link,disabled,cli"]
     table = tracker("sql", query)
@@ -216,17 +263,34 @@ def test_health_and_readiness(running):
 async def test_no_track_redirects_without_identifying_anyone(running):
     running.add_link("private", "https://shop.example/?v={visitor_id}", campaign_id="priv")
     async with aiohttp.ClientSession() as session:
-        for url, headers in [(f"{running.base_url}/c/private?no-track=1&sub1=a", {}),
-                             (f"{running.base_url}/c/private?sub1=b", {"DNT": "1"}),
-                             (f"{running.base_url}/c/private?sub1=c", {"Sec-GPC": "1"})]:
-            async with session.get(url, allow_redirects=False, headers={
-                **headers, "Referer": "https://secret.example/", "User-Agent": "Agent/1",
-            }) as r:
+        for url, headers in [
+            (f"{running.base_url}/c/private?no-track=1&sub1=a", {}),
+            (f"{running.base_url}/c/private?sub1=b", {"DNT": "1"}),
+            (f"{running.base_url}/c/private?sub1=c", {"Sec-GPC": "1"}),
+        ]:
+            async with session.get(
+                url,
+                allow_redirects=False,
+                headers={
+                    **headers,
+                    "Referer": "https://secret.example/",
+                    "User-Agent": "Agent/1",
+                },
+            ) as r:
                 assert r.status == 302 and "Set-Cookie" not in r.headers
                 assert r.headers["Location"].startswith(
-                    "https://shop.example/?v=00000000-0000-0000-0000-000000000000&click_id=")
+                    "https://shop.example/?v=00000000-0000-0000-0000-000000000000&click_id="
+                )
     running.wait_count("clicks", 3, "link_slug = 'private'")
-    rows = running.sql("SELECT DISTINCT toString(visitor_id) AS v, toString(ip) AS ip, "
-                       "referer, user_agent FROM tracker.clicks WHERE link_slug = 'private'")
-    assert rows == [{"v": "00000000-0000-0000-0000-000000000000", "ip": "::", "referer": "",
-                     "user_agent": "Agent/1"}]
+    rows = running.sql(
+        "SELECT DISTINCT toString(visitor_id) AS v, toString(ip) AS ip, "
+        "referer, user_agent FROM tracker.clicks WHERE link_slug = 'private'"
+    )
+    assert rows == [
+        {
+            "v": "00000000-0000-0000-0000-000000000000",
+            "ip": "::",
+            "referer": "",
+            "user_agent": "Agent/1",
+        }
+    ]

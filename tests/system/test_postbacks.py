@@ -22,8 +22,7 @@ ADV_TOKEN = "adv-token-0123456789abcdef"
 def svc(running):
     status, body = running.api("POST", "/api/advertisers", {"id": "shop", "token": ADV_TOKEN})
     assert status == 201 and body["token"] == ADV_TOKEN
-    running.add_link("conv-a", campaign_id="camp-a", affiliate_id="aff-a",
-                     advertiser_id="shop")
+    running.add_link("conv-a", campaign_id="camp-a", affiliate_id="aff-a", advertiser_id="shop")
     running.add_link("conv-b", campaign_id="camp-b", affiliate_id="aff-b")
     running.add_link("conv-c", campaign_id="camp-c", affiliate_id="aff-c")
     return running
@@ -32,8 +31,9 @@ def svc(running):
 def browser() -> aiohttp.ClientSession:
     """A client that keeps the visitor cookie (aiohttp refuses cookies of IP hosts unless
     told otherwise)."""
-    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
-                                 headers={"User-Agent": BROWSER_UA})
+    return aiohttp.ClientSession(
+        cookie_jar=aiohttp.CookieJar(unsafe=True), headers={"User-Agent": BROWSER_UA}
+    )
 
 
 async def click(session: aiohttp.ClientSession, base: str, slug: str) -> str:
@@ -64,26 +64,44 @@ def credits(svc: Service, conversion_id: str) -> list[dict]:
 
 async def test_postback_attributes_a_three_click_journey(svc):
     async with browser() as session:
-        ids = [await click(session, svc.base_url, slug)
-               for slug in ("conv-b", "conv-c", "conv-a")]  # one visitor (cookie jar)
-        status, body = await postback(session, svc.base_url, click_id=ids[-1], txid="order-1",
-                                      amount="100.00", currency="EUR", event="sale")
+        ids = [
+            await click(session, svc.base_url, slug) for slug in ("conv-b", "conv-c", "conv-a")
+        ]  # one visitor (cookie jar)
+        status, body = await postback(
+            session,
+            svc.base_url,
+            click_id=ids[-1],
+            txid="order-1",
+            amount="100.00",
+            currency="EUR",
+            event="sale",
+        )
     assert status == 200, body
     assert body["status"] == "accepted" and body["reason"] is None and body["attributed"]
     conversion_id = body["conversion_id"]
 
     svc.wait_count("conversions", 1, f"conversion_id = '{conversion_id}'")
-    row = svc.sql("SELECT advertiser_id, txid, event, status, toString(amount) AS amount, "
-                  "currency, toString(click_id) AS click_id, campaign_id, affiliate_id, "
-                  "attributed, source FROM tracker.conversions "
-                  f"WHERE conversion_id = '{conversion_id}'")[0]
-    assert row == {"advertiser_id": "shop", "txid": "order-1", "event": "sale",
-                   "status": "pending", "amount": "100", "currency": "EUR",
-                   "click_id": ids[-1], "campaign_id": "camp-a", "affiliate_id": "aff-a",
-                   "attributed": 1, "source": "postback"}
+    row = svc.sql(
+        "SELECT advertiser_id, txid, event, status, toString(amount) AS amount, "
+        "currency, toString(click_id) AS click_id, campaign_id, affiliate_id, "
+        "attributed, source FROM tracker.conversions "
+        f"WHERE conversion_id = '{conversion_id}'"
+    )[0]
+    assert row == {
+        "advertiser_id": "shop",
+        "txid": "order-1",
+        "event": "sale",
+        "status": "pending",
+        "amount": "100",
+        "currency": "EUR",
+        "click_id": ids[-1],
+        "campaign_id": "camp-a",
+        "affiliate_id": "aff-a",
+        "attributed": 1,
+        "source": "postback",
+    }
 
-    svc.wait_count("attribution_credits", 3 + 1 + 1 + 3 + 3,
-                   f"conversion_id = '{conversion_id}'")
+    svc.wait_count("attribution_credits", 3 + 1 + 1 + 3 + 3, f"conversion_id = '{conversion_id}'")
     rows = credits(svc, conversion_id)
     by_model = {m: [r for r in rows if r["model"] == m] for m in MODELS}
     for model, model_rows in by_model.items():
@@ -98,13 +116,14 @@ async def test_postback_attributes_a_three_click_journey(svc):
 
 async def test_named_click_in_the_middle_ends_the_path(svc):
     async with browser() as session:
-        ids = [await click(session, svc.base_url, slug)
-               for slug in ("conv-b", "conv-c", "conv-b")]
-        status, body = await postback(session, svc.base_url, cid=ids[1], order_id="order-mid",
-                                      payout="9.99")  # aliases
+        ids = [await click(session, svc.base_url, slug) for slug in ("conv-b", "conv-c", "conv-b")]
+        status, body = await postback(
+            session, svc.base_url, cid=ids[1], order_id="order-mid", payout="9.99"
+        )  # aliases
     assert status == 200 and body["status"] == "accepted"
-    svc.wait_count("attribution_credits", 2 + 1 + 1 + 2 + 2,
-                   f"conversion_id = '{body['conversion_id']}'")
+    svc.wait_count(
+        "attribution_credits", 2 + 1 + 1 + 2 + 2, f"conversion_id = '{body['conversion_id']}'"
+    )
     rows = credits(svc, body["conversion_id"])
     assert {r["click_id"] for r in rows} == set(ids[:2])  # the later click is not credited
     assert {r["path_length"] for r in rows} == {2}
@@ -113,9 +132,12 @@ async def test_named_click_in_the_middle_ends_the_path(svc):
 async def test_fifty_concurrent_identical_postbacks_accept_one(svc):
     async with browser() as session:
         click_id = await click(session, svc.base_url, "conv-a")
-        results = await asyncio.gather(*(
-            postback(session, svc.base_url, click_id=click_id, txid="dup-1", amount="5")
-            for _ in range(50)))
+        results = await asyncio.gather(
+            *(
+                postback(session, svc.base_url, click_id=click_id, txid="dup-1", amount="5")
+                for _ in range(50)
+            )
+        )
     statuses = [body["status"] for _, body in results]
     assert statuses.count("accepted") == 1 and statuses.count("duplicate") == 49
     assert all(code == 200 for code, _ in results)
@@ -128,8 +150,15 @@ async def test_status_lifecycle(svc):
         click_id = await click(session, svc.base_url, "conv-a")
 
         async def report(status, **extra):
-            return await postback(session, svc.base_url, click_id=click_id, txid="life-1",
-                                  amount="20", status=status, **extra)
+            return await postback(
+                session,
+                svc.base_url,
+                click_id=click_id,
+                txid="life-1",
+                amount="20",
+                status=status,
+                **extra,
+            )
 
         code, first = await report("pending")
         assert (code, first["status"]) == (200, "accepted")
@@ -142,16 +171,21 @@ async def test_status_lifecycle(svc):
         code, body = await report("reversed")
         assert (code, body["status"]) == (200, "accepted")
         assert body["conversion_id"] == first["conversion_id"]
-        code, body = await postback(session, svc.base_url, click_id=click_id, txid="life-new",
-                                    status="reversed")
+        code, body = await postback(
+            session, svc.base_url, click_id=click_id, txid="life-new", status="reversed"
+        )
         assert (code, body["reason"]) == (409, "unknown_transaction")
 
     assert svc.wait_count("conversions", 3, "txid = 'life-1'") == 3
-    rows = svc.sql("SELECT status, previous_status FROM tracker.conversions "
-                   "WHERE txid = 'life-1' ORDER BY event_time")
-    assert rows == [{"status": "pending", "previous_status": ""},
-                         {"status": "approved", "previous_status": "pending"},
-                         {"status": "reversed", "previous_status": "approved"}]
+    rows = svc.sql(
+        "SELECT status, previous_status FROM tracker.conversions "
+        "WHERE txid = 'life-1' ORDER BY event_time"
+    )
+    assert rows == [
+        {"status": "pending", "previous_status": ""},
+        {"status": "approved", "previous_status": "pending"},
+        {"status": "reversed", "previous_status": "approved"},
+    ]
     time.sleep(1)
     # credits are written once, for the first report
     assert svc.count("attribution_credits", f"conversion_id = '{first['conversion_id']}'") == 5
@@ -159,16 +193,20 @@ async def test_status_lifecycle(svc):
 
 async def test_unknown_click_is_recorded_unattributed(svc):
     async with browser() as session:
-        status, body = await postback(session, svc.base_url, txid="lost-1", amount="3",
-                                      click_id="01900000-0000-7000-8000-000000000000")
+        status, body = await postback(
+            session,
+            svc.base_url,
+            txid="lost-1",
+            amount="3",
+            click_id="01900000-0000-7000-8000-000000000000",
+        )
     assert status == 200 and body["status"] == "accepted"
     assert body["reason"] == "unknown_or_expired_click" and body["attributed"] is False
     svc.wait_count("conversions", 1, "txid = 'lost-1'")
-    assert svc.sql("SELECT attributed, unattributed_reason FROM tracker.conversions "
-                   "WHERE txid = 'lost-1'") == [
-        {"attributed": 0, "unattributed_reason": "unknown_or_expired_click"}]
-    assert svc.count("attribution_credits",
-                     f"conversion_id = '{body['conversion_id']}'") == 0
+    assert svc.sql(
+        "SELECT attributed, unattributed_reason FROM tracker.conversions WHERE txid = 'lost-1'"
+    ) == [{"attributed": 0, "unattributed_reason": "unknown_or_expired_click"}]
+    assert svc.count("attribution_credits", f"conversion_id = '{body['conversion_id']}'") == 0
 
 
 async def test_conversion_pixel_uses_the_visitor_cookie(svc):
@@ -176,16 +214,26 @@ async def test_conversion_pixel_uses_the_visitor_cookie(svc):
         await click(session, svc.base_url, "conv-b")
         last = await click(session, svc.base_url, "conv-c")
         await asyncio.sleep(0.2)  # a visitor takes longer than an edge flush (5 ms) to buy
-        query = urlencode({"event": "sale", "txid": "pix-1", "amount": "12.50",
-                           "currency": "USD", "advertiser": "shop"})
+        query = urlencode(
+            {
+                "event": "sale",
+                "txid": "pix-1",
+                "amount": "12.50",
+                "currency": "USD",
+                "advertiser": "shop",
+            }
+        )
         async with session.get(f"{svc.base_url}/p.gif?{query}") as r:
             assert r.status == 200 and (await r.read()).startswith(b"GIF89a")
     svc.wait_count("conversions", 1, "txid = 'pix-1'")
-    row = svc.sql("SELECT toString(click_id) AS click_id, source, attributed, "
-                  "conversion_id FROM tracker.conversions WHERE txid = 'pix-1'")[0]
+    row = svc.sql(
+        "SELECT toString(click_id) AS click_id, source, attributed, "
+        "conversion_id FROM tracker.conversions WHERE txid = 'pix-1'"
+    )[0]
     assert (row["click_id"], row["source"], row["attributed"]) == (last, "pixel", 1)
-    svc.wait_count("attribution_credits", 2 + 1 + 1 + 2 + 2,
-                   f"conversion_id = '{row['conversion_id']}'")
+    svc.wait_count(
+        "attribution_credits", 2 + 1 + 1 + 2 + 2, f"conversion_id = '{row['conversion_id']}'"
+    )
 
 
 async def test_signed_postbacks(svc):
@@ -200,25 +248,36 @@ async def test_signed_postbacks(svc):
             signature = sign(key, ts, "POST", "/postback", query, body)
             if tamper:
                 query = query.replace("amount=7", "amount=700")
-            async with session.post(f"{svc.base_url}/postback?{query}", data=body, headers={
-                TIMESTAMP_HEADER: ts, SIGNATURE_HEADER: signature,
-            }) as r:
+            async with session.post(
+                f"{svc.base_url}/postback?{query}",
+                data=body,
+                headers={
+                    TIMESTAMP_HEADER: ts,
+                    SIGNATURE_HEADER: signature,
+                },
+            ) as r:
                 return r.status, await r.json()
 
         assert (await signed("sig-1"))[1]["status"] == "accepted"
-        assert await signed("sig-2", key="not-the-token-000000") == (401, {
-            "status": "rejected", "reason": "bad_signature", "conversion_id": None})
+        assert await signed("sig-2", key="not-the-token-000000") == (
+            401,
+            {"status": "rejected", "reason": "bad_signature", "conversion_id": None},
+        )
         assert (await signed("sig-3", tamper=True))[1]["reason"] == "bad_signature"
         assert (await signed("sig-4", ts=int(time.time()) - 3600))[1]["reason"] == (
-            "stale_signature")
-        code, body = await postback(session, svc.base_url, click_id=click_id, txid="sig-5",
-                                    token="wrong-token-00000000")
+            "stale_signature"
+        )
+        code, body = await postback(
+            session, svc.base_url, click_id=click_id, txid="sig-5", token="wrong-token-00000000"
+        )
         assert (code, body["reason"]) == (401, "bad_token")
-        code, body = await postback(session, svc.base_url, click_id=click_id, txid="sig-6",
-                                    token="")
+        code, body = await postback(
+            session, svc.base_url, click_id=click_id, txid="sig-6", token=""
+        )
         assert (code, body["reason"]) == (401, "missing_credentials")
-        code, body = await postback(session, svc.base_url, click_id=click_id, txid="sig-7",
-                                    advertiser="nobody")
+        code, body = await postback(
+            session, svc.base_url, click_id=click_id, txid="sig-7", advertiser="nobody"
+        )
         assert (code, body["reason"]) == (401, "unknown_advertiser")
     time.sleep(1)
     assert svc.count("conversions", "txid LIKE 'sig-%'") == 1
@@ -234,10 +293,16 @@ BAD = [
     ({"click_id": "CLICK", "txid": "b5", "amount": "Infinity"}, 400, "invalid_amount"),
     ({"click_id": "CLICK", "txid": "b6", "amount": "12,50"}, 400, "invalid_amount"),
     ({"click_id": "CLICK", "txid": "b7", "amount": "1e30"}, 400, "amount_too_large"),
-    ({"click_id": "CLICK", "txid": "b8", "amount": "1.005", "currency": "USD"}, 400,
-     "too_many_decimals"),
-    ({"click_id": "CLICK", "txid": "b9", "amount": "10", "currency": "XYZ"}, 400,
-     "unknown_currency"),
+    (
+        {"click_id": "CLICK", "txid": "b8", "amount": "1.005", "currency": "USD"},
+        400,
+        "too_many_decimals",
+    ),
+    (
+        {"click_id": "CLICK", "txid": "b9", "amount": "10", "currency": "XYZ"},
+        400,
+        "unknown_currency",
+    ),
     ({"click_id": "CLICK", "txid": "b10", "status": "paid"}, 400, "unknown_status"),
     ({"click_id": "CLICK", "txid": "b11", "event": "bad event!"}, 400, "invalid_event"),
 ]
@@ -249,8 +314,7 @@ async def test_bad_postbacks_are_refused_with_a_reason(svc, params, status, reas
         click_id = await click(session, svc.base_url, "conv-a")
         params = {k: (click_id if v == "CLICK" else v) for k, v in params.items()}
         code, body = await postback(session, svc.base_url, **params)
-    assert (code, body) == (status, {"status": "rejected", "reason": reason,
-                                     "conversion_id": None})
+    assert (code, body) == (status, {"status": "rejected", "reason": reason, "conversion_id": None})
     assert svc.count("conversions", "txid LIKE 'b%' AND length(txid) <= 3") == 0
 
 
@@ -259,26 +323,41 @@ async def test_bad_bodies_are_refused(svc):
         click_id = await click(session, svc.base_url, "conv-a")
         base = f"{svc.base_url}/postback?advertiser=shop&token={ADV_TOKEN}&click_id={click_id}"
         cases = [
-            ({"Content-Type": "application/json"}, b'{"txid": "j1", "amount": ', 400,
-             "invalid_json"),
+            (
+                {"Content-Type": "application/json"},
+                b'{"txid": "j1", "amount": ',
+                400,
+                "invalid_json",
+            ),
             ({"Content-Type": "application/json"}, b'["txid"]', 400, "invalid_json"),
-            ({"Content-Type": "application/json"}, b'{"txid": {"a": 1}}', 400,
-             "invalid_field_txid"),
-            ({"Content-Type": "application/x-www-form-urlencoded"},
-             b"txid=big&pad=" + b"x" * (1024 * 1024), 413, "body_too_large"),
+            (
+                {"Content-Type": "application/json"},
+                b'{"txid": {"a": 1}}',
+                400,
+                "invalid_field_txid",
+            ),
+            (
+                {"Content-Type": "application/x-www-form-urlencoded"},
+                b"txid=big&pad=" + b"x" * (1024 * 1024),
+                413,
+                "body_too_large",
+            ),
             ({"Content-Type": "text/xml"}, b"<txid>x</txid>", 415, "unsupported_content_type"),
         ]
         for headers, body, status, reason in cases:
             async with session.post(base, data=body, headers=headers) as r:
                 assert (r.status, (await r.json())["reason"]) == (status, reason), reason
         # JSON body with numbers kept exact
-        async with session.post(base, data=b'{"txid": "j-ok", "amount": 19.99, '
-                                b'"currency": "usd"}',
-                                headers={"Content-Type": "application/json"}) as r:
+        async with session.post(
+            base,
+            data=b'{"txid": "j-ok", "amount": 19.99, "currency": "usd"}',
+            headers={"Content-Type": "application/json"},
+        ) as r:
             assert (await r.json())["status"] == "accepted"
     svc.wait_count("conversions", 1, "txid = 'j-ok'")
-    assert svc.sql("SELECT toString(amount) AS a, currency FROM tracker.conversions "
-                   "WHERE txid = 'j-ok'") == [{"a": "19.99", "currency": "USD"}]
+    assert svc.sql(
+        "SELECT toString(amount) AS a, currency FROM tracker.conversions WHERE txid = 'j-ok'"
+    ) == [{"a": "19.99", "currency": "USD"}]
     assert svc.count("conversions", "txid IN ('j1', 'big', 'x')") == 0
 
 
@@ -291,12 +370,14 @@ async def test_conversion_in_the_same_sink_batch_as_its_clicks(service: Service)
     service.stop("sink")  # the clicks and the conversion wait in the stream together
     async with browser() as session:
         ids = [await click(session, service.base_url, s) for s in ("same-a", "same-b")]
-        code, body = await postback(session, service.base_url, click_id=ids[1],
-                                    txid="same-1", amount="10")
+        code, body = await postback(
+            session, service.base_url, click_id=ids[1], txid="same-1", amount="10"
+        )
     assert code == 200 and body["attributed"]
     service.start_sink()
-    service.wait_count("attribution_credits", 2 + 1 + 1 + 2 + 2,
-                       f"conversion_id = '{body['conversion_id']}'")
+    service.wait_count(
+        "attribution_credits", 2 + 1 + 1 + 2 + 2, f"conversion_id = '{body['conversion_id']}'"
+    )
     rows = credits(service, body["conversion_id"])
     assert {r["campaign_id"] for r in rows if r["model"] == "first_click"} == {"ca"}
 
@@ -315,13 +396,27 @@ def test_batch_reattribution_matches_online_credits(svc):
         for r in svc.sql(
             "SELECT campaign_id, currency, model, sum(weight) AS n, "
             "toString(sum(credited_amount)) AS revenue FROM tracker.attribution_credits "
-            "GROUP BY campaign_id, currency, model")
+            "GROUP BY campaign_id, currency, model"
+        )
     }
     assert online
     result = subprocess.run(
-        [sys.executable, "-m", "tracker", "report", "attribution", "--by", "campaign",
-         "--format", "json"],
-        env=svc.env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "tracker",
+            "report",
+            "attribution",
+            "--by",
+            "campaign",
+            "--format",
+            "json",
+        ],
+        env=svc.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     batch = orjson.loads(result.stdout)
@@ -329,20 +424,42 @@ def test_batch_reattribution_matches_online_credits(svc):
         for model in MODELS:
             n, revenue = online.pop((row["campaign_id"], row["currency"], model), (0, 0))
             assert row[f"{model}_conversions"] == pytest.approx(n, abs=1e-9)
-            assert Decimal(str(row[f"{model}_revenue"])) == pytest.approx(revenue,
-                                                                          abs=Decimal("0.01"))
+            assert Decimal(str(row[f"{model}_revenue"])) == pytest.approx(
+                revenue, abs=Decimal("0.01")
+            )
     assert all(n == 0 for n, _ in online.values())
 
     single = subprocess.run(
-        [sys.executable, "-m", "tracker", "attribute", "--model", "linear", "--by",
-         "affiliate", "--from", "2020-01-01", "--format", "csv"],
-        env=svc.env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "tracker",
+            "attribute",
+            "--model",
+            "linear",
+            "--by",
+            "affiliate",
+            "--from",
+            "2020-01-01",
+            "--format",
+            "csv",
+        ],
+        env=svc.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert single.returncode == 0, single.stderr
     assert single.stdout.splitlines()[0] == (
-        "affiliate_id,currency,linear_conversions,linear_revenue")
+        "affiliate_id,currency,linear_conversions,linear_revenue"
+    )
     bad = subprocess.run(
         [sys.executable, "-m", "tracker", "attribute", "--model", "nope"],
-        env=svc.env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=svc.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bad.returncode == 1 and "unknown attribution model" in bad.stderr

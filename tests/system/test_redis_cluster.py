@@ -46,29 +46,71 @@ def redis_cluster(tmp_path):
         for port in ports:
             folder = tmp_path / f"node-{port}"
             folder.mkdir()
-            nodes.append(subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                 "--cluster-config-file", "nodes.conf", "--dir", str(folder), "--appendonly",
-                 "yes", "--save", "", "--loglevel", "warning"], stdout=subprocess.DEVNULL))
+            nodes.append(
+                subprocess.Popen(
+                    [
+                        binary,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--dir",
+                        str(folder),
+                        "--appendonly",
+                        "yes",
+                        "--save",
+                        "",
+                        "--loglevel",
+                        "warning",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                )
+            )
 
         def answers(port):
-            return subprocess.run([cli, "-p", str(port), "ping"], capture_output=True,
-                                  text=True).stdout.strip() == "PONG"
+            return (
+                subprocess.run(
+                    [cli, "-p", str(port), "ping"], capture_output=True, text=True
+                ).stdout.strip()
+                == "PONG"
+            )
 
         for port in ports:
             wait_until(lambda p=port: answers(p), 10, f"redis node {port}")
-        subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
-                        "--cluster-replicas", "0", "--cluster-yes"], check=True,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{p}" for p in ports],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
 
         def ready():
-            return all("cluster_state:ok" in subprocess.run(
-                [cli, "-p", str(p), "cluster", "info"], capture_output=True, text=True).stdout
-                for p in ports)
+            return all(
+                "cluster_state:ok"
+                in subprocess.run(
+                    [cli, "-p", str(p), "cluster", "info"], capture_output=True, text=True
+                ).stdout
+                for p in ports
+            )
 
         wait_until(ready, 30, "the cluster to be ready")
-        yield SimpleNamespace(url=f"redis+cluster://127.0.0.1:{ports[0]}/", ports=ports,
-                              client=lambda: RedisCluster(host="127.0.0.1", port=ports[0]))
+        yield SimpleNamespace(
+            url=f"redis+cluster://127.0.0.1:{ports[0]}/",
+            ports=ports,
+            client=lambda: RedisCluster(host="127.0.0.1", port=ports[0]),
+        )
     finally:  # also when setting up failed half-way
         for node in nodes:
             node.terminate()
@@ -82,8 +124,12 @@ async def test_clicks_and_conversions_through_a_redis_cluster(tmp_path, redis_cl
         service.start_edges(2)
         service.start_sink()
         service.add_link("cl", "https://shop.example/?c={click_id}", campaign_id="cl")
-        assert service.api("POST", "/api/advertisers",
-                           {"id": "shop", "token": "adv-token-0123456789abcdef"})[0] == 201
+        assert (
+            service.api(
+                "POST", "/api/advertisers", {"id": "shop", "token": "adv-token-0123456789abcdef"}
+            )[0]
+            == 201
+        )
         statuses = await hit_many(f"{service.base_url}/c/cl?sub1=cluster", 3000, concurrency=32)
         assert statuses.count(302) == 3000
 
@@ -106,8 +152,7 @@ async def test_clicks_and_conversions_through_a_redis_cluster(tmp_path, redis_cl
             ) as r:
                 body = await r.json()
         assert body["status"] == "accepted" and body["attributed"], body
-        service.wait_count("attribution_credits", 5,
-                           f"conversion_id = '{body['conversion_id']}'")
+        service.wait_count("attribution_credits", 5, f"conversion_id = '{body['conversion_id']}'")
 
         # the keys are spread over the three masters, and every shard carried events
         per_node = [redis.Redis(port=p).dbsize() for p in redis_cluster.ports]

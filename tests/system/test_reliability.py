@@ -106,8 +106,9 @@ async def test_sink_killed_mid_batch_then_restarted_counts_exactly(service: Serv
 
     for _ in range(3):  # three crashes at different points
         service.spawn("sink", "sink")
-        wait_until(lambda: service._query_up() and service.count("clicks") > 0, 30,
-                   "the sink to insert")
+        wait_until(
+            lambda: service._query_up() and service.count("clicks") > 0, 30, "the sink to insert"
+        )
         service.signal("sink", signal.SIGKILL)
         service.procs["sink"].wait(10)
     service.start_sink()

@@ -73,8 +73,11 @@ async def create_link(request: web.Request) -> web.Response:
 async def list_links(request: web.Request) -> web.Response:
     links = parse_all(await request.app[REDIS].hgetall(K.LINKS_HASH))
     status = request.query.get("status")
-    items = [link.public() for slug, link in sorted(links.items())
-             if status is None or link.status == status]
+    items = [
+        link.public()
+        for slug, link in sorted(links.items())
+        if status is None or link.status == status
+    ]
     return json_response({"links": items, "count": len(items)})
 
 
@@ -124,8 +127,7 @@ async def create_advertiser(request: web.Request) -> web.Response:
 
 
 async def list_advertisers(request: web.Request) -> web.Response:
-    items = parse_hash(await request.app[REDIS].hgetall(K.ADVERTISERS_HASH),
-                       Advertiser.from_json)
+    items = parse_hash(await request.app[REDIS].hgetall(K.ADVERTISERS_HASH), Advertiser.from_json)
     data = [adv.public() for _, adv in sorted(items.items())]
     return json_response({"advertisers": data, "count": len(data)})
 

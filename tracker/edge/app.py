@@ -41,8 +41,9 @@ MAX_BODY = 1024 * 1024
 
 
 def create_app(settings: Settings, worker_index: int = 0) -> web.Application:
-    app = web.Application(middlewares=[count_requests, admin.require_token],
-                          client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[count_requests, admin.require_token], client_max_size=MAX_BODY
+    )
     app[SETTINGS] = settings
     app[WORKER_INDEX] = worker_index
     app[ADMIN_TOKEN] = settings.admin_token
@@ -107,9 +108,7 @@ async def advertisers_ctx(app: web.Application) -> AsyncIterator[None]:
         snapshot=settings.data_path / "advertisers.snapshot.json",
     )
     app[ADVERTISER_CACHE] = cache
-    app[CONVERSIONS] = ConversionIntake(
-        app[REDIS], cache, settings, settings.trusted_networks
-    )
+    app[CONVERSIONS] = ConversionIntake(app[REDIS], cache, settings, settings.trusted_networks)
     await cache.start()
     yield
     await cache.stop()

@@ -115,15 +115,24 @@ def wants_no_track(hit: Hit, params: dict[str, str], edge: ClickContext) -> bool
     if not edge.honor_no_track:
         return False
     headers = hit.headers
-    return (params.get("no-track", "0").lower() not in _NO
-            or headers.get("dnt") == "1" or headers.get("sec-gpc") == "1")
+    return (
+        params.get("no-track", "0").lower() not in _NO
+        or headers.get("dnt") == "1"
+        or headers.get("sec-gpc") == "1"
+    )
 
 
 def anonymous(meta: records.RequestMeta) -> records.RequestMeta:
     """What is kept of a no-track request: no address, referer or language; the user agent
     stays for bot detection and device counts, which say nothing about the person."""
-    return records.RequestMeta(ip="::", user_agent=meta.user_agent, referer="",
-                              accept_language="", url=meta.url, method=meta.method)
+    return records.RequestMeta(
+        ip="::",
+        user_agent=meta.user_agent,
+        referer="",
+        accept_language="",
+        url=meta.url,
+        method=meta.method,
+    )
 
 
 def who(hit: Hit, params: dict[str, str], edge: ClickContext):
@@ -145,8 +154,13 @@ def orphan(edge: ClickContext, ms: int, visitor_id: str, slug: str, reason: str,
     edge.writer.add(
         "orphan_visits",
         records.orphan_row(
-            ms=ms, visit_id=uuid7(ms), visitor_id=visitor_id,
-            slug=records.clean(slug, 128), reason=reason, route=route, meta=meta,
+            ms=ms,
+            visit_id=uuid7(ms),
+            visitor_id=visitor_id,
+            slug=records.clean(slug, 128),
+            reason=reason,
+            route=route,
+            meta=meta,
         ),
     )
 
@@ -158,8 +172,15 @@ def click_reply(edge: ClickContext, hit: Hit, slug: str) -> Reply:
     ms = now_ms()
     link = edge.links.get(slug)
     if link is None or not link.active:
-        orphan(edge, ms, visitor_id, slug, "unknown_link" if link is None else "disabled_link",
-               "click", meta)
+        orphan(
+            edge,
+            ms,
+            visitor_id,
+            slug,
+            "unknown_link" if link is None else "disabled_link",
+            "click",
+            meta,
+        )
         if edge.fallback_url:
             reply = Reply(302, [("Location", edge.fallback_url)])
         else:
@@ -178,8 +199,14 @@ def click_reply(edge: ClickContext, hit: Hit, slug: str) -> Reply:
         },
     )
     row = records.click_row(
-        ms=ms, click_id=click_id, visitor_id=visitor_id, new_visitor=new, link=link,
-        params=params, meta=meta, destination=destination,
+        ms=ms,
+        click_id=click_id,
+        visitor_id=visitor_id,
+        new_visitor=new,
+        link=link,
+        params=params,
+        meta=meta,
+        destination=destination,
     )
     edge.writer.add_click(row, records.click_record(row, ms), ms)
     return finish(Reply(302, [("Location", destination)]), edge, visitor_id, new)
@@ -204,8 +231,13 @@ def pixel_reply(edge: ClickContext, hit: Hit, params: dict[str, str]) -> Reply:
         edge.writer.add(
             "impressions",
             records.impression_row(
-                ms=ms, impression_id=uuid7(ms), visitor_id=visitor_id, link=link,
-                campaign_id=records.clean(campaign_id, 64), params=params, meta=meta,
+                ms=ms,
+                impression_id=uuid7(ms),
+                visitor_id=visitor_id,
+                link=link,
+                campaign_id=records.clean(campaign_id, 64),
+                params=params,
+                meta=meta,
             ),
         )
     return finish(gif(), edge, visitor_id, new)

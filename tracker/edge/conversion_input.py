@@ -138,9 +138,18 @@ def transition(current: str | None, new: str) -> str:
 
 
 def conversion_row(
-    *, ms: int, conversion_id: str, conv: ConversionInput, amount: Decimal, currency: str,
-    previous_status: str, click: Mapping | None, visitor_id: str, unattributed_reason: str,
-    source: str, meta: RequestMeta,
+    *,
+    ms: int,
+    conversion_id: str,
+    conv: ConversionInput,
+    amount: Decimal,
+    currency: str,
+    previous_status: str,
+    click: Mapping | None,
+    visitor_id: str,
+    unattributed_reason: str,
+    source: str,
+    meta: RequestMeta,
 ) -> dict:
     """The `conversions` row for one conversion event (a first report or a status change)."""
     click = click or {}

@@ -39,8 +39,13 @@ from tracker.edge.clicks import (
 MAX_LINE = 65536
 MAX_FIELD = 32768
 MAX_HEADERS = 96 * 1024
-REASONS = {200: "OK", 302: "Found", 400: "Bad Request", 404: "Not Found",
-           431: "Request Header Fields Too Large"}
+REASONS = {
+    200: "OK",
+    302: "Found",
+    400: "Bad Request",
+    404: "Not Found",
+    431: "Request Header Fields Too Large",
+}
 
 CLOSE = "Connection: close\r\n"
 
@@ -58,9 +63,11 @@ def date_header() -> str:
 
 def encode(reply: Reply, head: bool, keep_alive: bool) -> bytes:
     fields = "".join([f"{name}: {value}\r\n" for name, value in reply.headers])
-    data = (f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'OK')}\r\n{fields}"
-            f"Content-Length: {len(reply.body)}\r\n{date_header()}Server: tracker\r\n"
-            f"{'' if keep_alive else CLOSE}\r\n").encode()
+    data = (
+        f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'OK')}\r\n{fields}"
+        f"Content-Length: {len(reply.body)}\r\n{date_header()}Server: tracker\r\n"
+        f"{'' if keep_alive else CLOSE}\r\n"
+    ).encode()
     return data if head else data + reply.body
 
 
@@ -73,8 +80,9 @@ class TooLarge(Exception):
 
 
 class FastProtocol(asyncio.Protocol):
-    def __init__(self, edge: ClickContext, fallback: Callable[[], asyncio.Protocol],
-                 connections: set) -> None:
+    def __init__(
+        self, edge: ClickContext, fallback: Callable[[], asyncio.Protocol], connections: set
+    ) -> None:
         self.edge = edge
         self.fallback = fallback  # aiohttp's protocol factory
         self.connections = connections
@@ -137,8 +145,13 @@ class FastProtocol(asyncio.Protocol):
             protocol.data_received(data)
 
     def fail(self, status: int) -> None:
-        self.transport.write(encode(Reply(status, [("Content-Type", "text/plain")],
-                                          REASONS[status].encode()), False, False))
+        self.transport.write(
+            encode(
+                Reply(status, [("Content-Type", "text/plain")], REASONS[status].encode()),
+                False,
+                False,
+            )
+        )
         self.closing = True
         self.transport.close()
 
@@ -164,12 +177,17 @@ class FastProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         method = self.parser.get_method()
-        if method not in (b"GET", b"HEAD") or "content-length" in self.headers and (
-                self.headers["content-length"] != "0") or "transfer-encoding" in self.headers:
+        if (
+            method not in (b"GET", b"HEAD")
+            or "content-length" in self.headers
+            and (self.headers["content-length"] != "0")
+            or "transfer-encoding" in self.headers
+        ):
             raise HandOver
         path = self.url.split(b"?", 1)[0]
-        if not (path.startswith(b"/c/") and b"/" not in path[3:] and len(path) > 3
-                or path == b"/p.gif"):
+        if not (
+            path.startswith(b"/c/") and b"/" not in path[3:] and len(path) > 3 or path == b"/p.gif"
+        ):
             raise HandOver
 
     def on_message_complete(self) -> None:
@@ -207,8 +225,15 @@ class FastPathSite(web.BaseSite):
 
     __slots__ = ("_ctx", "_host", "_port", "_connections")
 
-    def __init__(self, runner: web.BaseRunner, ctx: ClickContext, host: str, port: int, *,
-                 backlog: int = 4096) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        ctx: ClickContext,
+        host: str,
+        port: int,
+        *,
+        backlog: int = 4096,
+    ) -> None:
         super().__init__(runner, backlog=backlog)
         self._ctx = ctx
         self._host = host
@@ -225,7 +250,10 @@ class FastPathSite(web.BaseSite):
         assert fallback is not None  # the runner is set up before its sites start
         self._server = await asyncio.get_running_loop().create_server(
             lambda: FastProtocol(self._ctx, fallback, self._connections),
-            self._host, self._port, reuse_port=True, backlog=self._backlog,
+            self._host,
+            self._port,
+            reuse_port=True,
+            backlog=self._backlog,
         )
 
     async def stop(self) -> None:

@@ -10,8 +10,13 @@ from tracker.edge.clicks import Hit, Reply
 
 def hit_of(request: web.Request) -> Hit:
     peer = request.transport.get_extra_info("peername") if request.transport else None
-    return Hit(request.method, request.raw_path, request.rel_url.raw_query_string,
-               request.headers, peer[0] if peer else None)
+    return Hit(
+        request.method,
+        request.raw_path,
+        request.rel_url.raw_query_string,
+        request.headers,
+        peer[0] if peer else None,
+    )
 
 
 def to_response(reply: Reply) -> web.Response:

@@ -56,10 +56,9 @@ RECENT_CLICK_MS = 10_000
 RECENT_CLICK_RETRIES = 100
 
 
-
-
-def reply(status: str, reason: str | None, conversion_id: str | None, http: int = 200,
-          **extra) -> web.Response:
+def reply(
+    status: str, reason: str | None, conversion_id: str | None, http: int = 200, **extra
+) -> web.Response:
     body = {"status": status, "reason": reason, "conversion_id": conversion_id, **extra}
     return web.Response(body=orjson.dumps(body), status=http, content_type="application/json")
 
@@ -71,8 +70,12 @@ async def read_params(request: web.Request, max_body: int) -> tuple[dict[str, st
     body = await request.content.read(max_body + 1) if request.can_read_body else b""
     if len(body) > max_body:
         raise Rejected(413, "body_too_large")
-    params = {k: v for k, v in parse_qsl(request.rel_url.raw_query_string,
-                                         keep_blank_values=True, errors="replace")}
+    params = {
+        k: v
+        for k, v in parse_qsl(
+            request.rel_url.raw_query_string, keep_blank_values=True, errors="replace"
+        )
+    }
     if body:
         ctype = request.content_type
         if ctype == "application/json":
@@ -97,20 +100,28 @@ def json_params(body: bytes) -> dict[str, str]:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             if value is None:
                 continue
-            raise Rejected(400, f"invalid_field_{key[:32]}" if key.isidentifier()
-                           else "invalid_field")
+            raise Rejected(
+                400, f"invalid_field_{key[:32]}" if key.isidentifier() else "invalid_field"
+            )
         params[key] = str(value)
     return params
 
 
-def authenticate(request: web.Request, token: str, params: dict[str, str], body: bytes,
-                 window: int) -> None:
+def authenticate(
+    request: web.Request, token: str, params: dict[str, str], body: bytes, window: int
+) -> None:
     signature = request.headers.get(signing.SIGNATURE_HEADER)
     if signature:
         reason = signing.verify(
-            token, signature, request.headers.get(signing.TIMESTAMP_HEADER, ""),
-            request.method, request.path, request.rel_url.raw_query_string, body,
-            now=time.time(), window=window,
+            token,
+            signature,
+            request.headers.get(signing.TIMESTAMP_HEADER, ""),
+            request.method,
+            request.path,
+            request.rel_url.raw_query_string,
+            body,
+            now=time.time(),
+            window=window,
         )
         if reason:
             raise Rejected(401, reason)
@@ -122,8 +133,9 @@ def authenticate(request: web.Request, token: str, params: dict[str, str], body:
         raise Rejected(401, "bad_token")
 
 
-async def find_click(redis, conv: conversion_input.ConversionInput, visitor_id: str,
-                     lookback_ms: int, now: int) -> tuple[dict | None, str]:
+async def find_click(
+    redis, conv: conversion_input.ConversionInput, visitor_id: str, lookback_ms: int, now: int
+) -> tuple[dict | None, str]:
     """The click a new conversion is attributed to, or None and the reason."""
     if conv.click_id:
         raw = await redis.get(K.click_key(conv.click_id))
@@ -150,8 +162,14 @@ async def find_click(redis, conv: conversion_input.ConversionInput, visitor_id: 
     return (orjson.loads(raw), "") if raw else (None, "no_click_in_lookback")
 
 
-async def record(ctx: ConversionIntake, conv: conversion_input.ConversionInput, *, visitor_id: str,
-                 source: str, meta: RequestMeta) -> web.Response:
+async def record(
+    ctx: ConversionIntake,
+    conv: conversion_input.ConversionInput,
+    *,
+    visitor_id: str,
+    source: str,
+    meta: RequestMeta,
+) -> web.Response:
     """Store a conversion report (new, or a status change) and say what happened."""
     s = ctx.settings
     key = K.conversion_key(conv.advertiser, conv.txid)
@@ -167,35 +185,57 @@ async def record(ctx: ConversionIntake, conv: conversion_input.ConversionInput, 
             return reply("duplicate", "duplicate_transaction", stored["conversion_id"])
         ms = now_ms()
         if kind == "new":
-            click, why = await find_click(ctx.redis, conv, visitor_id, s.lookback_seconds * 1000,
-                                          ms)
+            click, why = await find_click(
+                ctx.redis, conv, visitor_id, s.lookback_seconds * 1000, ms
+            )
             amount = conv.amount if conv.amount is not None else 0
             stored = {
-                "conversion_id": uuid7(ms), "click": click, "unattributed_reason": why,
+                "conversion_id": uuid7(ms),
+                "click": click,
+                "unattributed_reason": why,
                 "visitor_id": (click or {}).get("visitor_id") or visitor_id,
-                "amount": str(amount), "currency": conv.currency,
+                "amount": str(amount),
+                "currency": conv.currency,
             }
         else:
             stored = orjson.loads(state[b"record"])
         amount = conv.amount if conv.amount is not None else stored["amount"]
         currency = conv.currency if conv.amount is not None else stored["currency"]
         row = conversion_input.conversion_row(
-            ms=ms, conversion_id=stored["conversion_id"], conv=conv, amount=amount,
-            currency=currency, previous_status=current or "", click=stored["click"],
-            visitor_id=stored["visitor_id"], unattributed_reason=stored["unattributed_reason"],
-            source=source, meta=meta,
+            ms=ms,
+            conversion_id=stored["conversion_id"],
+            conv=conv,
+            amount=amount,
+            currency=currency,
+            previous_status=current or "",
+            click=stored["click"],
+            visitor_id=stored["visitor_id"],
+            unattributed_reason=stored["unattributed_reason"],
+            source=source,
+            meta=meta,
         )
         result = await ctx.script(
             keys=[key, K.EVENTS_STREAM],
-            args=[current or "", conv.status, orjson.dumps(stored),
-                  s.conversions.dedup_days * 86400,
-                  K.BATCH_ID_FIELD, uuid7(ms), "conversions", orjson.dumps(row)],
+            args=[
+                current or "",
+                conv.status,
+                orjson.dumps(stored),
+                s.conversions.dedup_days * 86400,
+                K.BATCH_ID_FIELD,
+                uuid7(ms),
+                "conversions",
+                orjson.dumps(row),
+            ],
         )
         if result[0] == b"ok":
             ctx.outcomes["accepted"] += 1
-            return reply("accepted", stored["unattributed_reason"] or None,
-                         stored["conversion_id"], attributed=not stored["unattributed_reason"],
-                         transaction_status=conv.status)
+            return reply(
+                "accepted",
+                stored["unattributed_reason"] or None,
+                stored["conversion_id"],
+                attributed=not stored["unattributed_reason"],
+                transaction_status=conv.status,
+            )
     raise Rejected(409, "concurrent_update")
 
 
@@ -210,13 +250,18 @@ async def postback(request: web.Request) -> web.Response:
     s = ctx.settings
     try:
         params, body = await read_params(request, s.conversions.max_body_bytes)
-        conv = conversion_input.parse(params, default_currency=s.conversions.default_currency,
-                                 max_amount=s.conversions.max_amount, require_click=True)
+        conv = conversion_input.parse(
+            params,
+            default_currency=s.conversions.default_currency,
+            max_amount=s.conversions.max_amount,
+            require_click=True,
+        )
         advertiser = ctx.advertisers.get(conv.advertiser)
         if advertiser is None or not advertiser.active:
             raise Rejected(401, "unknown_advertiser")
-        authenticate(request, advertiser.token, params, body,
-                     s.conversions.signature_window_seconds)
+        authenticate(
+            request, advertiser.token, params, body, s.conversions.signature_window_seconds
+        )
         meta = request_meta(hit_of(request), ctx.trusted)
         return await record(ctx, conv, visitor_id="", source="postback", meta=meta)
     except Rejected as exc:
@@ -226,8 +271,9 @@ async def postback(request: web.Request) -> web.Response:
         return reject(ctx, Rejected(503, "temporarily_unavailable"))
 
 
-async def conversion_pixel(request: web.Request, params: dict[str, str], visitor_id: str | None,
-                           meta: RequestMeta) -> None:
+async def conversion_pixel(
+    request: web.Request, params: dict[str, str], visitor_id: str | None, meta: RequestMeta
+) -> None:
     """A conversion reported by the thank-you page's pixel: the visitor comes from the cookie.
 
     Browsers cannot keep a secret, so pixel conversions are not authenticated; they are
@@ -236,8 +282,12 @@ async def conversion_pixel(request: web.Request, params: dict[str, str], visitor
     ctx = request.app[CONVERSIONS]
     s = ctx.settings
     try:
-        conv = conversion_input.parse(params, default_currency=s.conversions.default_currency,
-                                 max_amount=s.conversions.max_amount, require_click=False)
+        conv = conversion_input.parse(
+            params,
+            default_currency=s.conversions.default_currency,
+            max_amount=s.conversions.max_amount,
+            require_click=False,
+        )
         advertiser = ctx.advertisers.get(conv.advertiser)
         if advertiser is None or not advertiser.active:
             raise Rejected(401, "unknown_advertiser")

@@ -275,8 +275,10 @@ class EventWriter:
         for click_id, visitor_id, ms, record in batch.clicks:
             click_key = K.click_key(click_id)
             # a no-track click has no visitor path
-            keys += [click_key, click_key if visitor_id == ZERO_UUID
-                     else K.visitor_clicks_key(visitor_id)]
+            keys += [
+                click_key,
+                click_key if visitor_id == ZERO_UUID else K.visitor_clicks_key(visitor_id),
+            ]
             args += [record, click_id, ms, ms - oldest]
         await self._redis.evalsha(self._script_sha, len(keys), *keys, *args)
 
@@ -287,8 +289,12 @@ class EventWriter:
         redis-py splits by node. Every command is idempotent, as above."""
         entry = batch.entry()
         await self._redis.eval(
-            XADD_ONCE, 2, K.events_stream(batch.shard), K.batch_marker_key(batch.id, batch.shard),
-            self._dedup_ttl, *entry,
+            XADD_ONCE,
+            2,
+            K.events_stream(batch.shard),
+            K.batch_marker_key(batch.id, batch.shard),
+            self._dedup_ttl,
+            *entry,
         )
         if not batch.clicks:
             return

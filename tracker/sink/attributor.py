@@ -23,8 +23,14 @@ from tracker.timefmt import format_ms, parse_ms
 
 
 class Attributor:
-    def __init__(self, redis: Any, models: list[str], lookback_ms: int, half_life_ms: int,
-                 credit_flagged: bool = False):
+    def __init__(
+        self,
+        redis: Any,
+        models: list[str],
+        lookback_ms: int,
+        half_life_ms: int,
+        credit_flagged: bool = False,
+    ):
         self.redis = redis
         self.credit_flagged = credit_flagged
         self.models = models
@@ -51,29 +57,40 @@ class Attributor:
         touches = self.path(conversion["visitor_id"], converted_at)
         currency = conversion["currency"]
         minor = to_minor(Decimal(conversion["amount"]), currency)
-        path_length = len(build_path(touches, converted_at, lookback_ms=self.lookback_ms,
-                                     named_click_id=named))
+        path_length = len(
+            build_path(touches, converted_at, lookback_ms=self.lookback_ms, named_click_id=named)
+        )
         rows = []
         for model in self.models:
-            credits = attribute(touches, converted_at, model, lookback=self.lookback_ms,
-                                half_life=self.half_life_ms, named_click_id=named)
+            credits = attribute(
+                touches,
+                converted_at,
+                model,
+                lookback=self.lookback_ms,
+                half_life=self.half_life_ms,
+                named_click_id=named,
+            )
             amounts = split_amount(minor, [credit.weight for credit in credits])
             metrics.CREDITED.labels(model, currency).inc(sum(amounts))
             for credit, part in zip(credits, amounts, strict=True):
-                rows.append(orjson.dumps({
-                    "event_time": conversion["event_time"],
-                    "conversion_id": conversion["conversion_id"],
-                    "model": model,
-                    "click_id": credit.touch.click_id,
-                    "click_time": format_ms(credit.touch.ts),
-                    "campaign_id": credit.touch.campaign_id,
-                    "affiliate_id": credit.touch.affiliate_id,
-                    "position": credit.position,
-                    "path_length": path_length,
-                    "weight": credit.weight,
-                    "credited_amount": str(from_minor(part, currency)),
-                    "currency": currency,
-                }))
+                rows.append(
+                    orjson.dumps(
+                        {
+                            "event_time": conversion["event_time"],
+                            "conversion_id": conversion["conversion_id"],
+                            "model": model,
+                            "click_id": credit.touch.click_id,
+                            "click_time": format_ms(credit.touch.ts),
+                            "campaign_id": credit.touch.campaign_id,
+                            "affiliate_id": credit.touch.affiliate_id,
+                            "position": credit.position,
+                            "path_length": path_length,
+                            "weight": credit.weight,
+                            "credited_amount": str(from_minor(part, currency)),
+                            "currency": currency,
+                        }
+                    )
+                )
         return rows
 
     def path(self, visitor_id: str, converted_at: int) -> list[Touch]:
@@ -82,7 +99,9 @@ class Attributor:
         if visitor_id == ZERO_UUID:
             return []
         members = self.redis.zrangebyscore(
-            K.visitor_clicks_key(visitor_id), converted_at - self.lookback_ms, converted_at,
+            K.visitor_clicks_key(visitor_id),
+            converted_at - self.lookback_ms,
+            converted_at,
             withscores=True,
         )
         if not members:
@@ -93,14 +112,18 @@ class Attributor:
             pipe.exists(K.excluded_click_key(click_id.decode()))
         results = pipe.execute()
         touches = []
-        for (click_id, score), raw, excluded in zip(members, results[::2], results[1::2],
-                                                    strict=True):
+        for (click_id, score), raw, excluded in zip(
+            members, results[::2], results[1::2], strict=True
+        ):
             if excluded:
                 continue
             record = orjson.loads(raw) if raw else {}
-            touches.append(Touch(
-                click_id=click_id.decode(), ts=int(score),
-                campaign_id=record.get("campaign_id", ""),
-                affiliate_id=record.get("affiliate_id", ""),
-            ))
+            touches.append(
+                Touch(
+                    click_id=click_id.decode(),
+                    ts=int(score),
+                    campaign_id=record.get("campaign_id", ""),
+                    affiliate_id=record.get("affiliate_id", ""),
+                )
+            )
         return touches

@@ -225,14 +225,18 @@ class Sink:
 
     def _claim(self, stream: str, name: str) -> int:
         pending = self.redis.xpending_range(
-            stream, K.SINK_GROUP, min="-", max="+", count=self.read_entries,
-            consumername=name, idle=self.reclaim_idle_ms,
+            stream,
+            K.SINK_GROUP,
+            min="-",
+            max="+",
+            count=self.read_entries,
+            consumername=name,
+            idle=self.reclaim_idle_ms,
         )
         ids = [p["message_id"] for p in pending]
         if not ids:
             return 0
-        claimed = self.redis.xclaim(stream, K.SINK_GROUP, self.consumer, self.reclaim_idle_ms,
-                                    ids)
+        claimed = self.redis.xclaim(stream, K.SINK_GROUP, self.consumer, self.reclaim_idle_ms, ids)
         entries = [(eid, fields) for eid, fields in claimed if fields]
         gone = [eid for eid, fields in claimed if not fields]
         if gone:  # deleted from the stream already: nothing left to store
@@ -297,8 +301,9 @@ class Sink:
         for table in sorted(self.pipeline.tables(), key=lambda t: t != "clicks"):
             if not payloads.get(table):
                 continue
-            events = [orjson.loads(line) for part in payloads[table]
-                      for line in part.split(b"\n") if line]
+            events = [
+                orjson.loads(line) for part in payloads[table] for line in part.split(b"\n") if line
+            ]
             events = self.pipeline.process(table, events)
             payloads[table] = [b"\n".join(orjson.dumps(e) for e in events)] if events else []
 

@@ -36,13 +36,17 @@ def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
-    ch = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database,
-                      settings.clickhouse.cluster)
+    ch = ClickHouse(
+        settings.clickhouse_dsn, settings.clickhouse.database, settings.clickhouse.cluster
+    )
     applied = migrations.apply(ch, settings)
     if applied:
         log.info("migrations applied: %s", ", ".join(applied))
     server = query_server.make_server(
-        ch, settings.admin_token, settings.sink.query_host, settings.sink.query_port,
+        ch,
+        settings.admin_token,
+        settings.sink.query_host,
+        settings.sink.query_port,
         migrate=lambda: migrations.apply(ch, settings),
     )
     query_server.start(server)
@@ -67,8 +71,12 @@ def run(settings: Settings) -> None:
         pipeline=enrichment.build(settings, redis, geo_reader),
         streams=[K.events_stream(i) for i in range(settings.redis.stream_shards)],
     )
-    log.info("sink %s running; SQL endpoint on %s:%d", sink.consumer,
-             settings.sink.query_host, settings.sink.query_port)
+    log.info(
+        "sink %s running; SQL endpoint on %s:%d",
+        sink.consumer,
+        settings.sink.query_host,
+        settings.sink.query_port,
+    )
     try:
         sink.run()
     finally:

@@ -58,8 +58,24 @@ _DESKTOP = re.compile(
     r"|\bDesktop\b"
 )
 _DESKTOP_OS = frozenset(
-    {"Windows", "Mac OS X", "Linux", "Ubuntu", "Chrome OS", "Fedora", "Debian", "FreeBSD",
-     "OpenBSD", "NetBSD", "Solaris", "Red Hat", "SUSE", "Mint", "Arch Linux", "CentOS"}
+    {
+        "Windows",
+        "Mac OS X",
+        "Linux",
+        "Ubuntu",
+        "Chrome OS",
+        "Fedora",
+        "Debian",
+        "FreeBSD",
+        "OpenBSD",
+        "NetBSD",
+        "Solaris",
+        "Red Hat",
+        "SUSE",
+        "Mint",
+        "Arch Linux",
+        "CentOS",
+    }
 )
 
 

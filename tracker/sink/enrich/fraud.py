@@ -109,8 +109,14 @@ def ip_shard(ip: str) -> int:
 class FraudRules:
     chunk = 2_000  # clicks per script call: a few ms of Redis, so edges' writes interleave
 
-    def __init__(self, redis: Any, default: Thresholds, per_campaign: dict[str, Thresholds],
-                 datacenter_asns: frozenset[int], cluster: bool = False) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        default: Thresholds,
+        per_campaign: dict[str, Thresholds],
+        datacenter_asns: frozenset[int],
+        cluster: bool = False,
+    ) -> None:
         self.redis = redis
         self.cluster = cluster
         self.default = default
@@ -224,8 +230,9 @@ class FraudRules:
         if event.get("previous_status"):
             return event  # a status change: judged at the first report
         click_ms = parse_ms(event["click_time"]) if event.get("click_id") != ZERO_UUID else 0
-        if fast_conversion(click_ms, parse_ms(event["event_time"]),
-                           self.thresholds(event["campaign_id"])):
+        if fast_conversion(
+            click_ms, parse_ms(event["event_time"]), self.thresholds(event["campaign_id"])
+        ):
             flag(event, "fast_conversion")
         return event
 

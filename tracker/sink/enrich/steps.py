@@ -96,10 +96,19 @@ def anonymize(event: Event) -> Event:
 
 def build(settings: Settings, redis: Any, geo_reader: Any | None) -> Pipeline:
     f = settings.fraud
-    default = Thresholds(f.ip_clicks_per_minute, f.duplicate_click_seconds,
-                         f.min_click_to_conversion_seconds, f.visitors_per_ip_per_hour)
-    rules = FraudRules(redis, default, thresholds_from(default, f.campaigns),
-                       frozenset(f.datacenter_asns), cluster=is_cluster(settings.redis.url))
+    default = Thresholds(
+        f.ip_clicks_per_minute,
+        f.duplicate_click_seconds,
+        f.min_click_to_conversion_seconds,
+        f.visitors_per_ip_per_hour,
+    )
+    rules = FraudRules(
+        redis,
+        default,
+        thresholds_from(default, f.campaigns),
+        frozenset(f.datacenter_asns),
+        cluster=is_cluster(settings.redis.url),
+    )
     marks = ExclusionMarks(redis, settings.lookback_seconds)
     steps = [
         Step("bots", mark_bot, ("clicks",)),
@@ -114,6 +123,9 @@ def build(settings: Settings, redis: Any, geo_reader: Any | None) -> Pipeline:
         Step("exclusion_marks", marks.run, ("clicks",), marks.prepare),
     ]
     if settings.privacy.anonymize_ip:
-        steps.append(Step("anonymize_ip", anonymize,
-                          ("clicks", "conversions", "impressions", "orphan_visits")))
+        steps.append(
+            Step(
+                "anonymize_ip", anonymize, ("clicks", "conversions", "impressions", "orphan_visits")
+            )
+        )
     return Pipeline(steps)
