@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the service needs and is missing: redis-server (Debian package) and the
+# Installs what the service needs and is missing: redis-server, chromium for the browser
+# tests (Debian packages; the tests drive Debian's chromium, never a downloaded one) and the
 # Python environment in .venv/ (the project and its dev tools). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
   echo "setup: installing redis-server"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+
+if [ ! -x /usr/bin/chromium ]; then
+  echo "setup: installing chromium (browser tests)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
 PYTHON=${PYTHON:-python3.11}

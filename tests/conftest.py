@@ -8,6 +8,7 @@ import itertools
 
 import pytest
 
+from tests.browser import chromium  # noqa: F401 - headless Chromium for any test
 from tracker.testing import (  # noqa: F401 - re-exported for the tests
     BROWSER_UA,
     ROOT,
