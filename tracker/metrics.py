@@ -49,6 +49,9 @@ SINK_BATCHES = PromCounter("tracker_sink_batches_total", "Batches stored and ack
 SINK_FAILURES = PromCounter(
     "tracker_sink_insert_failures_total", "Failed ClickHouse inserts (retried)"
 )
+SINK_DROPPED = PromCounter(
+    "tracker_sink_dropped_total", "Stream content the sink left out, by reason", ["reason"]
+)
 SINK_BATCH_SECONDS = Histogram(
     "tracker_sink_batch_seconds",
     "Time to store one batch",

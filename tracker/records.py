@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from tracker.links import Link
+from tracker.reasons import OrphanVisit
 from tracker.timefmt import format_ms
 
 SUB_KEYS = ("sub1", "sub2", "sub3", "sub4", "sub5")
@@ -154,7 +155,7 @@ def orphan_row(
     visit_id: str,
     visitor_id: str,
     slug: str,
-    reason: str,
+    reason: OrphanVisit,
     route: str,
     meta: RequestMeta,
 ) -> dict:

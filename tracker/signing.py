@@ -17,6 +17,8 @@ import hashlib
 import hmac
 from urllib.parse import parse_qsl, urlencode
 
+from tracker.reasons import PostbackRefusal
+
 TIMESTAMP_HEADER = "X-Tracker-Timestamp"
 SIGNATURE_HEADER = "X-Tracker-Signature"
 
@@ -46,15 +48,15 @@ def verify(
     *,
     now: float,
     window: int,
-) -> str | None:
+) -> PostbackRefusal | None:
     """None when the signature is good; otherwise the reason it is refused."""
     try:
         ts = int(timestamp)
     except ValueError:
-        return "bad_timestamp"
+        return PostbackRefusal.BAD_TIMESTAMP
     if abs(now - ts) > window:
-        return "stale_signature"
+        return PostbackRefusal.STALE_SIGNATURE
     expected = sign(token, timestamp, method, path, query, body)
     if not hmac.compare_digest(signature.strip().encode(), expected.encode()):
-        return "bad_signature"
+        return PostbackRefusal.BAD_SIGNATURE
     return None

@@ -14,6 +14,7 @@ import pytest
 
 from tests.geo.test_reader import write_mmdb
 from tracker.ids import uuid7
+from tracker.reasons import FraudFlag
 from tracker.sink.enrich import fraud
 from tracker.sink.enrich.fraud import FraudRules, Thresholds, thresholds_from
 from tracker.sink.enrich.pipeline import Pipeline, Step, flag
@@ -63,8 +64,8 @@ def test_pipeline_runs_steps_in_order_counts_and_times_them():
     def second(event):
         seen.append(("second", event["n"]))
         if event["n"] == 3:
-            flag(event, "odd")
-            flag(event, "odd")
+            flag(event, FraudFlag.IP_FLOOD)
+            flag(event, FraudFlag.IP_FLOOD)
         return event
 
     prepared = []
@@ -76,13 +77,13 @@ def test_pipeline_runs_steps_in_order_counts_and_times_them():
         ]
     )
     out = pipeline.process("clicks", [{"n": 1}, {"n": 2}, {"n": 3}])
-    assert [e["n"] for e in out] == [1, 3] and out[1]["fraud_flags"] == ["odd"]
+    assert [e["n"] for e in out] == [1, 3] and out[1]["fraud_flags"] == ["ip_flood"]
     assert seen == [("first", 1), ("first", 2), ("first", 3), ("second", 1), ("second", 3)]
     assert len(prepared) == 1 and [e["n"] for e in prepared[0]] == [1, 3]
     assert pipeline.stats["first"].events == 3 and pipeline.stats["first"].dropped == 1
     assert pipeline.stats["second"].events == 2 and pipeline.stats["second"].seconds > 0
     assert "other" not in pipeline.stats
-    assert pipeline.flags[("clicks", "odd")] == 1
+    assert pipeline.flags[("clicks", "ip_flood")] == 1
     assert pipeline.tables() == {"clicks", "impressions"}
 
 

@@ -334,7 +334,7 @@ async def test_bad_bodies_are_refused(svc):
                 {"Content-Type": "application/json"},
                 b'{"txid": {"a": 1}}',
                 400,
-                "invalid_field_txid",
+                "invalid_field",
             ),
             (
                 {"Content-Type": "application/x-www-form-urlencoded"},

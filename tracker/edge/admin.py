@@ -13,13 +13,14 @@ from tracker.advertisers import stage_save as stage_advertiser
 from tracker.edge.keys import ADMIN_TOKEN, ADVERTISER_CACHE, LINK_CACHE, REDIS
 from tracker.hashcache import parse_hash
 from tracker.links import Link, LinkError, apply_changes, new_link, parse_all, stage_save
+from tracker.reasons import AdminError
 
 
 def json_response(data, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def error(status: int, code: str, reason: str) -> web.Response:
+def error(status: int, code: AdminError, reason: str) -> web.Response:
     return json_response({"error": code, "reason": reason}, status)
 
 
@@ -32,7 +33,7 @@ async def require_token(request: web.Request, handler):
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             token.strip().encode(), expected.encode()
         ):
-            return error(401, "unauthorized", "missing or wrong bearer token")
+            return error(401, AdminError.UNAUTHORIZED, "missing or wrong bearer token")
     return await handler(request)
 
 
@@ -41,7 +42,9 @@ async def _body(request: web.Request):
         return orjson.loads(await request.read())
     except orjson.JSONDecodeError:
         raise web.HTTPBadRequest(
-            body=orjson.dumps({"error": "invalid_json", "reason": "body is not valid JSON"}),
+            body=orjson.dumps(
+                {"error": AdminError.INVALID_JSON, "reason": "body is not valid JSON"}
+            ),
             content_type="application/json",
         ) from None
 
@@ -62,10 +65,10 @@ async def create_link(request: web.Request) -> web.Response:
     try:
         link = new_link(await _body(request))
     except LinkError as exc:
-        return error(400, "invalid_link", str(exc))
+        return error(400, AdminError.INVALID_LINK, str(exc))
     redis = request.app[REDIS]
     if not await redis.hsetnx(K.LINKS_HASH, link.slug, link.to_json()):
-        return error(409, "exists", f"link {link.slug!r} already exists")
+        return error(409, AdminError.EXISTS, f"link {link.slug!r} already exists")
     await _save(request, link)
     return json_response(link.public(), 201)
 
@@ -85,7 +88,7 @@ async def get_link(request: web.Request) -> web.Response:
     slug = request.match_info["slug"]
     link = await _load(request, slug)
     if link is None:
-        return error(404, "not_found", f"no link {slug!r}")
+        return error(404, AdminError.NOT_FOUND, f"no link {slug!r}")
     return json_response(link.public())
 
 
@@ -93,11 +96,11 @@ async def update_link(request: web.Request) -> web.Response:
     slug = request.match_info["slug"]
     link = await _load(request, slug)
     if link is None:
-        return error(404, "not_found", f"no link {slug!r}")
+        return error(404, AdminError.NOT_FOUND, f"no link {slug!r}")
     try:
         link = apply_changes(link, await _body(request))
     except LinkError as exc:
-        return error(400, "invalid_link", str(exc))
+        return error(400, AdminError.INVALID_LINK, str(exc))
     await _save(request, link)
     return json_response(link.public())
 
@@ -106,7 +109,7 @@ async def delete_link(request: web.Request) -> web.Response:
     slug = request.match_info["slug"]
     link = await _load(request, slug)
     if link is None:
-        return error(404, "not_found", f"no link {slug!r}")
+        return error(404, AdminError.NOT_FOUND, f"no link {slug!r}")
     await _save(request, apply_changes(link, {}), deleted=True)
     return json_response({"deleted": slug})
 
@@ -115,10 +118,10 @@ async def create_advertiser(request: web.Request) -> web.Response:
     try:
         advertiser = new_advertiser(await _body(request))
     except AdvertiserError as exc:
-        return error(400, "invalid_advertiser", str(exc))
+        return error(400, AdminError.INVALID_ADVERTISER, str(exc))
     redis = request.app[REDIS]
     if not await redis.hsetnx(K.ADVERTISERS_HASH, advertiser.id, advertiser.to_json()):
-        return error(409, "exists", f"advertiser {advertiser.id!r} already exists")
+        return error(409, AdminError.EXISTS, f"advertiser {advertiser.id!r} already exists")
     pipe = redis.pipeline(transaction=False)
     stage_advertiser(pipe, advertiser)
     await pipe.execute()
@@ -136,7 +139,7 @@ async def get_advertiser(request: web.Request) -> web.Response:
     adv_id = request.match_info["id"]
     raw = await request.app[REDIS].hget(K.ADVERTISERS_HASH, adv_id)
     if raw is None:
-        return error(404, "not_found", f"no advertiser {adv_id!r}")
+        return error(404, AdminError.NOT_FOUND, f"no advertiser {adv_id!r}")
     return json_response(Advertiser.from_json(raw).public(with_token=True))
 
 

@@ -18,6 +18,7 @@ from tracker.hashcache import HashCache
 from tracker.ids import ZERO_UUID, is_uuid, uuid7
 from tracker.macros import render
 from tracker.metrics import EdgeCounters
+from tracker.reasons import OrphanVisit
 from tracker.timefmt import now_ms
 
 # The smallest transparent GIF (43 bytes).
@@ -150,7 +151,15 @@ def finish(reply: Reply, edge: ClickContext, visitor_id: str, new: bool) -> Repl
     return reply
 
 
-def orphan(edge: ClickContext, ms: int, visitor_id: str, slug: str, reason: str, route: str, meta):
+def orphan(
+    edge: ClickContext,
+    ms: int,
+    visitor_id: str,
+    slug: str,
+    reason: OrphanVisit,
+    route: str,
+    meta: records.RequestMeta,
+) -> None:
     edge.writer.add(
         "orphan_visits",
         records.orphan_row(
@@ -177,7 +186,7 @@ def click_reply(edge: ClickContext, hit: Hit, slug: str) -> Reply:
             ms,
             visitor_id,
             slug,
-            "unknown_link" if link is None else "disabled_link",
+            OrphanVisit.UNKNOWN_LINK if link is None else OrphanVisit.DISABLED_LINK,
             "click",
             meta,
         )
@@ -224,9 +233,9 @@ def pixel_reply(edge: ClickContext, hit: Hit, params: dict[str, str]) -> Reply:
     link = edge.links.get(slug) if slug else None
     campaign_id = params.get("campaign_id", "")
     if slug and link is None:
-        orphan(edge, ms, visitor_id, slug, "unknown_link", "pixel", meta)
+        orphan(edge, ms, visitor_id, slug, OrphanVisit.UNKNOWN_LINK, "pixel", meta)
     elif link is None and not campaign_id:
-        orphan(edge, ms, visitor_id, "", "no_link_or_campaign", "pixel", meta)
+        orphan(edge, ms, visitor_id, "", OrphanVisit.NO_LINK_OR_CAMPAIGN, "pixel", meta)
     else:
         edge.writer.add(
             "impressions",

@@ -13,6 +13,7 @@ from decimal import Decimal, InvalidOperation
 
 from attribution.money import is_currency, to_minor
 from tracker.ids import ZERO_UUID, is_uuid
+from tracker.reasons import PostbackRefusal as R
 from tracker.records import SUB_KEYS, RequestMeta, clean
 from tracker.timefmt import format_ms
 
@@ -37,12 +38,15 @@ _EVENT_RE = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,31}\Z")
 
 
 class Rejected(Exception):
-    """A conversion that is refused: HTTP status and a short machine-readable reason."""
+    """A conversion that is refused: HTTP status and a reason from the closed set. `field`
+    names the offending parameter for the reply only (it is the client's text, so it is
+    never a metric label)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: R, field: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.field = field
 
 
 @dataclass(slots=True)
@@ -71,33 +75,33 @@ def parse(
     """Validate a conversion's parameters (query, form or JSON, already merged)."""
     advertiser = pick(params, "advertiser")
     if not advertiser:
-        raise Rejected(400, "missing_advertiser")
+        raise Rejected(400, R.MISSING_ADVERTISER)
     if not _ID_RE.match(advertiser):
-        raise Rejected(400, "invalid_advertiser")
+        raise Rejected(400, R.INVALID_ADVERTISER)
 
     txid = pick(params, "txid")
     if not txid:
-        raise Rejected(400, "missing_txid")
+        raise Rejected(400, R.MISSING_TXID)
     if len(txid) > 128 or not txid.isprintable() or any(ch.isspace() for ch in txid):
-        raise Rejected(400, "invalid_txid")
+        raise Rejected(400, R.INVALID_TXID)
 
     click_id = pick(params, "click_id").lower()
     if not click_id and require_click:
-        raise Rejected(400, "missing_click_id")
+        raise Rejected(400, R.MISSING_CLICK_ID)
     if click_id and not is_uuid(click_id):
-        raise Rejected(400, "invalid_click_id")
+        raise Rejected(400, R.INVALID_CLICK_ID)
 
     currency = (pick(params, "currency") or default_currency).upper()
     if not is_currency(currency):
-        raise Rejected(400, "unknown_currency")
+        raise Rejected(400, R.UNKNOWN_CURRENCY)
     amount = parse_amount(pick(params, "amount"), currency, max_amount)
 
     status = (pick(params, "status") or "pending").lower()
     if status not in STATUSES:
-        raise Rejected(400, "unknown_status")
+        raise Rejected(400, R.UNKNOWN_STATUS)
     event = (pick(params, "event") or "conversion").lower()
     if not _EVENT_RE.match(event):
-        raise Rejected(400, "invalid_event")
+        raise Rejected(400, R.INVALID_EVENT)
     subs = {key: clean(params.get(key, ""), 512) for key in SUB_KEYS}
     return ConversionInput(advertiser, txid, click_id, amount, currency, status, event, subs)
 
@@ -106,21 +110,21 @@ def parse_amount(text: str, currency: str, max_amount: int) -> Decimal | None:
     if not text:
         return None
     if len(text) > 40:
-        raise Rejected(400, "invalid_amount")
+        raise Rejected(400, R.INVALID_AMOUNT)
     try:
         amount = Decimal(text)
     except InvalidOperation:
-        raise Rejected(400, "invalid_amount") from None
+        raise Rejected(400, R.INVALID_AMOUNT) from None
     if not amount.is_finite():
-        raise Rejected(400, "invalid_amount")
+        raise Rejected(400, R.INVALID_AMOUNT)
     if amount < 0:
-        raise Rejected(400, "negative_amount")
+        raise Rejected(400, R.NEGATIVE_AMOUNT)
     if amount > max_amount:
-        raise Rejected(400, "amount_too_large")
+        raise Rejected(400, R.AMOUNT_TOO_LARGE)
     try:
         to_minor(amount, currency)
     except ValueError:
-        raise Rejected(400, "too_many_decimals") from None
+        raise Rejected(400, R.TOO_MANY_DECIMALS) from None
     return amount
 
 
@@ -128,13 +132,13 @@ def transition(current: str | None, new: str) -> str:
     """'new', 'duplicate' or 'change' for a status report; Rejected when not allowed."""
     if current is None:
         if new not in FIRST_STATUSES:
-            raise Rejected(409, "unknown_transaction")
+            raise Rejected(409, R.UNKNOWN_TRANSACTION)
         return "new"
     if current == new:
         return "duplicate"
     if current in TRANSITIONS.get(new, ()):
         return "change"
-    raise Rejected(409, "illegal_transition")
+    raise Rejected(409, R.ILLEGAL_TRANSITION)
 
 
 def conversion_row(

@@ -9,6 +9,7 @@ from typing import Any
 from tracker.config import Settings
 from tracker.edge.client_ip import Network
 from tracker.hashcache import HashCache
+from tracker.reasons import PostbackOutcome, PostbackRefusal
 from tracker.types import AsyncRedis
 
 
@@ -19,5 +20,6 @@ class ConversionIntake:
     settings: Settings
     trusted: list[Network]  # proxies whose X-Forwarded-For is believed
     script: Any = None
-    rejections: Counter = field(default_factory=Counter)  # reason -> count
-    outcomes: Counter = field(default_factory=Counter)  # accepted / duplicate / rejected
+    # counted on the hot path, moved to Prometheus once a second (closed sets of labels)
+    rejections: Counter[PostbackRefusal] = field(default_factory=Counter)
+    outcomes: Counter[PostbackOutcome] = field(default_factory=Counter)

@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from tracker import redis_keys as K
 from tracker import signing
@@ -29,8 +30,11 @@ from tracker.edge.hit import hit_of
 from tracker.edge.intake import ConversionIntake
 from tracker.edge.keys import CONVERSIONS
 from tracker.ids import uuid7, uuid7_time_ms
+from tracker.reasons import DuplicateReason, PostbackOutcome, UnattributedReason
+from tracker.reasons import PostbackRefusal as R
 from tracker.records import RequestMeta
 from tracker.timefmt import now_ms
+from tracker.types import AsyncRedis
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +58,18 @@ return {'ok', current}
 ATTEMPTS = 5  # concurrent status reports for one transaction: re-read and try again
 RECENT_CLICK_MS = 10_000
 RECENT_CLICK_RETRIES = 100
+# Our side failing for a while (Redis away or slow, a socket error): the advertiser should
+# retry, so 503. Anything else is a bug: 500, logged with its traceback.
+UNAVAILABLE = (RedisError, TimeoutError, OSError)
+MAX_FIELD_NAME = 64  # of an offending JSON key echoed in the reply
 
 
 def reply(
-    status: str, reason: str | None, conversion_id: str | None, http: int = 200, **extra
+    status: PostbackOutcome,
+    reason: str | None,
+    conversion_id: str | None,
+    http: int = 200,
+    **extra: object,
 ) -> web.Response:
     body = {"status": status, "reason": reason, "conversion_id": conversion_id, **extra}
     return web.Response(body=orjson.dumps(body), status=http, content_type="application/json")
@@ -66,10 +78,10 @@ def reply(
 async def read_params(request: web.Request, max_body: int) -> tuple[dict[str, str], bytes]:
     """Query parameters merged with a form or JSON body (the body wins)."""
     if request.content_length and request.content_length > max_body:
-        raise Rejected(413, "body_too_large")
+        raise Rejected(413, R.BODY_TOO_LARGE)
     body = await request.content.read(max_body + 1) if request.can_read_body else b""
     if len(body) > max_body:
-        raise Rejected(413, "body_too_large")
+        raise Rejected(413, R.BODY_TOO_LARGE)
     params = {
         k: v
         for k, v in parse_qsl(
@@ -83,7 +95,7 @@ async def read_params(request: web.Request, max_body: int) -> tuple[dict[str, st
         elif ctype in ("application/x-www-form-urlencoded", "application/octet-stream", ""):
             params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         else:
-            raise Rejected(415, "unsupported_content_type")
+            raise Rejected(415, R.UNSUPPORTED_CONTENT_TYPE)
     return params, body
 
 
@@ -91,18 +103,16 @@ def json_params(body: bytes) -> dict[str, str]:
     """A JSON object of scalars, numbers kept as typed (never through float)."""
     try:
         data = json.loads(body, parse_float=str, parse_int=str, parse_constant=str)
-    except (ValueError, UnicodeDecodeError):
-        raise Rejected(400, "invalid_json") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
+        raise Rejected(400, R.INVALID_JSON) from None
     if not isinstance(data, dict):
-        raise Rejected(400, "invalid_json")
+        raise Rejected(400, R.INVALID_JSON)
     params = {}
     for key, value in data.items():
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             if value is None:
                 continue
-            raise Rejected(
-                400, f"invalid_field_{key[:32]}" if key.isidentifier() else "invalid_field"
-            )
+            raise Rejected(400, R.INVALID_FIELD, field=key[:MAX_FIELD_NAME])
         params[key] = str(value)
     return params
 
@@ -123,19 +133,23 @@ def authenticate(
             now=time.time(),
             window=window,
         )
-        if reason:
+        if reason is not None:
             raise Rejected(401, reason)
         return
     given = params.get("token", "")
     if not given:
-        raise Rejected(401, "missing_credentials")
+        raise Rejected(401, R.MISSING_CREDENTIALS)
     if not hmac.compare_digest(given.encode(), token.encode()):
-        raise Rejected(401, "bad_token")
+        raise Rejected(401, R.BAD_TOKEN)
 
 
 async def find_click(
-    redis, conv: conversion_input.ConversionInput, visitor_id: str, lookback_ms: int, now: int
-) -> tuple[dict | None, str]:
+    redis: AsyncRedis,
+    conv: conversion_input.ConversionInput,
+    visitor_id: str,
+    lookback_ms: int,
+    now: int,
+) -> tuple[dict | None, UnattributedReason | None]:
     """The click a new conversion is attributed to, or None and the reason."""
     if conv.click_id:
         raw = await redis.get(K.click_key(conv.click_id))
@@ -146,20 +160,22 @@ async def find_click(
             await asyncio.sleep(0.01)
             raw = await redis.get(K.click_key(conv.click_id))
         if raw is None:
-            return None, "unknown_or_expired_click"
+            return None, UnattributedReason.UNKNOWN_OR_EXPIRED_CLICK
         click = orjson.loads(raw)
         if click.get("advertiser_id") and click["advertiser_id"] != conv.advertiser:
-            return None, "click_of_other_advertiser"
-        return click, ""
+            return None, UnattributedReason.CLICK_OF_OTHER_ADVERTISER
+        return click, None
     if not visitor_id:
-        return None, "no_visitor"
+        return None, UnattributedReason.NO_VISITOR
     last = await redis.zrevrangebyscore(
         K.visitor_clicks_key(visitor_id), now, now - lookback_ms, start=0, num=1
     )
     if not last:
-        return None, "no_click_in_lookback"
+        return None, UnattributedReason.NO_CLICK_IN_LOOKBACK
     raw = await redis.get(K.click_key(last[0].decode()))
-    return (orjson.loads(raw), "") if raw else (None, "no_click_in_lookback")
+    if raw is None:
+        return None, UnattributedReason.NO_CLICK_IN_LOOKBACK
+    return orjson.loads(raw), None
 
 
 async def record(
@@ -181,8 +197,12 @@ async def record(
         kind = conversion_input.transition(current, conv.status)
         if kind == "duplicate":
             stored = orjson.loads(state[b"record"])
-            ctx.outcomes["duplicate"] += 1
-            return reply("duplicate", "duplicate_transaction", stored["conversion_id"])
+            ctx.outcomes[PostbackOutcome.DUPLICATE] += 1
+            return reply(
+                PostbackOutcome.DUPLICATE,
+                DuplicateReason.DUPLICATE_TRANSACTION,
+                stored["conversion_id"],
+            )
         ms = now_ms()
         if kind == "new":
             click, why = await find_click(
@@ -192,7 +212,7 @@ async def record(
             stored = {
                 "conversion_id": uuid7(ms),
                 "click": click,
-                "unattributed_reason": why,
+                "unattributed_reason": why or "",
                 "visitor_id": (click or {}).get("visitor_id") or visitor_id,
                 "amount": str(amount),
                 "currency": conv.currency,
@@ -228,21 +248,32 @@ async def record(
             ],
         )
         if result[0] == b"ok":
-            ctx.outcomes["accepted"] += 1
+            ctx.outcomes[PostbackOutcome.ACCEPTED] += 1
             return reply(
-                "accepted",
+                PostbackOutcome.ACCEPTED,
                 stored["unattributed_reason"] or None,
                 stored["conversion_id"],
                 attributed=not stored["unattributed_reason"],
                 transaction_status=conv.status,
             )
-    raise Rejected(409, "concurrent_update")
+    raise Rejected(409, R.CONCURRENT_UPDATE)
 
 
 def reject(ctx: ConversionIntake, exc: Rejected) -> web.Response:
     ctx.rejections[exc.reason] += 1
-    ctx.outcomes["rejected"] += 1
-    return reply("rejected", exc.reason, None, exc.status)
+    ctx.outcomes[PostbackOutcome.REJECTED] += 1
+    extra = {} if exc.field is None else {"field": exc.field}
+    return reply(PostbackOutcome.REJECTED, exc.reason, None, exc.status, **extra)
+
+
+def failed(ctx: ConversionIntake, exc: Exception, what: str) -> web.Response:
+    """The reply to an exception that is not a refusal: 503 when our side is away for a
+    while (retry later), else 500 with the traceback logged (a bug to fix)."""
+    if isinstance(exc, UNAVAILABLE):
+        log.warning("%s not recorded (retry later): %r", what, exc)
+        return reject(ctx, Rejected(503, R.TEMPORARILY_UNAVAILABLE))
+    log.error("%s failed", what, exc_info=exc)
+    return reject(ctx, Rejected(500, R.INTERNAL_ERROR))
 
 
 async def postback(request: web.Request) -> web.Response:
@@ -258,7 +289,7 @@ async def postback(request: web.Request) -> web.Response:
         )
         advertiser = ctx.advertisers.get(conv.advertiser)
         if advertiser is None or not advertiser.active:
-            raise Rejected(401, "unknown_advertiser")
+            raise Rejected(401, R.UNKNOWN_ADVERTISER)
         authenticate(
             request, advertiser.token, params, body, s.conversions.signature_window_seconds
         )
@@ -266,9 +297,8 @@ async def postback(request: web.Request) -> web.Response:
         return await record(ctx, conv, visitor_id="", source="postback", meta=meta)
     except Rejected as exc:
         return reject(ctx, exc)
-    except Exception as exc:  # Redis away: the advertiser should retry later
-        log.warning("postback not recorded: %r", exc)
-        return reject(ctx, Rejected(503, "temporarily_unavailable"))
+    except Exception as exc:
+        return failed(ctx, exc, "postback")
 
 
 async def conversion_pixel(
@@ -290,13 +320,12 @@ async def conversion_pixel(
         )
         advertiser = ctx.advertisers.get(conv.advertiser)
         if advertiser is None or not advertiser.active:
-            raise Rejected(401, "unknown_advertiser")
+            raise Rejected(401, R.UNKNOWN_ADVERTISER)
         await record(ctx, conv, visitor_id=visitor_id or "", source="pixel", meta=meta)
     except Rejected as exc:
         reject(ctx, exc)
-    except Exception as exc:
-        log.warning("pixel conversion not recorded: %r", exc)
-        reject(ctx, Rejected(503, "temporarily_unavailable"))
+    except Exception as exc:  # the pixel still answers its GIF
+        failed(ctx, exc, "pixel conversion")
 
 
 def add_routes(app: web.Application) -> None:

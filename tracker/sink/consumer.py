@@ -32,6 +32,7 @@ from redis.exceptions import RedisError, ResponseError
 from tracker import metrics
 from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
+from tracker.reasons import EnrichmentDrop
 from tracker.sink.attributor import Attributor
 from tracker.sink.enrich.pipeline import Pipeline
 
@@ -262,6 +263,7 @@ class Sink:
             batch_id = fields.get(K.BATCH_ID_FIELD.encode())
             if batch_id in seen:
                 self.duplicate_batches += 1
+                metrics.SINK_DROPPED.labels(EnrichmentDrop.DUPLICATE_BATCH).inc()
                 continue
             seen.add(batch_id)
             for key, value in fields.items():
@@ -269,6 +271,7 @@ class Sink:
                 if table in K.TABLES:
                     payloads[table].append(value)
                 elif table != K.BATCH_ID_FIELD:
+                    metrics.SINK_DROPPED.labels(EnrichmentDrop.UNKNOWN_TABLE).inc()
                     log.error("entry field %r is not a known table; skipped", table)
         if self.pipeline:
             self.enrich(payloads)

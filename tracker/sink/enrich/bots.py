@@ -19,6 +19,8 @@ from functools import lru_cache
 
 from crawleruseragents import CRAWLER_USER_AGENTS_DATA
 
+from tracker.reasons import BotReason
+
 # The product token a client library or tool leads its User-Agent with. Anchored at the start:
 # apps name the same libraries further in (".. okhttp/4.12" after their own token).
 _LIBRARY = re.compile(
@@ -110,22 +112,22 @@ _CRAWLER = combine(crawler_patterns())
 
 
 @lru_cache(maxsize=65536)
-def user_agent_reason(user_agent: str) -> str:
-    """The User-Agent's part of bot_reason: "empty_user_agent", "library", "crawler" or ""."""
+def user_agent_reason(user_agent: str) -> BotReason:
+    """The User-Agent's part of bot_reason: EMPTY_USER_AGENT, LIBRARY, CRAWLER or NONE."""
     if not user_agent.strip():
-        return "empty_user_agent"
+        return BotReason.EMPTY_USER_AGENT
     if _LIBRARY.match(user_agent):
-        return "library"
+        return BotReason.LIBRARY
     if _CRAWLER.search(user_agent):
-        return "crawler"
-    return ""
+        return BotReason.CRAWLER
+    return BotReason.NONE
 
 
-def bot_reason(user_agent: str, method: str) -> str:
-    """Empty for a human-looking request, else why it looks automated (see the module doc)."""
+def bot_reason(user_agent: str, method: str) -> BotReason:
+    """NONE (empty, falsy) for a human-looking request, else why it looks automated."""
     reason = user_agent_reason(user_agent)
-    if reason == "empty_user_agent":
+    if reason is BotReason.EMPTY_USER_AGENT:
         return reason
     if method == "HEAD":
-        return "head_request"
+        return BotReason.HEAD_REQUEST
     return reason

@@ -22,6 +22,7 @@ from typing import Any
 
 from tracker import redis_keys as K
 from tracker.ids import ZERO_UUID
+from tracker.reasons import FraudFlag
 from tracker.sink.enrich.pipeline import Event, flag
 from tracker.timefmt import parse_ms
 
@@ -217,13 +218,13 @@ class FraudRules:
         t = self.thresholds(event["campaign_id"])
         key = id(event)
         if ip_flood(self._clicks_in_minute.get(key, 0), t):
-            flag(event, "ip_flood")
+            flag(event, FraudFlag.IP_FLOOD)
         if duplicate_click(self._seen.get(key, False)):
-            flag(event, "duplicate_click")
+            flag(event, FraudFlag.DUPLICATE_CLICK)
         if ip_many_visitors(self._visitors.get(key, 0), t):
-            flag(event, "ip_many_visitors")
+            flag(event, FraudFlag.IP_MANY_VISITORS)
         if datacenter_asn(event.get("asn", 0), self.datacenter_asns):
-            flag(event, "datacenter_asn")
+            flag(event, FraudFlag.DATACENTER_ASN)
         return event
 
     def check_conversion(self, event: Event) -> Event:
@@ -233,7 +234,7 @@ class FraudRules:
         if fast_conversion(
             click_ms, parse_ms(event["event_time"]), self.thresholds(event["campaign_id"])
         ):
-            flag(event, "fast_conversion")
+            flag(event, FraudFlag.FAST_CONVERSION)
         return event
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tracker import metrics
+from tracker.reasons import BotReason, FraudFlag, flag_label
 
 Event = dict
 
@@ -56,10 +57,11 @@ class Pipeline:
             events = kept
         flags: Counter = Counter()
         for event in events:
-            for flag in event.get("fraud_flags", ()):
-                flags[(table, flag)] += 1
+            # only the steps set these, from the closed sets in tracker.reasons
+            for rule in event.get("fraud_flags", ()):
+                flags[(table, flag_label(rule))] += 1
             if event.get("is_bot"):
-                flags[(table, f"bot:{event.get('bot_reason', '')}")] += 1
+                flags[(table, flag_label(BotReason(event.get("bot_reason", ""))))] += 1
         for (flagged_table, name), n in flags.items():
             metrics.FLAGS.labels(flagged_table, name).inc(n)
         self.flags.update(flags)
@@ -69,7 +71,7 @@ class Pipeline:
         return {table for step in self.steps for table in step.tables}
 
 
-def flag(event: Event, name: str) -> None:
+def flag(event: Event, name: FraudFlag) -> None:
     """Add a fraud flag (rule name) to an event once."""
     flags = event.setdefault("fraud_flags", [])
     if name not in flags:

@@ -1,0 +1,125 @@
+"""The postback route in process (the edge app over a real redis-server): refusals come
+from the closed set in tracker.reasons, and failures are told apart (503 retry vs 500 bug).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import string
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from tracker import config
+from tracker import redis_keys as K
+from tracker.edge.app import create_app
+from tracker.edge.keys import CLICKS, CONVERSIONS
+from tracker.metrics import REJECTIONS
+from tracker.reasons import PostbackRefusal
+from tracker.testing import TOKEN
+
+ADV_TOKEN = "adv-token-0123456789abcdef"
+
+
+@pytest.fixture
+async def client(tmp_path, redis_server):
+    settings = config.load(
+        env={
+            "TRACKER_DATA_DIR": str(tmp_path / "data"),
+            "TRACKER_REDIS_URL": redis_server.url,
+            "TRACKER_ADMIN_TOKEN": TOKEN,
+            "TRACKER_REDIS_TIMEOUT_SECONDS": "0.5",
+        }
+    )
+    async with TestClient(TestServer(create_app(settings))) as client:
+        r = await client.post(
+            "/api/advertisers",
+            json={"id": "shop", "token": ADV_TOKEN},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        assert r.status == 201
+        yield client
+
+
+def rejection_labels() -> set[str]:
+    return {
+        sample.labels["reason"]
+        for metric in REJECTIONS.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }
+
+
+async def post_json(client: TestClient, body: bytes):
+    r = await client.post(
+        f"/postback?advertiser=shop&token={ADV_TOKEN}",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    return r.status, await r.json()
+
+
+async def test_random_json_keys_add_no_metric_series(client):
+    """2,000 bodies, each with a fresh key holding a list: one reason, and the offending
+    key only in the reply (a client must not grow the metrics without bound)."""
+    rng = random.Random(11)
+    before = rejection_labels()
+    keys = set()
+    for _ in range(2000):
+        key = "".join(rng.choices(string.ascii_lowercase, k=12))
+        keys.add(key)
+        status, body = await post_json(client, orjson.dumps({"txid": "t1", key: [1, 2]}))
+        assert status == 400
+        assert body == {
+            "status": "rejected",
+            "reason": "invalid_field",
+            "conversion_id": None,
+            "field": key,
+        }
+    ctx = client.server.app[CONVERSIONS]
+    assert set(ctx.rejections) == {PostbackRefusal.INVALID_FIELD}
+    assert ctx.rejections[PostbackRefusal.INVALID_FIELD] == 2000
+    clicks = client.server.app[CLICKS]
+    clicks.counters.publish(clicks.writer, ctx)  # what the app does once a second
+    labels = rejection_labels()
+    assert labels - before <= {"invalid_field"}
+    assert labels <= {str(reason) for reason in PostbackRefusal}
+    assert not keys & labels
+
+
+async def test_a_long_offending_key_is_cut_in_the_reply(client):
+    status, body = await post_json(client, orjson.dumps({"k" * 500: {"a": 1}}))
+    assert (status, body["reason"], body["field"]) == (400, "invalid_field", "k" * 64)
+
+
+async def test_deeply_nested_json_is_a_bad_request(client):
+    for body in (b"[" * 20_000, b'{"a":' * 5_000 + b"1" + b"}" * 5_000):
+        status, reply = await post_json(client, body)
+        assert (status, reply["reason"]) == (400, "invalid_json")
+
+
+async def test_a_bug_is_a_500_with_its_traceback_logged(client, redis_server, caplog):
+    """A stored transaction that cannot be read is our bug, not a reason to retry."""
+    redis_server.client().hset(
+        K.conversion_key("shop", "broken"), mapping={"status": "pending", "record": "{not json"}
+    )
+    click = "01900000-0000-7000-8000-000000000001"
+    with caplog.at_level(logging.ERROR, logger="tracker.edge.postback"):
+        r = await client.get(
+            f"/postback?advertiser=shop&token={ADV_TOKEN}&txid=broken&click_id={click}"
+            "&status=approved"
+        )
+        body = await r.json()
+    assert (r.status, body["reason"]) == (500, "internal_error")
+    errors = [rec for rec in caplog.records if rec.levelno == logging.ERROR]
+    assert errors and errors[0].exc_info is not None
+
+
+async def test_redis_away_is_a_503(client, redis_server):
+    click = "01900000-0000-7000-8000-000000000001"
+    redis_server.stop()
+    r = await client.get(f"/postback?advertiser=shop&token={ADV_TOKEN}&txid=t9&click_id={click}")
+    body = await r.json()
+    assert (r.status, body["reason"]) == (503, "temporarily_unavailable")
