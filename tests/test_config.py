@@ -59,7 +59,13 @@ def test_defaults_from_empty_file(toml, env, data_dir):
     assert s.redis.manage is False
     assert (s.sink.query_host, s.sink.query_port) == ("127.0.0.1", 8124)
     assert s.clickhouse.database == "tracker"
-    assert s.worker_count == (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize(("workers", "cpus", "expected"), [(0, 6, 6), (0, None, 1), (3, 6, 3)])
+def test_worker_count_defaults_to_the_cpus(toml, env, monkeypatch, workers, cpus, expected):
+    monkeypatch.setattr(config.os, "cpu_count", lambda: cpus)
+    s = load(toml(f"[http]\nworkers = {workers}\n"), env)
+    assert s.worker_count == expected
 
 
 def test_repository_default_file_loads(env, data_dir):

@@ -91,6 +91,22 @@ def alters(statements: list[str]) -> list[re.Match]:
     return [m for m in map(ALTER_RE.match, statements) if m]
 
 
+OUTLINE_RE = re.compile(
+    r"\A(CREATE DATABASE|CREATE TABLE|ALTER TABLE) (?:IF NOT EXISTS )?(\w+)(?:\.(\w+))?"
+    r"(?: ON CLUSTER (\w+))?(?:\s|\Z)"
+)
+
+
+def outline(statements: list[str]) -> list[tuple[str, str, str | None, str | None]]:
+    """(statement kind, database, table, cluster) of each statement, in order."""
+    found = []
+    for stmt in statements:
+        match = OUTLINE_RE.match(stmt)
+        assert match, stmt
+        found.append(match.groups())
+    return found
+
+
 # -- single server: exactly today's DDL ---------------------------------------------------
 
 
@@ -135,9 +151,16 @@ def test_apply_runs_exactly_render_all(tmp_path, clustered):
     applied = migrations.apply(ch, settings)  # type: ignore[arg-type]
     assert applied == [f"{v:04d}_{n}" for v, n, _ in migrations.migration_files()]
     ddl = [c for c in ch.commands if not c.startswith("INSERT INTO")]
-    assert ddl == migrations.render_all(settings)
     if not clustered:
         assert ddl == legacy_all(settings)
+    else:  # the single-server statements, each on the cluster, tables as local + Distributed
+        expected = []
+        for kind, db, table, _ in outline(legacy_all(load(tmp_path))):
+            if kind == "CREATE DATABASE" or table == "schema_migrations":
+                expected.append((kind, db, table, CLUSTER))
+            else:
+                expected += [(kind, db, f"{table}_local", CLUSTER), (kind, db, table, CLUSTER)]
+        assert outline(ddl) == expected
     inserts = [c for c in ch.commands if c.startswith("INSERT INTO")]
     assert len(inserts) == len(applied)
     assert all(c.startswith("INSERT INTO tracker.schema_migrations VALUES") for c in inserts)

@@ -18,11 +18,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from pathlib import Path
 
 import aiohttp
 import orjson
 import redis
+
+from tracker import redis_keys as K
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 TOKEN = "test-admin-token-0123456789"
@@ -30,6 +33,18 @@ BROWSER_UA = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/131.0.0.0 Safari/537.36"
 )
+
+
+# What a service process inherits from the test process: enough to run Python and find
+# the tree under test, and none of the developer's own TRACKER_* settings (nor a
+# PROMETHEUS_MULTIPROC_DIR that an in-process test left behind).
+INHERITED_ENV = ("PATH", "HOME", "PYTHONPATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER")
+
+
+def clean_env() -> dict[str, str]:
+    return {
+        k: v for k, v in os.environ.items() if k in INHERITED_ENV or k.startswith(("LC_", "PYTHON"))
+    }
 
 
 def free_port() -> int:
@@ -141,7 +156,7 @@ class Service:
         self.query_port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {
-            **os.environ,
+            **clean_env(),
             "TRACKER_DATA_DIR": str(folder / "data"),
             "TRACKER_REDIS_URL": redis_server.url,
             "TRACKER_HOST": "127.0.0.1",
@@ -253,8 +268,14 @@ class Service:
     def count(self, table: str, where: str = "1") -> int:
         return self.sql(f"SELECT count() AS n FROM tracker.{table} WHERE {where}")[0]["n"]
 
+    def settle_seconds(self) -> float:
+        """How long counts must stay still before a test trusts them: longer than the
+        sink's reclaim interval, after which a batch left pending would be stored again."""
+        return float(self.env["TRACKER_SINK_RECLAIM_IDLE_SECONDS"]) + 0.5
+
     def wait_count(self, table: str, expected: int, where: str = "1", timeout: float = 60) -> int:
-        """Wait until the count reaches expected, then check it stays there (no late dups)."""
+        """Wait until the count reaches expected, then until it has not moved for longer
+        than the sink's reclaim interval (so a late duplicate would show); the count."""
         try:
             wait_until(
                 lambda: self.count(table, where) >= expected,
@@ -266,8 +287,50 @@ class Service:
             raise AssertionError(
                 f"{table}: {self.count(table, where)} rows, expected {expected}\n" + self.log_text()
             ) from None
-        time.sleep(1.0)
-        return self.count(table, where)
+        return self.wait_stable(lambda: self.count(table, where), timeout)
+
+    def wait_stable(self, read, timeout: float = 60):
+        """Poll `read` until its value has stayed the same for `settle_seconds`; the value."""
+        settle = self.settle_seconds()
+        value, since = read(), time.monotonic()
+        deadline = since + timeout + settle
+        while time.monotonic() - since <= settle:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"still changing after {timeout}s: {value}")
+            time.sleep(0.2)
+            now = read()
+            if now != value:
+                value, since = now, time.monotonic()
+        return value
+
+    def wait_behind_marker(self, timeout: float = 60) -> None:
+        """Before checking that a request stored nothing: send a marker event after it and
+        wait until the sink has stored the marker and acknowledged every stream entry, so
+        whatever the request could have written would be in ClickHouse by now. (The marker
+        is an orphan visit on a slug of its own: it needs no link.)"""
+        slug = f"marker-{uuid.uuid4().hex}"
+        status, _ = get_status_location(f"{self.base_url}/c/{slug}")
+        assert status in (302, 404), status
+        wait_until(
+            lambda: self.count("orphan_visits", f"link_slug = '{slug}'") == 1,
+            timeout,
+            "the marker event to be stored",
+            interval=0.1,
+        )
+        wait_until(self.stream_drained, timeout, "the sink to acknowledge every entry")
+
+    def stream_drained(self) -> bool:
+        """Every entry of every events stream shard read and acknowledged by the sink."""
+        client = self.redis.client()
+        for shard in range(int(self.env.get("TRACKER_REDIS_STREAM_SHARDS", "1"))):
+            stream = K.events_stream(shard)
+            # (not the group's lag: Redis cannot tell it once the sink deleted entries)
+            last = client.xinfo_stream(stream)["last-generated-id"]
+            groups = client.xinfo_groups(stream)
+            sink = [g for g in groups if g["name"] in (K.SINK_GROUP, K.SINK_GROUP.encode())]
+            if not sink or sink[0]["pending"] or sink[0]["last-delivered-id"] != last:
+                return False
+        return True
 
     # -- admin API ---------------------------------------------------------------------
 

@@ -186,7 +186,7 @@ async def test_status_lifecycle(svc):
         {"status": "approved", "previous_status": "pending"},
         {"status": "reversed", "previous_status": "approved"},
     ]
-    time.sleep(1)
+    svc.wait_behind_marker()
     # credits are written once, for the first report
     assert svc.count("attribution_credits", f"conversion_id = '{first['conversion_id']}'") == 5
 
@@ -279,7 +279,7 @@ async def test_signed_postbacks(svc):
             session, svc.base_url, click_id=click_id, txid="sig-7", advertiser="nobody"
         )
         assert (code, body["reason"]) == (401, "unknown_advertiser")
-    time.sleep(1)
+    svc.wait_behind_marker()
     assert svc.count("conversions", "txid LIKE 'sig-%'") == 1
 
 
@@ -315,6 +315,7 @@ async def test_bad_postbacks_are_refused_with_a_reason(svc, params, status, reas
         params = {k: (click_id if v == "CLICK" else v) for k, v in params.items()}
         code, body = await postback(session, svc.base_url, **params)
     assert (code, body) == (status, {"status": "rejected", "reason": reason, "conversion_id": None})
+    svc.wait_behind_marker()
     assert svc.count("conversions", "txid LIKE 'b%' AND length(txid) <= 3") == 0
 
 
@@ -358,6 +359,7 @@ async def test_bad_bodies_are_refused(svc):
     assert svc.sql(
         "SELECT toString(amount) AS a, currency FROM tracker.conversions WHERE txid = 'j-ok'"
     ) == [{"a": "19.99", "currency": "USD"}]
+    svc.wait_behind_marker()
     assert svc.count("conversions", "txid IN ('j1', 'big', 'x')") == 0
 
 
@@ -382,7 +384,7 @@ async def test_conversion_in_the_same_sink_batch_as_its_clicks(service: Service)
     assert {r["campaign_id"] for r in rows if r["model"] == "first_click"} == {"ca"}
 
 
-def test_batch_reattribution_matches_online_credits(svc):
+async def test_batch_reattribution_matches_online_credits(svc):
     """`tracker report attribution` (SQL over clicks and conversions) agrees with the
     credits the sink wrote online, per campaign and model."""
     import subprocess
@@ -390,7 +392,30 @@ def test_batch_reattribution_matches_online_credits(svc):
 
     from tracker.testing import ROOT
 
-    time.sleep(1)  # let the sink store what earlier tests sent
+    # journeys of its own: two visitors, three campaigns, two currencies
+    svc.add_link("re-a", campaign_id="re-a", affiliate_id="re-aff")
+    svc.add_link("re-b", campaign_id="re-b", affiliate_id="re-aff")
+    svc.add_link("re-c", campaign_id="re-c", affiliate_id="re-aff-2")
+    for n, (slugs, amount, currency) in enumerate(
+        [(("re-a", "re-b", "re-c"), "90.00", "EUR"), (("re-c", "re-a"), "12.34", "USD")]
+    ):
+        async with browser() as session:
+            ids = [await click(session, svc.base_url, slug) for slug in slugs]
+            code, body = await postback(
+                session,
+                svc.base_url,
+                click_id=ids[-1],
+                txid=f"re-{n}",
+                amount=amount,
+                currency=currency,
+            )
+        assert code == 200 and body["attributed"], body
+        svc.wait_count(
+            "attribution_credits",
+            len(slugs) * 3 + 2,
+            f"conversion_id = '{body['conversion_id']}'",
+        )
+    svc.wait_behind_marker()  # and whatever other tests of the module sent is stored too
     online = {
         (r["campaign_id"], r["currency"], r["model"]): (r["n"], Decimal(r["revenue"]))
         for r in svc.sql(
@@ -399,7 +424,9 @@ def test_batch_reattribution_matches_online_credits(svc):
             "GROUP BY campaign_id, currency, model"
         )
     }
-    assert online
+    assert {("re-a", "EUR"), ("re-b", "EUR"), ("re-c", "EUR"), ("re-a", "USD")} <= {
+        (campaign, currency) for campaign, currency, _ in online
+    }
     result = subprocess.run(
         [
             sys.executable,
@@ -420,6 +447,7 @@ def test_batch_reattribution_matches_online_credits(svc):
     )
     assert result.returncode == 0, result.stderr
     batch = orjson.loads(result.stdout)
+    assert {"re-a", "re-b", "re-c"} <= {row["campaign_id"] for row in batch}
     for row in batch:
         for model in MODELS:
             n, revenue = online.pop((row["campaign_id"], row["currency"], model), (0, 0))
