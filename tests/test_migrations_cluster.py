@@ -92,7 +92,8 @@ def alters(statements: list[str]) -> list[re.Match]:
 
 
 OUTLINE_RE = re.compile(
-    r"\A(CREATE DATABASE|CREATE TABLE|ALTER TABLE) (?:IF NOT EXISTS )?(\w+)(?:\.(\w+))?"
+    r"\A(CREATE DATABASE|CREATE TABLE|ALTER TABLE|CREATE MATERIALIZED VIEW|DROP VIEW"
+    r"|TRUNCATE TABLE|INSERT INTO) (?:IF NOT EXISTS |IF EXISTS )?(\w+)(?:\.(\w+))?"
     r"(?: ON CLUSTER (\w+))?(?:\s|\Z)"
 )
 
@@ -150,18 +151,25 @@ def test_apply_runs_exactly_render_all(tmp_path, clustered):
     ch = Recorder()
     applied = migrations.apply(ch, settings)  # type: ignore[arg-type]
     assert applied == [f"{v:04d}_{n}" for v, n, _ in migrations.migration_files()]
-    ddl = [c for c in ch.commands if not c.startswith("INSERT INTO")]
+    bookkeeping = "INSERT INTO tracker.schema_migrations"
+    ddl = [c for c in ch.commands if not c.startswith(bookkeeping)]
     if not clustered:
         assert ddl == legacy_all(settings)
     else:  # the single-server statements, each on the cluster, tables as local + Distributed
         expected = []
         for kind, db, table, _ in outline(legacy_all(load(tmp_path))):
-            if kind == "CREATE DATABASE" or table == "schema_migrations":
+            if kind in ("CREATE DATABASE", "CREATE MATERIALIZED VIEW", "DROP VIEW"):
                 expected.append((kind, db, table, CLUSTER))
+            elif table == "schema_migrations":
+                expected.append((kind, db, table, CLUSTER))
+            elif kind == "TRUNCATE TABLE":  # empties the shards' tables
+                expected.append((kind, db, f"{table}_local", CLUSTER))
+            elif kind == "INSERT INTO":  # a backfill: once, through the Distributed tables
+                expected.append((kind, db, table, None))
             else:
                 expected += [(kind, db, f"{table}_local", CLUSTER), (kind, db, table, CLUSTER)]
         assert outline(ddl) == expected
-    inserts = [c for c in ch.commands if c.startswith("INSERT INTO")]
+    inserts = [c for c in ch.commands if c.startswith(bookkeeping)]
     assert len(inserts) == len(applied)
     assert all(c.startswith("INSERT INTO tracker.schema_migrations VALUES") for c in inserts)
 
@@ -173,9 +181,17 @@ def test_every_cluster_statement_runs_on_the_cluster(tmp_path):
     statements = migrations.render_all(cluster_settings(tmp_path))
     head = re.compile(
         r"\A(CREATE DATABASE IF NOT EXISTS \w+|CREATE TABLE IF NOT EXISTS \w+\.\w+"
-        rf"|ALTER TABLE \w+\.\w+) ON CLUSTER {CLUSTER}(\s|\Z)"
+        r"|CREATE MATERIALIZED VIEW IF NOT EXISTS \w+\.\w+|DROP VIEW IF EXISTS \w+\.\w+"
+        r"|TRUNCATE TABLE IF EXISTS \w+\.\w+_local|ALTER TABLE \w+\.\w+)"
+        rf" ON CLUSTER {CLUSTER}(\s|\Z)"
     )
-    assert statements and all(head.match(s) for s in statements)
+    # a rollup's backfill runs once, from one node, Distributed table to Distributed table
+    backfill = re.compile(r"\AINSERT INTO tracker\.(\w+)\s+SELECT .*\sFROM tracker\.(\w+)\s", re.S)
+    for statement in statements:
+        if match := backfill.match(statement):
+            assert match[1] in migrations.SHARDING_KEYS and match[2] in migrations.SHARDING_KEYS
+        else:
+            assert head.match(statement), statement[:120]
     assert statements[0] == f"CREATE DATABASE IF NOT EXISTS tracker ON CLUSTER {CLUSTER}"
 
 
@@ -356,9 +372,17 @@ def test_single_server_tables_on_chdb(chdb_database):
         "links": "ReplacingMergeTree",
         "conversions": "MergeTree",
         "attribution_credits": "MergeTree",
+        "clicks_hourly": "AggregatingMergeTree",
+        "impressions_hourly": "SummingMergeTree",
+        "conversions_hourly": "SummingMergeTree",
+        "credits_hourly": "SummingMergeTree",
+        "clicks_hourly_mv": "MaterializedView",
+        "impressions_hourly_mv": "MaterializedView",
+        "conversions_hourly_mv": "MaterializedView",
+        "credits_hourly_mv": "MaterializedView",
     }
-    for name, _, full in rows:
-        if name != "schema_migrations":
+    for name, engine, full in rows:
+        if name != "schema_migrations" and engine != "MaterializedView":
             assert "non_replicated_deduplication_window = 10000" in full, name
     _, columns = chdb_database.query(
         f"SELECT table FROM system.columns WHERE database = '{db}' AND name = 'fraud_flags'"
@@ -450,8 +474,13 @@ def test_cluster_rendering_executes_on_chdb_with_a_cluster(tmp_path):
     steps = [
         ("clusters", "SELECT cluster, is_local FROM system.clusters"),
         # as rendered (ON CLUSTER aside): Replicated engines with macros, Distributed tables;
-        # the ALTERs need writable replicas, which chDB does not have
-        *[("", strip_on_cluster(s)) for s in rendered if not s.startswith("ALTER")],
+        # the ALTERs, TRUNCATEs and INSERTs need writable replicas, which chDB does not
+        # have (and the views read columns the ALTERs add)
+        *[
+            ("", strip_on_cluster(s))
+            for s in rendered
+            if not s.startswith(("ALTER", "TRUNCATE", "INSERT", "CREATE MATERIALIZED"))
+        ],
         (
             "rendered",
             "SELECT name, engine, engine_full FROM system.tables "
@@ -489,6 +518,12 @@ def test_cluster_rendering_executes_on_chdb_with_a_cluster(tmp_path):
             "FROM ct_t.clicks ORDER BY 1",
         ),
         ("links", "SELECT destination FROM ct_t.links FINAL"),
+        # each shard's view fed its local rollup; the Distributed rollup merges them
+        (
+            "rollup",
+            "SELECT country, sum(clicks), uniqMerge(visitors) FROM ct_t.clicks_hourly "
+            "GROUP BY country",
+        ),
         (
             "columns",
             "SELECT table, arrayStringConcat(groupArray(name || ' ' || type), ', ') "
@@ -531,6 +566,7 @@ def test_cluster_rendering_executes_on_chdb_with_a_cluster(tmp_path):
     ]
     assert out["local"] == out["distributed"] == rows
     assert out["links"] == [["https://b.example/"]]
+    assert out["rollup"] == [["DE", 2, 2]]
     columns = {table: cols for table, cols in out["columns"]}
     for table in migrations.SHARDING_KEYS:
         assert columns[table] == columns[f"{table}_local"], table

@@ -98,6 +98,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", dest="date_to", help="before (UTC date or datetime)")
     s.add_argument("--format", choices=["table", "json", "csv"], default="table")
     s.set_defaults(func=cmd_report_fraud)
+    s = report.add_parser(
+        "stats", help="metrics grouped and filtered as the report API does (GET /api/reports)"
+    )
+    s.add_argument("--metrics", default="clicks,conversions", help="comma list")
+    s.add_argument("--group-by", default="", help="comma list, e.g. day,campaign")
+    s.add_argument("--from", dest="date_from", help="from (date or datetime in --tz)")
+    s.add_argument("--to", dest="date_to", help="before (date or datetime in --tz)")
+    s.add_argument("--tz", default="UTC", help="time zone of dates and time buckets")
+    s.add_argument("--currency", help="amounts in this currency (default: config)")
+    s.add_argument(
+        "--filter", action="append", default=[], metavar="FIELD=V1,V2", help="repeatable"
+    )
+    s.add_argument("--sort", default="", help="a metric or field; -name sorts descending")
+    s.add_argument("--limit", default="1000")
+    s.add_argument("--compare", action="store_true", help="also the previous period's totals")
+    s.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    s.set_defaults(func=cmd_report_stats)
+    s = report.add_parser("metrics", help="every report metric and its definition")
+    s.set_defaults(func=cmd_report_metrics)
     s = report.add_parser("attribution", help="all configured models side by side")
     _period_arguments(s)
     s.set_defaults(func=cmd_report_attribution)
@@ -418,4 +437,71 @@ GROUP BY kind, campaign_id, affiliate_id, rule
 ORDER BY kind, campaign_id, affiliate_id, events DESC, rule"""
     columns, rows = run_query(settings, sql)
     print(format_rows(columns, rows, args.format), end="")
+    return 0
+
+
+def report_result(settings: Settings, params: dict, filters: dict) -> dict:
+    """A report through the running sink (or chDB directly), as the API computes it."""
+    from datetime import UTC, datetime
+
+    from tracker.reports import query
+
+    try:
+        report = query.parse(
+            params,
+            filters,
+            default_currency=settings.conversions.default_currency,
+            now=datetime.now(UTC),
+        )
+    except query.ReportError as exc:
+        raise CommandError(str(exc)) from None
+    plan = query.plan(report, settings.clickhouse.database)
+    return query.assemble(plan, [run_query(settings, sql) for sql in plan.queries])
+
+
+def cmd_report_stats(settings: Settings, args) -> int:
+    filters = {}
+    for item in args.filter:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise CommandError(f"--filter takes FIELD=VALUES, not {item!r}")
+        filters[name] = value
+    params = {
+        "metrics": args.metrics,
+        "group_by": args.group_by,
+        "from": args.date_from or "",
+        "to": args.date_to or "",
+        "tz": args.tz,
+        "currency": args.currency or "",
+        "sort": args.sort,
+        "limit": args.limit,
+        "compare": "1" if args.compare else "",
+    }
+    result = report_result(settings, params, filters)
+    if args.format == "json":
+        print(orjson.dumps(result).decode())
+        return 0
+    columns = [*result["group_by"], *result["metrics"]]
+    rows = [[row[c] for c in columns] for row in result["rows"]]
+    if args.format == "table" and result["group_by"]:
+        rows.append(
+            ["total"]
+            + [""] * (len(result["group_by"]) - 1)
+            + [result["totals"][m] for m in result["metrics"]]
+        )
+    print(format_rows(columns, rows, args.format), end="")
+    if args.format == "table":
+        print(f"{result['from']} .. {result['to']} ({result['tz']}), {result['currency']}")
+        if "change" in result:
+            for name, change in result["change"].items():
+                before = result["previous"]["totals"][name]
+                shown = "n/a" if change is None else f"{change:+.1%}"
+                print(f"{name}: previous {before}, change {shown}")
+    return 0
+
+
+def cmd_report_metrics(settings: Settings, args) -> int:
+    from tracker.reports.metrics import definitions
+
+    print(format_rows(["metric", "definition"], [list(d) for d in definitions()], "table"), end="")
     return 0

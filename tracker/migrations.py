@@ -22,6 +22,12 @@ way out (`cluster_statements`), from the same files:
 * `ALTER TABLE db.t ...` goes to `db.t_local`, and also to `db.t` when every clause is a
   column change (ADD/DROP/MODIFY/RENAME/COMMENT COLUMN), which a Distributed table must
   mirror; other clauses (TTL, indexes, settings, mutations) concern the stored data only.
+* `CREATE MATERIALIZED VIEW db.v TO db.t AS SELECT ... FROM db.s` gets ON CLUSTER and
+  reads and writes the local tables (`db.t_local`, `db.s_local`): rows inserted through
+  a Distributed table reach each shard's local table, and each shard's view fires there.
+* `DROP VIEW` gets ON CLUSTER; `TRUNCATE TABLE db.t` empties `db.t_local` ON CLUSTER.
+* `INSERT INTO db.t SELECT ... FROM db.s` (a rollup's backfill) runs as written, once,
+  from the node applying the migrations: Distributed to Distributed.
 * Anything else is refused (MigrationError) rather than run on one node only: teach
   `cluster_statements` the new kind of statement first.
 
@@ -71,6 +77,12 @@ SHARDING_KEYS = {
     "links": "cityHash64(slug)",
     "conversions": "cityHash64(if(empty(visitor_id), conversion_id, visitor_id))",
     "attribution_credits": "cityHash64(conversion_id)",
+    # Report rollups (0008): a query aggregates over every shard, so any deterministic
+    # key is right; by hour spreads a long period's rows over the shards.
+    "clicks_hourly": "cityHash64(hour, campaign_id)",
+    "impressions_hourly": "cityHash64(hour, campaign_id)",
+    "conversions_hourly": "cityHash64(hour, campaign_id)",
+    "credits_hourly": "cityHash64(hour, campaign_id)",
 }
 
 LOCAL_SUFFIX = "_local"
@@ -85,6 +97,16 @@ _ALTER_RE = re.compile(
     r"\A(?P<head>ALTER\s+TABLE\s+)(?P<db>\w+)\.(?P<table>\w+)(?P<rest>\s.*)\Z", re.I | re.S
 )
 _CREATE_DB_RE = re.compile(r"\ACREATE\s+DATABASE\s+(?:IF\s+NOT\s+EXISTS\s+)?\w+\Z", re.I)
+_MV_RE = re.compile(
+    r"\A(?P<head>CREATE\s+MATERIALIZED\s+VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?)(?P<db>\w+)\.(?P<view>\w+)"
+    r"\s+TO\s+(?P=db)\.(?P<target>\w+)(?P<select>\s+AS\s.*)\Z",
+    re.I | re.S,
+)
+_DROP_VIEW_RE = re.compile(r"\ADROP\s+VIEW\s+(?:IF\s+EXISTS\s+)?\w+\.\w+\Z", re.I)
+_TRUNCATE_RE = re.compile(
+    r"\A(?P<head>TRUNCATE\s+TABLE\s+(?:IF\s+EXISTS\s+)?)(?P<db>\w+)\.(?P<table>\w+)\Z", re.I
+)
+_INSERT_SELECT_RE = re.compile(r"\AINSERT\s+INTO\s+\w+\.\w+\s+SELECT\b", re.I)
 _COLUMN_CLAUSE_RE = re.compile(r"\A(ADD|DROP|MODIFY|RENAME|COMMENT)\s+COLUMN\b", re.I)
 
 
@@ -160,6 +182,26 @@ def cluster_statements(statement: str, settings: Settings) -> list[str]:
         return [f"{statement} ON CLUSTER {cluster}"]
     if match := _CREATE_TABLE_RE.match(statement):
         return _create_table(statement, match, settings)
+    if match := _MV_RE.match(statement):
+        db = match["db"]
+        for name in (match["target"],):
+            if name not in SHARDING_KEYS:
+                raise MigrationError(f"view {match['view']}: table {name} has no sharding key")
+        select = re.sub(
+            rf"\bFROM\s+{db}\.(\w+)",
+            lambda m: f"FROM {db}.{m[1]}{LOCAL_SUFFIX}" if m[1] in SHARDING_KEYS else m[0],
+            match["select"],
+        )
+        return [
+            f"{match['head']}{db}.{match['view']} ON CLUSTER {cluster} "
+            f"TO {db}.{match['target']}{LOCAL_SUFFIX}{select}"
+        ]
+    if _DROP_VIEW_RE.match(statement):
+        return [f"{statement} ON CLUSTER {cluster}"]
+    if match := _TRUNCATE_RE.match(statement):
+        return [f"{match['head']}{match['db']}.{match['table']}{LOCAL_SUFFIX} ON CLUSTER {cluster}"]
+    if _INSERT_SELECT_RE.match(statement):
+        return [statement]
     if match := _ALTER_RE.match(statement):
         db, table, rest = match["db"], match["table"], match["rest"]
         columns = [bool(_COLUMN_CLAUSE_RE.match(c.strip())) for c in _split_top(rest, ",")]
@@ -172,8 +214,9 @@ def cluster_statements(statement: str, settings: Settings) -> list[str]:
         targets = [table + LOCAL_SUFFIX] + ([table] if all(columns) else [])
         return [f"{match['head']}{db}.{name} ON CLUSTER {cluster}{rest}" for name in targets]
     raise MigrationError(
-        f"cannot run on cluster {cluster!r}: only CREATE DATABASE, CREATE TABLE and "
-        f"ALTER TABLE are rewritten for a cluster: {statement[:80]!r}"
+        f"cannot run on cluster {cluster!r}: only CREATE DATABASE, CREATE TABLE, ALTER "
+        "TABLE, CREATE MATERIALIZED VIEW ... TO, DROP VIEW, TRUNCATE TABLE and INSERT ... "
+        f"SELECT are rewritten for a cluster: {statement[:80]!r}"
     )
 
 

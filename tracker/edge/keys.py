@@ -9,6 +9,7 @@ from tracker.edge.clicks import ClickContext
 from tracker.edge.intake import ConversionIntake
 from tracker.edge.writer import EventWriter
 from tracker.hashcache import HashCache
+from tracker.reports.store import ReportStore
 
 SETTINGS = web.AppKey("settings", Settings)
 WORKER_INDEX = web.AppKey("worker_index", int)
@@ -21,3 +22,4 @@ MAX_LAG = web.AppKey("max_lag", int)  # stream entries the sink may lag before /
 SHARDS = web.AppKey("shards", int)
 CLICKS = web.AppKey("clicks", ClickContext)
 CONVERSIONS = web.AppKey("conversions", ConversionIntake)
+REPORT_STORE = web.AppKey("report_store", ReportStore)

@@ -1,0 +1,110 @@
+"""`GET /api/reports` (JSON, or CSV with format=csv) and `GET /api/reports/metrics`.
+
+The edge validates the request and renders the SQL (tracker/reports/query.py); the sink's
+query endpoint runs it (tracker/reports/store.py says why). The caller's scope, from its
+API key, is added as forced filters before anything is rendered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from tracker.edge.admin import error, json_response
+from tracker.edge.keys import REPORT_STORE, SETTINGS
+from tracker.reports import metrics, query
+from tracker.reports.store import ReportStore, StoreError
+
+_FILTER_RE = re.compile(r"\Afilter\[(\w{1,32})\]\Z")
+
+
+def scope_of(request: web.Request) -> dict[str, tuple[str, ...]]:
+    """Forced filters for the caller (set by the access middleware; none for admin)."""
+    principal = request.get("principal")
+    return principal.scope() if principal is not None else {}
+
+
+def parse_request(request: web.Request) -> query.Report:
+    filters = {}
+    for name, value in request.query.items():
+        if match := _FILTER_RE.match(name):
+            filters[match[1]] = value
+        elif name.startswith("filter"):
+            raise query.ReportError(f"filters are written filter[field]=value, not {name[:40]}")
+    principal = request.get("principal")
+    report = query.parse(
+        request.query,
+        filters,
+        default_currency=request.app[SETTINGS].conversions.default_currency,
+        now=datetime.now(UTC),
+        scope=scope_of(request),
+    )
+    if principal is not None:
+        principal.check_metrics(report.metrics)
+    return report
+
+
+async def run_report(request: web.Request, report: query.Report) -> dict:
+    store = request.app[REPORT_STORE]
+    plan = query.plan(report, store.database)
+    answers = await asyncio.gather(*(store.query(sql) for sql in plan.queries))
+    return query.assemble(plan, list(answers))
+
+
+async def get_report(request: web.Request) -> web.Response:
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "csv"):
+        return error(400, "invalid_report", "format must be json or csv")
+    try:
+        report = parse_request(request)
+    except query.ReportError as exc:
+        return error(exc.status, "invalid_report", str(exc))
+    try:
+        result = await run_report(request, report)
+    except StoreError as exc:
+        return error(502, "report_store", str(exc))
+    if fmt == "csv":
+        return web.Response(
+            text=to_csv(result),
+            content_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="report.csv"'},
+        )
+    return json_response(result)
+
+
+def to_csv(result: dict) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    columns = query.csv_columns(result)
+    writer.writerow(columns)
+    for row in result["rows"]:
+        writer.writerow(["" if row[c] is None else row[c] for c in columns])
+    return out.getvalue()
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    return json_response(
+        {
+            "metrics": [{"name": n, "definition": d} for n, d in metrics.definitions()],
+            "fields": list(query.FIELDS),
+        }
+    )
+
+
+async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = ReportStore(app[SETTINGS])
+    app[REPORT_STORE] = store
+    yield
+    await store.close()
+
+
+def add_routes(app: web.Application) -> None:
+    app.cleanup_ctx.append(store_ctx)
+    app.router.add_get("/api/reports", get_report)
+    app.router.add_get("/api/reports/metrics", get_metrics)

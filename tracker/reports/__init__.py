@@ -1,0 +1,1 @@
+"""Reports: metrics, the query builder over the rollups and raw tables, reconciliation."""
