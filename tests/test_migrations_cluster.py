@@ -158,9 +158,10 @@ def test_apply_runs_exactly_render_all(tmp_path, clustered):
     else:  # the single-server statements, each on the cluster, tables as local + Distributed
         expected = []
         for kind, db, table, _ in outline(legacy_all(load(tmp_path))):
-            if kind in ("CREATE DATABASE", "CREATE MATERIALIZED VIEW", "DROP VIEW"):
-                expected.append((kind, db, table, CLUSTER))
-            elif table == "schema_migrations":
+            if (
+                kind in ("CREATE DATABASE", "CREATE MATERIALIZED VIEW", "DROP VIEW")
+                or table == "schema_migrations"
+            ):
                 expected.append((kind, db, table, CLUSTER))
             elif kind == "TRUNCATE TABLE":  # empties the shards' tables
                 expected.append((kind, db, f"{table}_local", CLUSTER))
