@@ -31,6 +31,11 @@ CLICKS = PromCounter("tracker_clicks_total", "Clicks recorded by the edge")
 SPOOL = PromCounter(
     "tracker_spool_batches_total", "Batches written to or replayed from the local spool", ["action"]
 )
+DROPPED = PromCounter(
+    "tracker_events_dropped_total",
+    "Events an edge answered for but could not store (neither Redis nor the spool took them)",
+    ["reason"],
+)
 SPOOL_BYTES = Gauge(
     "tracker_spool_bytes", "Bytes waiting in the spool files", multiprocess_mode="livesum"
 )
@@ -123,6 +128,9 @@ class EdgeCounters:
         ):
             SPOOL.labels(action).inc(total - self._published.get(action, 0))
             self._published[action] = total
+        for reason, n in writer.dropped.items():
+            DROPPED.labels(reason.value).inc(n)
+        writer.dropped.clear()
         SPOOL_BYTES.set(writer.spool.size)
         for outcome, n in conversions.outcomes.items():
             CONVERSIONS.labels(outcome).inc(n)

@@ -111,6 +111,13 @@ class EnrichmentDrop(StrEnum):
     UNKNOWN_TABLE = "unknown_table"  # a stream field naming no table
 
 
+class EventDrop(StrEnum):
+    """Why an edge dropped events it had answered for (`tracker_events_dropped_total`)."""
+
+    NO_STORAGE = "no_storage"  # Redis away and the spool's disk full or read-only
+    INTERNAL_ERROR = "internal_error"  # a bug in the flush loop: logged with its traceback
+
+
 class AdminError(StrEnum):
     """The `error` code of an admin API reply (the `reason` beside it is prose)."""
 

@@ -19,6 +19,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -94,6 +96,44 @@ async def hit_many(url: str, count: int, concurrency: int = 64, **kwargs) -> lis
     ) as session:
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
     return statuses
+
+
+def can_mount() -> bool:
+    """A tmpfs can be mounted here (root, as in CI)."""
+    return os.geteuid() == 0 and shutil.which("mount") is not None
+
+
+@contextmanager
+def small_disk(folder: Path, size_kb: int = 64) -> Iterator[Path]:
+    """A tmpfs of `size_kb` mounted on `folder` (root only): a real disk that fills up,
+    and turns read-only with `remount(folder, read_only=True)`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(folder)], check=True
+    )
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def remount(folder: Path, read_only: bool) -> None:
+    option = "remount,ro" if read_only else "remount,rw"
+    subprocess.run(["mount", "-o", option, str(folder)], check=True)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Write a file until the disk under `folder` is full; delete it to free the space."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler
 
 
 class RedisServer:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+
 import orjson
 import pytest
 
 from tracker import redis_keys as K
+from tracker import testing
 from tracker.edge.spool import Spool
 from tracker.edge.writer import Batch
+from tracker.testing import can_mount
 
 
 @pytest.fixture
@@ -201,3 +205,44 @@ def test_torn_tail_is_cut_before_the_next_append(tmp_path):
     reopened.append([b'{"b":"two"}'])
     assert reopened.read() == [b'{"b":"one"}', b'{"b":"two"}']
     assert reopened.size == path.stat().st_size
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KB tmpfs (needs root, as in CI): a real disk that fills up and turns read-only."""
+    if not can_mount():
+        pytest.skip("mounting a tmpfs needs root")
+    with testing.small_disk(tmp_path / "disk") as mount:
+        yield mount
+
+
+def test_a_full_disk_refuses_the_append_and_keeps_lines_whole(small_disk):
+    spool = Spool(small_disk / "edge-0.spool")
+    line = b"x" * 5000
+    with pytest.raises(OSError) as refused:
+        for _ in range(100):
+            spool.append([line])
+    assert refused.value.errno == errno.ENOSPC
+    kept = spool.read()
+    assert kept and all(got == line for got in kept)  # the half-written line was cut off
+    assert spool.size == (small_disk / "edge-0.spool").stat().st_size
+    assert spool.advance(spool.read_chunk()) in (True, False)  # no exception either way
+    assert spool.clear()  # truncating frees the space
+    spool.append([b"after"])
+    assert spool.read() == [b"after"]
+
+
+def test_a_read_only_disk_still_reads_and_replays_in_memory(small_disk):
+    path = small_disk / "edge-0.spool"
+    Spool(path).append([b"one", b"two"])
+    with open(path, "ab") as fh:
+        fh.write(b"torn")
+    testing.remount(small_disk, read_only=True)
+    spool = Spool(path)  # starting on a read-only disk works
+    assert spool.read() == [b"one", b"two"]
+    with pytest.raises(OSError):
+        spool.append([b"three"])
+    assert spool.advance(spool.read_chunk()) is False  # the position stays in memory
+    assert not spool.pending
+    assert spool.clear() is False
+    assert path.read_bytes().startswith(b"one\ntwo\n")  # a restart replays them again

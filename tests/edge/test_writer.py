@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
+import time
 import tracemalloc
 
 import orjson
@@ -12,8 +14,9 @@ import redis.asyncio as aioredis
 
 from tracker import redis_keys as K
 from tracker.edge.spool import Spool
-from tracker.edge.writer import EventWriter
+from tracker.edge.writer import Batch, EventWriter
 from tracker.ids import uuid7
+from tracker.reasons import EventDrop
 from tracker.records import click_record
 
 BATCH = 50
@@ -140,3 +143,123 @@ async def test_spool_replays_a_chunk_at_a_time_while_new_clicks_join_its_end(
     assert not writer.spool.pending
     assert writer.spool.path.stat().st_size == 0
     assert not writer.spool.position_path.exists()
+
+
+class RefusingSpool(Spool):
+    """A spool whose disk refuses writes while `full` is set (an injected ENOSPC)."""
+
+    full = False
+
+    def append(self, lines: list[bytes]) -> None:
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().append(lines)
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def test_spool_refusing_writes_during_an_outage_drops_counted_and_recovers(
+    redis_server, tmp_path
+):
+    """Redis down and the spool's disk full: the flush loop keeps running, nothing is held
+    in memory, every lost event is counted, and `losing` is set. When the disk takes
+    writes again, and then Redis comes back, recording resumes by itself."""
+    writer = make_writer(redis_server, tmp_path, timeout=0.3)
+    writer.spool = spool = RefusingSpool(tmp_path / "edge-0.spool")
+    await writer.start()
+    redis_server.stop()
+    spool.full = True
+    await add_clicks(writer, range(0, 200), pause_every=50, pause=0.02)
+    await wait_for(lambda: sum(writer.dropped.values()) == 200)
+    assert writer.dropped == {EventDrop.NO_STORAGE: 200}
+    assert writer.losing and not writer._task.done()
+    assert not writer._ready and writer._count == 0  # nothing kept in memory
+
+    spool.full = False  # the disk has room again, Redis still away
+    await add_clicks(writer, range(200, 300), pause_every=50, pause=0.02)
+    await wait_for(lambda: spool.pending and writer._count == 0 and not writer._ready)
+    assert not writer.losing
+    redis_server.start()
+    await wait_for(lambda: writer.redis_ok)
+    await add_clicks(writer, range(300, 350))
+    await writer.close()
+    assert stream_order(redis_server) == list(range(200, 350))
+    assert sum(writer.dropped.values()) == 200
+
+
+async def test_full_spool_with_redis_answering_sends_directly(redis_server, tmp_path):
+    """The spool's disk is full while batches are waiting in it and Redis answers again:
+    new batches go to Redis rather than being dropped."""
+    spool_batches(tmp_path / "edge-0.spool", range(1000, 1010, 10))
+    writer = make_writer(redis_server, tmp_path, timeout=0.3)
+    writer.spool = spool = RefusingSpool(tmp_path / "edge-0.spool")
+    writer.redis_ok = False
+    writer._redis_answers = True
+    spool.full = True
+    await writer.start()
+    await add_clicks(writer, range(0, 100))
+    await writer.close()
+    assert sorted(stream_order(redis_server)) == list(range(100)) + list(range(1000, 1010))
+    assert not writer.dropped
+
+
+def spool_batches(path, numbers: range) -> None:
+    spool = Spool(path)
+    for start in numbers:
+        batch = Batch(uuid7())
+        for n in range(start, start + 10):
+            row, record, ms = click(n)
+            batch.rows.setdefault("clicks", []).append(orjson.dumps(row))
+            batch.clicks.append((row["click_id"], row["visitor_id"], ms, orjson.dumps(record)))
+        spool.append([batch.dumps()])
+
+
+async def test_replayed_batches_are_appended_once_when_the_position_cannot_be_saved(
+    redis_server, tmp_path, monkeypatch
+):
+    """The spool's disk refuses the replay position and the emptying of the file (a
+    read-only disk); after the markers' usual TTL has passed, a restart replays the same
+    spool again, and the stream still holds every batch once."""
+    path = tmp_path / "edge-0.spool"
+    spool_batches(path, range(0, 100, 10))
+    (tmp_path / "edge-0.spool.pos.tmp").mkdir()  # the position cannot be written
+
+    def read_only(*args):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("tracker.edge.spool.os.truncate", read_only)
+
+    async def replay_once() -> EventWriter:
+        writer = make_writer(redis_server, tmp_path, timeout=1.0)
+        writer._dedup_ttl = 1  # the usual marker TTL, shortened so that it passes
+        await writer.start()
+        await wait_for(lambda: writer.redis_ok)
+        await writer.close()
+        return writer
+
+    first = await replay_once()
+    assert first.replayed_batches == 10 and path.stat().st_size > 0
+    assert stream_order(redis_server) == list(range(100))
+    await asyncio.sleep(1.5)
+    second = await replay_once()  # the restart: the same lines again
+    assert second.replayed_batches == 10
+    assert stream_order(redis_server) == list(range(100))
+
+
+async def test_replayed_batch_markers_expire_once_the_position_is_saved(redis_server, tmp_path):
+    """Markers are kept without expiry only until the spool is emptied: none leak."""
+    spool_batches(tmp_path / "edge-0.spool", range(0, 50, 10))
+    writer = make_writer(redis_server, tmp_path)
+    await writer.start()
+    await wait_for(lambda: writer.redis_ok)
+    await writer.close()
+    client = redis_server.client()
+    markers = list(client.scan_iter(match=K.batch_marker_key("*")))
+    assert len(markers) == 5
+    assert all(0 < client.ttl(m) <= 60 for m in markers)
+    assert stream_order(redis_server) == list(range(50))

@@ -7,8 +7,20 @@ import signal
 import time
 
 import aiohttp
+import pytest
 
-from tracker.testing import Service, get_status_location, hit_many, wait_until
+from tests.system.test_metrics import scrape, value
+from tracker.testing import (
+    Service,
+    can_mount,
+    fill_disk,
+    get_status_location,
+    hit_many,
+    small_disk,
+    wait_until,
+)
+
+DROPPED = r'tracker_events_dropped_total\{reason="no_storage"\}'
 
 
 class Load:
@@ -132,3 +144,35 @@ async def test_clean_stop_under_load_loses_nothing(service: Service):
     service.start_sink()  # the data is on disk: a fresh sink answers for it
     assert service.wait_count("clicks", acknowledged, "link_slug = 'stop'") == acknowledged
     assert service.redis.client().xlen("trk:events:{s0}") == 0  # drained before exit
+
+
+@pytest.mark.skipif(not can_mount(), reason="mounting a tmpfs needs root (as in CI)")
+async def test_full_spool_disk_during_redis_outage_is_counted_then_recovers(service: Service):
+    """Redis down and the spool's disk full: clicks still redirect, the lost ones are
+    counted, /readyz says why; once the disk has room and Redis is back, recording resumes
+    in the same processes."""
+    service.env["TRACKER_WORKERS"] = "1"
+    with small_disk(service.folder / "data" / "spool") as disk:
+        service.serve()
+        service.add_link("full", campaign_id="full")
+        filler = fill_disk(disk)
+        service.redis.stop()
+        statuses = await hit_many(f"{service.base_url}/c/full", 300, concurrency=10)
+        assert statuses.count(302) == 300
+        wait_until(
+            lambda: value(scrape(f"{service.base_url}/metrics"), DROPPED) > 0, 10, "drops counted"
+        )
+        status, body = service.api("GET", "/readyz")
+        assert status == 503 and any("events dropped" in p for p in body["problems"])
+
+        filler.unlink()
+        service.redis.start()
+        wait_until(lambda: service.api("GET", "/readyz")[0] == 200, 30, "ready again")
+        statuses = await hit_many(f"{service.base_url}/c/full", 200, concurrency=10)
+        assert statuses.count(302) == 200
+        time.sleep(1.5)  # the drop counter is published once a second
+        dropped = int(value(scrape(f"{service.base_url}/metrics"), DROPPED))
+        assert 0 < dropped <= 300
+        kept = 500 - dropped
+        assert service.wait_count("clicks", kept, "link_slug = 'full'") == kept
+        service.stop_all()

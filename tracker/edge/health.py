@@ -1,4 +1,5 @@
-"""`/healthz` (the process answers) and `/readyz` (Redis answers, the sink keeps up)."""
+"""`/healthz` (the process answers) and `/readyz` (Redis answers, this edge can store what
+it answers for, the sink keeps up)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from aiohttp import web
 
 from tracker import redis_keys as K
 from tracker.edge.admin import json_response
-from tracker.edge.keys import MAX_LAG, REDIS, SHARDS
+from tracker.edge.keys import MAX_LAG, REDIS, SHARDS, WRITER
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -42,6 +43,8 @@ async def readyz(request: web.Request) -> web.Response:
         lag = await asyncio.wait_for(stream_lag(redis, request.app[SHARDS]), 1.0)
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
         problems.append(f"redis unreachable: {type(exc).__name__}")
+    if WRITER in request.app and request.app[WRITER].losing:
+        problems.append("events dropped: neither redis nor the spool takes them")
     if lag is not None and lag > request.app[MAX_LAG]:
         problems.append(f"sink lag {lag} stream entries")
     body = {"status": "ready" if not problems else "not ready", "sink_lag": lag}

@@ -14,6 +14,16 @@ When Redis fails or is slower than `redis.timeout_seconds`, the batch goes to th
 later batches follow it there (order is kept) until a recovery task has replayed the
 spool into Redis, a chunk at a time (new batches join the spool's end meanwhile). Memory
 is bounded by what arrives during one Redis timeout.
+
+When neither Redis nor the spool takes a batch (Redis away and the spool's disk full or
+read-only), the batch is dropped, its events counted by reason (`dropped`), the state
+change logged once, and `losing` set (`/readyz` answers 503). The flush loop never
+stops: recording resumes by itself as soon as either takes batches again.
+
+A spooled batch reaches the stream at most once however long it waited: its marker is
+written without an expiry when it is replayed, and given the usual `dedup_ttl` only once
+the spool's replay position past it is on disk (a restart that replays it again finds
+the marker and appends nothing).
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from tracker import redis_keys as K
 from tracker.edge.spool import Spool
 from tracker.ids import ZERO_UUID, uuid7
 from tracker.metrics import REDIS_FLUSH
+from tracker.reasons import EventDrop
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +52,25 @@ log = logging.getLogger(__name__)
 # reply per batch instead of four per click (this was most of an edge's time).
 # KEYS: stream, batch marker, then per click: click record key, visitor path key (the
 #       click key again for a click without a visitor).
-# ARGV: marker ttl, lookback seconds, number of entry arguments, the entry's field/value
-#       pairs, then per click: record JSON, click id, time (ms), oldest time kept (ms).
+# ARGV: marker ttl (0: keep the marker until told otherwise), lookback seconds, number of
+#       entry arguments, the entry's field/value pairs, then per click: record JSON, click
+#       id, time (ms), oldest time kept (ms).
 # The stream entry is appended once per batch id (a replayed batch is not appended
 # twice); the click records and paths are plain overwrites, safe to repeat.
-RECORD_BATCH = """
+MARK_ONCE = """
+local fresh = redis.call('SET', KEYS[2], '1', 'NX')
+if ARGV[1] == '0' then
+  redis.call('PERSIST', KEYS[2])
+elseif fresh then
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+end
+"""
+RECORD_BATCH = (
+    MARK_ONCE
+    + """
 local lookback = ARGV[2]
 local nf = tonumber(ARGV[3])
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+if fresh then
   redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4, 3 + nf))
 end
 local a = 4 + nf
@@ -63,14 +85,18 @@ for k = 3, #KEYS, 2 do
 end
 return 1
 """
+)
 # The stream entry alone, appended once per batch id (KEYS: stream, marker; ARGV: marker
-# TTL, then the entry's field/value pairs). Used on a Redis Cluster.
-XADD_ONCE = """
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+# TTL as above, then the entry's field/value pairs). Used on a Redis Cluster.
+XADD_ONCE = (
+    MARK_ONCE
+    + """
+if fresh then
   return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 end
 return false
 """
+)
 RECOVERY_INTERVAL = 0.5
 
 
@@ -155,6 +181,10 @@ class EventWriter:
         self._task: asyncio.Task | None = None
         self._recovery: asyncio.Task | None = None
         self.redis_ok = not spool.pending
+        self._redis_answers = False  # the recovery task's last ping was answered
+        # replayed batches whose markers wait for the replay position to reach the disk
+        self._unsaved: list[tuple[str, int]] = []
+        self.losing = False  # neither Redis nor the spool takes batches: events are dropped
         # counters (read by /metrics and tests)
         self.recorded = 0
         self.recorded_by_table: Counter = Counter()
@@ -162,6 +192,8 @@ class EventWriter:
         self.spooled_batches = 0
         self.replayed_batches = 0
         self.unreadable_batches = 0
+        self.dropped: Counter[EventDrop] = Counter()  # events, by reason
+        self._dropped_since = 0  # events dropped in the current losing spell
 
     # -- called by handlers: no I/O --------------------------------------------------
 
@@ -218,7 +250,11 @@ class EventWriter:
                         await asyncio.wait_for(self._full.wait(), self._max_delay)
             batch = self._take()
             if batch.rows:
-                await self._deliver(batch)
+                try:
+                    await self._deliver(batch)
+                except Exception:  # a bug: the loop must outlive it, and say so
+                    log.exception("event batch lost to an unexpected error")
+                    self._drop(batch, EventDrop.INTERNAL_ERROR)
             if self._closing and not self._count and not self._ready:
                 return
 
@@ -241,36 +277,72 @@ class EventWriter:
     async def _deliver(self, batch: Batch) -> None:
         async with self._spool_lock:
             if self.redis_ok and not self.spool.pending:
-                try:
-                    started = time.perf_counter()
-                    await self._send(batch)
-                    REDIS_FLUSH.observe(time.perf_counter() - started)
-                    self.flushed_batches += 1
+                if await self._send_direct(batch):
                     return
-                except Exception as exc:  # any failure: the spool keeps the batch
-                    log.warning("redis write failed, spooling: %r", exc)
-                    self.redis_ok = False
-            line = batch.dumps()
-            await asyncio.get_running_loop().run_in_executor(None, self.spool.append, [line])
-            self.spooled_batches += 1
+                self.redis_ok = False
+            try:
+                line = batch.dumps()
+                await asyncio.get_running_loop().run_in_executor(None, self.spool.append, [line])
+                self.spooled_batches += 1
+                self._recording()
+            except OSError as exc:
+                # the spool refuses (disk full, read-only): Redis directly if it answers
+                # again (out of order, which beats dropping), else the batch is lost
+                if not (self._redis_answers and await self._send_direct(batch)):
+                    self._drop(batch, EventDrop.NO_STORAGE, exc)
         self._start_recovery()
 
-    async def _send(self, batch: Batch) -> None:
+    async def _send_direct(self, batch: Batch) -> bool:
         try:
-            await asyncio.wait_for(self._send_once(batch), self._timeout)
+            started = time.perf_counter()
+            await self._send(batch)
+        except Exception as exc:  # any failure: the spool keeps the batch
+            log.warning("redis write failed, spooling: %r", exc)
+            self._redis_answers = False
+            return False
+        REDIS_FLUSH.observe(time.perf_counter() - started)
+        self.flushed_batches += 1
+        self._recording()
+        return True
+
+    def _drop(self, batch: Batch, reason: EventDrop, exc: BaseException | None = None) -> None:
+        """Count a lost batch's events; the first loss of a spell is logged and makes the
+        edge not ready."""
+        n = batch.count()
+        self.dropped[reason] += n
+        self._dropped_since += n
+        if not self.losing:
+            self.losing = True
+            log.error(
+                "events are being dropped: neither redis nor the spool takes them (%s: %r)",
+                reason,
+                exc,
+            )
+
+    def _recording(self) -> None:
+        if self.losing:
+            self.losing = False
+            log.warning("recording again; %d events were dropped", self._dropped_since)
+            self._dropped_since = 0
+
+    async def _send(self, batch: Batch, marker_ttl: int | None = None) -> None:
+        """Record the batch; `marker_ttl` 0 keeps its marker until `_expire_markers`."""
+        ttl = self._dedup_ttl if marker_ttl is None else marker_ttl
+        try:
+            await asyncio.wait_for(self._send_once(batch, ttl), self._timeout)
         except NoScriptError:  # Redis restarted without our script: load it, send again
             self._script_sha = None
-            await asyncio.wait_for(self._send_once(batch), self._timeout)
+            await asyncio.wait_for(self._send_once(batch, ttl), self._timeout)
 
-    async def _send_once(self, batch: Batch) -> None:
+    async def _send_once(self, batch: Batch, marker_ttl: int) -> None:
         """One script call for the batch; safe to repeat after an unclear failure."""
         if self._cluster:
-            return await self._send_cluster(batch)
+            return await self._send_cluster(batch, marker_ttl)
         if self._script_sha is None:
             self._script_sha = await self._redis.script_load(RECORD_BATCH)
         entry = batch.entry()
         keys: list[str] = [K.events_stream(batch.shard), K.batch_marker_key(batch.id, batch.shard)]
-        args: list = [self._dedup_ttl, self._lookback, len(entry), *entry]
+        args: list = [marker_ttl, self._lookback, len(entry), *entry]
         oldest = self._lookback * 1000
         for click_id, visitor_id, ms, record in batch.clicks:
             click_key = K.click_key(click_id)
@@ -282,7 +354,7 @@ class EventWriter:
             args += [record, click_id, ms, ms - oldest]
         await self._redis.evalsha(self._script_sha, len(keys), *keys, *args)
 
-    async def _send_cluster(self, batch: Batch) -> None:
+    async def _send_cluster(self, batch: Batch, marker_ttl: int) -> None:
         """On a Redis Cluster the click keys live in many slots, so one script cannot
         touch them all: the stream entry goes through the append-once script (stream and
         marker share a slot), the click records and paths through a pipeline that
@@ -293,7 +365,7 @@ class EventWriter:
             2,
             K.events_stream(batch.shard),
             K.batch_marker_key(batch.id, batch.shard),
-            self._dedup_ttl,
+            marker_ttl,
             *entry,
         )
         if not batch.clicks:
@@ -322,10 +394,15 @@ class EventWriter:
             try:
                 await asyncio.wait_for(self._redis.ping(), self._timeout)
             except Exception:
+                self._redis_answers = False
                 continue
-            if await self._replay():
-                log.warning("redis is back; spool replayed")
-                return
+            self._redis_answers = True
+            try:
+                if await self._replay():
+                    log.warning("redis is back; spool replayed")
+                    return
+            except Exception:  # the spool unreadable for now: try again later
+                log.exception("spool replay failed")
 
     async def _replay(self) -> bool:
         """Send spooled batches in order, a chunk at a time; True once the spool is empty
@@ -337,8 +414,10 @@ class EventWriter:
             async with self._spool_lock:
                 lines = await loop.run_in_executor(None, self.spool.read_chunk)
                 if not lines:
-                    await loop.run_in_executor(None, self.spool.clear)
+                    if await loop.run_in_executor(None, self.spool.clear):
+                        await self._expire_markers()
                     self.redis_ok = True
+                    self._recording()
                     return True
                 sent = 0
                 try:
@@ -349,7 +428,9 @@ class EventWriter:
                     log.warning("spool replay paused: %r", exc)
                     return False
                 finally:  # also when cancelled at shutdown: resume after what was sent
-                    await loop.run_in_executor(None, self.spool.advance, lines[:sent])
+                    saved = await loop.run_in_executor(None, self.spool.advance, lines[:sent])
+                if saved:
+                    await self._expire_markers()
 
     async def _replay_line(self, line: bytes) -> None:
         if not line:
@@ -360,5 +441,24 @@ class EventWriter:
             self.unreadable_batches += 1
             log.error("unreadable spool line dropped: %r", line[:200])
             return
-        await self._send(batch)
+        await self._send(batch, marker_ttl=0)  # kept until the position past it is saved
+        self._unsaved.append((batch.id, batch.shard))
         self.replayed_batches += 1
+
+    async def _expire_markers(self) -> None:
+        """The replay position past these batches is on disk: their markers may expire.
+        (If Redis fails here, they stay: a few bytes each, and never a double append.)"""
+        unsaved, self._unsaved = self._unsaved, []
+        if not unsaved:
+            return
+        try:
+            if self._cluster:
+                for batch_id, shard in unsaved:
+                    await self._redis.expire(K.batch_marker_key(batch_id, shard), self._dedup_ttl)
+                return
+            pipe = self._redis.pipeline(transaction=False)
+            for batch_id, shard in unsaved:
+                pipe.expire(K.batch_marker_key(batch_id, shard), self._dedup_ttl)
+            await asyncio.wait_for(pipe.execute(), self._timeout * 4)
+        except Exception as exc:
+            log.warning("replayed batch markers left without expiry: %r", exc)
