@@ -192,7 +192,10 @@ def _direct(settings: Settings):
 
     try:
         return ClickHouse(
-            settings.clickhouse_dsn, settings.clickhouse.database, settings.clickhouse.cluster
+            settings.clickhouse_dsn,
+            settings.clickhouse.database,
+            settings.clickhouse.cluster,
+            query_limits=settings.clickhouse.query_limits(),
         )
     except Exception as exc:
         raise CommandError(f"cannot open ClickHouse at {settings.clickhouse_dsn}: {exc}") from None

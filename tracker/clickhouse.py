@@ -1,33 +1,71 @@
 """The ClickHouse client: embedded chDB (`chdb://PATH`) or a server over HTTP(S).
 
-Both are clickhouse-connect clients; this wrapper adds the one lock chDB needs (one
-engine per process, shared by the sink loop and the query endpoint) and names the few
-operations the service uses.
+Both are clickhouse-connect clients; this wrapper names the few operations the service
+uses. Three clients, because a client keeps settings for its session: one for inserts
+(each carries its own dedup token), one for schema changes, and one for analysts.
 
-Three clients, because a chDB client keeps settings for its session: one for inserts
-(each carries its own dedup token), one for schema changes, and one created with
-`readonly=1` for analysts' queries.
+Analysts' queries run in a session the engine keeps read-only: the limits of
+`clickhouse.query_*` are set first, then `readonly=1`, after which the session can change
+no setting (so no query raises its limits), write no table, run no `SYSTEM` command and
+open no `file()`, `url()` or `remote()`. Two things `readonly` does not stop are refused
+by the engine's own parser (`formatQuery`): `INTO OUTFILE` (a client-side feature that
+chDB executes in process, as the service's user) and any statement but a read (`KILL
+QUERY` is allowed to a read-only user, and every session here is the same user). The
+query that runs is the engine's formatting of the one checked, a single statement (chDB
+would otherwise run `SELECT 1; KILL ...` whole).
+
+The analysts' client has its own chDB connection handle (clickhouse-connect serializes
+calls per handle, and chDB runs handles concurrently), so a heavy query never holds up
+the sink's inserts; inserts and schema changes share a lock with each other only.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import clickhouse_connect
 
+# what an analyst may run: the first word of the engine's formatting of the statement
+READ_STATEMENTS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "EXPLAIN", "EXISTS"})
+DEFAULT_LIMITS = {"max_execution_time": 60, "max_memory_usage": 2 << 30}
+
+
+class RefusedQuery(ValueError):
+    """An analyst statement that is not a plain read."""
+
+
+def check_read_statement(formatted: str) -> None:
+    """Refuse what `readonly=1` lets through, given the engine's formatting of a single
+    statement (each clause on its own line, string literals escaped on one line)."""
+    words = formatted.split(None, 1)
+    if not words or words[0].upper() not in READ_STATEMENTS:
+        raise RefusedQuery(
+            "readonly session: only SELECT, WITH, SHOW, DESCRIBE, EXPLAIN and EXISTS run here"
+        )
+    if any(line.lstrip().upper().startswith("INTO OUTFILE") for line in formatted.splitlines()):
+        raise RefusedQuery("readonly session: INTO OUTFILE is not allowed")
+
 
 class ClickHouse:
-    def __init__(self, dsn: str, database: str, cluster: str = "") -> None:
+    def __init__(
+        self,
+        dsn: str,
+        database: str,
+        cluster: str = "",
+        query_limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.dsn = dsn
         self.database = database
         self.cluster = cluster
         self.embedded = dsn.startswith("chdb://")
         self._writer = clickhouse_connect.get_client(dsn=dsn)
         self._admin = clickhouse_connect.get_client(dsn=dsn)
-        self._reader = clickhouse_connect.get_client(dsn=dsn, settings={"readonly": 1})
-        self._lock = threading.Lock()
+        # the limits before readonly: once read-only, the session changes no setting
+        limits = dict(DEFAULT_LIMITS if query_limits is None else query_limits)
+        self._reader = clickhouse_connect.get_client(dsn=dsn, settings={**limits, "readonly": 1})
+        self._lock = threading.Lock()  # inserts and schema changes, not analysts' reads
 
     def insert_jsonl(self, table: str, payload: bytes | Sequence[bytes], token: str) -> None:
         """Insert JSONEachRow bytes as they are (ClickHouse parses; Python does not).
@@ -53,8 +91,17 @@ class ClickHouse:
             )
 
     def query(self, sql: str, readonly: bool = True) -> tuple[list[str], list[tuple]]:
-        with self._lock:
-            result = (self._reader if readonly else self._admin).query(sql)
+        """An analyst's read (`readonly`, the default: see the module's note), or one of
+        the service's own queries."""
+        if not readonly:
+            with self._lock:
+                result = self._admin.query(sql)
+            return list(result.column_names), result.result_rows
+        formatted = self._reader.query(
+            "SELECT formatQuery({sql:String})", parameters={"sql": sql}
+        ).result_rows[0][0]
+        check_read_statement(formatted)
+        result = self._reader.query(formatted)
         return list(result.column_names), result.result_rows
 
     def command(self, sql: str) -> Any:

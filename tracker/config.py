@@ -162,6 +162,19 @@ class ClickHouseSettings:
     replicated: bool = True  # with a cluster: Replicated*MergeTree local tables
     zookeeper_path: str = "/clickhouse/tables/{shard}/{database}/{table}"  # macros kept as is
     replica_name: str = "{replica}"
+    # limits of one analyst query (`tracker sql`, the query endpoint, reports); the
+    # engine enforces them and a read-only session cannot raise them
+    query_max_seconds: int = 60
+    query_max_memory_mb: int = 2048
+    query_max_rows_read: int = 2_000_000_000
+
+    def query_limits(self) -> dict[str, int]:
+        """The analyst session's limits as ClickHouse settings."""
+        return {
+            "max_execution_time": self.query_max_seconds,
+            "max_memory_usage": self.query_max_memory_mb * 1024 * 1024,
+            "max_rows_to_read": self.query_max_rows_read,
+        }
 
 
 @dataclass
@@ -416,6 +429,13 @@ def _validate(s: Settings) -> None:
     check(s.clickhouse.database.isidentifier(), "clickhouse.database", "must be an identifier")
     check(s.clickhouse.retention_days >= 1, "clickhouse.retention_days", "must be >= 1")
     check(s.clickhouse.dedup_window >= 100, "clickhouse.dedup_window", "must be >= 100")
+    check(s.clickhouse.query_max_seconds >= 1, "clickhouse.query_max_seconds", "must be >= 1")
+    check(s.clickhouse.query_max_memory_mb >= 16, "clickhouse.query_max_memory_mb", "must be >= 16")
+    check(
+        s.clickhouse.query_max_rows_read >= 1000,
+        "clickhouse.query_max_rows_read",
+        "must be >= 1000",
+    )
     check(
         not s.clickhouse.cluster
         or (s.clickhouse.cluster.isidentifier() and s.clickhouse.cluster.isascii()),

@@ -37,7 +37,10 @@ def run(settings: Settings) -> None:
         signal.signal(sig, lambda *_: stop.set())
 
     ch = ClickHouse(
-        settings.clickhouse_dsn, settings.clickhouse.database, settings.clickhouse.cluster
+        settings.clickhouse_dsn,
+        settings.clickhouse.database,
+        settings.clickhouse.cluster,
+        query_limits=settings.clickhouse.query_limits(),
     )
     applied = migrations.apply(ch, settings)
     if applied:

@@ -1,8 +1,9 @@
 """The sink's local SQL endpoint, so `tracker sql` works while the sink owns chDB.
 
 Embedded chDB allows one engine per process and the sink holds it; the CLI therefore
-asks the sink. Loopback only, bearer token (the admin token), read-only queries
-(`readonly=1`), plus `POST /migrate` so `tracker migrate` works while the service runs.
+asks the sink. Loopback only, bearer token (the admin token), read-only queries within
+the configured limits (tracker/clickhouse.py says how the engine enforces both), plus
+`POST /migrate` so `tracker migrate` works while the service runs.
 
     POST /query    {"sql": "..."}  -> {"columns": [...], "rows": [[...], ...]}
     POST /migrate                  -> {"applied": [...]}
