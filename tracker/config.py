@@ -12,6 +12,7 @@ import os
 import secrets
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -178,6 +179,18 @@ class ClickHouseSettings:
 
 
 @dataclass
+class LedgerSettings:
+    dsn: str = ""  # empty: SQLite file <data_dir>/ledger.sqlite3; or postgresql://...
+
+
+@dataclass
+class CommissionsSettings:
+    max_levels: int = 2  # level 1 and its referrers up to this level (never more than 3)
+    min_payout: str = "100"  # an affiliate's minimum payout unless it sets its own
+    release_interval_seconds: float = 60.0  # how often the sink runs auto-approval
+
+
+@dataclass
 class Settings:
     data_dir: str = "data"
     admin_token: str = ""
@@ -193,6 +206,8 @@ class Settings:
     writer: WriterSettings = field(default_factory=WriterSettings)
     sink: SinkSettings = field(default_factory=SinkSettings)
     clickhouse: ClickHouseSettings = field(default_factory=ClickHouseSettings)
+    ledger: LedgerSettings = field(default_factory=LedgerSettings)
+    commissions: CommissionsSettings = field(default_factory=CommissionsSettings)
 
     @property
     def data_path(self) -> Path:
@@ -205,6 +220,10 @@ class Settings:
     @property
     def clickhouse_dsn(self) -> str:
         return self.clickhouse.dsn or f"chdb://{self.data_path.resolve() / 'clickhouse'}"
+
+    @property
+    def ledger_dsn(self) -> str:
+        return self.ledger.dsn or f"sqlite:///{self.data_path.resolve() / 'ledger.sqlite3'}"
 
     @property
     def trusted_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -462,6 +481,26 @@ def _validate(s: Settings) -> None:
             f"clickhouse.{key}",
             "must be non-empty, without quotes, backslashes or ';'",
         )
+    check(
+        not s.ledger.dsn or s.ledger.dsn.startswith(("sqlite://", "postgresql://", "postgres://")),
+        "ledger.dsn",
+        "must start with sqlite://, postgresql:// or postgres://",
+    )
+    check(1 <= s.commissions.max_levels <= 3, "commissions.max_levels", "must be 1 to 3")
+    try:
+        min_payout = Decimal(s.commissions.min_payout)
+    except ArithmeticError:
+        min_payout = Decimal(-1)
+    check(
+        min_payout.is_finite() and min_payout >= 0,
+        "commissions.min_payout",
+        "must be a decimal amount >= 0",
+    )
+    check(
+        s.commissions.release_interval_seconds > 0,
+        "commissions.release_interval_seconds",
+        "must be > 0",
+    )
     check(
         not s.admin_token or len(s.admin_token) >= 16,
         "admin_token",

@@ -70,6 +70,7 @@ _FILE_RE = re.compile(r"\A(\d{4})_([a-z0-9_]+)\.sql\Z")
 #   so every version of one slug must land on the same shard for FINAL to be right.
 # * attribution_credits: by conversion, so the credits of one conversion (every model)
 #   are together and sum to its amount shard-locally.
+# * commissions: by conversion, so every status step of one conversion is together.
 SHARDING_KEYS = {
     "clicks": "cityHash64(if(empty(visitor_id), click_id, visitor_id))",
     "impressions": "cityHash64(if(empty(visitor_id), impression_id, visitor_id))",
@@ -83,6 +84,7 @@ SHARDING_KEYS = {
     "impressions_hourly": "cityHash64(hour, campaign_id)",
     "conversions_hourly": "cityHash64(hour, campaign_id)",
     "credits_hourly": "cityHash64(hour, campaign_id)",
+    "commissions": "cityHash64(conversion_id)",
 }
 
 LOCAL_SUFFIX = "_local"

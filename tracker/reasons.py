@@ -127,8 +127,25 @@ class AdminError(StrEnum):
     INVALID_ADVERTISER = "invalid_advertiser"
     EXISTS = "exists"
     NOT_FOUND = "not_found"
+    INVALID = "invalid"  # a programme record (affiliate, campaign, payout request) refused
+    CONFLICT = "conflict"  # the change breaks a rule between records (cycle, status step)
 
 
 def flag_label(flag: FraudFlag | BotReason) -> str:
     """The `flag` label of `tracker_flagged_events_total`: a fraud rule, or `bot:<reason>`."""
     return f"bot:{flag}" if isinstance(flag, BotReason) else str(flag)
+
+
+class NoCommission(StrEnum):
+    """Why a conversion earns no commission (stored with it in the ledger and ClickHouse)."""
+
+    UNKNOWN_CAMPAIGN = "unknown_campaign"
+    CAMPAIGN_PAUSED = "campaign_paused"
+    UNKNOWN_AFFILIATE = "unknown_affiliate"
+    AFFILIATE_PAUSED = "affiliate_paused"
+    AFFILIATE_BANNED = "affiliate_banned"
+    FRAUD = "fraud"  # the conversion or its click is flagged, and the campaign pays no flagged
+    CAP_REACHED = "cap_reached"  # past the campaign's daily or monthly conversion cap
+    NO_PLAN_FOR_EVENT = "no_plan_for_event"
+    NO_RATE_FOR_CURRENCY = "no_rate_for_currency"  # a fixed amount not set in that currency
+    UNKNOWN_CONVERSION = "unknown_conversion"  # a status change of a conversion never seen

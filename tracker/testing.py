@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -177,6 +178,94 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_timeout=5)
+
+
+POSTGRES_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL server on a free loopback port, in its own temp folder.
+
+    PostgreSQL refuses to run as root: as root, the folder belongs to the `postgres` user
+    (created by Debian's package) and the server runs as that user.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix="tracker-pg-"))
+        self.proc: subprocess.Popen | None = None
+        self.bin = next((d for d in POSTGRES_BIN_DIRS if (d / "initdb").exists()), None)
+        self.dsn = f"postgresql://tracker@127.0.0.1:{self.port}/tracker"
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            self._as = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(self.folder, "postgres", "postgres")
+
+    def start(self) -> None:
+        assert self.bin, "PostgreSQL is not installed (make test installs it)"
+        data = self.folder / "data"
+        subprocess.run(
+            [*self._as, str(self.bin / "initdb"), "-D", str(data), "-U", "tracker", "-A", "trust"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.proc = subprocess.Popen(
+            [
+                *self._as,
+                str(self.bin / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(self.folder),
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=100",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._createdb, 30, "postgres to accept connections", interval=0.1)
+
+    def _createdb(self) -> bool:
+        result = subprocess.run(
+            [
+                str(self.bin / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "tracker",
+                "tracker",
+            ],
+            capture_output=True,
+        )
+        return result.returncode == 0 or b"already exists" in result.stderr
+
+    def create_database(self, name: str) -> str:
+        """A fresh database on this server; its DSN."""
+        subprocess.run(
+            [str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port)]
+            + ["-U", "tracker", name],
+            check=True,
+            capture_output=True,
+        )
+        return f"postgresql://tracker@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()  # runuser passes the signal on: a smart shutdown
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _pings(client: redis.Redis) -> bool:

@@ -20,9 +20,20 @@ def parse(**params):
 
 
 def test_aliases_and_defaults():
-    conv = parse(adv="shop", cid=CLICK.upper(), order_id="o-1", payout="12.5")
+    conv = parse(adv="shop", cid=CLICK.upper(), order_id="o-1", amount="12.5")
     assert (conv.advertiser, conv.click_id, conv.txid) == ("shop", CLICK, "o-1")
     assert conv.amount == Decimal("12.5") and conv.currency == "USD"
+    assert conv.payout is None
+
+
+def test_payout_is_not_the_amount():
+    """`payout` is the advertiser's word on the affiliate's earnings, not the sale value."""
+    conv = parse(adv="shop", cid=CLICK, order_id="o-1", amount="100", payout="12.5")
+    assert (conv.amount, conv.payout) == (Decimal("100"), Decimal("12.5"))
+    conv = parse(adv="shop", cid=CLICK, order_id="o-1", payout="12.5")
+    assert (conv.amount, conv.payout) == (None, Decimal("12.5"))
+    with pytest.raises(conversion_input.Rejected):
+        parse(adv="shop", cid=CLICK, order_id="o-1", payout="-1")
     assert (conv.status, conv.event) == ("pending", "conversion")
     conv = parse(
         advertiser_id="shop",

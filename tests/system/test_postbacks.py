@@ -118,7 +118,7 @@ async def test_named_click_in_the_middle_ends_the_path(svc):
     async with browser() as session:
         ids = [await click(session, svc.base_url, slug) for slug in ("conv-b", "conv-c", "conv-b")]
         status, body = await postback(
-            session, svc.base_url, cid=ids[1], order_id="order-mid", payout="9.99"
+            session, svc.base_url, cid=ids[1], order_id="order-mid", revenue="9.99"
         )  # aliases
     assert status == 200 and body["status"] == "accepted"
     svc.wait_count(

@@ -15,7 +15,7 @@ from aiohttp import web
 from tracker import metrics
 from tracker.advertisers import advertiser_cache
 from tracker.config import Settings
-from tracker.edge import admin, clicks, health, postback, reports_api, routes
+from tracker.edge import admin, clicks, health, postback, programme, reports_api, routes
 from tracker.edge.intake import ConversionIntake
 from tracker.edge.keys import (
     ADMIN_TOKEN,
@@ -54,6 +54,7 @@ def create_app(settings: Settings, worker_index: int = 0) -> web.Application:
     postback.add_routes(app)
     admin.add_routes(app)
     reports_api.add_routes(app)
+    programme.add_routes(app)
     health.add_routes(app)
     app.router.add_get("/metrics", metrics_page)
     return app

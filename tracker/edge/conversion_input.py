@@ -17,11 +17,14 @@ from tracker.reasons import PostbackRefusal as R
 from tracker.records import SUB_KEYS, RequestMeta, clean
 from tracker.timefmt import format_ms
 
-# Parameter names advertisers' systems commonly use, first match wins.
+# Parameter names advertisers' systems commonly use, first match wins. `amount` is the
+# sale value; `payout` is what the advertiser says the affiliate earns (used only where
+# the campaign allows it), no longer another name for the amount.
 ALIASES: dict[str, tuple[str, ...]] = {
     "click_id": ("click_id", "cid", "subid", "clickid"),
     "txid": ("txid", "transaction_id", "order_id", "tid"),
-    "amount": ("amount", "payout", "revenue", "sum"),
+    "amount": ("amount", "revenue", "sum"),
+    "payout": ("payout",),
     "advertiser": ("advertiser", "advertiser_id", "adv"),
 }
 STATUSES = ("pending", "approved", "rejected", "reversed")
@@ -59,6 +62,7 @@ class ConversionInput:
     status: str
     event: str
     subs: dict[str, str] = field(default_factory=dict)
+    payout: Decimal | None = None  # the advertiser's explicit payout, when given
 
 
 def pick(params: Mapping[str, str], name: str) -> str:
@@ -95,6 +99,7 @@ def parse(
     if not is_currency(currency):
         raise Rejected(400, R.UNKNOWN_CURRENCY)
     amount = parse_amount(pick(params, "amount"), currency, max_amount)
+    payout = parse_amount(pick(params, "payout"), currency, max_amount)
 
     status = (pick(params, "status") or "pending").lower()
     if status not in STATUSES:
@@ -103,7 +108,9 @@ def parse(
     if not _EVENT_RE.match(event):
         raise Rejected(400, R.INVALID_EVENT)
     subs = {key: clean(params.get(key, ""), 512) for key in SUB_KEYS}
-    return ConversionInput(advertiser, txid, click_id, amount, currency, status, event, subs)
+    return ConversionInput(
+        advertiser, txid, click_id, amount, currency, status, event, subs, payout
+    )
 
 
 def parse_amount(text: str, currency: str, max_amount: int) -> Decimal | None:
@@ -154,6 +161,7 @@ def conversion_row(
     unattributed_reason: str,
     source: str,
     meta: RequestMeta,
+    payout: Decimal | str | None = None,
 ) -> dict:
     """The `conversions` row for one conversion event (a first report or a status change)."""
     click = click or {}
@@ -179,4 +187,5 @@ def conversion_row(
         **conv.subs,
         "ip": meta.ip,
         "user_agent": meta.user_agent,
+        **({"advertiser_payout": str(payout)} if payout is not None else {}),
     }

@@ -216,11 +216,13 @@ async def record(
                 "visitor_id": (click or {}).get("visitor_id") or visitor_id,
                 "amount": str(amount),
                 "currency": conv.currency,
+                **({"payout": str(conv.payout)} if conv.payout is not None else {}),
             }
         else:
             stored = orjson.loads(state[b"record"])
         amount = conv.amount if conv.amount is not None else stored["amount"]
         currency = conv.currency if conv.amount is not None else stored["currency"]
+        payout = conv.payout if conv.payout is not None else stored.get("payout")
         row = conversion_input.conversion_row(
             ms=ms,
             conversion_id=stored["conversion_id"],
@@ -233,6 +235,7 @@ async def record(
             unattributed_reason=stored["unattributed_reason"],
             source=source,
             meta=meta,
+            payout=payout,
         )
         result = await ctx.script(
             keys=[key, K.EVENTS_STREAM],

@@ -32,6 +32,7 @@ from redis.exceptions import RedisError, ResponseError
 from tracker import metrics
 from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
+from tracker.ledger.commissions import Engine
 from tracker.reasons import EnrichmentDrop
 from tracker.sink.attributor import Attributor
 from tracker.sink.enrich.pipeline import Pipeline
@@ -64,6 +65,7 @@ class Sink:
         attributor: Attributor | None = None,
         pipeline: Pipeline | None = None,
         streams: list[str] | None = None,
+        commissions: Engine | None = None,
     ) -> None:
         self.redis = redis
         self.ch = ch
@@ -74,6 +76,7 @@ class Sink:
         self.stop = stop or threading.Event()
         self.attributor = attributor
         self.pipeline = pipeline
+        self.commissions = commissions
         self.streams = streams or [K.EVENTS_STREAM]  # every shard of the events stream
         self._turn = 0
         self._last_reclaim = 0.0
@@ -289,6 +292,8 @@ class Sink:
             self.rows_inserted[table] += count
             metrics.SINK_ROWS.labels(table).inc(count)
             rows += count
+        if self.commissions and payloads.get("conversions"):
+            rows += self.commission(payloads["conversions"], token)
         pipe = self.redis.pipeline(transaction=False)
         pipe.xack(stream, K.SINK_GROUP, *ids)
         pipe.xdel(stream, *ids)
@@ -297,6 +302,30 @@ class Sink:
         metrics.SINK_BATCHES.inc()
         metrics.SINK_BATCH_ROWS.observe(rows)
         metrics.SINK_BATCH_SECONDS.observe(time.monotonic() - started)
+
+    def commission(self, conversions: list[bytes], token: str) -> int:
+        """Commissions of the batch's conversion steps into the ledger (one transaction;
+        a replayed step returns its stored rows), then their rows into ClickHouse with
+        the batch's token, so both hold each step once whatever crashed in between."""
+        events = [orjson.loads(line) for part in conversions for line in part.split(b"\n") if line]
+        backoff = BACKOFF_START
+        while True:
+            try:
+                lines = self.commissions.process(events)
+                break
+            except Exception as exc:  # store down, or a concurrent writer: the same again
+                metrics.SINK_FAILURES.inc()
+                log.warning("ledger step failed (%r); retrying in %.1fs", exc, backoff)
+                if self.stop.wait(backoff):
+                    raise Stopping from None
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        if not lines:
+            return 0
+        if not self._insert("commissions", [b"\n".join(lines)], f"{token}/commissions"):
+            raise Stopping
+        self.rows_inserted["commissions"] += len(lines)
+        metrics.SINK_ROWS.labels("commissions").inc(len(lines))
+        return len(lines)
 
     def enrich(self, payloads: dict[str, list[bytes]]) -> None:
         """Run the enrichment steps over the tables they apply to (clicks first, so

@@ -17,6 +17,8 @@ from tracker import migrations
 from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
 from tracker.config import Settings
+from tracker.ledger.commissions import Engine
+from tracker.ledger.store import open_store
 from tracker.redis_connection import sync_client
 from tracker.sink import query_server
 from tracker.sink.attributor import Attributor
@@ -61,6 +63,14 @@ def run(settings: Settings) -> None:
         half_life_ms=int(settings.attribution.half_life_days * 86400 * 1000),
         credit_flagged=settings.fraud.credit_flagged_conversions,
     )
+    store = open_store(settings)
+    commissions = Engine(
+        store,
+        max_levels=settings.commissions.max_levels,
+        path=attributor.path,
+        lookback_ms=settings.lookback_seconds * 1000,
+        half_life_ms=int(settings.attribution.half_life_days * 86400 * 1000),
+    )
     geo_reader = open_geo(settings.geo.databases)
     sink = Sink(
         redis,
@@ -73,6 +83,7 @@ def run(settings: Settings) -> None:
         attributor=attributor,
         pipeline=enrichment.build(settings, redis, geo_reader),
         streams=[K.events_stream(i) for i in range(settings.redis.stream_shards)],
+        commissions=commissions,
     )
     log.info(
         "sink %s running; SQL endpoint on %s:%d",
@@ -86,4 +97,5 @@ def run(settings: Settings) -> None:
         server.shutdown()
         server.server_close()
         ch.close()
+        store.close()
         log.info("sink stopped: %d batches, rows %s", sink.batches, dict(sink.rows_inserted))

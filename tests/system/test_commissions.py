@@ -1,0 +1,124 @@
+"""Commissions end to end: the admin API sets up a programme, a click and postbacks flow
+through the edge and the sink, the ledger and ClickHouse's `commissions` hold each step
+once, and a payout run pays the exact amounts."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.system.test_postbacks import ADV_TOKEN, browser, click, postback
+from tracker.testing import Service
+
+PLAN = {
+    "events": {"sale": {"type": "percent", "percent": "10"}},
+    "levels": [{"percent": "10", "of": "commission"}],
+}
+
+
+@pytest.fixture(scope="module")
+def svc(running: Service) -> Service:
+    api = running.api
+    assert api("POST", "/api/advertisers", {"id": "shop", "token": ADV_TOKEN})[0] == 201
+    for body in (
+        {"id": "ref", "name": "Referrer", "min_payout": "0.01"},
+        {"id": "pub", "name": "Publisher", "parent_id": "ref", "min_payout": "1.00"},
+    ):
+        status, reply = api("POST", "/api/affiliates", body)
+        assert status == 201, reply
+    status, reply = api(
+        "POST",
+        "/api/campaigns",
+        {
+            "id": "spring",
+            "advertiser_id": "shop",
+            "plan": PLAN,
+            "revenue": {"events": {"sale": {"type": "percent", "percent": "15"}}},
+            "hold_days": 0,
+        },
+    )
+    assert status == 201, reply
+    running.add_link("spring-pub", campaign_id="spring", affiliate_id="pub", advertiser_id="shop")
+    return running
+
+
+def commission_rows(svc: Service, conversion_id: str) -> list[dict]:
+    return svc.sql(
+        "SELECT level, affiliate_id, status, step, toString(payout) AS payout, "
+        "toString(revenue) AS revenue, reason FROM tracker.commissions "
+        f"WHERE conversion_id = '{conversion_id}' ORDER BY step, level, status"
+    )
+
+
+async def test_postback_to_payout(svc):
+    async with browser() as session:
+        click_id = await click(session, svc.base_url, "spring-pub")
+        status, body = await postback(
+            session, svc.base_url, cid=click_id, txid="o-1", amount="120.00", event="sale"
+        )
+        assert status == 200 and body["status"] == "accepted", body
+        conversion_id = body["conversion_id"]
+        svc.wait_count("commissions", 3, f"conversion_id = '{conversion_id}'")
+        assert svc.api("GET", "/api/affiliates/pub/balance")[1]["balances"][0]["pending"] == "12.00"
+
+        status, body = await postback(
+            session, svc.base_url, txid="o-1", status="approved", click_id=click_id
+        )
+        assert body["status"] == "accepted", body
+        svc.wait_count("commissions", 3 + 6, f"conversion_id = '{conversion_id}'")
+    rows = commission_rows(svc, conversion_id)
+    approved = {
+        (r["level"], r["status"]): (r["payout"], r["revenue"])
+        for r in rows
+        if r["step"] == "approved"
+    }
+    assert approved == {
+        (0, "pending"): ("0", "-18"),
+        (0, "approved"): ("0", "18"),
+        (1, "pending"): ("-12", "0"),
+        (1, "approved"): ("12", "0"),
+        (2, "pending"): ("-1.2", "0"),
+        (2, "approved"): ("1.2", "0"),
+    }
+    status, run = svc.api("POST", "/api/payouts/runs", {})
+    assert status == 201, run
+    paid = {p["affiliate_id"]: p["amount"] for p in run["payouts"]}
+    assert paid == {"pub": "12.00", "ref": "1.20"}
+    assert run["csv"].count("\n") == 3
+    pub = next(p for p in run["payouts"] if p["affiliate_id"] == "pub")
+    status, body = svc.api("PATCH", f"/api/payouts/{pub['payout_id']}", {"status": "paid"})
+    assert status == 200 and body["status"] == "paid"
+    balance = svc.api("GET", "/api/affiliates/pub/balance")[1]["balances"][0]
+    assert (balance["paid"], balance["available"]) == ("12.00", "0.00")
+    status, body = svc.api("POST", "/api/payouts/runs", {})
+    assert status == 201 and body["count"] == 0  # nothing left: a re-run pays nothing
+    # a commission's history, newest first
+    items = svc.api("GET", "/api/affiliates/pub/commissions")[1]["commissions"]
+    assert [(c["status"], c["amount"]) for c in items] == [("paid", "12.00")]
+
+
+def test_bad_input_is_refused_with_a_reason(svc):
+    cases = [
+        ("POST", "/api/affiliates", {"id": "x y"}, 400),
+        ("POST", "/api/affiliates", {"id": "pub"}, 409),
+        ("POST", "/api/affiliates", {"id": "z", "parent_id": "nobody"}, 409),
+        ("PATCH", "/api/affiliates/ref", {"parent_id": "pub"}, 409),  # a cycle
+        ("GET", "/api/affiliates/nobody/balance", None, 404),
+        (
+            "POST",
+            "/api/campaigns",
+            {
+                "id": "c",
+                "advertiser_id": "shop",
+                "plan": {"events": {"sale": {"type": "percent", "percent": 10.5}}},
+            },
+            400,
+        ),
+        ("PATCH", "/api/campaigns/spring", {"hold_days": -1}, 400),
+        ("POST", "/api/payouts/runs", {"cutoff": "yesterday"}, 400),
+        ("PATCH", "/api/payouts/nope", {"status": "paid"}, 404),
+    ]
+    for method, path, body, expected in cases:
+        status, reply = svc.api(method, path, body)
+        assert status == expected, (path, reply)
+        assert reply["reason"]
+    assert svc.api("GET", "/api/affiliates")[1]["count"] == 2  # nothing stored half-way

@@ -1,0 +1,223 @@
+"""Payout runs: each affiliate's available entries up to a cutoff become one payout per
+affiliate and currency when they reach the affiliate's minimum; a CSV lists them for the
+payment provider.
+
+Safe to run again, and twice at once: each payout is made in its own transaction that
+first locks the affiliate (PostgreSQL row lock; SQLite holds its write lock), then takes
+the entries no live payout holds. A second run, waiting on that lock, finds nothing left
+for that affiliate. Nothing is updated in place except a payout's status:
+pending -> processing -> paid | failed; failing a payout returns its entries to the
+affiliate's available balance.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Connection, and_, exists, func, insert, literal, select, update
+
+from attribution.money import from_minor
+from tracker.ids import uuid7
+from tracker.ledger import schema as T
+from tracker.ledger.store import Store
+from tracker.timefmt import format_ms
+
+E, ITEMS, P, A = T.entries, T.payout_items, T.payouts, T.affiliates
+STATUSES = ("pending", "processing", "paid", "failed")
+# new status -> the statuses it may follow
+TRANSITIONS = {
+    "processing": ("pending",),
+    "paid": ("pending", "processing"),
+    "failed": ("pending", "processing"),
+}
+CSV_COLUMNS = ["payout_id", "affiliate_id", "affiliate_name", "currency", "amount", "entries"]
+
+
+class PayoutError(ValueError):
+    """A payout cannot change that way (HTTP 409) or does not exist (404)."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Run:
+    id: str
+    cutoff: int
+    payouts: list[dict] = field(default_factory=list)
+    csv: str = ""
+    csv_path: str = ""
+
+
+def _free(limit: int):
+    """Approved entries payable by `limit` that no live payout holds."""
+    held = (
+        select(literal(1))
+        .select_from(ITEMS.join(P, P.c.id == ITEMS.c.payout_id))
+        .where(ITEMS.c.entry_seq == E.c.seq, P.c.status != "failed")
+    )
+    return and_(E.c.state == "approved", E.c.available_at <= limit, ~exists(held))
+
+
+def run(store: Store, *, cutoff: int | None = None, export_dir: Path | None = None) -> Run:
+    """One payout run; entries available at or before min(cutoff, now) are paid."""
+    now = store.clock()
+    limit = min(cutoff, now) if cutoff is not None else now
+    result = Run(id=uuid7(now), cutoff=limit)
+    with store.read() as conn:
+        candidates = conn.execute(
+            select(E.c.affiliate_id, E.c.currency, func.sum(E.c.amount_minor))
+            .where(_free(limit))
+            .group_by(E.c.affiliate_id, E.c.currency)
+            .order_by(E.c.affiliate_id, E.c.currency)
+        ).all()
+        affiliates = {
+            row["id"]: row
+            for row in conn.execute(select(A.c.id, A.c.name, A.c.currency, A.c.min_payout_minor))
+            .mappings()
+            .all()
+        }
+    for affiliate_id, currency, total in candidates:
+        affiliate = affiliates.get(affiliate_id)
+        if affiliate is None or int(total) < _minimum(affiliate, currency):
+            continue
+        payout = _make(store, result.id, affiliate, currency, limit, now)
+        if payout:
+            result.payouts.append(payout)
+    with store.begin() as conn:
+        conn.execute(
+            insert(T.payout_runs),
+            [{"id": result.id, "cutoff": limit, "created_at": now, "payouts": len(result.payouts)}],
+        )
+    result.csv = to_csv(result.payouts)
+    if export_dir is not None:
+        export_dir.mkdir(parents=True, exist_ok=True)
+        path = export_dir / f"payouts-{format_ms(now)[:10]}-{result.id}.csv"
+        path.write_text(result.csv)
+        result.csv_path = str(path)
+    return result
+
+
+def _minimum(affiliate, currency: str) -> int:
+    """The affiliate's minimum in its payout currency; elsewhere any positive total."""
+    return max(affiliate["min_payout_minor"], 1) if currency == affiliate["currency"] else 1
+
+
+class _Nothing(Exception):
+    """Undo the payout's transaction: nothing (enough) left to pay."""
+
+
+def _make(store: Store, run_id: str, affiliate, currency: str, limit: int, now: int):
+    try:
+        return _make_one(store, run_id, affiliate, currency, limit, now)
+    except _Nothing:
+        return None
+
+
+def _make_one(store: Store, run_id: str, affiliate, currency: str, limit: int, now: int):
+    payout_id = uuid7(now)
+    with store.begin() as conn:
+        store.lock_affiliate(conn, affiliate["id"])
+        conn.execute(
+            insert(ITEMS).from_select(
+                ["payout_id", "entry_seq"],
+                select(literal(payout_id), E.c.seq).where(
+                    E.c.affiliate_id == affiliate["id"], E.c.currency == currency, _free(limit)
+                ),
+            )
+        )
+        count, total = conn.execute(
+            select(func.count(), func.coalesce(func.sum(E.c.amount_minor), 0))
+            .select_from(ITEMS.join(E, E.c.seq == ITEMS.c.entry_seq))
+            .where(ITEMS.c.payout_id == payout_id)
+        ).one()
+        if not count or int(total) < _minimum(affiliate, currency):
+            raise _Nothing  # another run took them first, or a clawback brought it below
+        row = {
+            "id": payout_id,
+            "run_id": run_id,
+            "affiliate_id": affiliate["id"],
+            "currency": currency,
+            "amount_minor": int(total),
+            "entries": int(count),
+            "status": "pending",
+            "reference": "",
+            "created_at": now,
+            "updated_at": now,
+        }
+        conn.execute(insert(P), [row])
+    return public(row, affiliate["name"])
+
+
+def public(row, name: str = "") -> dict:
+    return {
+        "payout_id": row["id"],
+        "run_id": row["run_id"],
+        "affiliate_id": row["affiliate_id"],
+        "affiliate_name": name,
+        "currency": row["currency"],
+        "amount": str(from_minor(row["amount_minor"], row["currency"])),
+        "entries": row["entries"],
+        "status": row["status"],
+        "reference": row["reference"],
+        "created_at": format_ms(row["created_at"]),
+        "updated_at": format_ms(row["updated_at"]),
+    }
+
+
+def to_csv(payouts: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for p in payouts:
+        writer.writerow([p[c] for c in CSV_COLUMNS])
+    return out.getvalue()
+
+
+def listing(
+    conn: Connection,
+    *,
+    affiliate_id: str | None = None,
+    status: str | None = None,
+    run_id: str | None = None,
+) -> list[dict]:
+    query = (
+        select(P, A.c.name)
+        .select_from(P.outerjoin(A, A.c.id == P.c.affiliate_id))
+        .order_by(P.c.created_at.desc(), P.c.id)
+    )
+    if affiliate_id:
+        query = query.where(P.c.affiliate_id == affiliate_id)
+    if status:
+        query = query.where(P.c.status == status)
+    if run_id:
+        query = query.where(P.c.run_id == run_id)
+    return [public(row, row["name"] or "") for row in conn.execute(query).mappings()]
+
+
+def set_status(store: Store, payout_id: str, new: str, reference: str = "") -> dict:
+    """Move a payout along pending -> processing -> paid | failed (409 otherwise)."""
+    if new not in TRANSITIONS:
+        raise PayoutError(f"status must be one of {', '.join(TRANSITIONS)}", 400)
+    if len(reference) > 200 or not reference.isprintable():
+        raise PayoutError("reference must be at most 200 printable characters", 400)
+    with store.begin() as conn:
+        row = conn.execute(select(P).where(P.c.id == payout_id)).mappings().first()
+        if row is None:
+            raise PayoutError(f"no payout {payout_id!r}", 404)
+        if row["status"] == new:
+            return public(row)  # asked twice: already so
+        if row["status"] not in TRANSITIONS[new]:
+            raise PayoutError(f"a {row['status']} payout cannot become {new}")
+        values = {"status": new, "updated_at": store.clock()}
+        if reference:
+            values["reference"] = reference
+        conn.execute(
+            update(P).where(P.c.id == payout_id, P.c.status == row["status"]).values(values)
+        )
+        row = conn.execute(select(P).where(P.c.id == payout_id)).mappings().one()
+        return public(row)
