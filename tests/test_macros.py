@@ -6,7 +6,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tracker.macros import MACROS, append_param, compile_template, render, validate_destination
+from tracker.macros import (
+    MACROS,
+    append_param,
+    compile_template,
+    normalize_destination,
+    render,
+    validate_destination,
+)
 
 CLICK = "018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5b"
 
@@ -144,8 +151,9 @@ def test_append_param_direct():
         "https://shop.example/",
         "http://shop.example",
         "https://shop.example:8443/p?c={click_id}&s={sub1}#x",
-        "https://{sub1}.shop.example/p",
+        "https://shop.example/{sub1}/p?{sub2}#{sub3}",
         "http://[2001:db8::1]/p",
+        "http://127.0.0.1:8080/p",
         "https://shop.example/" + "a" * (4096 - len("https://shop.example/")),
     ],
 )
@@ -173,6 +181,23 @@ def test_valid_destinations(template):
         (" https://shop.example/", "spaces or control characters"),
         ("http://[::1/p", "not a valid URL"),
         ("", "1 to 4096 characters"),
+        # the host and port are fixed when the link is saved: no macro can move them
+        ("https://{sub1}/landing", "not the host or port"),
+        ("https://{sub1}.shop.example/p", "not the host or port"),
+        ("https://shop.example{sub1}/", "not the host or port"),
+        ("https://shop.example{sub1}", "not the host or port"),
+        ("https://shop.example:{sub1}/", "not the host or port"),
+        ("https://{sub1}@shop.example/", "not the host or port"),
+        ("https://shop.example@evil.example/", "user name or password"),
+        ("https://user:pw@shop.example/", "user name or password"),
+        ("https://shop.example:443@evil.example/", "user name or password"),
+        ("https://evil.example\\@shop.example/", "backslash"),
+        ("https://shop.example\\evil.example/", "backslash"),
+        ("https://%65vil.example/", "valid domain name"),
+        ("https://shop.example:0/", "port must be a number"),
+        ("https://shop.example:99999/", "port must be a number"),
+        ("https://shop.example:8a/", "port must be a number"),
+        ("https://[::1]x/", "port must be a number"),
         ("https://shop.example/" + "a" * 4096, "1 to 4096 characters"),
     ],
 )
@@ -180,6 +205,29 @@ def test_invalid_destinations(template, reason):
     why = validate_destination(template)
     assert why is not None
     assert reason in why
+
+
+@pytest.mark.parametrize(
+    ("template", "stored"),
+    [
+        ("HTTPS://Shop.Example/P?Q", "https://shop.example/P?Q"),
+        ("https://bücher.example/{sub1}", "https://xn--bcher-kva.example/{sub1}"),
+        ("https://ÉCOLE.example:8443/", "https://xn--cole-9oa.example:8443/"),
+        ("http://[2001:DB8::1]:81/", "http://[2001:db8::1]:81/"),
+    ],
+)
+def test_destinations_are_stored_with_a_normalized_idna_host(template, stored):
+    assert normalize_destination(template) == stored
+
+
+def test_no_macro_value_moves_the_rendered_origin():
+    """Whatever a clicker puts in the macros, the redirect stays on the saved origin."""
+    template = normalize_destination("https://shop.example/{sub1}?a={sub2}#{sub3}")
+    hostile = ["//evil.example", "@evil.example", "\\evil.example", "?x#y/../@e", "%2F%2Fe"]
+    for value in hostile:
+        url = render(template, {"sub1": value, "sub2": value, "sub3": value, "click_id": "c"})
+        parts = urlsplit(url)
+        assert (parts.scheme, parts.netloc) == ("https", "shop.example"), url
 
 
 def test_quote_value_matches_quote_on_random_text():
@@ -193,3 +241,12 @@ def test_quote_value_matches_quote_on_random_text():
     for _ in range(20_000):
         value = "".join(rnd.choice(chars) for _ in range(rnd.randint(0, 12)))
         assert quote_value(value) == quote(value, safe=""), value
+
+
+def test_a_link_is_saved_with_its_fixed_origin():
+    from tracker.links import LinkError, new_link
+
+    link = new_link({"slug": "idn", "destination": "https://Bücher.example/{sub1}"})
+    assert link.destination == "https://xn--bcher-kva.example/{sub1}"
+    with pytest.raises(LinkError, match="not the host or port"):
+        new_link({"slug": "open", "destination": "https://{sub1}/landing"})

@@ -19,7 +19,7 @@ import orjson
 from tracker import redis_keys as K
 from tracker.hashcache import HashCache, parse_hash
 from tracker.ids import uuid7
-from tracker.macros import validate_destination
+from tracker.macros import DestinationError, normalize_destination
 from tracker.timefmt import format_ms, now_ms
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,10 @@ def apply_changes(link: Link, changes: Any, ts: int | None = None) -> Link:
         if not isinstance(value, str):
             raise LinkError(f"{key} must be a string")
         values[key] = value
-    reason = validate_destination(values["destination"])
-    if reason:
-        raise LinkError(reason)
+    try:
+        values["destination"] = normalize_destination(values["destination"])
+    except DestinationError as exc:
+        raise LinkError(str(exc)) from None
     for key in ("campaign_id", "affiliate_id", "advertiser_id"):
         if not ID_RE.match(values[key]):
             raise LinkError(f"{key} must be up to 64 letters, digits, '-', '_', '.' or ':'")

@@ -4,13 +4,22 @@ A template is an http(s) URL that may contain `{click_id}`, `{visitor_id}`,
 `{campaign_id}`, `{affiliate_id}`, `{sub1}`..`{sub5}`. Values are percent-encoded, so no
 value can add a header line or break out of its URL component. A template with no
 `{click_id}` gets `click_id=<id>` appended to its query string.
+
+No open redirect: the scheme, host and port of a destination are fixed when the link is
+saved. Macros may fill the path, query and fragment only (a value can hold no `/`, `?`,
+`#` or `@`, so it cannot move the host either); a user name or password, a backslash (a
+browser reads it as `/`) or a percent sign in the host are refused; a non-ASCII host is
+stored IDNA-encoded (UTS #46), the form browsers send to DNS.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
 from urllib.parse import quote, urlsplit
+
+import idna
 
 MACROS = frozenset(
     ["click_id", "visitor_id", "campaign_id", "affiliate_id"]
@@ -20,18 +29,87 @@ _MACRO_RE = re.compile(r"\{(" + "|".join(sorted(MACROS)) + r")\}")
 _FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 
 
+_ORIGIN_RE = re.compile(r"(?i)(https?)://([^/?#]*)(.*)\Z", re.S)
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+class DestinationError(ValueError):
+    """Why a destination template is not acceptable (the message says it to the user)."""
+
+
+def normalize_destination(template: str) -> str:
+    """The template as stored: scheme and host lower case, a non-ASCII host IDNA-encoded.
+    Raises DestinationError when it could send a click anywhere but its fixed origin."""
+    if not template or len(template) > 4096:
+        raise DestinationError("destination must be 1 to 4096 characters")
+    if _FORBIDDEN.search(template):
+        raise DestinationError("destination must not contain spaces or control characters")
+    if "\\" in template:
+        raise DestinationError("destination must not contain a backslash")
+    match = _ORIGIN_RE.match(template)
+    if not match:
+        raise DestinationError("destination must be an absolute http(s) URL")
+    scheme, authority, rest = match.groups()
+    if "{" in authority or "}" in authority:
+        raise DestinationError(
+            "macros may fill only the path, query and fragment, not the host or port"
+        )
+    if "@" in authority:
+        raise DestinationError("destination must not carry a user name or password")
+    host, port = _split_authority(authority)
+    if not host:
+        raise DestinationError("destination must be an absolute http(s) URL")
+    try:
+        urlsplit(_MACRO_RE.sub("x", rest))
+    except ValueError:
+        raise DestinationError("destination is not a valid URL") from None
+    return f"{scheme.lower()}://{host}{':' + port if port else ''}{rest}"
+
+
+def _split_authority(authority: str) -> tuple[str, str]:
+    """(host as stored, port text) of a URL authority without user info."""
+    if authority.startswith("["):
+        end = authority.find("]")
+        literal, after = authority[1:end], authority[end + 1 :]
+        try:
+            if end < 0:
+                raise ValueError(authority)
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            raise DestinationError("destination is not a valid URL") from None
+        host = f"[{literal.lower()}]"
+    else:
+        host, colon, port_text = authority.partition(":")
+        after = colon + port_text
+        host = _domain(host)
+    port = ""
+    if after:
+        port = after[1:]
+        if not after.startswith(":") or not _PORT.fullmatch(port) or not 0 < int(port) < 65536:
+            raise DestinationError("destination port must be a number from 1 to 65535")
+    return host, port
+
+
+def _domain(host: str) -> str:
+    if not host.isascii():
+        try:
+            host = idna.encode(host, uts46=True).decode()
+        except idna.IDNAError:
+            raise DestinationError("destination host is not a valid domain name") from None
+    host = host.lower()
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if host and not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise DestinationError("destination host is not a valid domain name")
+    return host
+
+
 def validate_destination(template: str) -> str | None:
     """Why a destination template is not acceptable, or None when it is."""
-    if not template or len(template) > 4096:
-        return "destination must be 1 to 4096 characters"
-    if _FORBIDDEN.search(template):
-        return "destination must not contain spaces or control characters"
     try:
-        parts = urlsplit(_MACRO_RE.sub("x", template))
-    except ValueError:
-        return "destination is not a valid URL"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "destination must be an absolute http(s) URL"
+        normalize_destination(template)
+    except DestinationError as exc:
+        return str(exc)
     return None
 
 
