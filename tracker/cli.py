@@ -14,12 +14,15 @@ from pathlib import Path
 import orjson
 
 from tracker import config, logs
+from tracker.clock import Clock, system_clock
 from tracker.config import ConfigError, Settings
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, clock: Clock = system_clock) -> int:
+    """`clock`: what an edge started by this call stamps events with (tests pin it)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.clock = clock
     logs.configure()
     try:
         settings = config.load(args.config)
@@ -156,7 +159,7 @@ def cmd_serve(settings: Settings, args) -> int:
 def cmd_edge(settings: Settings, args) -> int:
     from tracker.edge.server import run
 
-    run(settings, args.worker)
+    run(settings, args.worker, args.clock)
     return 0
 
 

@@ -311,10 +311,17 @@ class Service:
 
     # -- processes --------------------------------------------------------------------
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+    def spawn(self, name: str, *args: str, clock_at: float | None = None) -> subprocess.Popen:
+        """`tracker *args` as process `name`; `clock_at`: its edge's clock stands still at
+        that instant (see pinned_main)."""
+        pinned = (
+            ["tracker.testing", "--clock-at", repr(clock_at)]
+            if clock_at is not None
+            else ["tracker"]
+        )
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - kept open by the child
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tracker", *args],
+            [sys.executable, "-m", *pinned, *args],
             env=self.env,
             cwd=ROOT,
             stdout=log,
@@ -333,9 +340,10 @@ class Service:
         wait_until(self._query_up, 30, "the sink's SQL endpoint")
         return proc
 
-    def start_edges(self, count: int = 1) -> None:
+    def start_edges(self, count: int = 1, clock_at: float | None = None) -> None:
+        """`count` edge processes; `clock_at`: their clock stands still at that instant."""
         for i in range(count):
-            self.spawn(f"edge-{i}", "edge", "--worker", str(i))
+            self.spawn(f"edge-{i}", "edge", "--worker", str(i), clock_at=clock_at)
         wait_until(self._edge_up, 30, "the edge to answer")
 
     def wait_ready(self) -> None:
@@ -488,3 +496,18 @@ class Service:
         assert status == 201, body
         time.sleep(0.6)  # every edge process reloads links within 0.2 s (set above)
         return body
+
+
+def pinned_main(argv: list[str]) -> int:
+    """`python -m tracker.testing --clock-at SECONDS edge --worker N`: a tracker command
+    whose edge stamps every event with that instant (a test that counts per calendar
+    minute or hour then cannot straddle one)."""
+    from tracker import cli
+    from tracker.clock import FixedClock
+
+    assert argv[0] == "--clock-at", "usage: --clock-at SECONDS <tracker arguments>"
+    return cli.main(argv[2:], clock=FixedClock(float(argv[1])))
+
+
+if __name__ == "__main__":
+    sys.exit(pinned_main(sys.argv[1:]))

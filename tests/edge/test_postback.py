@@ -14,13 +14,18 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from tracker import config
 from tracker import redis_keys as K
+from tracker.clock import FixedClock
 from tracker.edge.app import create_app
 from tracker.edge.keys import CLICKS, CONVERSIONS
 from tracker.metrics import REJECTIONS
 from tracker.reasons import PostbackRefusal
+from tracker.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tracker.testing import TOKEN
 
 ADV_TOKEN = "adv-token-0123456789abcdef"
+
+
+CLOCK = FixedClock(1_767_225_600.0)  # 2026-01-01 00:00:00 UTC, pinned
 
 
 @pytest.fixture
@@ -33,7 +38,7 @@ async def client(tmp_path, redis_server):
             "TRACKER_REDIS_TIMEOUT_SECONDS": "0.5",
         }
     )
-    async with TestClient(TestServer(create_app(settings))) as client:
+    async with TestClient(TestServer(create_app(settings, clock=CLOCK))) as client:
         r = await client.post(
             "/api/advertisers",
             json={"id": "shop", "token": ADV_TOKEN},
@@ -123,3 +128,57 @@ async def test_redis_away_is_a_503(client, redis_server):
     r = await client.get(f"/postback?advertiser=shop&token={ADV_TOKEN}&txid=t9&click_id={click}")
     body = await r.json()
     assert (r.status, body["reason"]) == (503, "temporarily_unavailable")
+
+
+async def signed_post(client: TestClient, ts: float, body: bytes, signed: bytes | None = None):
+    """POST body with a signature of `signed` (default: the body itself) made at ts."""
+    query = "advertiser=shop"
+    stamp = str(int(ts))
+    r = await client.post(
+        f"/postback?{query}",
+        data=body,
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            TIMESTAMP_HEADER: stamp,
+            SIGNATURE_HEADER: sign(ADV_TOKEN, stamp, "POST", "/postback", query, signed or body),
+        },
+    )
+    return r.status, await r.json()
+
+
+@pytest.mark.parametrize(
+    ("offset", "status", "reason"),
+    [
+        (-301, 401, "stale_signature"),
+        (-300, 200, None),  # the window's edges are inside it
+        (0, 200, None),
+        (300, 200, None),
+        (301, 401, "stale_signature"),  # a timestamp from the future is no better
+        (3600, 401, "stale_signature"),
+    ],
+)
+async def test_signature_window_at_its_edges(client, offset, status, reason):
+    """The edge's clock stands still: a timestamp exactly 300 s away is the last one in."""
+    click = "01900000-0000-7000-8000-000000000001"
+    body = f"txid=w{offset + 5000}&click_id={click}&amount=5".encode()
+    code, answer = await signed_post(client, CLOCK() + offset, body)
+    assert (code, answer["reason"] if code != 200 else None) == (status, reason), answer
+    if code == 200:
+        assert answer["status"] == "accepted"
+
+
+async def test_a_replayed_signed_post_is_a_duplicate(client, redis_server):
+    """The same signed request with its body, sent again inside the window: the signature
+    still holds, and the transaction's dedup answers `duplicate` with the first id."""
+    click = "01900000-0000-7000-8000-000000000001"
+    body = f"txid=replay-1&click_id={click}&amount=12.50&currency=EUR".encode()
+    first = await signed_post(client, CLOCK() - 10, body)
+    again = await signed_post(client, CLOCK() - 10, body)
+    assert first[0] == again[0] == 200
+    assert (first[1]["status"], again[1]["status"]) == ("accepted", "duplicate")
+    assert again[1]["reason"] == "duplicate_transaction"
+    assert again[1]["conversion_id"] == first[1]["conversion_id"]
+    assert redis_server.client().xlen(K.EVENTS_STREAM) == 1  # stored once
+    # the old signature over a changed body is refused, not taken for a duplicate
+    tampered = await signed_post(client, CLOCK() - 10, body.replace(b"12.50", b"99"), body)
+    assert (tampered[0], tampered[1]["reason"]) == (401, "bad_signature")

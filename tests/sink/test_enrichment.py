@@ -7,6 +7,7 @@ import asyncio
 import random
 import subprocess
 import sys
+import time
 
 import aiohttp
 import orjson
@@ -23,6 +24,7 @@ from tracker.testing import BROWSER_UA, ROOT, Service
 from tracker.timefmt import format_ms
 
 ZERO = "00000000-0000-0000-0000-000000000000"
+ADV_TOKEN = "adv-token-0123456789abcdef"
 T = Thresholds()
 
 
@@ -207,10 +209,15 @@ async def test_ten_thousand_mixed_clicks_give_exact_flag_counts(service: Service
             "TRACKER_GEO_DATABASES": str(geo_db),
             "TRACKER_FRAUD_IP_CLICKS_PER_MINUTE": "100",
             "TRACKER_FRAUD_VISITORS_PER_IP_PER_HOUR": "5",
-            "TRACKER_FRAUD_DUPLICATE_CLICK_SECONDS": "60",
+            # a window no run outlasts (Redis expires the marker in real time)
+            "TRACKER_FRAUD_DUPLICATE_CLICK_SECONDS": "86400",
         }
     )
-    service.serve()
+    # The edges' clock stands still mid-hour: every click falls in one calendar minute and
+    # hour, so the per-minute and per-hour counts are exact however long the run takes.
+    pinned = time.time() // 3600 * 3600 + 1800.5
+    service.start_edges(2, clock_at=pinned)
+    service.start_sink()
     service.add_link("mix", campaign_id="mix", affiliate_id="aff")
     rng = random.Random(7)
 
@@ -267,9 +274,13 @@ async def test_ten_thousand_mixed_clicks_give_exact_flag_counts(service: Service
         "SELECT sum(greatest(n - 100, 0)) AS n FROM (SELECT count() AS n FROM tracker.clicks "
         "WHERE link_slug = 'mix' GROUP BY ip, toStartOfMinute(event_time))"
     )[0]["n"]
-    assert expected_flood >= 2 * 50 + 288 - 100  # whatever minute boundaries fell in between
+    assert expected_flood == 2 * 50 + 288
     assert counts["ip_flood"] == expected_flood
-    # the same visitor on the same link within 60 s: every click but the first
+    assert service.sql(
+        "SELECT DISTINCT toUnixTimestamp64Milli(event_time) AS ms FROM tracker.clicks "
+        "WHERE link_slug = 'mix'"
+    ) == [{"ms": int(pinned * 1000)}]
+    # the same visitor on the same link within the window: every click but the first
     assert counts["duplicate_click"] == 2 * 149 + 387
     # 12 visitors on one address: the 6th and later are flagged
     assert (
@@ -391,3 +402,61 @@ def test_counting_in_chunks_gives_the_same_verdicts_as_one_call(redis_server):
     assert run_rules(chunked, events("198.51.100.8", [uuid7() for _ in visitors])) == expected
     flagged = {f for flags in expected for f in flags}
     assert flagged == {"duplicate_click", "ip_flood", "ip_many_visitors"}
+
+
+async def test_fast_conversions_and_per_campaign_rules_from_the_settings_file(
+    service: Service, tmp_path
+):
+    """fast_conversion end to end (the suite's settings turn it off), with per-campaign
+    thresholds read from the TOML file. The edges' clock is pinned, and moved by
+    restarting the edge at a later instant: no run is too slow or too fast for it."""
+    settings_file = tmp_path / "tracker.toml"
+    settings_file.write_text(
+        "[fraud.campaigns.slow]\n"
+        "min_click_to_conversion_seconds = 60\n"
+        "[fraud.campaigns.busy]\n"
+        "ip_clicks_per_minute = 2\n"
+    )
+    service.env["TRACKER_CONFIG"] = str(settings_file)
+    service.env["TRACKER_FRAUD_MIN_CLICK_TO_CONVERSION_SECONDS"] = "5"
+    t0 = time.time() // 60 * 60 + 0.25  # all the clicks in one calendar minute
+    service.start_sink()
+    service.start_edges(1, clock_at=t0)
+    assert service.api("POST", "/api/advertisers", {"id": "shop", "token": ADV_TOKEN})[0] == 201
+    service.add_link("busy", campaign_id="busy")
+    service.add_link("std", campaign_id="std")
+    service.add_link("slow", campaign_id="slow")
+
+    async with aiohttp.ClientSession(headers={"User-Agent": BROWSER_UA}) as session:
+
+        async def go(url: str) -> str:
+            async with session.get(service.base_url + url, allow_redirects=False) as r:
+                return r.headers.get("Location", "").rsplit("click_id=", 1)[-1]
+
+        for _ in range(3):  # the first clicks of 127.0.0.1 this minute: only the third floods
+            await go("/c/busy")
+        quick, later, slow = [await go(f"/c/{slug}") for slug in ("std", "std", "slow")]
+
+        async def convert(at: float, click_id: str, txid: str) -> None:
+            service.stop("edge-0")
+            service.start_edges(1, clock_at=at)
+            query = f"advertiser=shop&token={ADV_TOKEN}&click_id={click_id}&txid={txid}"
+            async with session.get(f"{service.base_url}/postback?{query}") as r:
+                assert (await r.json())["status"] == "accepted"
+
+        await convert(t0 + 3, quick, "quick")  # 3 s after its click: under the default 5 s
+        await convert(t0 + 10, later, "later")  # 10 s: fine by the default
+        await convert(t0 + 10.5, slow, "slow")  # 10.5 s: under campaign slow's 60 s
+
+    service.wait_count("conversions", 3)
+    flags = {
+        r["txid"]: r["fraud_flags"]
+        for r in service.sql("SELECT txid, fraud_flags FROM tracker.conversions")
+    }
+    assert flags == {"quick": ["fast_conversion"], "later": [], "slow": ["fast_conversion"]}
+    service.wait_count("clicks", 6)
+    busy = service.sql(
+        "SELECT fraud_flags FROM tracker.clicks WHERE link_slug = 'busy' ORDER BY click_id"
+    )
+    assert busy == [{"fraud_flags": []}, {"fraud_flags": []}, {"fraud_flags": ["ip_flood"]}]
+    assert service.count("clicks", "notEmpty(fraud_flags) AND link_slug != 'busy'") == 0

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from tracker import metrics
 from tracker.advertisers import advertiser_cache
+from tracker.clock import Clock, system_clock
 from tracker.config import Settings
 from tracker.edge import admin, clicks, health, postback, programme, reports_api, routes
 from tracker.edge.intake import ConversionIntake
@@ -21,6 +22,7 @@ from tracker.edge.keys import (
     ADMIN_TOKEN,
     ADVERTISER_CACHE,
     CLICKS,
+    CLOCK,
     CONVERSIONS,
     LINK_CACHE,
     MAX_LAG,
@@ -40,12 +42,15 @@ HANDLER_ARGS = {"max_line_size": 65536, "max_field_size": 32768}
 MAX_BODY = 1024 * 1024
 
 
-def create_app(settings: Settings, worker_index: int = 0) -> web.Application:
+def create_app(
+    settings: Settings, worker_index: int = 0, clock: Clock = system_clock
+) -> web.Application:
     app = web.Application(
         middlewares=[count_requests, admin.require_token], client_max_size=MAX_BODY
     )
     app[SETTINGS] = settings
     app[WORKER_INDEX] = worker_index
+    app[CLOCK] = clock
     app[ADMIN_TOKEN] = settings.admin_token
     app[MAX_LAG] = settings.sink.max_lag_entries
     app[SHARDS] = settings.redis.stream_shards
@@ -110,7 +115,9 @@ async def advertisers_ctx(app: web.Application) -> AsyncIterator[None]:
         snapshot=settings.data_path / "advertisers.snapshot.json",
     )
     app[ADVERTISER_CACHE] = cache
-    app[CONVERSIONS] = ConversionIntake(app[REDIS], cache, settings, settings.trusted_networks)
+    app[CONVERSIONS] = ConversionIntake(
+        app[REDIS], cache, settings, settings.trusted_networks, clock=app[CLOCK]
+    )
     await cache.start()
     yield
     await cache.stop()
@@ -142,6 +149,7 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
         fallback_url=s.http.fallback_url,
         max_query_bytes=s.http.max_query_bytes,
         honor_no_track=s.privacy.honor_no_track,
+        clock=app[CLOCK],
     )
     await writer.start()
     publisher = asyncio.create_task(publish_metrics(app))

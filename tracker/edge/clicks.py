@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tracker import records
+from tracker.clock import Clock, clock_ms, system_clock
 from tracker.edge.client_ip import Network, client_ip
 from tracker.edge.writer import EventWriter
 from tracker.hashcache import HashCache
@@ -19,7 +20,6 @@ from tracker.ids import ZERO_UUID, is_uuid, uuid7
 from tracker.macros import render
 from tracker.metrics import EdgeCounters
 from tracker.reasons import OrphanVisit
-from tracker.timefmt import now_ms
 
 # The smallest transparent GIF (43 bytes).
 PIXEL = (
@@ -45,6 +45,7 @@ class ClickContext:
     fallback_url: str
     max_query_bytes: int
     honor_no_track: bool = True
+    clock: Clock = system_clock  # stamps every event
     counters: EdgeCounters = field(default_factory=EdgeCounters)
     # False from the moment the process is asked to stop: a click answered after the
     # writer's last flush would be acknowledged and lost, so none is answered then.
@@ -178,7 +179,7 @@ def click_reply(edge: ClickContext, hit: Hit, slug: str) -> Reply:
     """GET /c/{slug}: read -> build the click -> record it (in memory) -> redirect."""
     params = records.parse_query(hit.query, edge.max_query_bytes)
     meta, visitor_id, new = who(hit, params, edge)
-    ms = now_ms()
+    ms = clock_ms(edge.clock)
     link = edge.links.get(slug)
     if link is None or not link.active:
         orphan(
@@ -228,7 +229,7 @@ def is_conversion_pixel(params: dict[str, str]) -> bool:
 def pixel_reply(edge: ClickContext, hit: Hit, params: dict[str, str]) -> Reply:
     """GET /p.gif (an impression): record it and answer the 1x1 GIF."""
     meta, visitor_id, new = who(hit, params, edge)
-    ms = now_ms()
+    ms = clock_ms(edge.clock)
     slug = params.get("slug", "")
     link = edge.links.get(slug) if slug else None
     campaign_id = params.get("campaign_id", "")

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracker.clock import Clock, system_clock
 from tracker.config import Settings
 from tracker.edge.client_ip import Network
 from tracker.hashcache import HashCache
@@ -20,6 +21,7 @@ class ConversionIntake:
     settings: Settings
     trusted: list[Network]  # proxies whose X-Forwarded-For is believed
     script: Any = None
+    clock: Clock = system_clock  # stamps conversions, judges a signature's age
     # counted on the hot path, moved to Prometheus once a second (closed sets of labels)
     rejections: Counter[PostbackRefusal] = field(default_factory=Counter)
     outcomes: Counter[PostbackOutcome] = field(default_factory=Counter)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from tracker.clock import Clock
 from tracker.config import Settings
 from tracker.edge.clicks import ClickContext
 from tracker.edge.intake import ConversionIntake
@@ -20,6 +21,7 @@ WRITER = web.AppKey("writer", EventWriter)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 MAX_LAG = web.AppKey("max_lag", int)  # stream entries the sink may lag before /readyz fails
 SHARDS = web.AppKey("shards", int)
+CLOCK = web.AppKey("clock", Clock)  # the time every event of this process is stamped with
 CLICKS = web.AppKey("clicks", ClickContext)
 CONVERSIONS = web.AppKey("conversions", ConversionIntake)
 REPORT_STORE = web.AppKey("report_store", ReportStore)

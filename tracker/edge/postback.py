@@ -14,7 +14,6 @@ import asyncio
 import hmac
 import json
 import logging
-import time
 from urllib.parse import parse_qsl
 
 import orjson
@@ -23,6 +22,7 @@ from redis.exceptions import RedisError
 
 from tracker import redis_keys as K
 from tracker import signing
+from tracker.clock import Clock, clock_ms
 from tracker.edge import conversion_input
 from tracker.edge.clicks import request_meta
 from tracker.edge.conversion_input import Rejected
@@ -33,7 +33,6 @@ from tracker.ids import uuid7, uuid7_time_ms
 from tracker.reasons import DuplicateReason, PostbackOutcome, UnattributedReason
 from tracker.reasons import PostbackRefusal as R
 from tracker.records import RequestMeta
-from tracker.timefmt import now_ms
 from tracker.types import AsyncRedis
 
 log = logging.getLogger(__name__)
@@ -118,7 +117,12 @@ def json_params(body: bytes) -> dict[str, str]:
 
 
 def authenticate(
-    request: web.Request, token: str, params: dict[str, str], body: bytes, window: int
+    request: web.Request,
+    token: str,
+    params: dict[str, str],
+    body: bytes,
+    window: int,
+    clock: Clock,
 ) -> None:
     signature = request.headers.get(signing.SIGNATURE_HEADER)
     if signature:
@@ -130,7 +134,7 @@ def authenticate(
             request.path,
             request.rel_url.raw_query_string,
             body,
-            now=time.time(),
+            now=clock(),
             window=window,
         )
         if reason is not None:
@@ -203,7 +207,7 @@ async def record(
                 DuplicateReason.DUPLICATE_TRANSACTION,
                 stored["conversion_id"],
             )
-        ms = now_ms()
+        ms = clock_ms(ctx.clock)
         if kind == "new":
             click, why = await find_click(
                 ctx.redis, conv, visitor_id, s.lookback_seconds * 1000, ms
@@ -294,7 +298,12 @@ async def postback(request: web.Request) -> web.Response:
         if advertiser is None or not advertiser.active:
             raise Rejected(401, R.UNKNOWN_ADVERTISER)
         authenticate(
-            request, advertiser.token, params, body, s.conversions.signature_window_seconds
+            request,
+            advertiser.token,
+            params,
+            body,
+            s.conversions.signature_window_seconds,
+            ctx.clock,
         )
         meta = request_meta(hit_of(request), ctx.trusted)
         return await record(ctx, conv, visitor_id="", source="postback", meta=meta)

@@ -13,6 +13,7 @@ import signal
 import uvloop
 from aiohttp import web
 
+from tracker.clock import Clock, system_clock
 from tracker.config import Settings
 from tracker.edge import fastpath
 from tracker.edge.app import HANDLER_ARGS, create_app
@@ -21,12 +22,17 @@ from tracker.edge.keys import CLICKS
 log = logging.getLogger(__name__)
 
 
-async def serve(settings: Settings, worker_index: int, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: Settings,
+    worker_index: int,
+    stop: asyncio.Event | None = None,
+    clock: Clock = system_clock,
+) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = create_app(settings, worker_index)
+    app = create_app(settings, worker_index, clock)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5, **HANDLER_ARGS)
     await runner.setup()
     site: web.BaseSite
@@ -47,5 +53,5 @@ async def serve(settings: Settings, worker_index: int, stop: asyncio.Event | Non
     await runner.cleanup()
 
 
-def run(settings: Settings, worker_index: int) -> None:
-    uvloop.run(serve(settings, worker_index))
+def run(settings: Settings, worker_index: int, clock: Clock = system_clock) -> None:
+    uvloop.run(serve(settings, worker_index, clock=clock))
