@@ -124,6 +124,31 @@ def build_parser() -> argparse.ArgumentParser:
     _period_arguments(s)
     s.set_defaults(func=cmd_report_attribution)
 
+    keys = sub.add_parser("keys", help="API keys with roles").add_subparsers(
+        dest="keys_command", required=True
+    )
+    s = keys.add_parser("create", help="create a key (printed once)")
+    s.add_argument("--role", required=True, choices=["admin", "analyst", "advertiser", "affiliate"])
+    s.add_argument("--subject", default="", help="the advertiser or affiliate id")
+    s.add_argument("--name", default="")
+    s.add_argument(
+        "--campaign", action="append", default=[], help="a campaign the affiliate may promote"
+    )
+    s.set_defaults(func=cmd_keys_create)
+    s = keys.add_parser("list", help="list keys (never their secrets)")
+    s.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    s.set_defaults(func=cmd_keys_list)
+    s = keys.add_parser("revoke", help="revoke a key")
+    s.add_argument("id")
+    s.set_defaults(func=cmd_keys_revoke)
+
+    s = sub.add_parser("audit", help="the audit log of writes (newest first)")
+    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--actor", help="a key id, admin-token or cli:<user>")
+    s.add_argument("--action", help='e.g. "POST /api/links" or "links add"')
+    s.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    s.set_defaults(func=cmd_audit)
+
     advertisers = sub.add_parser("advertisers", help="manage advertisers").add_subparsers(
         dest="advertisers_command", required=True
     )
@@ -297,6 +322,9 @@ def cmd_links_add(settings: Settings, args) -> int:
             print(f"link {link.slug} exists")
             return 0
         raise CommandError(f"link {link.slug!r} already exists")
+    from tracker.audit import record_cli
+
+    record_cli(_redis(settings), "links add", link.slug, None, link.public())
     print(f"link {link.slug} -> {link.destination}")
     return 0
 
@@ -320,8 +348,12 @@ def cmd_links_disable(settings: Settings, args) -> int:
     raw = redis.hget(K.LINKS_HASH, args.slug)
     if raw is None:
         raise CommandError(f"no link {args.slug!r}")
-    link = apply_changes(Link.from_json(raw), {"status": "disabled"})
+    before = Link.from_json(raw)
+    link = apply_changes(before, {"status": "disabled"})
     save(redis, link)
+    from tracker.audit import record_cli
+
+    record_cli(redis, "links disable", link.slug, before.public(), link.public())
     print(f"link {link.slug} disabled")
     return 0
 
@@ -340,6 +372,9 @@ def cmd_advertisers_add(settings: Settings, args) -> int:
         raise CommandError(str(exc)) from None
     if not create(_redis(settings), advertiser):
         raise CommandError(f"advertiser {advertiser.id!r} already exists")
+    from tracker.audit import record_cli
+
+    record_cli(_redis(settings), "advertisers add", advertiser.id, None, advertiser.public())
     print(f"advertiser {advertiser.id} token {advertiser.token}")
     return 0
 
@@ -510,4 +545,85 @@ def cmd_report_metrics(settings: Settings, args) -> int:
     from tracker.reports.metrics import definitions
 
     print(format_rows(["metric", "definition"], [list(d) for d in definitions()], "table"), end="")
+    return 0
+
+
+# -- API keys and the audit log -----------------------------------------------------------
+
+
+def cmd_keys_create(settings: Settings, args) -> int:
+    from tracker import access
+    from tracker import redis_keys as K
+    from tracker.audit import record_cli
+
+    try:
+        key, token = access.new_key(
+            {
+                "role": args.role,
+                "subject": args.subject,
+                "name": args.name,
+                "campaigns": args.campaign,
+            }
+        )
+    except access.KeyError_ as exc:
+        raise CommandError(str(exc)) from None
+    redis = _redis(settings)
+    redis.hset(K.API_KEYS_HASH, key.id, key.to_json())
+    record_cli(redis, "keys create", key.id, None, key.public())
+    print(f"key {key.id} ({key.role}{' ' + key.subject if key.subject else ''}): {token}")
+    print("shown once: store it now")
+    return 0
+
+
+def cmd_keys_list(settings: Settings, args) -> int:
+    from tracker import redis_keys as K
+    from tracker.access import ApiKey
+
+    raw = _redis(settings).hgetall(K.API_KEYS_HASH)
+    keys = sorted((ApiKey.from_json(v) for v in raw.values()), key=lambda k: k.created_at)
+    columns = ["id", "role", "subject", "name", "campaigns", "created_at", "revoked_at"]
+    rows = [[k.public()[c] for c in columns] for k in keys]
+    print(format_rows(columns, rows, args.format), end="")
+    return 0
+
+
+def cmd_keys_revoke(settings: Settings, args) -> int:
+    from tracker import access
+    from tracker import redis_keys as K
+    from tracker.audit import record_cli
+
+    redis = _redis(settings)
+    raw = redis.hget(K.API_KEYS_HASH, args.id)
+    if raw is None:
+        raise CommandError(f"no key {args.id!r}")
+    key = access.ApiKey.from_json(raw)
+    done = access.revoked(key)
+    redis.hset(K.API_KEYS_HASH, key.id, done.to_json())
+    record_cli(redis, "keys revoke", key.id, key.public(), done.public())
+    print(f"key {key.id} revoked")
+    return 0
+
+
+def cmd_audit(settings: Settings, args) -> int:
+    from tracker import redis_keys as K
+    from tracker.audit import matches, parse
+
+    redis = _redis(settings)
+    items: list[dict] = []
+    end = "+"
+    while len(items) < args.limit:
+        page = redis.xrevrange(K.AUDIT_STREAM, max=end, min="-", count=500)
+        if not page:
+            break
+        items += [
+            item
+            for item in (parse(i, f) for i, f in page)
+            if matches(item, args.actor, args.action)
+        ]
+        last = page[-1][0]
+        end = "(" + (last.decode() if isinstance(last, bytes) else last)
+    items = items[: args.limit]
+    columns = ["at", "actor", "role", "action", "target", "status", "before", "after"]
+    rows = [[item[c] for c in columns] for item in items]
+    print(format_rows(columns, rows, args.format), end="")
     return 0

@@ -129,6 +129,10 @@ class AdminError(StrEnum):
     NOT_FOUND = "not_found"
     INVALID = "invalid"  # a programme record (affiliate, campaign, payout request) refused
     CONFLICT = "conflict"  # the change breaks a rule between records (cycle, status step)
+    FORBIDDEN = "forbidden"  # a valid key whose role may not do this
+    INVALID_KEY = "invalid_key"
+    INVALID_REPORT = "invalid_report"
+    REPORT_STORE = "report_store"  # the sink's query endpoint did not answer
 
 
 def flag_label(flag: FraudFlag | BotReason) -> str:

@@ -27,6 +27,12 @@ LINKS_VERSION = f"{PREFIX}:links:{{links}}:version"
 ADVERTISERS_HASH = f"{PREFIX}:advertisers:{{adv}}"
 ADVERTISERS_VERSION = f"{PREFIX}:advertisers:{{adv}}:version"
 
+# API keys: id -> JSON (role, subject, SHA-256 of the secret); see tracker/access.py.
+API_KEYS_HASH = f"{PREFIX}:api_keys:{{keys}}"
+
+# The audit log: an append-only stream, never trimmed (tracker/audit.py).
+AUDIT_STREAM = f"{PREFIX}:audit:{{audit}}"
+
 # Tables of the events carried in a stream entry (entry field name -> ClickHouse table).
 TABLES = ("clicks", "impressions", "orphan_visits", "links", "conversions", "attribution_credits")
 BATCH_ID_FIELD = "b"

@@ -1,19 +1,35 @@
-"""The admin API: `/api/links` (bearer token). Errors are 4xx JSON with a short reason."""
+"""The admin API: `/api/links`, `/api/advertisers`. Errors are 4xx JSON with a short reason.
+
+Who may call what is decided before a handler runs (tracker/edge/access.py); handlers
+narrow what a caller sees to its own (`request["principal"]`) and say what each write
+changed (`audit`), which the access middleware appends to the audit log.
+"""
 
 from __future__ import annotations
 
-import hmac
+import secrets
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from tracker import redis_keys as K
+from tracker.access import BOOTSTRAP, Principal, Role
 from tracker.advertisers import Advertiser, AdvertiserError, new_advertiser
 from tracker.advertisers import stage_save as stage_advertiser
-from tracker.edge.keys import ADMIN_TOKEN, ADVERTISER_CACHE, LINK_CACHE, REDIS
+from tracker.edge.keys import ADVERTISER_CACHE, LINK_CACHE, REDIS
 from tracker.hashcache import parse_hash
-from tracker.links import Link, LinkError, apply_changes, new_link, parse_all, stage_save
+from tracker.links import (
+    SLUG_RE,
+    Link,
+    LinkError,
+    apply_changes,
+    new_link,
+    parse_all,
+    stage_save,
+)
 from tracker.reasons import AdminError
+from tracker.records import SUB_KEYS
 
 
 def json_response(data, status: int = 200) -> web.Response:
@@ -24,20 +40,16 @@ def error(status: int, code: AdminError, reason: str) -> web.Response:
     return json_response({"error": code, "reason": reason}, status)
 
 
-@web.middleware
-async def require_token(request: web.Request, handler):
-    """Every /api/ route needs `Authorization: Bearer <admin token>`."""
-    if request.path.startswith("/api/"):
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        expected = request.app[ADMIN_TOKEN]
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), expected.encode()
-        ):
-            return error(401, AdminError.UNAUTHORIZED, "missing or wrong bearer token")
-    return await handler(request)
+def principal(request: web.Request) -> Principal:
+    return request.get("principal") or BOOTSTRAP
 
 
-async def _body(request: web.Request):
+def audit(request: web.Request, target: str, before: Any = None, after: Any = None) -> None:
+    """What the audit entry of this write shows (the access middleware appends it)."""
+    request["audit"] = {"target": target, "before": before, "after": after}
+
+
+async def read_body(request: web.Request):
     try:
         return orjson.loads(await request.read())
     except orjson.JSONDecodeError:
@@ -62,24 +74,78 @@ async def _save(request: web.Request, link: Link, deleted: bool = False) -> None
 
 
 async def create_link(request: web.Request) -> web.Response:
+    body = await read_body(request)
+    who = principal(request)
+    subs: dict[str, str] = {}
     try:
-        link = new_link(await _body(request))
+        if who.role == Role.AFFILIATE:
+            link, subs = await _affiliate_link(request, who, body)
+        else:
+            link = new_link(body)
     except LinkError as exc:
         return error(400, AdminError.INVALID_LINK, str(exc))
+    except PermissionError as exc:
+        return error(403, AdminError.FORBIDDEN, str(exc))
     redis = request.app[REDIS]
     if not await redis.hsetnx(K.LINKS_HASH, link.slug, link.to_json()):
         return error(409, AdminError.EXISTS, f"link {link.slug!r} already exists")
     await _save(request, link)
-    return json_response(link.public(), 201)
+    audit(request, link.slug, None, link.public())
+    url = request.url.with_path(f"/c/{link.slug}").with_query(subs)
+    return json_response({**link.public(), "url": str(url)}, 201)
+
+
+async def _affiliate_link(request: web.Request, who: Principal, body: Any):
+    """An affiliate's own link: a copy of the campaign's offer link (the active link of
+    that campaign with no affiliate, which the admin creates), for a campaign the key may
+    promote. The destination is never the affiliate's to choose (no open redirect); sub
+    ids go into the tracking URL it returns."""
+    if not isinstance(body, dict):
+        raise LinkError("body must be a JSON object")
+    unknown = set(body) - {"campaign_id", "slug", *SUB_KEYS}
+    if unknown:
+        raise LinkError(f"unknown field: {sorted(unknown)[0]}")
+    campaign = body.get("campaign_id")
+    if not isinstance(campaign, str) or campaign not in who.campaigns:
+        raise PermissionError("this key may not promote that campaign")
+    subs = {}
+    for key in SUB_KEYS:
+        value = body.get(key, "")
+        if not isinstance(value, str) or len(value) > 200:
+            raise LinkError(f"{key} must be a string of up to 200 characters")
+        if value:
+            subs[key] = value
+    links = parse_all(await request.app[REDIS].hgetall(K.LINKS_HASH))
+    offers = [
+        link
+        for _, link in sorted(links.items())
+        if link.campaign_id == campaign and not link.affiliate_id and link.active
+    ]
+    if not offers:
+        raise LinkError(f"campaign {campaign!r} has no offer link yet")
+    slug = body.get("slug") or f"{campaign}-{who.subject}-{secrets.token_hex(3)}"[-64:]
+    if not isinstance(slug, str) or not SLUG_RE.match(slug):
+        raise LinkError("slug must be 1-64 letters, digits, '-', '_' or '.'")
+    link = new_link(
+        {
+            "slug": slug,
+            "destination": offers[0].destination,
+            "campaign_id": campaign,
+            "affiliate_id": who.subject,
+            "advertiser_id": offers[0].advertiser_id,
+        }
+    )
+    return link, subs
 
 
 async def list_links(request: web.Request) -> web.Response:
     links = parse_all(await request.app[REDIS].hgetall(K.LINKS_HASH))
     status = request.query.get("status")
+    who = principal(request)
     items = [
         link.public()
         for slug, link in sorted(links.items())
-        if status is None or link.status == status
+        if (status is None or link.status == status) and who.sees_link(link)
     ]
     return json_response({"links": items, "count": len(items)})
 
@@ -87,7 +153,7 @@ async def list_links(request: web.Request) -> web.Response:
 async def get_link(request: web.Request) -> web.Response:
     slug = request.match_info["slug"]
     link = await _load(request, slug)
-    if link is None:
+    if link is None or not principal(request).sees_link(link):  # others' links: unknown
         return error(404, AdminError.NOT_FOUND, f"no link {slug!r}")
     return json_response(link.public())
 
@@ -98,11 +164,12 @@ async def update_link(request: web.Request) -> web.Response:
     if link is None:
         return error(404, AdminError.NOT_FOUND, f"no link {slug!r}")
     try:
-        link = apply_changes(link, await _body(request))
+        changed = apply_changes(link, await read_body(request))
     except LinkError as exc:
         return error(400, AdminError.INVALID_LINK, str(exc))
-    await _save(request, link)
-    return json_response(link.public())
+    await _save(request, changed)
+    audit(request, slug, link.public(), changed.public())
+    return json_response(changed.public())
 
 
 async def delete_link(request: web.Request) -> web.Response:
@@ -111,12 +178,13 @@ async def delete_link(request: web.Request) -> web.Response:
     if link is None:
         return error(404, AdminError.NOT_FOUND, f"no link {slug!r}")
     await _save(request, apply_changes(link, {}), deleted=True)
+    audit(request, slug, link.public(), None)
     return json_response({"deleted": slug})
 
 
 async def create_advertiser(request: web.Request) -> web.Response:
     try:
-        advertiser = new_advertiser(await _body(request))
+        advertiser = new_advertiser(await read_body(request))
     except AdvertiserError as exc:
         return error(400, AdminError.INVALID_ADVERTISER, str(exc))
     redis = request.app[REDIS]
@@ -126,6 +194,7 @@ async def create_advertiser(request: web.Request) -> web.Response:
     stage_advertiser(pipe, advertiser)
     await pipe.execute()
     await request.app[ADVERTISER_CACHE].reload()
+    audit(request, advertiser.id, None, advertiser.public())
     return json_response(advertiser.public(with_token=True), 201)
 
 

@@ -16,7 +16,7 @@ from tracker import metrics
 from tracker.advertisers import advertiser_cache
 from tracker.clock import Clock, system_clock
 from tracker.config import Settings
-from tracker.edge import admin, clicks, health, postback, programme, reports_api, routes
+from tracker.edge import access, admin, clicks, health, postback, programme, reports_api, routes
 from tracker.edge.intake import ConversionIntake
 from tracker.edge.keys import (
     ADMIN_TOKEN,
@@ -45,9 +45,7 @@ MAX_BODY = 1024 * 1024
 def create_app(
     settings: Settings, worker_index: int = 0, clock: Clock = system_clock
 ) -> web.Application:
-    app = web.Application(
-        middlewares=[count_requests, admin.require_token], client_max_size=MAX_BODY
-    )
+    app = web.Application(middlewares=[count_requests, access.authorize], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app[WORKER_INDEX] = worker_index
     app[CLOCK] = clock
@@ -58,6 +56,7 @@ def create_app(
     routes.add_routes(app)
     postback.add_routes(app)
     admin.add_routes(app)
+    access.add_routes(app)
     reports_api.add_routes(app)
     programme.add_routes(app)
     health.add_routes(app)

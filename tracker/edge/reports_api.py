@@ -16,8 +16,10 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from tracker.access import Role
 from tracker.edge.admin import error, json_response
 from tracker.edge.keys import REPORT_STORE, SETTINGS
+from tracker.reasons import AdminError
 from tracker.reports import metrics, query
 from tracker.reports.store import ReportStore, StoreError
 
@@ -45,8 +47,10 @@ def parse_request(request: web.Request) -> query.Report:
         now=datetime.now(UTC),
         scope=scope_of(request),
     )
-    if principal is not None:
-        principal.check_metrics(report.metrics)
+    if principal is not None and principal.role == Role.AFFILIATE:
+        hidden = [name for name in report.metrics if metrics.METRICS[name].revenue]
+        if hidden:  # what the advertiser pays is not the affiliate's to see
+            raise query.ReportError(f"an affiliate key may not see {hidden[0]}", 403)
     return report
 
 
@@ -60,15 +64,15 @@ async def run_report(request: web.Request, report: query.Report) -> dict:
 async def get_report(request: web.Request) -> web.Response:
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "csv"):
-        return error(400, "invalid_report", "format must be json or csv")
+        return error(400, AdminError.INVALID_REPORT, "format must be json or csv")
     try:
         report = parse_request(request)
     except query.ReportError as exc:
-        return error(exc.status, "invalid_report", str(exc))
+        return error(exc.status, AdminError.INVALID_REPORT, str(exc))
     try:
         result = await run_report(request, report)
     except StoreError as exc:
-        return error(502, "report_store", str(exc))
+        return error(502, AdminError.REPORT_STORE, str(exc))
     if fmt == "csv":
         return web.Response(
             text=to_csv(result),
