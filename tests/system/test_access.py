@@ -94,11 +94,11 @@ def test_each_role_sees_only_its_own_reports(world):
 def test_links_by_role(world):
     service, keys, _ = world
     aff1, aff2, adv = keys["aff_1"]["key"], keys["aff_2"]["key"], keys["adv_a"]["key"]
-    slugs = lambda token: [
-        l["slug"]
-        for l in service.api("GET", "/api/links", token=token)[1]["links"]
-        if l["slug"].startswith("acc-")
-    ]  # noqa: E731,E501
+
+    def slugs(token):
+        links = service.api("GET", "/api/links", token=token)[1]["links"]
+        return [link["slug"] for link in links if link["slug"].startswith("acc-")]
+
     assert slugs(aff1) == ["acc-a1"]
     assert slugs(aff2) == ["acc-a2", "acc-b2"]
     assert slugs(adv) == ["acc-a1", "acc-a2", "acc-offer-a"]
