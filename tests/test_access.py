@@ -64,3 +64,22 @@ def test_routes_not_listed_are_admin_only():
         assert allowed("GET", "/api/audit", role) == (role == Role.ADMIN)
         assert allowed("GET", "/api/advertisers", role) == (role == Role.ADMIN)
         assert allowed("GET", "/api/some-new-route", role) == (role == Role.ADMIN)
+
+
+def test_an_affiliate_reads_only_its_own_programme_records():
+    own = {"id": "aff-1"}
+    for path in (
+        "/api/affiliates/{id}",
+        "/api/affiliates/{id}/balance",
+        "/api/affiliates/{id}/commissions",
+        "/api/affiliates/{id}/payouts",
+    ):
+        assert allowed("GET", path, Role.AFFILIATE, own, "aff-1")
+        assert not allowed("GET", path, Role.AFFILIATE, {"id": "aff-2"}, "aff-1")
+        assert not allowed("GET", path, Role.ADVERTISER, own, "aff-1")
+        assert allowed("GET", path, Role.ANALYST, {"id": "aff-2"})
+    for path in ("/api/affiliates", "/api/campaigns", "/api/payouts"):
+        assert not allowed("GET", path, Role.AFFILIATE, {}, "aff-1")
+        assert allowed("GET", path, Role.ANALYST)
+    assert not allowed("PATCH", "/api/affiliates/{id}", Role.AFFILIATE, own, "aff-1")
+    assert not allowed("POST", "/api/payouts/runs", Role.ANALYST)

@@ -204,3 +204,24 @@ def test_writes_are_audited_and_the_log_cannot_be_edited(world):
     logged = orjson.loads(out.stdout)
     assert logged[0]["target"] == key_id and logged[0]["actor"].startswith("cli:")
     assert logged[0]["after"]["role"] == "analyst"
+
+
+def test_an_affiliate_reads_its_own_balance_only(world):
+    service, keys, _ = world
+    for affiliate in ("acc-aff-1", "acc-aff-2"):
+        status, body = service.api("POST", "/api/affiliates", {"id": affiliate})
+        assert status == 201, body
+    aff1 = keys["aff_1"]["key"]
+    status, body = service.api("GET", "/api/affiliates/acc-aff-1/balance", token=aff1)
+    assert status == 200, body
+    for path in (
+        "/api/affiliates/acc-aff-2/balance",
+        "/api/affiliates/acc-aff-2/payouts",
+        "/api/affiliates/acc-aff-2",
+        "/api/affiliates",
+        "/api/payouts",
+        "/api/campaigns",
+    ):
+        assert service.api("GET", path, token=aff1)[0] == 403, path
+    assert service.api("PATCH", "/api/affiliates/acc-aff-1", {"name": "x"}, token=aff1)[0] == 403
+    assert service.api("GET", "/api/affiliates", token=keys["analyst"]["key"])[0] == 200

@@ -21,7 +21,11 @@ from tracker.edge.keys import ADMIN_TOKEN, REDIS
 from tracker.reasons import AdminError
 
 ALL = frozenset(Role)
+READERS = frozenset({Role.ADMIN, Role.ANALYST})
 READ_ONLY = ("GET", "HEAD")
+# An affiliate's own records: the route's {id} must be the key's subject.
+OWN_AFFILIATE = frozenset({Role.ADMIN, Role.ANALYST, Role.AFFILIATE})
+OWNED_BY_ID = {Role.AFFILIATE: "id"}
 
 # (method, route) -> roles allowed. Anything else under /api/ is admin-only.
 POLICY: dict[tuple[str, str], frozenset[Role]] = {
@@ -31,13 +35,32 @@ POLICY: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/links"): ALL,  # each sees its own (admin.list_links)
     ("GET", "/api/links/{slug}"): ALL,
     ("POST", "/api/links"): frozenset({Role.ADMIN, Role.AFFILIATE}),  # affiliates: their own
+    ("GET", "/api/affiliates"): READERS,
+    ("GET", "/api/campaigns"): READERS,
+    ("GET", "/api/campaigns/{id}"): READERS,
+    ("GET", "/api/payouts"): READERS,
+    ("GET", "/api/affiliates/{id}"): OWN_AFFILIATE,
+    ("GET", "/api/affiliates/{id}/balance"): OWN_AFFILIATE,
+    ("GET", "/api/affiliates/{id}/commissions"): OWN_AFFILIATE,
+    ("GET", "/api/affiliates/{id}/payouts"): OWN_AFFILIATE,
 }
 
 
-def allowed(method: str, route: str, role: Role) -> bool:
+def allowed(
+    method: str, route: str, role: Role, params: dict | None = None, subject: str = ""
+) -> bool:
+    """Whether a role may call a route; for an affiliate, a route about one affiliate
+    ({id}) must be about itself."""
     if method == "HEAD":
         method = "GET"
-    return role == Role.ADMIN or role in POLICY.get((method, route), frozenset())
+    if role == Role.ADMIN:
+        return True
+    if role not in POLICY.get((method, route), frozenset()):
+        return False
+    own = OWNED_BY_ID.get(role)
+    if own and route.startswith("/api/affiliates/"):
+        return (params or {}).get(own) == subject
+    return True
 
 
 def principal_of(request: web.Request) -> Principal:
@@ -67,7 +90,8 @@ async def authorize(request: web.Request, handler):
         return error(401, AdminError.UNAUTHORIZED, "missing or wrong bearer token")
     resource = request.match_info.route.resource
     route = resource.canonical if resource else "unmatched"
-    if not allowed(request.method, route, principal.role):
+    params = dict(request.match_info)
+    if not allowed(request.method, route, principal.role, params, principal.subject):
         return error(403, AdminError.FORBIDDEN, f"a {principal.role} key may not do this")
     request["principal"] = principal
     response = await handler(request)
