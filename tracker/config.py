@@ -89,7 +89,9 @@ class GeoSettings:
 
 @dataclass
 class PrivacySettings:
-    anonymize_ip: bool = False  # zero the last IPv4 octet / last 80 bits of IPv6 before storage
+    # zero the last IPv4 octet / last 80 bits of IPv6 at the edge, before Redis or a disk;
+    # fraud counters then count by a keyed hash (tracker/ip_privacy.py)
+    anonymize_ip: bool = False
     honor_no_track: bool = True  # `no-track` parameter, `DNT: 1` or `Sec-GPC: 1`
 
 

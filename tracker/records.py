@@ -34,6 +34,7 @@ class RequestMeta:
     accept_language: str
     url: str
     method: str
+    ip_key: str = ""  # keyed hash of the full address when `ip` is anonymised
 
 
 # C0/C1 control characters, and lone surrogates (undecodable header bytes): no business
@@ -100,6 +101,7 @@ def click_row(
         "advertiser_id": link.advertiser_id,
         **_params(params, KEPT_PARAMS),
         "ip": meta.ip,
+        **({"ip_key": meta.ip_key} if meta.ip_key else {}),
         "user_agent": meta.user_agent,
         "referer": meta.referer,
         "accept_language": meta.accept_language,

@@ -85,5 +85,10 @@ def fraud_ip_visitor_counts_key(hour: int, shard: int) -> str:
     return f"{PREFIX}:fraud:iph:{{h{hour}:{shard}}}"
 
 
+def ip_key_secret(hour: int) -> str:
+    """The hour's secret for keyed hashes of client addresses (tracker/ip_privacy.py)."""
+    return f"{PREFIX}:ipkey:{hour}"
+
+
 def fraud_recent_click_key(visitor_id: str, slug: str) -> str:
     return f"{PREFIX}:fraud:recent:{{{visitor_id}}}:{slug}"

@@ -34,6 +34,7 @@ from tracker.edge.keys import (
 )
 from tracker.edge.spool import Spool
 from tracker.edge.writer import EventWriter
+from tracker.ip_privacy import IpKeys
 from tracker.links import link_cache
 from tracker.redis_connection import async_client, is_cluster
 
@@ -137,6 +138,7 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
         cluster=is_cluster(s.redis.url),
     )
     app[WRITER] = writer
+    ip_keys = IpKeys(app[REDIS], app[CLOCK]) if s.privacy.anonymize_ip else None
     app[CLICKS] = clicks.ClickContext(
         links=app[LINK_CACHE],
         writer=writer,
@@ -148,12 +150,17 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
         fallback_url=s.http.fallback_url,
         max_query_bytes=s.http.max_query_bytes,
         honor_no_track=s.privacy.honor_no_track,
+        ip_keys=ip_keys,
         clock=app[CLOCK],
     )
     await writer.start()
+    if ip_keys:
+        await ip_keys.start()
     publisher = asyncio.create_task(publish_metrics(app))
     yield
     publisher.cancel()
+    if ip_keys:
+        await ip_keys.stop()
     await writer.close()
     app[CLICKS].counters.publish(writer, app[CONVERSIONS])
 

@@ -17,6 +17,7 @@ from tracker.edge.client_ip import Network, client_ip
 from tracker.edge.writer import EventWriter
 from tracker.hashcache import HashCache
 from tracker.ids import ZERO_UUID, is_uuid, uuid7
+from tracker.ip_privacy import IpKeys, anonymize_ip
 from tracker.macros import render
 from tracker.metrics import EdgeCounters
 from tracker.reasons import OrphanVisit
@@ -45,6 +46,7 @@ class ClickContext:
     fallback_url: str
     max_query_bytes: int
     honor_no_track: bool = True
+    ip_keys: IpKeys | None = None  # set: `privacy.anonymize_ip` (tracker/ip_privacy.py)
     clock: Clock = system_clock  # stamps every event
     counters: EdgeCounters = field(default_factory=EdgeCounters)
     # False from the moment the process is asked to stop: a click answered after the
@@ -91,10 +93,21 @@ class Reply:
     body: bytes = b""
 
 
-def request_meta(hit: Hit, trusted: list[Network]) -> records.RequestMeta:
+def request_meta(
+    hit: Hit, trusted: list[Network], anonymize: bool = False, ip_keys: IpKeys | None = None
+) -> records.RequestMeta:
+    """The request's fields as recorded. Anonymising (`anonymize`, or `ip_keys` given):
+    the address is truncated here, before anything holds it, and its keyed hash kept
+    for the per-IP fraud counters."""
     headers = hit.headers
+    ip = client_ip(hit.peer, headers.get("x-forwarded-for"), trusted)
+    key = ""
+    if anonymize or ip_keys is not None:
+        key = ip_keys.key_of(ip) if ip_keys is not None else ""
+        ip = anonymize_ip(ip)
     return records.RequestMeta(
-        ip=client_ip(hit.peer, headers.get("x-forwarded-for"), trusted),
+        ip=ip,
+        ip_key=key,
         user_agent=records.clean(headers.get("user-agent", ""), records.MAX_HEADER),
         referer=records.clean(headers.get("referer", ""), records.MAX_URL),
         accept_language=records.clean(headers.get("accept-language", ""), records.MAX_HEADER),
@@ -139,7 +152,7 @@ def anonymous(meta: records.RequestMeta) -> records.RequestMeta:
 
 def who(hit: Hit, params: dict[str, str], edge: ClickContext):
     """(request meta, visitor id, new visitor?), honouring no-track."""
-    meta = request_meta(hit, edge.trusted)
+    meta = request_meta(hit, edge.trusted, ip_keys=edge.ip_keys)
     if wants_no_track(hit, params, edge):
         return anonymous(meta), ZERO_UUID, False
     return (meta, *visitor(hit, edge))

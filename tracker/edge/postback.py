@@ -305,7 +305,7 @@ async def postback(request: web.Request) -> web.Response:
             s.conversions.signature_window_seconds,
             ctx.clock,
         )
-        meta = request_meta(hit_of(request), ctx.trusted)
+        meta = request_meta(hit_of(request), ctx.trusted, s.privacy.anonymize_ip)
         return await record(ctx, conv, visitor_id="", source="postback", meta=meta)
     except Rejected as exc:
         return reject(ctx, exc)

@@ -148,7 +148,8 @@ class FraudRules:
         windows: dict[str, None] = {}  # every window key once, for its expiry
         for event in events:
             ms = parse_ms(event["event_time"])
-            ip, visitor = event["ip"], event["visitor_id"]
+            # counted by the keyed hash of the full address when the edge anonymised it
+            ip, visitor = event.get("ip_key") or event["ip"], event["visitor_id"]
             shard, hour = ip_shard(ip), ms // 3_600_000
             minute_key = K.fraud_ip_minute_key(ms // 60_000, shard)
             by_minute[(minute_key, ip)].append(event)
