@@ -15,6 +15,10 @@ from fractions import Fraction
 DAY_MS = 86_400_000
 DEFAULT_LOOKBACK_MS = 30 * DAY_MS
 DEFAULT_HALF_LIFE_MS = 7 * DAY_MS
+# Conversion sources whose click_id is the click the conversion names (the path ends
+# there): a postback's, and the first-party tag's (the click id kept on the merchant's
+# site). A pixel's click_id is only the visitor's last click.
+NAMED_CLICK_SOURCES = ("postback", "browser")
 
 
 @dataclass(frozen=True, slots=True)

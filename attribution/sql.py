@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from .models import MODELS
+from .models import MODELS, NAMED_CLICK_SOURCES
 
 ZERO_UUID = "00000000-0000-0000-0000-000000000000"
 
@@ -159,6 +159,7 @@ def _path_ctes(
     lookback = _non_negative_int(lookback_ms, "lookback_ms")
     start, end = _datetime(date_from, "date_from"), _datetime(date_to, "date_to")
     zero = f"toUUID('{ZERO_UUID}')"
+    named_sources = "(" + ", ".join(f"'{source}'" for source in NAMED_CLICK_SOURCES) + ")"
 
     # Rows after date_to cannot be the first row of a conversion that starts before it,
     # so they are skipped early; rows before date_from can, so only HAVING uses date_from.
@@ -185,8 +186,8 @@ conversion AS (
     SELECT conversion_id,
            min(event_time) AS conversion_time,
            argMin(visitor_id, event_time) AS conversion_visitor,
-           -- a postback names its click; a pixel's click_id is only the last click
-           argMin(if(source = 'postback', click_id, {zero}), event_time) AS named_click,
+           -- a postback or the tag names its click; a pixel's click_id is only the last click
+           argMin(if(source IN {named_sources}, click_id, {zero}), event_time) AS named_click,
            argMin(attributed, event_time) AS attributed,
            argMin(fraud_flags, event_time) AS conversion_flags,
            argMin(amount, event_time) AS amount,

@@ -2,25 +2,30 @@
 
 Stored in Redis (one hash, id -> JSON) like links, and cached in each edge. The token is a
 shared secret: it is accepted as a `token` parameter or used as the HMAC key of a signed
-postback. It is never written to ClickHouse.
+postback. It is never written to ClickHouse. Browser conversions (the first-party tag)
+carry no secret: `allowed_origins` restricts which sites may send them (empty: any), and
+`click_param` names the landing page's URL parameter that holds the click id.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from tracker import origins
 from tracker import redis_keys as K
 from tracker.hashcache import HashCache
 from tracker.timefmt import format_ms, now_ms
 
 ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 STATUSES = ("active", "disabled")
+PARAM_RE = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
+EDITABLE = ("status", "allowed_origins", "click_param")
 
 
 class AdvertiserError(ValueError):
@@ -33,6 +38,8 @@ class Advertiser:
     token: str
     status: str = "active"
     created_at: int = 0
+    allowed_origins: list[str] = field(default_factory=list)  # browser conversions; [] = any
+    click_param: str = "click_id"
 
     @property
     def active(self) -> bool:
@@ -46,7 +53,13 @@ class Advertiser:
         return cls(**orjson.loads(raw))
 
     def public(self, with_token: bool = False) -> dict[str, Any]:
-        data = {"id": self.id, "status": self.status, "created_at": format_ms(self.created_at)}
+        data: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status,
+            "created_at": format_ms(self.created_at),
+            "allowed_origins": self.allowed_origins,
+            "click_param": self.click_param,
+        }
         if with_token:
             data["token"] = self.token
         return data
@@ -56,7 +69,7 @@ def new_advertiser(data: Any) -> Advertiser:
     """A validated Advertiser from user input; a token is generated when none is given."""
     if not isinstance(data, dict):
         raise AdvertiserError("body must be a JSON object")
-    unknown = set(data) - {"id", "token", "status"}
+    unknown = set(data) - {"id", "token", *EDITABLE}
     if unknown:
         raise AdvertiserError(f"unknown field: {sorted(unknown)[0]}")
     adv_id = data.get("id")
@@ -65,10 +78,49 @@ def new_advertiser(data: Any) -> Advertiser:
     token = data.get("token") or secrets.token_urlsafe(24)
     if not isinstance(token, str) or not 16 <= len(token) <= 256 or not token.isprintable():
         raise AdvertiserError("token must be 16 to 256 printable characters")
-    status = data.get("status", "active")
-    if status not in STATUSES:
-        raise AdvertiserError("status must be 'active' or 'disabled'")
-    return Advertiser(id=adv_id, token=token, status=status, created_at=now_ms())
+    advertiser = Advertiser(id=adv_id, token=token, created_at=now_ms())
+    return apply_changes(advertiser, {k: v for k, v in data.items() if k in EDITABLE})
+
+
+def apply_changes(advertiser: Advertiser, data: Any) -> Advertiser:
+    """A copy with the editable fields in `data` changed and validated."""
+    if not isinstance(data, dict):
+        raise AdvertiserError("body must be a JSON object")
+    unknown = set(data) - set(EDITABLE)
+    if unknown:
+        raise AdvertiserError(f"unknown or read-only field: {sorted(unknown)[0]}")
+    changes: dict[str, Any] = {}
+    if "status" in data:
+        if data["status"] not in STATUSES:
+            raise AdvertiserError("status must be 'active' or 'disabled'")
+        changes["status"] = data["status"]
+    if "allowed_origins" in data:
+        changes["allowed_origins"] = allowed_origins(data["allowed_origins"])
+    if "click_param" in data:
+        param = data["click_param"]
+        if not isinstance(param, str) or not PARAM_RE.match(param):
+            raise AdvertiserError("click_param must be 1-64 letters, digits, '-', '_' or '.'")
+        changes["click_param"] = param
+    return replace(advertiser, **changes)
+
+
+def allowed_origins(value: Any) -> list[str]:
+    """A validated, normalized, de-duplicated allowlist of origins."""
+    if not isinstance(value, list) or len(value) > origins.MAX_ORIGINS:
+        raise AdvertiserError(
+            f"allowed_origins must be a list of at most {origins.MAX_ORIGINS} origins"
+        )
+    result: list[str] = []
+    for entry in value:
+        origin = origins.normalize(entry) if isinstance(entry, str) else None
+        if origin is None:
+            raise AdvertiserError(
+                "allowed_origins entries are origins such as https://shop.example "
+                "or https://*.shop.example"
+            )
+        if origin not in result:
+            result.append(origin)
+    return result
 
 
 def stage_save(pipe: Any, advertiser: Advertiser) -> None:

@@ -13,7 +13,7 @@ from enum import StrEnum
 
 
 class PostbackRefusal(StrEnum):
-    """Why a conversion report (postback or conversion pixel) was refused.
+    """Why a conversion report (postback, conversion pixel or the tag) was refused.
 
     The JSON reply carries it as `reason`; `tracker_postback_rejections_total` counts it.
     """
@@ -44,6 +44,9 @@ class PostbackRefusal(StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
     STALE_SIGNATURE = "stale_signature"
     BAD_SIGNATURE = "bad_signature"
+    # a browser conversion (the first-party tag) from a site the advertiser did not allow
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+    ORIGIN_MISSING = "origin_missing"  # neither Origin nor Referer, and an allowlist is set
     # the transaction's lifecycle
     UNKNOWN_TRANSACTION = "unknown_transaction"
     ILLEGAL_TRANSITION = "illegal_transition"

@@ -16,7 +16,9 @@ from aiohttp import web
 from tracker import redis_keys as K
 from tracker.access import BOOTSTRAP, Principal, Role
 from tracker.advertisers import Advertiser, AdvertiserError, new_advertiser
+from tracker.advertisers import apply_changes as change_advertiser
 from tracker.advertisers import stage_save as stage_advertiser
+from tracker.edge import tag
 from tracker.edge.keys import ADVERTISER_CACHE, LINK_CACHE, REDIS
 from tracker.hashcache import parse_hash
 from tracker.links import (
@@ -212,10 +214,47 @@ async def get_advertiser(request: web.Request) -> web.Response:
     return json_response(Advertiser.from_json(raw).public(with_token=True))
 
 
+async def update_advertiser(request: web.Request) -> web.Response:
+    adv_id = request.match_info["id"]
+    redis = request.app[REDIS]
+    raw = await redis.hget(K.ADVERTISERS_HASH, adv_id)
+    if raw is None:
+        return error(404, "not_found", f"no advertiser {adv_id!r}")
+    before = Advertiser.from_json(raw)
+    try:
+        advertiser = change_advertiser(before, await read_body(request))
+    except AdvertiserError as exc:
+        return error(400, "invalid_advertiser", str(exc))
+    pipe = redis.pipeline(transaction=False)
+    stage_advertiser(pipe, advertiser)
+    await pipe.execute()
+    await request.app[ADVERTISER_CACHE].reload()
+    audit(request, advertiser.id, before.public(), advertiser.public())
+    return json_response(advertiser.public())
+
+
+async def advertiser_tag(request: web.Request) -> web.Response:
+    """The first-party tag's script tags for this advertiser, with the current version."""
+    adv_id = request.match_info["id"]
+    raw = await request.app[REDIS].hget(K.ADVERTISERS_HASH, adv_id)
+    if raw is None:
+        return error(404, "not_found", f"no advertiser {adv_id!r}")
+    advertiser = Advertiser.from_json(raw)
+    base = f"{request.scheme}://{request.host}"
+    return json_response(
+        {
+            "version": tag.tag().version,
+            **tag.snippets(base, advertiser.id, advertiser.click_param),
+        }
+    )
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/advertisers", create_advertiser)
     app.router.add_get("/api/advertisers", list_advertisers)
     app.router.add_get("/api/advertisers/{id}", get_advertiser)
+    app.router.add_patch("/api/advertisers/{id}", update_advertiser)
+    app.router.add_get("/api/advertisers/{id}/tag", advertiser_tag)
     app.router.add_post("/api/links", create_link)
     app.router.add_get("/api/links", list_links)
     app.router.add_get("/api/links/{slug}", get_link)

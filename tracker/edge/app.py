@@ -16,7 +16,17 @@ from tracker import metrics
 from tracker.advertisers import advertiser_cache
 from tracker.clock import Clock, system_clock
 from tracker.config import Settings
-from tracker.edge import access, admin, clicks, health, postback, programme, reports_api, routes
+from tracker.edge import (
+    access,
+    admin,
+    clicks,
+    health,
+    postback,
+    programme,
+    reports_api,
+    routes,
+    tag,
+)
 from tracker.edge.intake import ConversionIntake
 from tracker.edge.keys import (
     ADMIN_TOKEN,
@@ -56,6 +66,7 @@ def create_app(
     app.cleanup_ctx.extend([redis_ctx, links_ctx, advertisers_ctx, writer_ctx])
     routes.add_routes(app)
     postback.add_routes(app)
+    tag.add_routes(app)
     admin.add_routes(app)
     access.add_routes(app)
     reports_api.add_routes(app)

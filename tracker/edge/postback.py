@@ -1,4 +1,5 @@
-"""ConversionIntake in: `GET|POST /postback` (server to server) and the conversion pixel.
+"""ConversionIntake in: `GET|POST /postback` (server to server), the conversion pixel, and
+`/t/conversion` (browser conversions sent by the first-party tag, static/t.js).
 
 Steps: read parameters -> validate -> authenticate the advertiser -> record -> reply.
 Recording awaits Redis (unlike clicks): the reply says whether the conversion was new, a
@@ -20,11 +21,12 @@ import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from tracker import origins, signing
 from tracker import redis_keys as K
-from tracker import signing
+from tracker.advertisers import Advertiser
 from tracker.clock import Clock, clock_ms
 from tracker.edge import conversion_input
-from tracker.edge.clicks import request_meta
+from tracker.edge.clicks import PIXEL, read_cookie, request_meta
 from tracker.edge.conversion_input import Rejected
 from tracker.edge.hit import hit_of
 from tracker.edge.intake import ConversionIntake
@@ -189,8 +191,12 @@ async def record(
     visitor_id: str,
     source: str,
     meta: RequestMeta,
+    first_only: bool = False,
 ) -> web.Response:
-    """Store a conversion report (new, or a status change) and say what happened."""
+    """Store a conversion report (new, or a status change) and say what happened.
+
+    `first_only`: the report can only create the transaction (a browser's, which cannot
+    change a status); when it exists in any status, the report is a duplicate."""
     s = ctx.settings
     key = K.conversion_key(conv.advertiser, conv.txid)
     if ctx.script is None:
@@ -198,7 +204,10 @@ async def record(
     for _ in range(ATTEMPTS):
         state = await ctx.redis.hgetall(key)
         current = state[b"status"].decode() if b"status" in state else None
-        kind = conversion_input.transition(current, conv.status)
+        if first_only and current is not None:
+            kind = "duplicate"
+        else:
+            kind = conversion_input.transition(current, conv.status)
         if kind == "duplicate":
             stored = orjson.loads(state[b"record"])
             ctx.outcomes[PostbackOutcome.DUPLICATE] += 1
@@ -294,9 +303,7 @@ async def postback(request: web.Request) -> web.Response:
             max_amount=s.conversions.max_amount,
             require_click=True,
         )
-        advertiser = ctx.advertisers.get(conv.advertiser)
-        if advertiser is None or not advertiser.active:
-            raise Rejected(401, R.UNKNOWN_ADVERTISER)
+        advertiser = active_advertiser(ctx, conv.advertiser)
         authenticate(
             request,
             advertiser.token,
@@ -311,6 +318,13 @@ async def postback(request: web.Request) -> web.Response:
         return reject(ctx, exc)
     except Exception as exc:
         return failed(ctx, exc, "postback")
+
+
+def active_advertiser(ctx: ConversionIntake, advertiser_id: str) -> Advertiser:
+    advertiser = ctx.advertisers.get(advertiser_id)
+    if advertiser is None or not advertiser.active:
+        raise Rejected(401, R.UNKNOWN_ADVERTISER)
+    return advertiser
 
 
 async def conversion_pixel(
@@ -340,6 +354,82 @@ async def conversion_pixel(
         failed(ctx, exc, "pixel conversion")
 
 
+ORIGIN_REFUSALS = (R.ORIGIN_MISSING, R.ORIGIN_NOT_ALLOWED)
+
+
+def check_origin(advertiser: Advertiser, origin: str) -> None:
+    """Refuse a browser conversion from a site the advertiser has not allowed."""
+    if not advertiser.allowed_origins:
+        return
+    if not origin:
+        raise Rejected(403, R.ORIGIN_MISSING)
+    if not origins.allowed(origin, advertiser.allowed_origins):
+        raise Rejected(403, R.ORIGIN_NOT_ALLOWED)
+
+
+async def browser_conversion(request: web.Request) -> web.StreamResponse:
+    """`POST /t/conversion` (fetch or sendBeacon: JSON reply) or `GET` (an image: a GIF).
+
+    Sent by the tag on the advertiser's thank-you page with the click id it kept on the
+    advertiser's own domain, so the named click is credited even where the browser sends
+    no tracker cookie. Stored with source 'browser'. CORS: the page may read the reply only
+    from an origin the advertiser allows.
+    """
+    ctx = request.app[CONVERSIONS]
+    origin = origins.of_request(request.headers.get("Origin"), request.headers.get("Referer"))
+    readable = True  # may the page read the reply (CORS)? Not from a refused origin.
+    try:
+        params, _ = await read_params(request, ctx.settings.conversions.max_body_bytes)
+        # No secret in a browser: always `pending`; only an S2S postback may approve it.
+        params.pop("status", None)
+        conv = conversion_input.parse(
+            params,
+            default_currency=ctx.settings.conversions.default_currency,
+            max_amount=ctx.settings.conversions.max_amount,
+            require_click=False,
+        )
+        advertiser = active_advertiser(ctx, conv.advertiser)
+        check_origin(advertiser, origin)
+        visitor_id = read_cookie(request.headers.get("Cookie"), ctx.settings.cookie.name)
+        meta = request_meta(hit_of(request), ctx.trusted)
+        response = await record(
+            ctx, conv, visitor_id=visitor_id or "", source="browser", meta=meta, first_only=True
+        )
+    except Rejected as exc:
+        readable = exc.reason not in ORIGIN_REFUSALS
+        response = reject(ctx, exc)
+    except Exception as exc:
+        response = failed(ctx, exc, "browser conversion")
+    if request.method == "GET":
+        response = web.Response(body=PIXEL, content_type="image/gif")
+    response.headers["Cache-Control"] = "no-store"
+    if readable and origin:
+        allow_origin(response, origin)
+    return response
+
+
+def allow_origin(response: web.StreamResponse, origin: str) -> None:
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Allow-Credentials"] = "true"
+    response.headers["Vary"] = "Origin"
+
+
+async def browser_preflight(request: web.Request) -> web.Response:
+    """CORS preflight (a page sending JSON): answered for any origin, as the advertiser is
+    only known from the body; the conversion itself is checked against the allowlist."""
+    response = web.Response(status=204)
+    origin = origins.of_request(request.headers.get("Origin"), None)
+    if origin:
+        allow_origin(response, origin)
+        response.headers["Access-Control-Allow-Methods"] = "POST, GET"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+        response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/postback", postback)
     app.router.add_post("/postback", postback)
+    app.router.add_get("/t/conversion", browser_conversion)
+    app.router.add_post("/t/conversion", browser_conversion)
+    app.router.add_route("OPTIONS", "/t/conversion", browser_preflight)

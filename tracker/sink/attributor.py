@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from attribution import Touch, attribute, build_path, split_amount
+from attribution import NAMED_CLICK_SOURCES, Touch, attribute, build_path, split_amount
 from attribution.money import from_minor, to_minor
 from tracker import metrics
 from tracker import redis_keys as K
@@ -52,8 +52,8 @@ class Attributor:
 
     def credits(self, conversion: dict) -> list[bytes]:
         converted_at = parse_ms(conversion["event_time"])
-        # A postback names its click; a pixel's click_id is only the visitor's last click.
-        named = conversion["click_id"] if conversion["source"] == "postback" else None
+        # A postback or the tag names its click; a pixel's is only the visitor's last click.
+        named = conversion["click_id"] if conversion["source"] in NAMED_CLICK_SOURCES else None
         touches = self.path(conversion["visitor_id"], converted_at)
         currency = conversion["currency"]
         minor = to_minor(Decimal(conversion["amount"]), currency)
