@@ -219,12 +219,12 @@ async def update_advertiser(request: web.Request) -> web.Response:
     redis = request.app[REDIS]
     raw = await redis.hget(K.ADVERTISERS_HASH, adv_id)
     if raw is None:
-        return error(404, "not_found", f"no advertiser {adv_id!r}")
+        return error(404, AdminError.NOT_FOUND, f"no advertiser {adv_id!r}")
     before = Advertiser.from_json(raw)
     try:
         advertiser = change_advertiser(before, await read_body(request))
     except AdvertiserError as exc:
-        return error(400, "invalid_advertiser", str(exc))
+        return error(400, AdminError.INVALID_ADVERTISER, str(exc))
     pipe = redis.pipeline(transaction=False)
     stage_advertiser(pipe, advertiser)
     await pipe.execute()
@@ -238,7 +238,7 @@ async def advertiser_tag(request: web.Request) -> web.Response:
     adv_id = request.match_info["id"]
     raw = await request.app[REDIS].hget(K.ADVERTISERS_HASH, adv_id)
     if raw is None:
-        return error(404, "not_found", f"no advertiser {adv_id!r}")
+        return error(404, AdminError.NOT_FOUND, f"no advertiser {adv_id!r}")
     advertiser = Advertiser.from_json(raw)
     base = f"{request.scheme}://{request.host}"
     return json_response(
