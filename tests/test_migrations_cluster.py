@@ -381,6 +381,8 @@ def test_single_server_tables_on_chdb(chdb_database):
         "impressions_hourly_mv": "MaterializedView",
         "conversions_hourly_mv": "MaterializedView",
         "credits_hourly_mv": "MaterializedView",
+        "commissions_hourly": "SummingMergeTree",
+        "commissions_hourly_mv": "MaterializedView",
         "commissions": "MergeTree",
     }
     for name, engine, full in rows:

@@ -85,6 +85,7 @@ SHARDING_KEYS = {
     "conversions_hourly": "cityHash64(hour, campaign_id)",
     "credits_hourly": "cityHash64(hour, campaign_id)",
     "commissions": "cityHash64(conversion_id)",
+    "commissions_hourly": "cityHash64(hour, campaign_id)",
 }
 
 LOCAL_SUFFIX = "_local"

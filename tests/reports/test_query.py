@@ -158,7 +158,10 @@ def test_rows_stored_before_the_rollups_are_copied_in_once(chdb_engine, tmp_path
     migrations.apply(chdb_engine, settings)
     insert(chdb_engine, "clicks", [click("2030-01-10 10:00:00.000")] * 3)
     insert(chdb_engine, "conversions", [conversion("2030-01-10 11:00:00.000")])
-    assert migrations.apply(chdb_engine, config.load(env=env)) == ["0008_report_rollups"]
+    assert migrations.apply(chdb_engine, config.load(env=env)) == [
+        "0008_report_rollups",
+        "0009_commission_rollup",
+    ]
     insert(chdb_engine, "clicks", [click("2030-01-10 12:00:00.000")])  # through the view
     report = parse({"metrics": "clicks,conversions", "from": "2030-01-10", "to": "2030-01-11"})
     assert run(query, report, "backfill")["totals"] == {"clicks": 4, "conversions": 1}
@@ -308,3 +311,67 @@ def test_the_readme_defines_every_metric():
     readme = (ROOT / "README.md").read_text()
     for name, definition in definitions():
         assert f"| `{name}` | {definition} |" in readme, name
+
+
+def commission(ts, status, level, payout="0", revenue="0", affiliate="a1", **extra):
+    return {
+        "event_time": ts,
+        "conversion_id": extra.pop("conv", uid()),
+        "commission_id": uid(),
+        "advertiser_id": "adv1",
+        "campaign_id": "c1",
+        "affiliate_id": affiliate,
+        "level": level,
+        "status": status,
+        "payout": payout,
+        "revenue": revenue,
+        "currency": "USD",
+        **extra,
+    }
+
+
+def test_revenue_payout_profit_roi_epc(chdb_database, query):
+    insert(chdb_database, "clicks", [click("2030-01-10 10:00:00.000")] * 4)
+    conv = uid()
+    insert(
+        chdb_database,
+        "commissions",
+        [
+            # approved: revenue 30 (level 0), payout 10 to a1 and 2 to its referrer r1
+            commission("2030-01-10 11:00:00.000", "approved", 0, revenue="30.000", conv=conv),
+            commission("2030-01-10 11:00:00.000", "approved", 1, payout="10.000", conv=conv),
+            commission(
+                "2030-01-10 11:00:00.000", "approved", 2, payout="2.000", affiliate="r1", conv=conv
+            ),
+            commission("2030-01-10 12:00:00.000", "pending", 1, payout="4.000"),
+        ],
+    )
+    db = chdb_database.database
+    params = {
+        "metrics": "revenue,payout,pending_payout,profit,roi,epc",
+        "from": "2030-01-10",
+        "to": "2030-01-11",
+    }
+    out = run(query, parse(params), db)
+    assert out["sources"] == {"clicks": "rollup", "commissions": "rollup"}
+    assert out["totals"] == {
+        "revenue": "30.000",
+        "payout": "12.000",
+        "pending_payout": "4.000",
+        "profit": "18.000",
+        "roi": 1.5,
+        "epc": "7.500",
+    }
+    assert (
+        run(query, dataclasses.replace(parse(params), raw_only=True), db)["totals"] == out["totals"]
+    )
+    # an affiliate's EPC is what it earns per click
+    mine = run(query, parse({**params, "metrics": "payout,epc"}, scope={"affiliate": ("a1",)}), db)
+    assert mine["totals"] == {"payout": "10.000", "epc": "2.500"}
+    by = run(query, parse({**params, "metrics": "payout", "group_by": "affiliate"}), db)
+    assert by["rows"] == [
+        {"affiliate": "a1", "payout": "10.000"},
+        {"affiliate": "r1", "payout": "2.000"},
+    ]
+    with pytest.raises(Q.ReportError, match="cannot be grouped by country"):
+        parse({**params, "group_by": "country"})

@@ -73,6 +73,11 @@ def test_each_role_sees_only_its_own_reports(world):
     assert status == 200 and other["totals"] == {"clicks": 0}
     status, by_link = report(service, aff1, f"metrics=clicks&group_by=link,advertiser&{period}")
     assert [r["link"] for r in by_link["rows"]] == ["acc-a1"]
+    for hidden in ("revenue", "profit", "roi"):  # what the advertiser pays is not theirs
+        status, refused = report(service, aff1, f"metrics=clicks,{hidden}&{period}")
+        assert status == 403 and hidden in refused["reason"]
+    status, earned = report(service, aff1, f"metrics=payout,epc&{period}")
+    assert status == 200 and earned["totals"] == {"payout": "0.000", "epc": "0.000"}
     status, raw = report(service, aff1, f"metrics=clicks&group_by=sub1&{period}")
     assert status == 200 and raw["sources"] == {"clicks": "raw"} and raw["totals"]["clicks"] == 3
 

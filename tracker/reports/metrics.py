@@ -22,6 +22,7 @@ class Source(StrEnum):
     IMPRESSIONS = "impressions"
     CONVERSIONS = "conversions"
     CREDITS = "credits"
+    COMMISSIONS = "commissions"
 
 
 class Kind(StrEnum):
@@ -82,6 +83,17 @@ MEASURES: dict[str, Measure] = {
             )
             for status in ("approved", "pending")
         ],
+        *[
+            Measure(
+                f"{status}_{column}",
+                Source.COMMISSIONS,
+                Kind.MONEY,
+                f"sumIf({column}, status = '{status}' AND currency = {{cur}})",
+                f"sumIf(toDecimal128({column}, 3), status = '{status}' AND currency = {{cur}})",
+            )
+            for status in ("approved", "pending")
+            for column in ("revenue", "payout")
+        ],
         Measure("credited", Source.CREDITS, Kind.SHARE, "sum(credited)", "sum(weight)"),
         Measure(
             "credited_amount_sum",
@@ -124,6 +136,24 @@ class Metric:
 
 def _plain(name: str) -> Callable[[Mapping], object]:
     return lambda m: m[name]
+
+
+def _profit(m: Mapping) -> Decimal:
+    return m["approved_revenue"] - m["approved_payout"]
+
+
+def _roi(m: Mapping) -> float | None:
+    payout = m["approved_payout"]
+    return float(_profit(m) / payout) if payout else None
+
+
+def _epc(m: Mapping) -> Decimal | None:
+    """Earnings per click: what the affiliate earns (its view) or what the advertiser pays
+    (everyone else's) per click; `view` is set by derive()."""
+    earned = m["approved_payout"] if m.get("view") == "affiliate" else m["approved_revenue"]
+    if not m["clicks"]:
+        return None
+    return (Decimal(earned) / m["clicks"]).quantize(CENT, ROUND_HALF_EVEN)
 
 
 METRICS: dict[str, Metric] = {
@@ -229,6 +259,52 @@ METRICS: dict[str, Metric] = {
             "clicks carrying at least one fraud flag / clicks",
         ),
         Metric(
+            "revenue",
+            Kind.MONEY,
+            ("approved_revenue",),
+            _plain("approved_revenue"),
+            "what advertisers owe for approved conversions (the campaign's revenue rule)",
+            revenue=True,
+        ),
+        Metric(
+            "payout",
+            Kind.MONEY,
+            ("approved_payout",),
+            _plain("approved_payout"),
+            "commissions earned on approved conversions, every level (referrers included)",
+        ),
+        Metric(
+            "pending_payout",
+            Kind.MONEY,
+            ("pending_payout",),
+            _plain("pending_payout"),
+            "commissions of pending conversions",
+        ),
+        Metric(
+            "profit",
+            Kind.MONEY,
+            ("approved_revenue", "approved_payout"),
+            _profit,
+            "profit = revenue - payout",
+            revenue=True,
+        ),
+        Metric(
+            "roi",
+            Kind.RATE,
+            ("approved_revenue", "approved_payout"),
+            _roi,
+            "return on investment = profit / payout",
+            revenue=True,
+        ),
+        Metric(
+            "epc",
+            Kind.MONEY,
+            ("approved_revenue", "approved_payout", "clicks"),
+            _epc,
+            "earnings per click = revenue / clicks (operator's view); an affiliate key gets "
+            "payout / clicks",
+        ),
+        Metric(
             "credited_conversions",
             Kind.SHARE,
             ("credited",),
@@ -275,8 +351,10 @@ def parse_measure(measure: str, value):
     return int(value)
 
 
-def derive(metrics: list[str], measured: Mapping) -> dict[str, object]:
-    return {name: METRICS[name].compute(measured) for name in metrics}
+def derive(metrics: list[str], measured: Mapping, view: str = "operator") -> dict[str, object]:
+    """The metrics from the measures; `view` is "affiliate" for an affiliate's key."""
+    context = {**measured, "view": view}
+    return {name: METRICS[name].compute(context) for name in metrics}
 
 
 def json_value(value):

@@ -43,6 +43,7 @@ _BASE = {
     "affiliate": "affiliate_id",
     "link": "link_slug",
 }
+_BASE_NO_LINK = {"campaign": "campaign_id", "affiliate": "affiliate_id"}
 _SUBS = {f"sub{i}": f"sub{i}" for i in range(1, 6)}
 _GEO_DEVICE = {"country": "country", "device": "device_type"}
 _MORE = {"region": "region", "os": "os", "browser": "browser"}
@@ -87,8 +88,14 @@ SOURCES: dict[Source, SourceSpec] = {
     Source.CREDITS: SourceSpec(
         "credits_hourly",
         "{db}.attribution_credits",
-        {**_BASE, "model": "model"},
+        {**_BASE_NO_LINK, "model": "model"},
         {"campaign": "campaign_id", "affiliate": "affiliate_id", "model": "model"},
+    ),
+    Source.COMMISSIONS: SourceSpec(
+        "commissions_hourly",
+        "{db}.commissions",
+        {**_BASE_NO_LINK, "advertiser": "advertiser_id"},
+        {**_BASE_NO_LINK, "advertiser": "advertiser_id"},
     ),
 }
 FIELDS = (
@@ -135,6 +142,11 @@ class Report:
     sort: str = ""
     limit: int = 1000
     raw_only: bool = False  # read the raw tables even where a rollup would answer
+
+    @property
+    def view(self) -> str:
+        """Whose EPC: an affiliate's key sees its earnings per click."""
+        return "affiliate" if "affiliate" in self.scope else "operator"
 
     @property
     def time_field(self) -> str | None:
@@ -413,12 +425,12 @@ def assemble(p: Plan, answers: list[tuple[list[str], list[list]]]) -> dict:
     out_rows = [
         {
             **dict(zip(report.group_by, key, strict=True)),
-            **derive(report.metrics, measured),
+            **derive(report.metrics, measured, report.view),
         }
         for key, measured in rows.items()
     ]
     _sort(out_rows, report)
-    totals = derive(report.metrics, _totals(measures, answers[1]))
+    totals = derive(report.metrics, _totals(measures, answers[1]), report.view)
     result = {
         "from": _iso(report.start, report.tz),
         "to": _iso(report.end, report.tz),
@@ -434,7 +446,7 @@ def assemble(p: Plan, answers: list[tuple[list[str], list[list]]]) -> dict:
     }
     if report.compare:
         prev = report.previous()
-        before = derive(report.metrics, _totals(measures, answers[2]))
+        before = derive(report.metrics, _totals(measures, answers[2]), report.view)
         result["previous"] = {
             "from": _iso(prev.start, report.tz),
             "to": _iso(prev.end, report.tz),
