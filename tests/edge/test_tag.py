@@ -28,5 +28,6 @@ def test_snippets_name_the_advertiser_the_version_and_a_custom_parameter():
     assert src in plain["every_page"] and 'data-advertiser="shop"' in plain["every_page"]
     assert "data-param" not in plain["every_page"]
     assert 'data-txid="ORDER_ID"' in plain["thank_you_page"]
-    custom = snippets("https://track.example", "shop", "ref")
-    assert 'data-param="ref"' in custom["every_page"]
+    assert "data-lookback-days" not in plain["every_page"]
+    custom = snippets("https://track.example", "shop", "ref", lookback_days=90)
+    assert 'data-param="ref" data-lookback-days="90"' in custom["every_page"]

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from tests.system.test_postbacks import ADV_TOKEN, browser, click, postback
+from tracker import redis_keys as K
 from tracker.edge.clicks import PIXEL
 from tracker.edge.tag import tag
 from tracker.testing import wait_until
@@ -201,3 +202,18 @@ async def test_admin_api_gives_the_script_tags(svc):
     assert status == 400 and body["error"] == "invalid_advertiser"
     status, body = svc.api("PATCH", "/api/advertisers/nobody", {"click_param": "ref"})
     assert status == 404
+
+
+async def test_without_a_stored_click_id_the_trackers_cookie_names_the_visitor(svc):
+    """Where the browser sends the tracker's cookie (SameSite=None in Chrome), a conversion
+    with no stored click id is credited to that visitor's clicks."""
+    async with browser() as session:  # keeps the tracker's visitor cookie
+        click_id = await click(session, svc.base_url, "bc-a")
+        redis = svc.redis.client()
+        wait_until(lambda: redis.exists(K.click_key(click_id)), 10, "the click in Redis")
+        status, _, body = await send(session, svc.base_url, {"Origin": SHOP}, txid="b-cookie")
+    answer = orjson.loads(body)
+    assert (status, answer["status"], answer["attributed"]) == (200, "accepted", True)
+    svc.wait_count("conversions", 1, "txid = 'b-cookie'")
+    row = svc.sql("SELECT toString(click_id) AS c FROM tracker.conversions WHERE txid = 'b-cookie'")
+    assert row == [{"c": click_id}]

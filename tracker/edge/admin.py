@@ -19,7 +19,7 @@ from tracker.advertisers import Advertiser, AdvertiserError, new_advertiser
 from tracker.advertisers import apply_changes as change_advertiser
 from tracker.advertisers import stage_save as stage_advertiser
 from tracker.edge import tag
-from tracker.edge.keys import ADVERTISER_CACHE, LINK_CACHE, REDIS
+from tracker.edge.keys import ADVERTISER_CACHE, LINK_CACHE, REDIS, SETTINGS
 from tracker.hashcache import parse_hash
 from tracker.links import (
     SLUG_RE,
@@ -244,7 +244,12 @@ async def advertiser_tag(request: web.Request) -> web.Response:
     return json_response(
         {
             "version": tag.tag().version,
-            **tag.snippets(base, advertiser.id, advertiser.click_param),
+            **tag.snippets(
+                base,
+                advertiser.id,
+                advertiser.click_param,
+                request.app[SETTINGS].tracking.lookback_days,
+            ),
         }
     )
 

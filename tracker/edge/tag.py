@@ -44,10 +44,15 @@ def cache_control(requested_version: str | None, version: str) -> str:
     return f"public, max-age={HOUR}"
 
 
-def snippets(base_url: str, advertiser_id: str, click_param: str) -> dict[str, str]:
-    """The script tags an advertiser pastes: every page (landing), and the thank-you page."""
+def snippets(
+    base_url: str, advertiser_id: str, click_param: str, lookback_days: int = 30
+) -> dict[str, str]:
+    """The script tags an advertiser pastes: every page (landing), and the thank-you page.
+    The ids and the parameter name are validated on save (no quotes or brackets)."""
     src = f"{base_url}/t.js?v={tag().version}"
     param = "" if click_param == "click_id" else f' data-param="{click_param}"'
+    if lookback_days != 30:  # the tag's own default
+        param += f' data-lookback-days="{lookback_days}"'
     return {
         "every_page": f'<script async src="{src}" data-advertiser="{advertiser_id}"{param}>'
         "</script>",
