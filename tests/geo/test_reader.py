@@ -20,6 +20,7 @@ from netaddr import IPSet
 from geo import EMPTY, GeoInfo, GeoReader, fetch, open_geo
 from geo import reader as geo_reader
 from geo.reader import merge, parse_record, public_address
+from tracker.testing import wait_until
 
 LONDON = {
     "country": {"iso_code": "GB", "names": {"en": "United Kingdom"}},
@@ -311,25 +312,36 @@ def test_reload_after_atomic_replace(tmp_path: Path):
 def test_lookups_keep_working_during_swaps(tmp_path: Path):
     path = write_mmdb(tmp_path / "c.mmdb", V1, "country")
     seen: set[GeoInfo] = set()
+    latest: list[GeoInfo | None] = [None, None]  # each thread's last answer
     errors: list[BaseException] = []
     stop = threading.Event()
 
-    def look_up_in_a_loop(geo: GeoReader) -> None:
+    def look_up_in_a_loop(geo: GeoReader, n: int) -> None:
         try:
             while not stop.is_set():
                 for ip in ("8.8.8.8", "2001:4860::1", "::ffff:8.8.8.8"):
-                    seen.add(geo.lookup(ip))
+                    latest[n] = geo.lookup(ip)
+                    seen.add(latest[n])
         except BaseException as exc:  # any failure is the finding
             errors.append(exc)
+            stop.set()
 
     with GeoReader([path], cache_size=0) as geo:  # no cache: every lookup reads a database
-        threads = [threading.Thread(target=look_up_in_a_loop, args=(geo,)) for _ in range(2)]
+        threads = [threading.Thread(target=look_up_in_a_loop, args=(geo, n)) for n in range(2)]
         for t in threads:
             t.start()
         for i in range(40):
-            replace_atomically(path, V2 if i % 2 == 0 else V1, "country")
+            version, answer = (V2, GeoInfo("CA")) if i % 2 == 0 else (V1, GeoInfo("US"))
+            replace_atomically(path, version, "country")
             assert geo.maybe_reload() is True
-            time.sleep(0.002)
+            # every thread answers from the new copy before the next swap, however the
+            # threads are scheduled (so both versions are surely looked up in)
+            wait_until(
+                lambda answer=answer: stop.is_set() or latest == [answer, answer],
+                10,
+                f"both threads to see swap {i}",
+                interval=0.001,
+            )
         stop.set()
         for t in threads:
             t.join(timeout=10)
