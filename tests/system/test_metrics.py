@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import re
-import time
+import shutil
+import tempfile
 import urllib.request
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from tracker.testing import Service, hit_many, wait_until
 
@@ -21,6 +26,29 @@ def scrape(url: str) -> dict[str, float]:
     return samples
 
 
+def by_process(folder: Path) -> dict[str, dict[str, float]]:
+    """Each process's own samples (the multiprocess files are named by process id)."""
+    pids = {path.stem.rsplit("_", 1)[1] for path in folder.glob("*.db")}
+    out = {}
+    for pid in pids:
+        with tempfile.TemporaryDirectory() as own:
+            for path in folder.glob(f"*_{pid}.db"):
+                shutil.copy(path, own)
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, own)
+            out[pid] = {
+                sample.name + labels(sample.labels): sample.value
+                for metric in registry.collect()
+                for sample in metric.samples
+            }
+    return out
+
+
+def labels(names: dict[str, str]) -> str:
+    inner = ",".join(f'{k}="{v}"' for k, v in sorted(names.items()))
+    return "{" + inner + "}" if inner else ""
+
+
 def value(samples: dict[str, float], pattern: str) -> float:
     return sum(v for k, v in samples.items() if re.fullmatch(pattern, k))
 
@@ -28,24 +56,33 @@ def value(samples: dict[str, float], pattern: str) -> float:
 async def test_metrics_add_up_across_processes(service: Service):
     service.serve()
     service.add_link("m", campaign_id="m")
-    statuses = await hit_many(f"{service.base_url}/c/m", 300, concurrency=8)
+    # a connection per click: the kernel spreads the connections over both edges
+    statuses = await hit_many(
+        f"{service.base_url}/c/m", 300, concurrency=8, headers={"Connection": "close"}
+    )
     assert statuses.count(302) == 300
     await hit_many(f"{service.base_url}/c/nope", 5, concurrency=1)
     await hit_many(f"{service.base_url}/postback?advertiser=x&txid=1&click_id=bad", 3, 1)
     service.wait_count("clicks", 300, "link_slug = 'm'")
-    time.sleep(1.5)  # edges publish their counts once a second
 
-    def counted():
+    def counted():  # the edges publish their counts once a second: until all are in
         s = scrape(f"{service.base_url}/metrics")
-        return (
-            s
-            if value(s, r'tracker_requests_total\{route="/c/\{slug\}",status="302"\}') >= 300
-            else None
+        done = (
+            value(s, r'tracker_requests_total\{route="/c/\{slug\}",status="302"\}') >= 300
+            and value(s, r'tracker_requests_total\{route="/c/\{slug\}",status="404"\}') >= 5
+            and value(s, r'tracker_conversions_total\{outcome="rejected"\}') >= 3
         )
+        return s if done else None
 
     samples = wait_until(counted, 10, "the edges' counts")
     # two edge processes answered; one scrape shows the sum of both
     assert value(samples, r'tracker_requests_total\{route="/c/\{slug\}",status="302"\}') == 300
+    per_process = [
+        value(s, r'tracker_requests_total\{route="/c/\{slug\}",status="302"\}')
+        for s in by_process(service.folder / "data" / "metrics").values()
+    ]
+    answered = [n for n in per_process if n]
+    assert len(answered) == 2 and sum(answered) == 300, per_process
     assert value(samples, r'tracker_requests_total\{route="/c/\{slug\}",status="404"\}') == 5
     assert value(samples, r'tracker_events_recorded_total\{table="clicks"\}') == 300
     assert value(samples, r"tracker_clicks_total") == 300

@@ -191,6 +191,42 @@ async def test_status_lifecycle(svc):
     assert svc.count("attribution_credits", f"conversion_id = '{first['conversion_id']}'") == 5
 
 
+async def test_approved_and_rejected_racing_one_wins_the_other_is_a_409(svc):
+    """Two different status changes for one pending conversion at the same moment, on
+    separate connections (so often on both edge processes): exactly one is accepted."""
+    async with browser() as session:
+        click_id = await click(session, svc.base_url, "conv-a")
+        for n in range(15):
+            code, _ = await postback(
+                session, svc.base_url, click_id=click_id, txid=f"race-{n}", amount="8"
+            )
+            assert code == 200
+
+    async def change(n: int, status: str):
+        async with aiohttp.ClientSession(headers={"User-Agent": BROWSER_UA}) as own:
+            return status, *await postback(
+                own, svc.base_url, click_id=click_id, txid=f"race-{n}", status=status
+            )
+
+    winners = {}
+    for n in range(15):
+        results = await asyncio.gather(change(n, "approved"), change(n, "rejected"))
+        won = [status for status, code, body in results if code == 200]
+        lost = [(code, body["reason"]) for _, code, body in results if code != 200]
+        assert len(won) == 1 and len(lost) == 1, results
+        assert lost[0] in ((409, "illegal_transition"), (409, "concurrent_update")), results
+        winners[f"race-{n}"] = won[0]
+    assert svc.wait_count("conversions", 30, "txid LIKE 'race-%'") == 30
+    svc.wait_behind_marker()
+    rows = svc.sql(
+        "SELECT txid, groupArray(status) AS statuses FROM (SELECT txid, status FROM "
+        "tracker.conversions WHERE txid LIKE 'race-%' ORDER BY event_time) GROUP BY txid"
+    )
+    assert {r["txid"]: r["statuses"] for r in rows} == {
+        txid: ["pending", won] for txid, won in winners.items()
+    }
+
+
 async def test_unknown_click_is_recorded_unattributed(svc):
     async with browser() as session:
         status, body = await postback(
@@ -265,6 +301,10 @@ async def test_signed_postbacks(svc):
         )
         assert (await signed("sig-3", tamper=True))[1]["reason"] == "bad_signature"
         assert (await signed("sig-4", ts=int(time.time()) - 3600))[1]["reason"] == (
+            "stale_signature"
+        )
+        # from the future: refused as well (the exact edges: tests/edge/test_postback.py)
+        assert (await signed("sig-8", ts=int(time.time()) + 400))[1]["reason"] == (
             "stale_signature"
         )
         code, body = await postback(
