@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from tests.system.test_metrics import scrape, value
+from tracker.edge.spool import CHUNK_BYTES
 from tracker.testing import (
     Service,
     can_mount,
@@ -128,13 +129,14 @@ async def test_sink_killed_mid_batch_then_restarted_counts_exactly(service: Serv
     assert service.sql("SELECT uniqExact(click_id) AS n FROM tracker.clicks")[0]["n"] == 6000
 
 
-async def test_clean_stop_under_load_loses_nothing(service: Service):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+async def test_clean_stop_under_load_loses_nothing(service: Service, stop_signal):
     proc = service.serve()
     service.add_link("stop", campaign_id="stop")
     load = Load(f"{service.base_url}/c/stop", clients=32)
     task = asyncio.create_task(load.run())
     await asyncio.sleep(2.0)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(stop_signal)
     assert await asyncio.to_thread(proc.wait, 60) == 0
     load.stop()
     await task
@@ -176,3 +178,68 @@ async def test_full_spool_disk_during_redis_outage_is_counted_then_recovers(serv
         kept = 500 - dropped
         assert service.wait_count("clicks", kept, "link_slug = 'full'") == kept
         service.stop_all()
+
+
+async def test_edge_and_sink_stop_cleanly_on_sigint(service: Service):
+    """Ctrl-C on a process started alone (`tracker edge`, `tracker sink`): the same clean
+    stop as SIGTERM, nothing acknowledged lost."""
+    service.start_edges(1)
+    service.start_sink()
+    service.add_link("int", campaign_id="int")
+    load = Load(f"{service.base_url}/c/int", clients=8)
+    task = asyncio.create_task(load.run())
+    await wait_for(lambda: len(load.statuses) > 200, "clicks under load")
+    service.signal("edge-0", signal.SIGINT)
+    assert await asyncio.to_thread(service.procs["edge-0"].wait, 60) == 0
+    load.stop()
+    await task
+    acknowledged = load.statuses.count(302)
+    assert acknowledged > 200 and set(load.statuses) == {302}
+    service.signal("sink", signal.SIGINT)
+    assert await asyncio.to_thread(service.procs["sink"].wait, 60) == 0
+    service.start_sink()
+    assert service.wait_count("clicks", acknowledged, "link_slug = 'int'") == acknowledged
+
+
+async def test_edge_killed_in_the_middle_of_a_replay_replays_the_rest_once(service: Service):
+    """A spool of several chunks; Redis comes back and the replay starts; Redis freezes
+    after the first chunk (so the replay is surely half-way) and the edge is killed. The
+    restarted edge replays from its saved position: every click stored exactly once."""
+    service.start_edges(1)
+    service.start_sink()
+    service.add_link("mid", campaign_id="mid")
+    service.redis.stop()
+    sent = 0
+    spool = service.folder / "data" / "spool" / "edge-0.spool"
+    position = spool.with_name(spool.name + ".pos")
+    while not spool.exists() or spool.stat().st_size < 3 * CHUNK_BYTES:  # three chunks
+        statuses = await hit_many(f"{service.base_url}/c/mid?sub1={'x' * 500}", 2000, 32)
+        assert statuses.count(302) == 2000
+        sent += 2000
+
+    service.redis.start()
+    await wait_for(
+        lambda: position.exists() and int(position.read_text() or 0) > 0, "a chunk replayed", 60
+    )
+    service.redis.proc.send_signal(signal.SIGSTOP)  # the next chunk hangs half-sent
+    try:
+        saved = int(position.read_text())
+        assert 0 < saved < spool.stat().st_size  # in the middle of the replay
+        service.signal("edge-0", signal.SIGKILL)
+        service.procs["edge-0"].wait(10)
+    finally:
+        service.redis.proc.send_signal(signal.SIGCONT)
+    service.start_edges(1)  # same worker index: resumes at the saved position
+    assert service.wait_count("clicks", sent, "link_slug = 'mid'", timeout=120) == sent
+    assert service.sql(
+        "SELECT uniqExact(click_id) AS n FROM tracker.clicks WHERE link_slug = 'mid'"
+    ) == [{"n": sent}]
+    wait_for_sync(lambda: spool.stat().st_size == 0, "the spool emptied")
+
+
+async def wait_for(predicate, what: str, timeout: float = 30) -> None:
+    await asyncio.to_thread(wait_until, predicate, timeout, what, 0.01)
+
+
+def wait_for_sync(predicate, what: str, timeout: float = 30) -> None:
+    wait_until(predicate, timeout, what)
