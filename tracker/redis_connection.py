@@ -11,6 +11,11 @@ import redis
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
+
+# Redis is away: a server error, or a cluster none of whose nodes answers (redis-py raises
+# RedisClusterException for that, which is not a RedisError).
+UNREACHABLE: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 
 
 def is_cluster(url: str) -> bool:

@@ -41,35 +41,42 @@ def redis_cluster(tmp_path):
     ports: list[int] = []
     for _ in range(3):
         ports.append(cluster_port(ports))
-    nodes = []
+    nodes: dict[int, subprocess.Popen] = {}
+
+    def start(port: int) -> None:
+        """Start (or restart, with its nodes.conf and AOF) the node on `port`."""
+        folder = tmp_path / f"node-{port}"
+        folder.mkdir(exist_ok=True)
+        nodes[port] = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--dir",
+                str(folder),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+
+    def stop(port: int) -> None:
+        nodes[port].terminate()
+        nodes[port].wait(10)
+
     try:
         for port in ports:
-            folder = tmp_path / f"node-{port}"
-            folder.mkdir()
-            nodes.append(
-                subprocess.Popen(
-                    [
-                        binary,
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--dir",
-                        str(folder),
-                        "--appendonly",
-                        "yes",
-                        "--save",
-                        "",
-                        "--loglevel",
-                        "warning",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                )
-            )
+            start(port)
 
         def answers(port):
             return (
@@ -110,11 +117,15 @@ def redis_cluster(tmp_path):
             url=f"redis+cluster://127.0.0.1:{ports[0]}/",
             ports=ports,
             client=lambda: RedisCluster(host="127.0.0.1", port=ports[0]),
+            stop=stop,
+            start=start,
+            answers=answers,
+            ready=ready,
         )
     finally:  # also when setting up failed half-way
-        for node in nodes:
+        for node in nodes.values():
             node.terminate()
-        for node in nodes:
+        for node in nodes.values():
             node.wait(10)
 
 
@@ -161,6 +172,44 @@ async def test_clicks_and_conversions_through_a_redis_cluster(tmp_path, redis_cl
         for shard in range(3):
             groups = client.xinfo_groups(K.events_stream(shard))
             assert groups and groups[0]["entries-read"] > 0
+    finally:
+        service.stop_all()
+
+
+async def test_cluster_outage_spools_and_replays_exactly_once(tmp_path, redis_cluster):
+    """Every master of the cluster goes away under load: the clicks still redirect, go
+    to the spool, and are replayed once the cluster is back, each stored once."""
+    service = Service(tmp_path / "svc", redis_cluster, TRACKER_REDIS_STREAM_SHARDS="3")
+    try:
+        service.start_edges(2)
+        service.start_sink()
+        service.add_link("out", campaign_id="out")
+        before = await hit_many(f"{service.base_url}/c/out", 500, concurrency=16)
+        for port in redis_cluster.ports:
+            redis_cluster.stop(port)
+        during = await hit_many(f"{service.base_url}/c/out", 1500, concurrency=16)
+        folder = service.folder / "data" / "spool"
+        wait_until(
+            lambda: sum(p.stat().st_size for p in folder.glob("*.spool")) > 0,
+            10,
+            "clicks in the spool",
+        )
+        for port in redis_cluster.ports:
+            redis_cluster.start(port)
+        for port in redis_cluster.ports:
+            wait_until(lambda p=port: redis_cluster.answers(p), 10, f"redis node {port}")
+        wait_until(redis_cluster.ready, 30, "the cluster to be ready again")
+        after = await hit_many(f"{service.base_url}/c/out", 500, concurrency=16)
+        assert before.count(302) + during.count(302) + after.count(302) == 2500
+        assert service.wait_count("clicks", 2500, "link_slug = 'out'", timeout=120) == 2500
+        assert service.sql(
+            "SELECT uniqExact(click_id) AS n FROM tracker.clicks WHERE link_slug = 'out'"
+        ) == [{"n": 2500}]
+        wait_until(
+            lambda: all(p.stat().st_size == 0 for p in folder.glob("*.spool")),
+            30,
+            "the spools replayed",
+        )
     finally:
         service.stop_all()
 

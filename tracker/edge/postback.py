@@ -19,7 +19,6 @@ from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from tracker import origins, signing
 from tracker import redis_keys as K
@@ -35,6 +34,7 @@ from tracker.ids import uuid7, uuid7_time_ms
 from tracker.reasons import DuplicateReason, PostbackOutcome, UnattributedReason
 from tracker.reasons import PostbackRefusal as R
 from tracker.records import RequestMeta
+from tracker.redis_connection import UNREACHABLE
 from tracker.types import AsyncRedis
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ RECENT_CLICK_MS = 10_000
 RECENT_CLICK_RETRIES = 100
 # Our side failing for a while (Redis away or slow, a socket error): the advertiser should
 # retry, so 503. Anything else is a bug: 500, logged with its traceback.
-UNAVAILABLE = (RedisError, TimeoutError, OSError)
+UNAVAILABLE = (*UNREACHABLE, TimeoutError, OSError)
 MAX_FIELD_NAME = 64  # of an offending JSON key echoed in the reply
 
 

@@ -27,13 +27,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from tracker import metrics
 from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
 from tracker.ledger.commissions import Engine
 from tracker.reasons import EnrichmentDrop
+from tracker.redis_connection import UNREACHABLE
 from tracker.sink.attributor import Attributor
 from tracker.sink.enrich.pipeline import Pipeline
 
@@ -131,7 +132,7 @@ class Sink:
                 backoff = BACKOFF_START
             except Stopping:
                 return
-            except RedisError as exc:
+            except UNREACHABLE as exc:
                 self._drop_ahead()
                 if drain_until is not None:
                     return
