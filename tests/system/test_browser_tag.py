@@ -37,10 +37,11 @@ def merchant_routes(tracker: str, advertiser: str) -> dict:
 
     async def thanks(request: web.Request) -> web.Response:
         q = request.query
-        if "auto" in q:  # data attributes only: no JavaScript written by the merchant
+        if "auto" in q:  # data attributes only (beside the site-wide tag): no JavaScript
             return web.Response(
                 content_type="text/html",
                 text=f"""<!doctype html><title>Thanks</title><h1>Thank you</h1>
+<script async src="{src}" data-advertiser="{advertiser}"></script>
 <script async src="{src}" data-advertiser="{advertiser}" data-txid="{q["txid"]}"
  data-amount="{q["amount"]}" data-currency="EUR" data-event="sale"></script>""",
             )

@@ -6,13 +6,24 @@
 (function (w, d) {
   "use strict";
   var me = d.currentScript;
-  if (!me || (w.tracker && w.tracker.clickId)) return; // loaded twice: keep the first
+  if (!me) return;
   var cfg = me.dataset;
+  var FIELDS = ["txid", "amount", "currency", "event", "sub1", "sub2", "sub3", "sub4", "sub5"];
+
+  function fromAttributes() {
+    var c = { advertiser: cfg.advertiser };
+    for (var i = 0; i < FIELDS.length; i++) c[FIELDS[i]] = cfg[FIELDS[i]];
+    return c;
+  }
+
+  if (w.tracker && w.tracker.clickId) { // a second tag on the page (site-wide + thank-you)
+    if (cfg.txid) w.tracker.conversion(fromAttributes());
+    return;
+  }
   var base = me.src.replace(/\/t\.js(\?.*)?$/, "");
   var name = cfg.cookie || "_tk_click";
   var maxAge = (parseInt(cfg.lookbackDays, 10) || 30) * 86400;
   var ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-  var FIELDS = ["txid", "amount", "currency", "event", "sub1", "sub2", "sub3", "sub4", "sub5"];
 
   function valid(id) {
     return typeof id === "string" && ID.test(id) ? id : "";
@@ -87,9 +98,5 @@
   var queued = (w.tracker && w.tracker.q) || [];
   w.tracker = { conversion: conversion, clickId: clickId };
   for (var i = 0; i < queued.length; i++) conversion(queued[i]);
-  if (cfg.txid) {
-    var auto = {};
-    for (var j = 0; j < FIELDS.length; j++) auto[FIELDS[j]] = cfg[FIELDS[j]];
-    conversion(auto);
-  }
+  if (cfg.txid) conversion(fromAttributes());
 })(window, document);
