@@ -21,6 +21,10 @@ ZERO_UUID = "00000000-0000-0000-0000-000000000000"
 
 _IDENT_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 _DATETIME_RE = re.compile(r"\A\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\Z")
+# Reports count a conversion by its latest status: approved by default, pending on
+# request, never rejected or reversed.
+REPORTABLE_STATUSES = ("approved", "pending")
+DEFAULT_STATUSES = ("approved",)
 _GROUPINGS = {"campaign": "campaign_id", "affiliate": "affiliate_id"}
 
 
@@ -74,16 +78,18 @@ def credits_sql(
     lookback_ms: int,
     half_life_ms: int,
     credit_flagged: bool = False,
+    statuses: Sequence[str] = DEFAULT_STATUSES,
 ) -> str:
     """One row per (conversion_id, credited click) under `model`, weights summing to 1.
 
     Columns: conversion_id, click_id, campaign_id, affiliate_id, position, path_length,
     weight, conversion_time, amount, currency. Conversions are taken at their first row
     (status changes keep the first report's credits), by conversion time in
-    [date_from, date_to) when given.
+    [date_from, date_to) when given, and only those whose latest status is in `statuses`
+    (approved by default; never rejected or reversed).
     """
     weight = _weight(model, half_life_ms)
-    return f"""{_path_ctes(db, date_from, date_to, lookback_ms, credit_flagged)},
+    return f"""{_path_ctes(db, date_from, date_to, lookback_ms, credit_flagged, statuses)},
 weighted AS (
     SELECT conversion_id, click_id, campaign_id, affiliate_id, position, path_length,
            {weight} AS weight,
@@ -106,6 +112,7 @@ def report_sql(
     lookback_ms: int,
     half_life_ms: int,
     credit_flagged: bool = False,
+    statuses: Sequence[str] = DEFAULT_STATUSES,
 ) -> str:
     """Per campaign (or affiliate) and currency, for each model side by side:
     `{model}_conversions` (sum of weights) and `{model}_revenue` (sum of weight * amount,
@@ -123,7 +130,7 @@ def report_sql(
         for name in names
     )
     credited = " OR ".join(f"{name}_conversions > 0" for name in names)
-    return f"""{_path_ctes(db, date_from, date_to, lookback_ms, credit_flagged)},
+    return f"""{_path_ctes(db, date_from, date_to, lookback_ms, credit_flagged, statuses)},
 weighted AS (
     SELECT {key}, currency, amount,
            {weights}
@@ -151,6 +158,7 @@ def _path_ctes(
     date_to: str | None,
     lookback_ms: int,
     credit_flagged: bool = False,
+    statuses: Sequence[str] = DEFAULT_STATUSES,
 ) -> str:
     """WITH ... path AS (...): one row per (conversion, click in its path), with position,
     path_length, click_ms, newest_ms and the conversion's time, amount and currency."""
@@ -178,6 +186,12 @@ def _path_ctes(
     # Flagged conversions are credited only when the operator says so.
     having += [] if credit_flagged else ["empty(conversion_flags)"]
     having.append("attributed = 1")
+    # A conversion counts by its latest status (over all its rows, also those after
+    # date_to): a sale refunded since is not revenue, whatever period is asked for.
+    having.append(
+        f"conversion_id IN (SELECT conversion_id FROM {db}.conversions GROUP BY conversion_id "
+        f"HAVING argMax(status, event_time) IN ({_statuses(statuses)}))"
+    )
     conv_having = f"\n    HAVING {' AND '.join(having)}"
 
     return f"""WITH
@@ -246,6 +260,13 @@ path AS (
     FROM cut
     WHERE named_click = {zero} OR position <= named_position
 )"""
+
+
+def _statuses(statuses: Sequence[str]) -> str:
+    chosen = list(dict.fromkeys(statuses))
+    if not chosen or not set(chosen) <= set(REPORTABLE_STATUSES):
+        raise ValueError(f"statuses must be among {', '.join(REPORTABLE_STATUSES)}")
+    return ", ".join(f"'{status}'" for status in chosen)
 
 
 def _datetime(value: str | None, name: str) -> str | None:

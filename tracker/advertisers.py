@@ -26,6 +26,7 @@ ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 STATUSES = ("active", "disabled")
 PARAM_RE = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
 EDITABLE = ("status", "allowed_origins", "click_param")
+TOKEN_FIELDS = ("token", "rotate_token")  # PATCH only: set or rotate the postback token
 
 
 class AdvertiserError(ValueError):
@@ -86,7 +87,7 @@ def apply_changes(advertiser: Advertiser, data: Any) -> Advertiser:
     """A copy with the editable fields in `data` changed and validated."""
     if not isinstance(data, dict):
         raise AdvertiserError("body must be a JSON object")
-    unknown = set(data) - set(EDITABLE)
+    unknown = set(data) - set(EDITABLE) - set(TOKEN_FIELDS)
     if unknown:
         raise AdvertiserError(f"unknown or read-only field: {sorted(unknown)[0]}")
     changes: dict[str, Any] = {}
@@ -101,6 +102,18 @@ def apply_changes(advertiser: Advertiser, data: Any) -> Advertiser:
         if not isinstance(param, str) or not PARAM_RE.match(param):
             raise AdvertiserError("click_param must be 1-64 letters, digits, '-', '_' or '.'")
         changes["click_param"] = param
+    # token rotation: a given token, or `rotate_token: true` for a generated one; the old
+    # token stops working as soon as the edges reload
+    rotate = data.get("rotate_token", False)
+    if not isinstance(rotate, bool):
+        raise AdvertiserError("rotate_token must be true or false")
+    if rotate and "token" in data:
+        raise AdvertiserError("give a token or rotate_token, not both")
+    if rotate or "token" in data:
+        token = secrets.token_urlsafe(24) if rotate else data["token"]
+        if not isinstance(token, str) or not 16 <= len(token) <= 256 or not token.isprintable():
+            raise AdvertiserError("token must be 16 to 256 printable characters")
+        changes["token"] = token
     return replace(advertiser, **changes)
 
 

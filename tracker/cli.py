@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from tracker import config, logs
+from tracker import config, logs, programme_cli
 from tracker.clock import Clock, system_clock
 from tracker.config import ConfigError, Settings
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None, clock: Clock = system_clock) -> int:
     Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
     try:
         return args.func(settings, args) or 0
-    except CommandError as exc:
+    except (CommandError, programme_cli.ProgrammeError) as exc:
         print(f"tracker: {exc}", file=sys.stderr)
         return 1
 
@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["table", "json", "csv"], default="table")
     s.add_argument("--show-tokens", action="store_true")
     s.set_defaults(func=cmd_advertisers_list)
+    programme_cli.add_parsers(sub, ["table", "json", "csv"])
     return p
 
 
@@ -169,6 +170,11 @@ def _period_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lookback", type=float, help="lookback window in days (default: config)")
     p.add_argument("--half-life", type=float, help="time_decay half-life in days (default: config)")
     p.add_argument("--by", choices=["campaign", "affiliate"], default="campaign")
+    p.add_argument(
+        "--include-pending",
+        action="store_true",
+        help="count pending conversions too (default: approved only; never rejected/reversed)",
+    )
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
 
 
@@ -429,6 +435,7 @@ def _report(settings: Settings, args, models: list[str]) -> int:
             lookback_ms=int(lookback_days * 86_400_000),
             half_life_ms=int(half_life_days * 86_400_000),
             credit_flagged=settings.fraud.credit_flagged_conversions,
+            statuses=("approved", "pending") if args.include_pending else ("approved",),
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None

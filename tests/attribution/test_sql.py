@@ -160,6 +160,7 @@ def expected_credits(clicks, conversions, model: str) -> dict[str, list[tuple]]:
 
 def sql_credits(ch, model: str, **kwargs) -> tuple[dict[str, list[tuple]], dict[str, tuple]]:
     """SQL's answer in the same shape, and conversion id -> (time ms, amount, currency)."""
+    kwargs.setdefault("statuses", ("approved", "pending"))
     query = credits_sql(ch.database, model, lookback_ms=LOOKBACK, half_life_ms=HALF_LIFE, **kwargs)
     _, rows = ch.query(
         "SELECT toString(conversion_id), toString(click_id), position, path_length, weight, "
@@ -235,13 +236,18 @@ def test_report_side_by_side_on_a_small_journey_set(chdb_database):
     z = Conversion(next(ids), t, c, ZERO_UUID, Decimal("1000"), "JPY")
     w = Conversion(next(ids), t, ZERO_UUID, d1, Decimal("7"), "JPY")
     conversion_rows = [conversion_row(v) for v in (x, y, z, w)]
-    conversion_rows.append(conversion_row(y, t + DAY, Decimal("0"), "rejected"))
+    conversion_rows.append(conversion_row(y, t + DAY, Decimal("0"), "approved"))
     ch.insert_jsonl("clicks", jsonl(click_rows), "report-clicks")
     ch.insert_jsonl("conversions", jsonl(conversion_rows), "report-conversions")
 
     models = ["first_click", "linear", "position_based", "time_decay"]
     query = report_sql(
-        ch.database, "campaign", models, lookback_ms=LOOKBACK, half_life_ms=HALF_LIFE
+        ch.database,
+        "campaign",
+        models,
+        lookback_ms=LOOKBACK,
+        half_life_ms=HALF_LIFE,
+        statuses=("approved", "pending"),
     )
     columns, rows = ch.query(query)
     assert columns == ["campaign_id", "currency"] + [
@@ -281,7 +287,12 @@ def test_report_side_by_side_on_a_small_journey_set(chdb_database):
 
     _, rows = ch.query(
         report_sql(
-            ch.database, "affiliate", ["last_click"], lookback_ms=LOOKBACK, half_life_ms=HALF_LIFE
+            ch.database,
+            "affiliate",
+            ["last_click"],
+            lookback_ms=LOOKBACK,
+            half_life_ms=HALF_LIFE,
+            statuses=("pending", "approved"),
         )
     )
     assert rows == [
@@ -358,6 +369,7 @@ def test_flagged_clicks_and_conversions_are_left_out(chdb_database):
             "visitor_id": visitor,
             "amount": "10",
             "currency": "USD",
+            "status": "approved",
             "attributed": 1,
             "source": "pixel",
         },
@@ -367,6 +379,7 @@ def test_flagged_clicks_and_conversions_are_left_out(chdb_database):
             "visitor_id": visitor,
             "amount": "10",
             "currency": "USD",
+            "status": "approved",
             "attributed": 1,
             "source": "pixel",
             "fraud_flags": ["fast_conversion"],
@@ -381,3 +394,53 @@ def test_flagged_clicks_and_conversions_are_left_out(chdb_database):
     )
     _, rows = ch.query(with_flagged)
     assert sorted(str(r[0])[-2:] for r in rows) == ["c1", "c2"]
+
+
+def test_reports_follow_each_conversions_latest_status(chdb_database):
+    """Approved by default, pending on request; rejected and reversed never, even when
+    the reversal came after the reported period."""
+    ch = chdb_database
+    t = BASE + 50 * DAY
+    ids = iter(f"00000000-0000-0000-0001-{i:012x}" for i in range(1, 100))
+    visitors = {name: next(ids) for name in "abcde"}
+    clicks = [
+        click_row(v, Touch(next(ids), t - DAY, f"camp-{name}", "aff"))
+        for name, v in visitors.items()
+    ]
+    conv = {
+        name: Conversion(next(ids), t, v, ZERO_UUID, Decimal("10"), "EUR")
+        for name, v in visitors.items()
+    }
+    rows = [
+        conversion_row(conv["a"], status="approved"),
+        conversion_row(conv["b"]),  # still pending
+        conversion_row(conv["c"]),
+        conversion_row(conv["c"], t + DAY, status="rejected"),
+        conversion_row(conv["d"], status="approved"),
+        conversion_row(conv["d"], t + 40 * DAY, status="reversed"),  # after the period
+        conversion_row(conv["e"]),
+        conversion_row(conv["e"], t + DAY, status="approved"),
+    ]
+    ch.insert_jsonl("clicks", jsonl(clicks), "latest-clicks")
+    ch.insert_jsonl("conversions", jsonl(rows), "latest-conversions")
+
+    def campaigns(**kwargs) -> list[str]:
+        query = report_sql(
+            ch.database,
+            "campaign",
+            ["last_click"],
+            lookback_ms=LOOKBACK,
+            half_life_ms=HALF_LIFE,
+            date_to=format_ms(t + 2 * DAY)[:19],
+            **kwargs,
+        )
+        return [row[0] for row in ch.query(query)[1]]
+
+    assert campaigns() == ["camp-a", "camp-e"]
+    assert campaigns(statuses=("approved", "pending")) == ["camp-a", "camp-b", "camp-e"]
+    credited = ch.query(
+        credits_sql(ch.database, "linear", lookback_ms=LOOKBACK, half_life_ms=HALF_LIFE)
+    )[1]
+    assert sorted(row[2] for row in credited) == ["camp-a", "camp-e"]
+    with pytest.raises(ValueError):
+        campaigns(statuses=("rejected",))

@@ -461,6 +461,9 @@ async def test_batch_reattribution_matches_online_credits(svc):
         for r in svc.sql(
             "SELECT campaign_id, currency, model, sum(weight) AS n, "
             "toString(sum(credited_amount)) AS revenue FROM tracker.attribution_credits "
+            # credits stay as history: a conversion counts by its latest status
+            "WHERE conversion_id IN (SELECT conversion_id FROM tracker.conversions "
+            "GROUP BY conversion_id HAVING argMax(status, event_time) IN ('pending', 'approved')) "
             "GROUP BY campaign_id, currency, model"
         )
     }
@@ -476,6 +479,7 @@ async def test_batch_reattribution_matches_online_credits(svc):
             "attribution",
             "--by",
             "campaign",
+            "--include-pending",
             "--format",
             "json",
         ],
@@ -509,6 +513,7 @@ async def test_batch_reattribution_matches_online_credits(svc):
             "affiliate",
             "--from",
             "2020-01-01",
+            "--include-pending",
             "--format",
             "csv",
         ],

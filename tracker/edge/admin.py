@@ -230,7 +230,8 @@ async def update_advertiser(request: web.Request) -> web.Response:
     await pipe.execute()
     await request.app[ADVERTISER_CACHE].reload()
     audit(request, advertiser.id, before.public(), advertiser.public())
-    return json_response(advertiser.public())
+    # a new token is shown once, to whoever rotated it
+    return json_response(advertiser.public(with_token=advertiser.token != before.token))
 
 
 async def advertiser_tag(request: web.Request) -> web.Response:
@@ -256,6 +257,7 @@ async def advertiser_tag(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/advertisers", create_advertiser)
+    app.router.add_patch("/api/advertisers/{id}", update_advertiser)
     app.router.add_get("/api/advertisers", list_advertisers)
     app.router.add_get("/api/advertisers/{id}", get_advertiser)
     app.router.add_patch("/api/advertisers/{id}", update_advertiser)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -88,6 +89,7 @@ class Store:
         """Apply the Alembic migrations not yet applied; one process at a time."""
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # no lines per start
         with self._migration_lock(), self.engine.begin() as conn:
             if not self.sqlite:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
