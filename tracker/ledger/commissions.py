@@ -136,6 +136,7 @@ class Engine:
             batch = _Batch(conn, self, {e.conversion_id for e in events})
             for event in events:
                 out += batch.step(event)
+            batch.flush()
         return out
 
 
@@ -148,14 +149,31 @@ class _Batch:
         self.campaigns: dict[str, Any] = {}
         self.affiliates: dict[str, Any] = {}
         self.steps: dict[str, dict[str, Any]] = {}
+        self.entries: dict[str, list[dict]] = {}
+        self.new_steps: list[dict] = []  # written in one statement each at flush()
+        self.new_entries: list[dict] = []
         ids = sorted(conversion_ids)
         for chunk in range(0, len(ids), 500):
+            part = ids[chunk : chunk + 500]
             for row in conn.execute(
-                select(T.conversion_steps).where(
-                    T.conversion_steps.c.conversion_id.in_(ids[chunk : chunk + 500])
-                )
+                select(T.conversion_steps).where(T.conversion_steps.c.conversion_id.in_(part))
             ).mappings():
                 self.steps.setdefault(row["conversion_id"], {})[row["status"]] = dict(row)
+            for row in conn.execute(
+                select(T.entries)
+                .where(T.entries.c.conversion_id.in_(part))
+                .order_by(T.entries.c.seq)
+            ).mappings():
+                self.entries.setdefault(row["conversion_id"], []).append(dict(row))
+
+    def flush(self) -> None:
+        """Write the steps and entries made so far (before a query that counts them)."""
+        if self.new_steps:
+            self.conn.execute(insert(T.conversion_steps), self.new_steps)
+            self.new_steps = []
+        if self.new_entries:
+            self.conn.execute(insert(T.entries), self.new_entries)
+            self.new_entries = []
 
     # -- records --------------------------------------------------------------------------
 
@@ -236,14 +254,8 @@ class _Batch:
         ev.campaign_id, ev.affiliate_id = before["campaign_id"], before["affiliate_id"]
         ev.event, ev.currency = before["event"], before["currency"]
         ev.amount_minor = before["amount_minor"]
-        previous = list(
-            self.conn.execute(
-                select(T.entries).where(
-                    T.entries.c.conversion_id == ev.conversion_id,
-                    T.entries.c.kind == ("accrue" if old == "pending" else "approve"),
-                )
-            ).mappings()
-        )
+        wanted = "accrue" if old == "pending" else "approve"
+        previous = [e for e in self.entries.get(ev.conversion_id, []) if e["kind"] == wanted]
         if before["reason"] or campaign is None:
             return self.record(
                 ev,
@@ -286,6 +298,9 @@ class _Batch:
         return ""
 
     def capped(self, ev: ConversionEvent, campaign) -> bool:
+        if campaign["daily_cap"] is None and campaign["monthly_cap"] is None:
+            return False
+        self.flush()
         steps = T.conversion_steps.c
         for cap, column, value in (
             (campaign["daily_cap"], steps.day, day_of(ev.ms)),
@@ -353,8 +368,11 @@ class _Batch:
                 return [], NoCommission.NO_RATE_FOR_CURRENCY
             pool = result
         weights = [float(share[2]) for share in shares]
-        parts = split_amount(pool, weights)
-        sales = split_amount(ev.amount_minor, weights)
+        if len(weights) == 1:  # the usual case (last click): nothing to split
+            parts, sales = [pool], [ev.amount_minor]
+        else:
+            parts = split_amount(pool, weights)
+            sales = split_amount(ev.amount_minor, weights)
         found: dict[tuple[int, str], Share] = {}
 
         def add(level: int, affiliate_id: str, amount: int, weight: float) -> None:
@@ -379,6 +397,7 @@ class _Batch:
     def month_so_far(self, ev: ConversionEvent) -> tuple[int, int]:
         """The affiliate's approved, commissioned conversions of this campaign this calendar
         month before this one: how many, and their amount in this currency."""
+        self.flush()
         steps = T.conversion_steps.c
         where = (
             steps.campaign_id == ev.campaign_id,
@@ -538,9 +557,9 @@ class _Batch:
             "month": month_of(ev.ms),
             "day": day_of(ev.ms),
         }
-        self.conn.execute(insert(T.conversion_steps), [step])
-        if entries:
-            self.conn.execute(insert(T.entries), entries)
+        self.new_steps.append(step)
+        self.new_entries += entries
+        self.entries.setdefault(ev.conversion_id, []).extend(entries)
         self.steps.setdefault(ev.conversion_id, {})[ev.status] = step
         return [orjson.dumps(m) for m in mirror]
 

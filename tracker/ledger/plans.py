@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from fractions import Fraction
+from functools import lru_cache
 from typing import Any
 
 from attribution.money import from_minor, is_currency, to_minor
@@ -223,11 +223,17 @@ def rule_for(plan: Mapping, event: str, affiliate_id: str) -> dict | None:
 
 def percent_of(amount_minor: int, percent: str | Decimal) -> int:
     """amount * percent / 100, rounded half up (away from zero) to a whole minor unit."""
-    exact = Fraction(amount_minor) * Fraction(Decimal(percent)) / 100
-    whole, rest = divmod(abs(exact.numerator), exact.denominator)
-    if 2 * rest >= exact.denominator:
+    numerator, denominator = _ratio(str(percent))
+    top, bottom = abs(amount_minor) * numerator, denominator * 100
+    whole, rest = divmod(top, bottom)
+    if 2 * rest >= bottom:
         whole += 1
-    return -whole if exact < 0 else whole
+    return -whole if amount_minor < 0 else whole
+
+
+@lru_cache(maxsize=1024)
+def _ratio(percent: str) -> tuple[int, int]:
+    return Decimal(percent).as_integer_ratio()
 
 
 def _minor(money: Mapping[str, str], currency: str) -> int | None:
