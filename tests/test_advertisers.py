@@ -37,7 +37,7 @@ def test_allowed_origins_are_normalized_and_deduplicated():
         {"click_param": ""},
         {"click_param": "a b"},
         {"status": "gone"},
-        {"token": "a-new-token-0123456789"},
+        {"token": "too-short"},  # a token may be set (or rotated), but must be long
         {"id": "other"},
     ],
 )
@@ -51,3 +51,21 @@ def test_changes_keep_the_rest():
     changed = apply_changes(adv, {"click_param": "ref", "status": "disabled"})
     assert (changed.click_param, changed.status, changed.token) == ("ref", "disabled", adv.token)
     assert adv.click_param == "click_id"  # a copy
+
+
+def test_patch_rotates_or_sets_the_token():
+    from tracker.advertisers import AdvertiserError, apply_changes, new_advertiser
+
+    adv = new_advertiser({"id": "shop", "token": "t" * 20})
+    rotated = apply_changes(adv, {"rotate_token": True})
+    assert rotated.token != adv.token and len(rotated.token) >= 16
+    assert apply_changes(adv, {"token": "u" * 20, "status": "disabled"}).token == "u" * 20
+    for bad in (
+        {"token": "short"},
+        {"rotate_token": "yes"},
+        {"rotate_token": True, "token": "v" * 20},
+    ):
+        with pytest.raises(AdvertiserError):
+            apply_changes(adv, bad)
+    with pytest.raises(AdvertiserError):
+        new_advertiser({"id": "x", "rotate_token": True})  # only a change rotates
