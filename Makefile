@@ -9,12 +9,13 @@ setup:
 run: setup
 	scripts/run.sh
 
-test: setup
-	.venv/bin/ruff check .
+test: lint
 	.venv/bin/pytest -q
 
 lint: setup
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
 
 # Throughput against nginx empty_gif (installs nginx-light, wrk and hey when missing).
 bench: setup

@@ -50,6 +50,7 @@ def to_minor(amount: Decimal | int, currency: str) -> int:
         raise ValueError(f"amount must be finite: {amount}")
     # Integer arithmetic on the digits: exact at any size (Decimal's context would round).
     sign, digits, exp = amount.as_tuple()
+    assert isinstance(exp, int)  # finite, so not 'n', 'N' or 'F'
     units = int("".join(map(str, digits)) or "0")
     shift = exp + exponent(currency)
     if shift >= 0:

@@ -32,7 +32,7 @@ Signature = tuple[int, int, int]  # (mtime_ns, size, inode)
 try:
     from maxminddb import extension as _extension
 except ImportError:  # a platform without the C extension
-    _extension = None
+    _extension = None  # type: ignore[assignment]
 # both map the file; the C extension (libmaxminddb) is several times faster per lookup
 _MODE = maxminddb.MODE_MMAP_EXT if hasattr(_extension, "Reader") else maxminddb.MODE_MMAP
 

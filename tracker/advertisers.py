@@ -21,6 +21,7 @@ from tracker import origins
 from tracker import redis_keys as K
 from tracker.hashcache import HashCache
 from tracker.timefmt import format_ms, now_ms
+from tracker.types import AnyPipeline, AsyncRedis, SyncRedis
 
 ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 STATUSES = ("active", "disabled")
@@ -136,12 +137,12 @@ def allowed_origins(value: Any) -> list[str]:
     return result
 
 
-def stage_save(pipe: Any, advertiser: Advertiser) -> None:
+def stage_save(pipe: AnyPipeline, advertiser: Advertiser) -> None:
     pipe.hset(K.ADVERTISERS_HASH, advertiser.id, advertiser.to_json())
     pipe.incr(K.ADVERTISERS_VERSION)
 
 
-def create(redis: Any, advertiser: Advertiser) -> bool:
+def create(redis: SyncRedis, advertiser: Advertiser) -> bool:
     """Store a new advertiser with a sync client; False when the id is taken."""
     if not redis.hsetnx(K.ADVERTISERS_HASH, advertiser.id, advertiser.to_json()):
         return False
@@ -151,7 +152,9 @@ def create(redis: Any, advertiser: Advertiser) -> bool:
     return True
 
 
-def advertiser_cache(redis: Any, refresh_seconds: float, snapshot: Path | None = None):
+def advertiser_cache(
+    redis: AsyncRedis, refresh_seconds: float, snapshot: Path | None = None
+) -> HashCache[Advertiser]:
     return HashCache(
         redis,
         K.ADVERTISERS_HASH,

@@ -22,7 +22,7 @@ the sink's inserts; inserts and schema changes share a lock with each other only
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
 import clickhouse_connect
@@ -90,7 +90,7 @@ class ClickHouse:
                 fmt="JSONEachRow",
             )
 
-    def query(self, sql: str, readonly: bool = True) -> tuple[list[str], list[tuple]]:
+    def query(self, sql: str, readonly: bool = True) -> tuple[list[str], Sequence[Sequence[Any]]]:
         """An analyst's read (`readonly`, the default: see the module's note), or one of
         the service's own queries."""
         if not readonly:
@@ -114,7 +114,7 @@ class ClickHouse:
                 client.close()
 
 
-def _lines(parts: Sequence[bytes]) -> Iterator[bytes]:
+def _lines(parts: Sequence[bytes]) -> Generator[bytes, None, None]:
     for part in parts:
         yield part
         yield b"\n"

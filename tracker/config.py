@@ -16,6 +16,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from tracker import http_limits
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FILE = ROOT / "config" / "tracker.toml"
 
@@ -117,11 +119,22 @@ DATACENTER_ASNS = [
 
 
 @dataclass
-class FraudSettings:
+class FraudThresholds:
+    """What the fraud rules (tracker/sink/enrich/fraud.py) count against: `fraud.<name>`,
+    and per campaign under `fraud.campaigns.<id>` with the same names."""
+
     ip_clicks_per_minute: int = 100
     duplicate_click_seconds: int = 60
     min_click_to_conversion_seconds: float = 5.0
     visitors_per_ip_per_hour: int = 5
+
+    def thresholds(self) -> FraudThresholds:
+        """These thresholds alone (a FraudSettings carries more)."""
+        return FraudThresholds(**{f.name: getattr(self, f.name) for f in fields(FraudThresholds)})
+
+
+@dataclass
+class FraudSettings(FraudThresholds):
     datacenter_asns: list[int] = field(default_factory=lambda: list(DATACENTER_ASNS))
     credit_flagged_conversions: bool = False
     campaigns: dict = field(default_factory=dict)  # campaign id -> thresholds to override
@@ -391,9 +404,9 @@ def _validate(s: Settings) -> None:
         "must be >= 1",
     )
     check(
-        1024 <= s.conversions.max_body_bytes <= 1024 * 1024,
+        1024 <= s.conversions.max_body_bytes <= http_limits.MAX_BODY,
         "conversions.max_body_bytes",
-        "must be 1 KiB to 1 MiB",
+        f"must be 1 KiB to {http_limits.MAX_BODY // 1024} KiB",
     )
     check(s.conversions.max_amount >= 1, "conversions.max_amount", "must be >= 1")
     from attribution import MODELS  # the registry is the one list of model names
@@ -405,12 +418,7 @@ def _validate(s: Settings) -> None:
             "attribution.models",
             f"unknown model {model!r} (known: {', '.join(sorted(MODELS))})",
         )
-    thresholds = (
-        "ip_clicks_per_minute",
-        "duplicate_click_seconds",
-        "min_click_to_conversion_seconds",
-        "visitors_per_ip_per_hour",
-    )
+    thresholds = [f.name for f in fields(FraudThresholds)]
     for name in thresholds:
         check(getattr(s.fraud, name) >= 0, f"fraud.{name}", "must be >= 0")
     for campaign, values in s.fraud.campaigns.items():

@@ -18,6 +18,9 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
+from tracker.redis_connection import as_text
+from tracker.types import AsyncRedis
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -34,10 +37,17 @@ def parse_hash(raw: dict, parse: Callable[[Any], T]) -> dict[str, T]:
     return items
 
 
+def _write_snapshot(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 class HashCache(Generic[T]):
     def __init__(
         self,
-        redis: Any,
+        redis: AsyncRedis,
         hash_key: str,
         version_key: str,
         parse: Callable[[Any], T],
@@ -50,7 +60,7 @@ class HashCache(Generic[T]):
         self._parse = parse
         self._refresh = refresh_seconds
         self._snapshot = snapshot
-        self._version: bytes | None = None
+        self._version: bytes | str | None = None
         self.items: dict[str, T] = {}
         self._task: asyncio.Task | None = None
 
@@ -65,14 +75,10 @@ class HashCache(Generic[T]):
         self.items = parse_hash(raw, self._parse)
         self._version = version
         if self._snapshot:
-            data = orjson.dumps({k.decode(): v.decode() for k, v in raw.items()})
-            await asyncio.get_running_loop().run_in_executor(None, self._write_snapshot, data)
-
-    def _write_snapshot(self, data: bytes) -> None:
-        tmp = self._snapshot.with_name(f"{self._snapshot.name}.{os.getpid()}.tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, self._snapshot)
+            data = orjson.dumps({as_text(k): as_text(v) for k, v in raw.items()})
+            await asyncio.get_running_loop().run_in_executor(
+                None, _write_snapshot, self._snapshot, data
+            )
 
     async def start(self) -> None:
         try:

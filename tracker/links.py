@@ -21,6 +21,7 @@ from tracker.hashcache import HashCache, parse_hash
 from tracker.ids import uuid7
 from tracker.macros import DestinationError, normalize_destination
 from tracker.timefmt import format_ms, now_ms
+from tracker.types import AnyPipeline, AsyncRedis, SyncRedis
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def mirror_row(link: Link, deleted: bool = False) -> bytes:
     return orjson.dumps(row)
 
 
-def stage_save(pipe: Any, link: Link, deleted: bool = False) -> None:
+def stage_save(pipe: AnyPipeline, link: Link, deleted: bool = False) -> None:
     """Queue the commands that store (or delete) a link and mirror the change."""
     if deleted:
         pipe.hdel(K.LINKS_HASH, link.slug)
@@ -125,14 +126,14 @@ def stage_save(pipe: Any, link: Link, deleted: bool = False) -> None:
     pipe.xadd(K.EVENTS_STREAM, {K.BATCH_ID_FIELD: uuid7(), "links": mirror_row(link, deleted)})
 
 
-def save(redis: Any, link: Link, deleted: bool = False) -> None:
+def save(redis: SyncRedis, link: Link, deleted: bool = False) -> None:
     """Store (or delete) a link now, with a sync client (CLI, start-up)."""
     pipe = redis.pipeline(transaction=False)
     stage_save(pipe, link, deleted)
     pipe.execute()
 
 
-def create(redis: Any, link: Link) -> bool:
+def create(redis: SyncRedis, link: Link) -> bool:
     """Store a new link with a sync client; False when the slug is taken."""
     if not redis.hsetnx(K.LINKS_HASH, link.slug, link.to_json()):
         return False
@@ -144,7 +145,9 @@ def parse_all(raw: dict) -> dict[str, Link]:
     return parse_hash(raw, Link.from_json)
 
 
-def link_cache(redis: Any, refresh_seconds: float, snapshot: Path | None = None) -> HashCache:
+def link_cache(
+    redis: AsyncRedis, refresh_seconds: float, snapshot: Path | None = None
+) -> HashCache:
     """Each edge process's copy of the links (see HashCache)."""
     return HashCache(
         redis, K.LINKS_HASH, K.LINKS_VERSION, Link.from_json, refresh_seconds, snapshot

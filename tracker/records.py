@@ -13,6 +13,7 @@ from urllib.parse import unquote_plus
 from tracker.links import Link
 from tracker.reasons import OrphanVisit
 from tracker.timefmt import format_ms
+from tracker.types import ClickRecord, ClickRow, ImpressionRow, OrphanRow, SubParams
 
 SUB_KEYS = ("sub1", "sub2", "sub3", "sub4", "sub5")
 UTM_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
@@ -75,8 +76,15 @@ def parse_query(raw: str, max_bytes: int) -> dict[str, str]:
     return params
 
 
-def _params(params: dict[str, str], keys: tuple[str, ...]) -> dict[str, str]:
-    return {key: params.get(key, "") for key in keys}
+def sub_params(params: dict[str, str]) -> SubParams:
+    get = params.get
+    return {
+        "sub1": get("sub1", ""),
+        "sub2": get("sub2", ""),
+        "sub3": get("sub3", ""),
+        "sub4": get("sub4", ""),
+        "sub5": get("sub5", ""),
+    }
 
 
 def click_row(
@@ -89,7 +97,8 @@ def click_row(
     params: dict[str, str],
     meta: RequestMeta,
     destination: str,
-) -> dict:
+) -> ClickRow:
+    get = params.get
     return {
         "event_time": format_ms(ms),
         "click_id": click_id,
@@ -99,7 +108,15 @@ def click_row(
         "campaign_id": link.campaign_id,
         "affiliate_id": link.affiliate_id,
         "advertiser_id": link.advertiser_id,
-        **_params(params, KEPT_PARAMS),
+        **sub_params(params),
+        "utm_source": get("utm_source", ""),
+        "utm_medium": get("utm_medium", ""),
+        "utm_campaign": get("utm_campaign", ""),
+        "utm_term": get("utm_term", ""),
+        "utm_content": get("utm_content", ""),
+        "gclid": get("gclid", ""),
+        "fbclid": get("fbclid", ""),
+        "msclkid": get("msclkid", ""),
         "ip": meta.ip,
         **({"ip_key": meta.ip_key} if meta.ip_key else {}),
         "user_agent": meta.user_agent,
@@ -111,7 +128,7 @@ def click_row(
     }
 
 
-def click_record(row: dict, ms: int) -> dict:
+def click_record(row: ClickRow, ms: int) -> ClickRecord:
     """What Redis keeps of a click for the lookback window (read by conversions)."""
     return {
         "click_id": row["click_id"],
@@ -121,7 +138,11 @@ def click_record(row: dict, ms: int) -> dict:
         "campaign_id": row["campaign_id"],
         "affiliate_id": row["affiliate_id"],
         "advertiser_id": row["advertiser_id"],
-        **{key: row[key] for key in SUB_KEYS},
+        "sub1": row["sub1"],
+        "sub2": row["sub2"],
+        "sub3": row["sub3"],
+        "sub4": row["sub4"],
+        "sub5": row["sub5"],
     }
 
 
@@ -134,7 +155,7 @@ def impression_row(
     campaign_id: str,
     params: dict[str, str],
     meta: RequestMeta,
-) -> dict:
+) -> ImpressionRow:
     return {
         "event_time": format_ms(ms),
         "impression_id": impression_id,
@@ -142,7 +163,7 @@ def impression_row(
         "link_slug": link.slug if link else "",
         "campaign_id": link.campaign_id if link else campaign_id,
         "affiliate_id": link.affiliate_id if link else params.get("affiliate_id", ""),
-        **_params(params, SUB_KEYS),
+        **sub_params(params),
         "ip": meta.ip,
         "user_agent": meta.user_agent,
         "referer": meta.referer,
@@ -160,7 +181,7 @@ def orphan_row(
     reason: OrphanVisit,
     route: str,
     meta: RequestMeta,
-) -> dict:
+) -> OrphanRow:
     return {
         "event_time": format_ms(ms),
         "visit_id": visit_id,

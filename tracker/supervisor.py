@@ -75,19 +75,21 @@ class Child:
     def start(self) -> None:
         self.proc = subprocess.Popen(self.args, env=self.env)
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
 
     def stop(self, seconds: float) -> None:
-        if not self.alive():
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(seconds)
+            proc.wait(seconds)
         except subprocess.TimeoutExpired:
             log.error("%s did not stop in %ss; killing it", self.name, seconds)
-            self.proc.kill()
-            self.proc.wait()
+            proc.kill()
+            proc.wait()
 
 
 def redis_answers(settings: Settings) -> bool:
@@ -166,7 +168,7 @@ def serve(settings: Settings, manage_redis: bool, demo: bool = False) -> int:
     while not stopping:
         time.sleep(0.2)
         for child in [sink, *edges, *([redis] if redis else [])]:
-            if not stopping and not child.alive():
+            if not stopping and child.proc is not None and child.proc.poll() is not None:
                 metrics.mark_dead(child.proc.pid)
                 child.restarts += 1
                 log.error("%s exited (%s); restarting", child.name, child.proc.returncode)
@@ -174,8 +176,7 @@ def serve(settings: Settings, manage_redis: bool, demo: bool = False) -> int:
                 child.start()
 
     for edge in edges:  # all at once: they stop accepting together, then flush
-        if edge.alive():
-            edge.proc.send_signal(signal.SIGTERM)
+        edge.signal(signal.SIGTERM)
     for edge in edges:
         edge.stop(EDGE_STOP_SECONDS)
     sink.stop(SINK_STOP_SECONDS)

@@ -70,7 +70,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
 def get_status_location(url: str) -> tuple[int, str]:
     """One GET without following redirects: (status, Location or "")."""
     parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
     try:
         conn.request("GET", parts.path + ("?" + parts.query if parts.query else ""))
         response = conn.getresponse()

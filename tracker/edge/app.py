@@ -44,13 +44,10 @@ from tracker.edge.keys import (
 )
 from tracker.edge.spool import Spool
 from tracker.edge.writer import EventWriter
+from tracker.http_limits import MAX_BODY
 from tracker.ip_privacy import IpKeys
 from tracker.links import link_cache
 from tracker.redis_connection import async_client, is_cluster
-
-# Room for long tracking URLs and big cookies: the handler decides what to keep.
-HANDLER_ARGS = {"max_line_size": 65536, "max_field_size": 32768}
-MAX_BODY = 1024 * 1024
 
 
 def create_app(

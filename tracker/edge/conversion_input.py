@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from attribution.money import is_currency, to_minor
 from tracker.ids import ZERO_UUID, is_uuid
 from tracker.reasons import PostbackRefusal as R
-from tracker.records import SUB_KEYS, RequestMeta, clean
+from tracker.records import RequestMeta, clean
 from tracker.timefmt import format_ms
+from tracker.types import ClickRecord, ConversionRow, SubParams
 
 # Parameter names advertisers' systems commonly use, first match wins. `amount` is the
 # sale value; `payout` is what the advertiser says the affiliate earns (used only where
@@ -36,6 +38,7 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
 }
 FIRST_STATUSES = ("pending", "approved")  # what a transaction may start as
 
+MAX_SUB = 512  # characters kept of a sub-id
 _ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _EVENT_RE = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,31}\Z")
 
@@ -61,7 +64,7 @@ class ConversionInput:
     currency: str
     status: str
     event: str
-    subs: dict[str, str] = field(default_factory=dict)
+    subs: SubParams
     payout: Decimal | None = None  # the advertiser's explicit payout, when given
 
 
@@ -107,7 +110,13 @@ def parse(
     event = (pick(params, "event") or "conversion").lower()
     if not _EVENT_RE.match(event):
         raise Rejected(400, R.INVALID_EVENT)
-    subs = {key: clean(params.get(key, ""), 512) for key in SUB_KEYS}
+    subs: SubParams = {
+        "sub1": clean(params.get("sub1", ""), MAX_SUB),
+        "sub2": clean(params.get("sub2", ""), MAX_SUB),
+        "sub3": clean(params.get("sub3", ""), MAX_SUB),
+        "sub4": clean(params.get("sub4", ""), MAX_SUB),
+        "sub5": clean(params.get("sub5", ""), MAX_SUB),
+    }
     return ConversionInput(
         advertiser, txid, click_id, amount, currency, status, event, subs, payout
     )
@@ -156,15 +165,15 @@ def conversion_row(
     amount: Decimal,
     currency: str,
     previous_status: str,
-    click: Mapping | None,
+    click: ClickRecord | None,
     visitor_id: str,
     unattributed_reason: str,
     source: str,
     meta: RequestMeta,
     payout: Decimal | str | None = None,
-) -> dict:
+) -> ConversionRow:
     """The `conversions` row for one conversion event (a first report or a status change)."""
-    click = click or {}
+    found: Mapping[str, Any] = click or {}  # a record read back from Redis
     return {
         "event_time": format_ms(ms),
         "conversion_id": conversion_id,
@@ -175,12 +184,12 @@ def conversion_row(
         "previous_status": previous_status,
         "amount": str(amount),
         "currency": currency,
-        "click_id": click.get("click_id") or ZERO_UUID,
+        "click_id": found.get("click_id") or ZERO_UUID,
         "visitor_id": visitor_id or ZERO_UUID,
-        "click_time": format_ms(click["ts"]) if click.get("ts") else format_ms(0),
-        "link_slug": click.get("link_slug", ""),
-        "campaign_id": click.get("campaign_id", ""),
-        "affiliate_id": click.get("affiliate_id", ""),
+        "click_time": format_ms(found["ts"]) if found.get("ts") else format_ms(0),
+        "link_slug": found.get("link_slug", ""),
+        "campaign_id": found.get("campaign_id", ""),
+        "affiliate_id": found.get("affiliate_id", ""),
         "attributed": int(not unattributed_reason),
         "unattributed_reason": unattributed_reason,
         "source": source,

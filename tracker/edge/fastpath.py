@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import cast
 from urllib.parse import unquote
 
 import httptools
@@ -33,12 +34,8 @@ from tracker.edge.clicks import (
     is_conversion_pixel,
     pixel_reply,
 )
+from tracker.http_limits import MAX_FIELD, MAX_HEADERS, MAX_LINE
 
-# The same limits as the aiohttp side (app.HANDLER_ARGS): request line, one header field,
-# and all headers together.
-MAX_LINE = 65536
-MAX_FIELD = 32768
-MAX_HEADERS = 96 * 1024
 REASONS = {
     200: "OK",
     302: "Found",
@@ -49,16 +46,18 @@ REASONS = {
 
 CLOSE = "Connection: close\r\n"
 
-_date = ["", 0]
+_date_line = ""
+_date_second = 0
 
 
 def date_header() -> str:
     """The Date header, formatted once a second."""
+    global _date_line, _date_second
     now = int(time.time())
-    if _date[1] != now:
-        _date[0] = time.strftime("Date: %a, %d %b %Y %H:%M:%S GMT\r\n", time.gmtime(now))
-        _date[1] = now
-    return _date[0]
+    if _date_second != now:
+        _date_line = time.strftime("Date: %a, %d %b %Y %H:%M:%S GMT\r\n", time.gmtime(now))
+        _date_second = now
+    return _date_line
 
 
 def encode(reply: Reply, head: bool, keep_alive: bool) -> bytes:
@@ -86,7 +85,6 @@ class FastProtocol(asyncio.Protocol):
         self.edge = edge
         self.fallback = fallback  # aiohttp's protocol factory
         self.connections = connections
-        self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.buffer = bytearray()  # bytes of requests not yet answered
         self.url = b""
@@ -97,8 +95,9 @@ class FastProtocol(asyncio.Protocol):
 
     # -- connection ---------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # set before any other callback (the protocol is only in `connections` after it)
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else None
         self.connections.add(self)
@@ -260,7 +259,6 @@ class FastPathSite(web.BaseSite):
         server = self._server
         await super().stop()  # stops accepting
         for connection in list(self._connections):
-            if connection.transport is not None:
-                connection.transport.close()
+            connection.transport.close()
         if server is not None:
             await server.wait_closed()

@@ -7,47 +7,32 @@ import asyncio
 
 from aiohttp import web
 
-from tracker import redis_keys as K
 from tracker.edge.admin import json_response
 from tracker.edge.keys import MAX_LAG, REDIS, SHARDS, WRITER
+from tracker.stream_lag import stream_lag_async, streams
 
 
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
-async def stream_lag(redis, shards: int) -> int | None:
-    """Entries in the events stream shards that the sink group has not read yet (None: no
-    group yet)."""
-    total = None
-    for shard in range(shards):
-        try:
-            groups = await redis.xinfo_groups(K.events_stream(shard))
-        except Exception as exc:  # a shard that does not exist yet
-            if "no such key" in str(exc).lower():
-                continue
-            raise
-        for group in groups:
-            if group["name"] in (K.SINK_GROUP, K.SINK_GROUP.encode()):
-                lag = group.get("lag")
-                total = (total or 0) + int(lag if lag is not None else group.get("pending", 0))
-    return total
-
-
 async def readyz(request: web.Request) -> web.Response:
     redis = request.app[REDIS]
-    problems = []
+    problems: list[str] = []
     lag = None
     try:
         await asyncio.wait_for(redis.ping(), 1.0)
-        lag = await asyncio.wait_for(stream_lag(redis, request.app[SHARDS]), 1.0)
+        lag = await asyncio.wait_for(stream_lag_async(redis, streams(request.app[SHARDS])), 1.0)
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
         problems.append(f"redis unreachable: {type(exc).__name__}")
     if WRITER in request.app and request.app[WRITER].losing:
         problems.append("events dropped: neither redis nor the spool takes them")
     if lag is not None and lag > request.app[MAX_LAG]:
         problems.append(f"sink lag {lag} stream entries")
-    body = {"status": "ready" if not problems else "not ready", "sink_lag": lag}
+    body: dict[str, object] = {
+        "status": "ready" if not problems else "not ready",
+        "sink_lag": lag,
+    }
     if problems:
         body["problems"] = problems
     return json_response(body, 200 if not problems else 503)

@@ -11,10 +11,11 @@ from tracker.edge.intake import ConversionIntake
 from tracker.edge.writer import EventWriter
 from tracker.hashcache import HashCache
 from tracker.reports.store import ReportStore
+from tracker.types import AsyncRedis
 
 SETTINGS = web.AppKey("settings", Settings)
 WORKER_INDEX = web.AppKey("worker_index", int)
-REDIS = web.AppKey("redis", object)  # a tracker.types.AsyncRedis
+REDIS: web.AppKey[AsyncRedis] = web.AppKey("redis")  # a union: no runtime type to name
 LINK_CACHE = web.AppKey("link_cache", HashCache)
 ADVERTISER_CACHE = web.AppKey("advertiser_cache", HashCache)
 WRITER = web.AppKey("writer", EventWriter)

@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import json
 import logging
+from typing import cast
 from urllib.parse import parse_qsl
 
 import orjson
@@ -34,7 +35,7 @@ from tracker.ids import uuid7, uuid7_time_ms
 from tracker.reasons import DuplicateReason, PostbackOutcome, UnattributedReason
 from tracker.reasons import PostbackRefusal as R
 from tracker.records import RequestMeta
-from tracker.redis_connection import UNREACHABLE
+from tracker.redis_connection import UNREACHABLE, as_text
 from tracker.types import AsyncRedis
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ async def find_click(
     )
     if not last:
         return None, UnattributedReason.NO_CLICK_IN_LOOKBACK
-    raw = await redis.get(K.click_key(last[0].decode()))
+    raw = await redis.get(K.click_key(as_text(cast(bytes, last[0]))))
     if raw is None:
         return None, UnattributedReason.NO_CLICK_IN_LOOKBACK
     return orjson.loads(raw), None
@@ -203,7 +204,7 @@ async def record(
         ctx.script = ctx.redis.register_script(RECORD_CONVERSION)
     for _ in range(ATTEMPTS):
         state = await ctx.redis.hgetall(key)
-        current = state[b"status"].decode() if b"status" in state else None
+        current = as_text(state[b"status"]) if b"status" in state else None
         if first_only and current is not None:
             kind = "duplicate"
         else:

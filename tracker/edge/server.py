@@ -16,8 +16,9 @@ from aiohttp import web
 from tracker.clock import Clock, system_clock
 from tracker.config import Settings
 from tracker.edge import fastpath
-from tracker.edge.app import HANDLER_ARGS, create_app
+from tracker.edge.app import create_app
 from tracker.edge.keys import CLICKS
+from tracker.http_limits import MAX_FIELD, MAX_LINE
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,13 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     app = create_app(settings, worker_index, clock)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5, **HANDLER_ARGS)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=5,
+        max_line_size=MAX_LINE,  # the fast path has the same bounds
+        max_field_size=MAX_FIELD,
+    )
     await runner.setup()
     site: web.BaseSite
     if settings.http.fast_path:

@@ -34,8 +34,8 @@ import logging
 import random
 import time
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 from redis.exceptions import NoScriptError
@@ -45,6 +45,7 @@ from tracker.edge.spool import Spool
 from tracker.ids import ZERO_UUID, uuid7
 from tracker.metrics import REDIS_FLUSH
 from tracker.reasons import EventDrop
+from tracker.types import AsyncRedis, ClickRecord, ClickRow
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ return false
 RECOVERY_INTERVAL = 0.5
 
 
-def compact_json(obj: dict) -> bytes:
+def compact_json(obj: Mapping[str, object]) -> bytes:
     """JSON in a bytes object of its own size. orjson hands back its bytes with the whole
     working buffer still allocated (8 KB for a 1.2 KB click row), and buffered events are
     held until Redis takes them: that was 7x the memory the events needed."""
@@ -150,7 +151,7 @@ class Batch:
 class EventWriter:
     def __init__(
         self,
-        redis: Any,
+        redis: AsyncRedis,
         spool: Spool,
         *,
         batch_max_events: int,
@@ -187,7 +188,7 @@ class EventWriter:
         self.losing = False  # neither Redis nor the spool takes batches: events are dropped
         # counters (read by /metrics and tests)
         self.recorded = 0
-        self.recorded_by_table: Counter = Counter()
+        self.recorded_by_table: Counter[str] = Counter()
         self.flushed_batches = 0
         self.spooled_batches = 0
         self.replayed_batches = 0
@@ -197,12 +198,12 @@ class EventWriter:
 
     # -- called by handlers: no I/O --------------------------------------------------
 
-    def add(self, table: str, row: dict) -> None:
+    def add(self, table: str, row: Mapping[str, object]) -> None:
         self._batch.rows.setdefault(table, []).append(compact_json(row))
         self.recorded_by_table[table] += 1
         self._added()
 
-    def add_click(self, row: dict, record: dict, ms: int) -> None:
+    def add_click(self, row: ClickRow, record: ClickRecord, ms: int) -> None:
         self._batch.rows.setdefault("clicks", []).append(compact_json(row))
         self._batch.clicks.append((row["click_id"], row["visitor_id"], ms, compact_json(record)))
         self.recorded_by_table["clicks"] += 1

@@ -10,7 +10,6 @@ clicks in minor units, so the credited amounts add up to the amount exactly.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
 
 import orjson
 
@@ -20,12 +19,13 @@ from tracker import metrics
 from tracker import redis_keys as K
 from tracker.ids import ZERO_UUID
 from tracker.timefmt import format_ms, parse_ms
+from tracker.types import SyncRedis
 
 
 class Attributor:
     def __init__(
         self,
-        redis: Any,
+        redis: SyncRedis,
         models: list[str],
         lookback_ms: int,
         half_life_ms: int,
@@ -98,7 +98,8 @@ class Attributor:
         the clicks the sink flagged as bot or fraud."""
         if visitor_id == ZERO_UUID:
             return []
-        members = self.redis.zrangebyscore(
+        # (member, score) pairs; redis-py's declared reply types do not fit a bytes client
+        members: list[tuple[bytes, float]] = self.redis.zrangebyscore(  # type: ignore[assignment]
             K.visitor_clicks_key(visitor_id),
             converted_at - self.lookback_ms,
             converted_at,

@@ -35,8 +35,11 @@ from tracker.clickhouse import ClickHouse
 from tracker.ledger.commissions import Engine
 from tracker.reasons import EnrichmentDrop
 from tracker.redis_connection import UNREACHABLE
+from tracker.redis_connection import as_text as _text
 from tracker.sink.attributor import Attributor
 from tracker.sink.enrich.pipeline import Pipeline
+from tracker.stream_lag import stream_lag
+from tracker.types import StreamEntry, SyncRedis
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +51,10 @@ class Stopping(Exception):
     """Asked to stop while a batch could not be stored; it stays pending."""
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class Sink:
     def __init__(
         self,
-        redis: Any,
+        redis: SyncRedis,
         ch: ClickHouse,
         *,
         consumer: str,
@@ -124,7 +123,7 @@ class Sink:
                     self.maybe_reclaim()
                     self.maybe_report_lag()
                 draining = drain_until is not None
-                if draining and time.monotonic() > drain_until:
+                if drain_until is not None and time.monotonic() > drain_until:
                     return
                 handled = self.step(block=not draining)
                 if draining and not handled:
@@ -164,13 +163,13 @@ class Sink:
             self.handle(entries, stream)
         return len(entries)
 
-    def _fetch(self, stream: str, start: str, block: int | None) -> list:
-        response = self.redis.xreadgroup(
+    def _fetch(self, stream: str, start: str, block: int | None) -> list[StreamEntry]:
+        response: Any = self.redis.xreadgroup(  # [[stream, [(id, fields), ...]]] or []
             K.SINK_GROUP, self.consumer, {stream: start}, count=self.read_entries, block=block
         )
         return response[0][1] if response else []
 
-    def _take_ahead(self, stream: str) -> list:
+    def _take_ahead(self, stream: str) -> list[StreamEntry]:
         if self._ahead is None or self._ahead[0] != stream:
             return []
         future = self._ahead[1]
@@ -208,12 +207,7 @@ class Sink:
         if now - self._last_lag_report < 5.0:
             return
         self._last_lag_report = now
-        lag = 0
-        for stream in self.streams:
-            for group in self.redis.xinfo_groups(stream):
-                if _text(group["name"]) == K.SINK_GROUP and group.get("lag") is not None:
-                    lag += int(group["lag"])
-        metrics.STREAM_LAG.set(lag)
+        metrics.STREAM_LAG.set(stream_lag(self.redis, self.streams) or 0)
 
     def reclaim(self) -> int:
         """Take over entries another consumer left pending for longer than the idle
@@ -229,7 +223,7 @@ class Sink:
         return taken
 
     def _claim(self, stream: str, name: str) -> int:
-        pending = self.redis.xpending_range(
+        pending: Any = self.redis.xpending_range(
             stream,
             K.SINK_GROUP,
             min="-",
@@ -241,7 +235,9 @@ class Sink:
         ids = [p["message_id"] for p in pending]
         if not ids:
             return 0
-        claimed = self.redis.xclaim(stream, K.SINK_GROUP, self.consumer, self.reclaim_idle_ms, ids)
+        claimed: Any = self.redis.xclaim(
+            stream, K.SINK_GROUP, self.consumer, self.reclaim_idle_ms, ids
+        )
         entries = [(eid, fields) for eid, fields in claimed if fields]
         gone = [eid for eid, fields in claimed if not fields]
         if gone:  # deleted from the stream already: nothing left to store
@@ -253,7 +249,7 @@ class Sink:
 
     # -- one batch --------------------------------------------------------------------
 
-    def handle(self, entries: list[tuple[bytes, dict]], stream: str = K.EVENTS_STREAM) -> None:
+    def handle(self, entries: list[StreamEntry], stream: str = K.EVENTS_STREAM) -> None:
         """Store one batch and acknowledge it. Raises Stopping when asked to stop while
         ClickHouse refuses it: the batch then stays pending, whole, for the next start."""
         started = time.monotonic()
@@ -264,7 +260,7 @@ class Sink:
         payloads: dict[str, list[bytes]] = defaultdict(list)
         seen: set[bytes] = set()
         for _, fields in entries:
-            batch_id = fields.get(K.BATCH_ID_FIELD.encode())
+            batch_id = fields.get(K.BATCH_ID_FIELD.encode(), b"")
             if batch_id in seen:
                 self.duplicate_batches += 1
                 metrics.SINK_DROPPED.labels(EnrichmentDrop.DUPLICATE_BATCH).inc()
@@ -331,13 +327,16 @@ class Sink:
     def enrich(self, payloads: dict[str, list[bytes]]) -> None:
         """Run the enrichment steps over the tables they apply to (clicks first, so
         conversions in the same batch see the clicks' flags)."""
-        for table in sorted(self.pipeline.tables(), key=lambda t: t != "clicks"):
+        pipeline = self.pipeline
+        if pipeline is None:
+            return
+        for table in sorted(pipeline.tables(), key=lambda t: t != "clicks"):
             if not payloads.get(table):
                 continue
             events = [
                 orjson.loads(line) for part in payloads[table] for line in part.split(b"\n") if line
             ]
-            events = self.pipeline.process(table, events)
+            events = pipeline.process(table, events)
             payloads[table] = [b"\n".join(orjson.dumps(e) for e in events)] if events else []
 
     def _insert(self, table: str, payload: list[bytes], token: str) -> bool:

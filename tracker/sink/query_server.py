@@ -15,8 +15,9 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import orjson
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 MAX_SQL = 1024 * 1024
 
 
-def encode_rows(columns: list[str], rows: list) -> bytes:
+def encode_rows(columns: list[str], rows: Sequence[Sequence[Any]]) -> bytes:
     return orjson.dumps({"columns": columns, "rows": rows}, default=str)
 
 

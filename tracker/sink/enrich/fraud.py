@@ -17,23 +17,16 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from tracker import redis_keys as K
+from tracker.config import FraudThresholds as Thresholds
 from tracker.ids import ZERO_UUID
 from tracker.reasons import FraudFlag
 from tracker.sink.enrich.pipeline import Event, flag
 from tracker.timefmt import parse_ms
-
-
-@dataclass(frozen=True, slots=True)
-class Thresholds:
-    ip_clicks_per_minute: int = 100
-    duplicate_click_seconds: int = 60
-    min_click_to_conversion_seconds: float = 5.0
-    visitors_per_ip_per_hour: int = 5
-
+from tracker.types import SyncRedis
 
 # -- the rules, pure ------------------------------------------------------------------------
 
@@ -112,7 +105,7 @@ class FraudRules:
 
     def __init__(
         self,
-        redis: Any,
+        redis: SyncRedis,
         default: Thresholds,
         per_campaign: dict[str, Thresholds],
         datacenter_asns: frozenset[int],

@@ -16,9 +16,10 @@ from tracker.config import Settings
 from tracker.redis_connection import is_cluster
 from tracker.sink.enrich.bots import bot_reason
 from tracker.sink.enrich.device import parse_device
-from tracker.sink.enrich.fraud import FraudRules, Thresholds, thresholds_from
+from tracker.sink.enrich.fraud import FraudRules, thresholds_from
 from tracker.sink.enrich.pipeline import Event, Pipeline, Step
 from tracker.sink.enrich.privacy import anonymize_ip
+from tracker.types import SyncRedis
 
 GEO_RELOAD_SECONDS = 10.0
 
@@ -72,7 +73,7 @@ class ExclusionMarks:
     """Bot- and fraud-flagged clicks are marked in Redis, so online attribution (which
     reads paths from Redis) leaves them out, also for conversions in the same batch."""
 
-    def __init__(self, redis: Any, lookback_seconds: int) -> None:
+    def __init__(self, redis: SyncRedis, lookback_seconds: int) -> None:
         self.redis = redis
         self.lookback = lookback_seconds
 
@@ -94,14 +95,9 @@ def anonymize(event: Event) -> Event:
     return event
 
 
-def build(settings: Settings, redis: Any, geo_reader: Any | None) -> Pipeline:
+def build(settings: Settings, redis: SyncRedis, geo_reader: Any | None) -> Pipeline:
     f = settings.fraud
-    default = Thresholds(
-        f.ip_clicks_per_minute,
-        f.duplicate_click_seconds,
-        f.min_click_to_conversion_seconds,
-        f.visitors_per_ip_per_hour,
-    )
+    default = f.thresholds()
     rules = FraudRules(
         redis,
         default,
