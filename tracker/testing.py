@@ -194,7 +194,9 @@ class PostgresServer:
         self.port = free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="tracker-pg-"))
         self.proc: subprocess.Popen | None = None
-        self.bin = next((d for d in POSTGRES_BIN_DIRS if (d / "initdb").exists()), None)
+        found = next((d for d in POSTGRES_BIN_DIRS if (d / "initdb").exists()), None)
+        assert found, "PostgreSQL is not installed (make test installs it)"
+        self.bin: Path = found
         self.dsn = f"postgresql://tracker@127.0.0.1:{self.port}/tracker"
         self._as: list[str] = []
         if os.geteuid() == 0:
@@ -202,7 +204,6 @@ class PostgresServer:
             shutil.chown(self.folder, "postgres", "postgres")
 
     def start(self) -> None:
-        assert self.bin, "PostgreSQL is not installed (make test installs it)"
         data = self.folder / "data"
         subprocess.run(
             [*self._as, str(self.bin / "initdb"), "-D", str(data), "-U", "tracker", "-A", "trust"],

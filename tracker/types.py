@@ -7,7 +7,7 @@ in tracker/records.py against the migrations.
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias, TypedDict
+from typing import Any, NotRequired, TypeAlias, TypedDict
 
 import redis
 import redis.asyncio as aredis
@@ -131,3 +131,4 @@ class ConversionRow(SubParams):
     source: str
     ip: str
     user_agent: str
+    advertiser_payout: NotRequired[str]  # only when the advertiser names the payout

@@ -174,7 +174,7 @@ def conversion_row(
 ) -> ConversionRow:
     """The `conversions` row for one conversion event (a first report or a status change)."""
     found: Mapping[str, Any] = click or {}  # a record read back from Redis
-    return {
+    row: ConversionRow = {
         "event_time": format_ms(ms),
         "conversion_id": conversion_id,
         "advertiser_id": conv.advertiser,
@@ -196,5 +196,7 @@ def conversion_row(
         **conv.subs,
         "ip": meta.ip,
         "user_agent": meta.user_agent,
-        **({"advertiser_payout": str(payout)} if payout is not None else {}),
     }
+    if payout is not None:
+        row["advertiser_payout"] = str(payout)
+    return row

@@ -119,7 +119,8 @@ def check_parent(conn: Connection, affiliate_id: str, parent_id: str | None, max
     parents = dict(conn.execute(select(T.affiliates.c.id, T.affiliates.c.parent_id)).all())
     if parent_id not in parents:
         raise Conflict(f"no affiliate {parent_id!r} to be the referrer")
-    above, node = 0, parent_id
+    above = 0
+    node: str | None = parent_id
     while node is not None:
         if node == affiliate_id:
             raise Conflict("that referrer would make a cycle")

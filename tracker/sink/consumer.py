@@ -308,6 +308,7 @@ class Sink:
         backoff = BACKOFF_START
         while True:
             try:
+                assert self.commissions is not None  # only called when there is a ledger
                 lines = self.commissions.process(events)
                 break
             except Exception as exc:  # store down, or a concurrent writer: the same again
