@@ -130,8 +130,6 @@ class AdminError(StrEnum):
     INVALID_ADVERTISER = "invalid_advertiser"
     EXISTS = "exists"
     NOT_FOUND = "not_found"
-    INVALID_REPORT = "invalid_report"
-    REPORT_STORE = "report_store"  # the sink's query endpoint failed
     INVALID = "invalid"  # a programme record (affiliate, campaign, payout request) refused
     CONFLICT = "conflict"  # the change breaks a rule between records (cycle, status step)
     FORBIDDEN = "forbidden"  # a valid key whose role may not do this

@@ -99,7 +99,7 @@ def click_row(
     destination: str,
 ) -> ClickRow:
     get = params.get
-    return {
+    row: ClickRow = {
         "event_time": format_ms(ms),
         "click_id": click_id,
         "visitor_id": visitor_id,
@@ -118,7 +118,6 @@ def click_row(
         "fbclid": get("fbclid", ""),
         "msclkid": get("msclkid", ""),
         "ip": meta.ip,
-        **({"ip_key": meta.ip_key} if meta.ip_key else {}),
         "user_agent": meta.user_agent,
         "referer": meta.referer,
         "accept_language": meta.accept_language,
@@ -126,6 +125,9 @@ def click_row(
         "destination_url": destination[:MAX_URL],
         "method": meta.method,
     }
+    if meta.ip_key:
+        row["ip_key"] = meta.ip_key
+    return row
 
 
 def click_record(row: ClickRow, ms: int) -> ClickRecord:

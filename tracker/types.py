@@ -45,6 +45,7 @@ class SubParams(TypedDict):
 class ClickRow(SubParams):
     """A `clicks` row as the edge writes it (the sink adds the enrichment columns)."""
 
+    ip_key: NotRequired[str]  # the fraud rules' keyed hash of the full address (not stored)
     event_time: str
     click_id: str
     visitor_id: str

@@ -10,6 +10,8 @@ audit log with what the handler put in `request["audit"]` (target, before, after
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from tracker import access
@@ -97,18 +99,16 @@ async def authorize(request: web.Request, handler):
     response = await handler(request)
     if request.method not in READ_ONLY and 200 <= response.status < 300:
         details = request.get("audit") or {}
-        await request.app[REDIS].xadd(
-            K.AUDIT_STREAM,
-            entry(
-                actor=principal.key_id,
-                role=principal.role,
-                action=f"{request.method} {route}",
-                target=details.get("target", ""),
-                before=details.get("before"),
-                after=details.get("after"),
-                status=response.status,
-            ),
+        fields: Any = entry(  # redis-py declares a dict of its own (invariant) key types
+            actor=principal.key_id,
+            role=principal.role,
+            action=f"{request.method} {route}",
+            target=details.get("target", ""),
+            before=details.get("before"),
+            after=details.get("after"),
+            status=response.status,
         )
+        await request.app[REDIS].xadd(K.AUDIT_STREAM, fields)
     return response
 
 
@@ -162,7 +162,7 @@ async def list_audit(request: web.Request) -> web.Response:
     redis = request.app[REDIS]
     while len(items) < limit:
         try:
-            page = await redis.xrevrange(K.AUDIT_STREAM, max=end, min="-", count=500)
+            page: Any = await redis.xrevrange(K.AUDIT_STREAM, max=end, min="-", count=500)
         except Exception:  # a malformed `before` id
             return error(400, AdminError.INVALID_JSON, "before must be an audit entry id")
         if not page:
