@@ -7,6 +7,7 @@ third-party cookie on the merchant's pages, as in production.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from aiohttp import web
 from tests.browser import screenshot, site
 from tracker import redis_keys as K
 from tracker.edge.tag import tag
+from tracker.testing import Service
 
 MODELS = {"first_click", "last_click", "linear", "time_decay", "position_based"}
 _numbers = itertools.count()
@@ -99,6 +101,23 @@ async def land(page, tracker: str, slug: str) -> str:
     return click_id
 
 
+def tracker_cookie_sent(page) -> asyncio.Future:
+    """Resolves, once a conversion has been sent, to whether each carried the tracker's
+    visitor cookie."""
+    sent: list[bool] = []
+    done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def seen(request) -> None:
+        if "/t/conversion" in request.url:
+            headers = await request.all_headers()
+            sent.append("vid=" in headers.get("cookie", ""))
+            if not done.done():
+                done.set_result(sent)
+
+    page.on("request", seen)
+    return done
+
+
 async def convert(page, merchant: str, txid: str, amount: str = "42.50") -> dict:
     await page.goto(f"{merchant}/thanks?txid={txid}&amount={amount}")
     return await page.evaluate("window.answer")
@@ -133,6 +152,7 @@ async def test_click_then_conversion_on_another_site_is_attributed(running, chro
             cdp = await profile.new_cdp_session(page)
             await cdp.send("Emulation.setDocumentCookieDisabled", {"disabled": True})
         click_id = await land(page, tracker, slug)
+        cookies = tracker_cookie_sent(page)
 
         answer = await convert(page, merchant, f"order-{mode}")
         await screenshot(page, f"tag-thanks-{mode}")
@@ -144,6 +164,9 @@ async def test_click_then_conversion_on_another_site_is_attributed(running, chro
             assert click_id in await page.evaluate("localStorage.getItem('_tk_click')")
         else:
             assert "_tk_click" in site_cookies
+        # The tracker's own cookie (SameSite=Lax by default) never reached it: the tag's
+        # first-party click id did the work.
+        assert await cookies == [False]
         assert_attributed(running, f"order-{mode}", click_id, f"aff-{mode}")
 
 
@@ -209,3 +232,27 @@ async def test_each_transport_and_the_data_attributes(running, chromium, transpo
         assert_attributed(running, txid, click_id, f"aff-{transport}")
         method = "GET" if transport == "image" else "POST"
         assert sent == [(method, resource_type)]
+
+
+async def test_tracker_cookie_cross_site_with_samesite_none(tmp_path, redis_server, chromium):
+    """With `cookie.samesite = None` and `secure = true`, Chromium sends the tracker's own
+    cookie with the conversion from the merchant's page, unless third-party cookies are
+    blocked; the tag attributes the conversion either way."""
+    svc = Service(
+        tmp_path / "svc", redis_server, TRACKER_COOKIE_SAMESITE="None", TRACKER_COOKIE_SECURE="1"
+    )
+    try:
+        svc.serve()
+        async with merchant_site(svc) as (merchant, advertiser):
+            for blocked in (False, True):
+                affiliate = f"aff-none-{blocked}"
+                slug = new_link(svc, merchant, advertiser, affiliate)
+                page = await (await chromium.profile(block_third_party_cookies=blocked)).new_page()
+                click_id = await land(page, svc.base_url, slug)
+                cookies = tracker_cookie_sent(page)
+                answer = await convert(page, merchant, f"order-none-{blocked}")
+                assert answer["status"] == "accepted" and answer["attributed"], answer
+                assert await cookies == [not blocked]
+                assert_attributed(svc, f"order-none-{blocked}", click_id, affiliate)
+    finally:
+        svc.stop_all()
