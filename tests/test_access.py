@@ -83,3 +83,26 @@ def test_an_affiliate_reads_only_its_own_programme_records():
         assert allowed("GET", path, Role.ANALYST)
     assert not allowed("PATCH", "/api/affiliates/{id}", Role.AFFILIATE, own, "aff-1")
     assert not allowed("POST", "/api/payouts/runs", Role.ANALYST)
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        ("Bearer secret-token", "secret-token"),
+        ("bearer   secret-token  ", "secret-token"),
+        ("Basic secret-token", None),
+        ("Bearer ", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_bearer_token(header, token):
+    assert access.bearer_token(header) == token
+
+
+def test_one_admin_check_for_the_edge_and_the_query_endpoint():
+    admin = "admin-token-0123456789"
+    assert access.is_admin(f"Bearer {admin}", admin)
+    assert not access.is_admin(f"Bearer {admin}x", admin)
+    assert not access.is_admin(f"Token {admin}", admin)
+    assert not access.is_admin("Bearer ", "")  # no token is never the admin

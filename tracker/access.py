@@ -172,5 +172,18 @@ def authenticate_admin(token: str, admin_token: str) -> bool:
     return hmac.compare_digest(token.encode(), admin_token.encode())
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header; None when there is none."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def is_admin(authorization: str | None, admin_token: str) -> bool:
+    """The one admin check, for the edge's API and the sink's query endpoint alike."""
+    token = bearer_token(authorization)
+    return token is not None and authenticate_admin(token, admin_token)
+
+
 def revoked(key: ApiKey) -> ApiKey:
     return ApiKey(**{**asdict(key), "revoked_at": key.revoked_at or now_ms()})

@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 
-from tracker import origins
+from tracker import hashcache, origins
 from tracker import redis_keys as K
-from tracker.hashcache import HashCache
+from tracker.hashcache import HashCache, NewRecord
 from tracker.timefmt import format_ms, now_ms
 from tracker.types import AnyPipeline, AsyncRedis, SyncRedis
 
@@ -142,14 +142,18 @@ def stage_save(pipe: AnyPipeline, advertiser: Advertiser) -> None:
     pipe.incr(K.ADVERTISERS_VERSION)
 
 
+def new_record(advertiser: Advertiser) -> NewRecord:
+    return NewRecord(
+        K.ADVERTISERS_HASH,
+        advertiser.id,
+        advertiser.to_json(),
+        lambda pipe: stage_save(pipe, advertiser),
+    )
+
+
 def create(redis: SyncRedis, advertiser: Advertiser) -> bool:
     """Store a new advertiser with a sync client; False when the id is taken."""
-    if not redis.hsetnx(K.ADVERTISERS_HASH, advertiser.id, advertiser.to_json()):
-        return False
-    pipe = redis.pipeline(transaction=False)
-    stage_save(pipe, advertiser)
-    pipe.execute()
-    return True
+    return hashcache.create(redis, new_record(advertiser))
 
 
 def advertiser_cache(

@@ -13,13 +13,14 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import orjson
 
 from tracker.redis_connection import as_text
-from tracker.types import AsyncRedis
+from tracker.types import AnyPipeline, AsyncRedis, SyncRedis
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,6 +36,37 @@ def parse_hash(raw: dict, parse: Callable[[Any], T]) -> dict[str, T]:
         except (TypeError, ValueError):
             log.error("record %r in Redis is unreadable; ignored", name)
     return items
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecord:
+    """A record to add to its hash only if the key is free; `stage` queues the rest of its
+    save on a pipeline (the version bump that makes edges reload, a mirror row)."""
+
+    hash_key: str
+    key: str
+    value: bytes | str
+    stage: Callable[[AnyPipeline], object]
+
+
+def create(redis: SyncRedis, new: NewRecord) -> bool:
+    """Create-then-stage with a sync client (CLI, start-up); False when the key is taken."""
+    if not redis.hsetnx(new.hash_key, new.key, new.value):
+        return False
+    pipe = redis.pipeline(transaction=False)
+    new.stage(pipe)
+    pipe.execute()
+    return True
+
+
+async def create_async(redis: AsyncRedis, new: NewRecord) -> bool:
+    """The same with the edge's async client."""
+    if not await redis.hsetnx(new.hash_key, new.key, new.value):
+        return False
+    pipe = redis.pipeline(transaction=False)
+    new.stage(pipe)
+    await pipe.execute()
+    return True
 
 
 def _write_snapshot(path: Path, data: bytes) -> None:

@@ -16,8 +16,9 @@ from typing import Any
 
 import orjson
 
+from tracker import hashcache
 from tracker import redis_keys as K
-from tracker.hashcache import HashCache, parse_hash
+from tracker.hashcache import HashCache, NewRecord, parse_hash
 from tracker.ids import uuid7
 from tracker.macros import DestinationError, normalize_destination
 from tracker.timefmt import format_ms, now_ms
@@ -133,12 +134,13 @@ def save(redis: SyncRedis, link: Link, deleted: bool = False) -> None:
     pipe.execute()
 
 
+def new_record(link: Link) -> NewRecord:
+    return NewRecord(K.LINKS_HASH, link.slug, link.to_json(), lambda pipe: stage_save(pipe, link))
+
+
 def create(redis: SyncRedis, link: Link) -> bool:
     """Store a new link with a sync client; False when the slug is taken."""
-    if not redis.hsetnx(K.LINKS_HASH, link.slug, link.to_json()):
-        return False
-    save(redis, link)
-    return True
+    return hashcache.create(redis, new_record(link))
 
 
 def parse_all(raw: dict) -> dict[str, Link]:

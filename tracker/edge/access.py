@@ -70,11 +70,11 @@ def principal_of(request: web.Request) -> Principal:
 
 
 async def authenticate(request: web.Request) -> Principal | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    authorization = request.headers.get("Authorization")
+    token = access.bearer_token(authorization)
+    if token is None:
         return None
-    if access.authenticate_admin(token, request.app[ADMIN_TOKEN]):
+    if access.is_admin(authorization, request.app[ADMIN_TOKEN]):
         return access.BOOTSTRAP
     parts = access.split_token(token)
     if parts is None:

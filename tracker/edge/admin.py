@@ -17,10 +17,11 @@ from tracker import redis_keys as K
 from tracker.access import BOOTSTRAP, Principal, Role
 from tracker.advertisers import Advertiser, AdvertiserError, new_advertiser
 from tracker.advertisers import apply_changes as change_advertiser
+from tracker.advertisers import new_record as advertiser_record
 from tracker.advertisers import stage_save as stage_advertiser
 from tracker.edge import tag
 from tracker.edge.keys import ADVERTISER_CACHE, LINK_CACHE, REDIS, SETTINGS
-from tracker.hashcache import parse_hash
+from tracker.hashcache import create_async, parse_hash
 from tracker.links import (
     SLUG_RE,
     Link,
@@ -30,6 +31,7 @@ from tracker.links import (
     parse_all,
     stage_save,
 )
+from tracker.links import new_record as link_record
 from tracker.reasons import AdminError
 from tracker.records import SUB_KEYS
 
@@ -88,10 +90,9 @@ async def create_link(request: web.Request) -> web.Response:
         return error(400, AdminError.INVALID_LINK, str(exc))
     except PermissionError as exc:
         return error(403, AdminError.FORBIDDEN, str(exc))
-    redis = request.app[REDIS]
-    if not await redis.hsetnx(K.LINKS_HASH, link.slug, link.to_json()):
+    if not await create_async(request.app[REDIS], link_record(link)):
         return error(409, AdminError.EXISTS, f"link {link.slug!r} already exists")
-    await _save(request, link)
+    await request.app[LINK_CACHE].reload()  # this process sees the change at once
     audit(request, link.slug, None, link.public())
     url = request.url.with_path(f"/c/{link.slug}").with_query(subs)
     return json_response({**link.public(), "url": str(url)}, 201)
@@ -189,12 +190,8 @@ async def create_advertiser(request: web.Request) -> web.Response:
         advertiser = new_advertiser(await read_body(request))
     except AdvertiserError as exc:
         return error(400, AdminError.INVALID_ADVERTISER, str(exc))
-    redis = request.app[REDIS]
-    if not await redis.hsetnx(K.ADVERTISERS_HASH, advertiser.id, advertiser.to_json()):
+    if not await create_async(request.app[REDIS], advertiser_record(advertiser)):
         return error(409, AdminError.EXISTS, f"advertiser {advertiser.id!r} already exists")
-    pipe = redis.pipeline(transaction=False)
-    stage_advertiser(pipe, advertiser)
-    await pipe.execute()
     await request.app[ADVERTISER_CACHE].reload()
     audit(request, advertiser.id, None, advertiser.public())
     return json_response(advertiser.public(with_token=True), 201)

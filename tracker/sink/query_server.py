@@ -12,7 +12,6 @@ the configured limits (tracker/clickhouse.py says how the engine enforces both),
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from tracker.access import is_admin
 from tracker.clickhouse import ClickHouse
 from tracker.metrics import CONTENT_TYPE, exposition
 
@@ -60,10 +60,7 @@ def make_server(
             self.wfile.write(body)
 
         def do_POST(self) -> None:  # noqa: N802 - the http.server name
-            scheme, _, given = self.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode(), token.encode()
-            ):
+            if not is_admin(self.headers.get("Authorization"), token):
                 return self._fail(401, "missing or wrong bearer token")
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_SQL:
