@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import sys
 import urllib.error
@@ -16,6 +14,7 @@ import orjson
 from tracker import config, logs, programme_cli
 from tracker.clock import Clock, system_clock
 from tracker.config import ConfigError, Settings
+from tracker.table_format import format_rows
 
 
 def main(argv: list[str] | None = None, clock: Clock = system_clock) -> int:
@@ -270,33 +269,6 @@ def cmd_sql(settings: Settings, args) -> int:
     columns, rows = run_query(settings, args.query)
     print(format_rows(columns, rows, args.format), end="")
     return 0
-
-
-def format_rows(columns: list[str], rows: list[list], fmt: str) -> str:
-    if fmt == "json":
-        return orjson.dumps([dict(zip(columns, row, strict=True)) for row in rows]).decode() + "\n"
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(rows)
-        return out.getvalue()
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+\n"
-    head = "|" + "|".join(f" {c:<{w}} " for c, w in zip(columns, widths, strict=True)) + "|\n"
-    body = "".join(
-        "|" + "|".join(f" {v:<{w}} " for v, w in zip(r, widths, strict=True)) + "|\n" for r in cells
-    )
-    return line + head + line + body + line + f"({len(rows)} row{'s' * (len(rows) != 1)})\n"
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, (list, dict)):
-        return orjson.dumps(value).decode()
-    return str(value)
 
 
 # -- links --------------------------------------------------------------------------------

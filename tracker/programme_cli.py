@@ -11,6 +11,7 @@ import orjson
 from tracker.config import Settings
 from tracker.ledger import accounts, payouts, records
 from tracker.ledger.store import Store, open_store
+from tracker.table_format import format_rows
 
 
 class ProgrammeError(Exception):
@@ -106,7 +107,6 @@ def _run(settings: Settings, work) -> Any:
 
 
 def _print(rows: list[dict], columns: list[str], fmt: str) -> None:
-    from tracker.cli import format_rows
 
     print(format_rows(columns, [[r.get(c) for c in columns] for r in rows], fmt), end="")
 
