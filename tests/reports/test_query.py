@@ -217,6 +217,26 @@ def test_breakdowns_the_rollups_lack_read_the_raw_table(chdb_database, query):
     assert {r["sub1"]: r["clicks"] for r in out["rows"]} == {"": 3, "x": 1}
 
 
+def test_clicks_by_fraud_flag(chdb_database, query):
+    seed(chdb_database)
+    insert(chdb_database, "clicks", [click("2030-01-10 10:00:00.000", fraud_flags=["a", "b"])])
+    report = parse(
+        {
+            "metrics": "clicks",
+            "group_by": "fraud_flag,affiliate",
+            "from": "2030-01-10",
+            "to": "2030-01-12",
+        }
+    )
+    out = run(query, report, chdb_database.database)
+    assert out["rows"] == [
+        {"fraud_flag": "a", "affiliate": "a1", "clicks": 1},
+        {"fraud_flag": "b", "affiliate": "a1", "clicks": 1},
+        {"fraud_flag": "bot:", "affiliate": "a1", "clicks": 1},
+        {"fraud_flag": "ip_rate", "affiliate": "a1", "clicks": 1},
+    ]
+
+
 def test_compare_with_the_previous_period(chdb_database, query):
     seed(chdb_database)
     report = parse(
@@ -279,6 +299,8 @@ def test_attribution_models_side_by_side(chdb_database, query):
         ({"currency": "usd"}, {}, {}, "ISO 4217"),
         ({"sort": "-revenue"}, {}, {}, "sort must name"),
         ({}, {"day": "x"}, {}, "unknown filter"),
+        ({}, {"fraud_flag": "x"}, {}, "not filtered on"),
+        ({"metrics": "conversions", "group_by": "fraud_flag"}, {}, {}, "cannot be grouped"),
     ],
 )
 def test_refusals(params, filters, scope, reason):

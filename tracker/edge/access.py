@@ -34,6 +34,7 @@ POLICY: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/me"): ALL,
     ("GET", "/api/reports"): ALL,
     ("GET", "/api/reports/metrics"): ALL,
+    ("GET", "/api/live"): READERS,  # the whole programme's click rate
     ("GET", "/api/links"): ALL,  # each sees its own (admin.list_links)
     ("GET", "/api/links/{slug}"): ALL,
     ("POST", "/api/links"): frozenset({Role.ADMIN, Role.AFFILIATE}),  # affiliates: their own

@@ -20,6 +20,7 @@ from tracker.edge import (
     access,
     admin,
     clicks,
+    dashboard,
     health,
     postback,
     programme,
@@ -66,6 +67,7 @@ def create_app(
     tag.add_routes(app)
     admin.add_routes(app)
     access.add_routes(app)
+    dashboard.add_routes(app)
     reports_api.add_routes(app)
     programme.add_routes(app)
     health.add_routes(app)

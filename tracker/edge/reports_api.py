@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, multiprocess
 
 from tracker.access import Role
 from tracker.edge.admin import error, json_response
@@ -22,6 +23,7 @@ from tracker.edge.keys import REPORT_STORE, SETTINGS
 from tracker.reasons import AdminError
 from tracker.reports import metrics, query
 from tracker.reports.store import ReportStore, StoreError
+from tracker.timefmt import now_ms
 
 _FILTER_RE = re.compile(r"\Afilter\[(\w{1,32})\]\Z")
 
@@ -101,6 +103,28 @@ async def get_metrics(request: web.Request) -> web.Response:
     )
 
 
+async def live(request: web.Request) -> web.Response:
+    """Clicks recorded by every edge process so far (published once a second): the
+    dashboard's clicks-per-second counter is the difference between two readings."""
+    loop = asyncio.get_running_loop()
+    total = await loop.run_in_executor(None, clicks_total)
+    return json_response({"clicks_total": total, "at_ms": now_ms()})
+
+
+def clicks_total() -> int:
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return int(
+        sum(
+            sample.value
+            for family in registry.collect()
+            if family.name == "tracker_clicks"
+            for sample in family.samples
+            if sample.name == "tracker_clicks_total"
+        )
+    )
+
+
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = ReportStore(app[SETTINGS])
     app[REPORT_STORE] = store
@@ -112,3 +136,4 @@ def add_routes(app: web.Application) -> None:
     app.cleanup_ctx.append(store_ctx)
     app.router.add_get("/api/reports", get_report)
     app.router.add_get("/api/reports/metrics", get_metrics)
+    app.router.add_get("/api/live", live)

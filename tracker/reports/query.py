@@ -69,6 +69,10 @@ SOURCES: dict[Source, SourceSpec] = {
             **_SUBS,
             **_MORE,
             "referrer": "domain(referer)",
+            # one row per flag a click carries (bot clicks as bot:<reason>); unflagged
+            # clicks have no row
+            "fraud_flag": "arrayJoin(arrayConcat(fraud_flags, "
+            "if(is_bot = 1, ['bot:' || bot_reason], [])))",
         },
     ),
     Source.IMPRESSIONS: SourceSpec(
@@ -112,7 +116,9 @@ FIELDS = (
     "browser",
     "referrer",
     "model",
+    "fraud_flag",
 )
+GROUP_ONLY = ("fraud_flag",)  # a click has several: grouped by, never filtered on
 MAX_GROUPS = 4
 MAX_DAYS = 400
 MAX_LIMIT = 10_000
@@ -231,6 +237,8 @@ def parse(
     for name, value in filters.items():
         if name not in FIELDS or name in TIME_FIELDS:
             raise ReportError(f"unknown filter field {name[:40]!r}")
+        if name in GROUP_ONLY:
+            raise ReportError(f"{name} can be grouped by, not filtered on")
         values = tuple(_csv(value)) or ("",)
         if not all(_VALUE_RE.match(v) for v in values) or len(values) > 100:
             raise ReportError(f"filter[{name}]: up to 100 values of up to 200 characters")
