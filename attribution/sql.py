@@ -286,3 +286,54 @@ def _non_negative_int(value: int, name: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum} (milliseconds), not {value!r}")
     return value
+
+
+def markov_paths_sql(
+    db: str,
+    by: str,
+    *,
+    date_from: str | None = None,
+    date_to: str | None = None,
+    lookback_ms: int,
+    credit_flagged: bool = False,
+    statuses: Sequence[str] = DEFAULT_STATUSES,
+) -> str:
+    """The paths the data-driven (Markov) model learns from, grouped: one row per
+    (currency, channels) with `conversions` and `lost` counts.
+
+    Converted paths are exactly the heuristic models' (same window, named click, flags and
+    statuses), with their conversion's currency; a visitor with clicks in the period and
+    no conversion there is one lost path of all its (unflagged) clicks, currency ''.
+    """
+    if by not in _GROUPINGS:
+        raise ValueError(f"by must be one of {', '.join(_GROUPINGS)}, not {by!r}")
+    key = _GROUPINGS[by]
+    start, end = _datetime(date_from, "date_from"), _datetime(date_to, "date_to")
+    zero = f"toUUID('{ZERO_UUID}')"
+    lost_where = ["is_bot = 0", "empty(fraud_flags)", f"visitor_id != {zero}"]
+    lost_where += [f"event_time >= {start}"] if start else []
+    lost_where += [f"event_time < {end}"] if end else []
+    lost_where.append("visitor_id NOT IN (SELECT visitor FROM journey)")
+    ctes = _path_ctes(db, date_from, date_to, lookback_ms, credit_flagged, statuses)
+    return f"""{ctes},
+converted AS (
+    SELECT any(currency) AS currency,
+           arrayMap(x -> x.2, arraySort(x -> x.1, groupArray((position, {key})))) AS channels
+    FROM path
+    GROUP BY conversion_id
+),
+lost AS (
+    SELECT arrayMap(x -> x.3, arraySort(groupArray((event_time, toString(click_id), {key}))))
+               AS channels
+    FROM {db}.clicks
+    WHERE {" AND ".join(lost_where)}
+    GROUP BY visitor_id
+)
+SELECT currency, channels, sum(conversions) AS conversions, sum(lost) AS lost
+FROM (
+    SELECT currency, channels, 1 AS conversions, 0 AS lost FROM converted
+    UNION ALL
+    SELECT '' AS currency, channels, 0 AS conversions, 1 AS lost FROM lost
+)
+GROUP BY currency, channels
+ORDER BY currency, channels"""

@@ -386,7 +386,7 @@ def _when(value: str | None, flag: str) -> str | None:
     raise CommandError(f"{flag} must be a date (YYYY-MM-DD) or datetime, not {value!r}")
 
 
-def _report(settings: Settings, args, models: list[str]) -> int:
+def _report(settings: Settings, args, models: list[str], data_driven: bool = False) -> int:
     from attribution.sql import report_sql
 
     lookback_days = (
@@ -412,6 +412,22 @@ def _report(settings: Settings, args, models: list[str]) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     columns, rows = run_query(settings, sql)
+    if data_driven:
+        from attribution.markov import with_data_driven
+        from attribution.sql import markov_paths_sql
+
+        paths_sql = markov_paths_sql(
+            settings.clickhouse.database,
+            args.by,
+            date_from=_when(args.date_from, "--from"),
+            date_to=_when(args.date_to, "--to"),
+            lookback_ms=int(lookback_days * 86_400_000),
+            credit_flagged=settings.fraud.credit_flagged_conversions,
+            statuses=("approved", "pending") if args.include_pending else ("approved",),
+        )
+        _, path_rows = run_query(settings, paths_sql)
+        key = "campaign_id" if args.by == "campaign" else "affiliate_id"
+        columns, rows = with_data_driven(columns, rows, path_rows, key)
     print(format_rows(columns, rows, args.format), end="")
     return 0
 
@@ -421,7 +437,8 @@ def cmd_attribute(settings: Settings, args) -> int:
 
 
 def cmd_report_attribution(settings: Settings, args) -> int:
-    return _report(settings, args, settings.attribution.models)
+    """The configured models side by side, and the data-driven (Markov) model beside them."""
+    return _report(settings, args, settings.attribution.models, data_driven=True)
 
 
 def cmd_report_fraud(settings: Settings, args) -> int:

@@ -492,6 +492,12 @@ async def test_batch_reattribution_matches_online_credits(svc):
     assert result.returncode == 0, result.stderr
     batch = orjson.loads(result.stdout)
     assert {"re-a", "re-b", "re-c"} <= {row["campaign_id"] for row in batch}
+    # the data-driven (Markov) column shares out each currency's conversions
+    for currency in {row["currency"] for row in batch}:
+        mine = [row for row in batch if row["currency"] == currency]
+        assert sum(r["data_driven_conversions"] for r in mine) == pytest.approx(
+            sum(r["last_click_conversions"] for r in mine)
+        )
     for row in batch:
         for model in MODELS:
             n, revenue = online.pop((row["campaign_id"], row["currency"], model), (0, 0))
