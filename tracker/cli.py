@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import orjson
 
-from tracker import config, logs, programme_cli
+from tracker import config, logs, metrics_dir, programme_cli
 from tracker.clock import Clock, system_clock
 from tracker.config import ConfigError, Settings
 from tracker.table_format import format_rows
@@ -28,9 +26,9 @@ def main(argv: list[str] | None = None, clock: Clock = system_clock) -> int:
     except ConfigError as exc:
         print(f"tracker: {exc}", file=sys.stderr)
         return 2
-    # every process of the service shares its metrics through this folder
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.data_path / "metrics"))
-    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+    # every process of the service pools its metrics in this folder: named before any
+    # command imports tracker.metrics (metrics_dir raises if it comes too late)
+    metrics_dir.use(settings.data_path / "metrics")
     try:
         return args.func(settings, args) or 0
     except (CommandError, programme_cli.ProgrammeError) as exc:

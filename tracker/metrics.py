@@ -1,17 +1,18 @@
 """Prometheus metrics, shared by every process of one service.
 
 prometheus_client's multiprocess mode: each process writes its samples to files in
-`<data_dir>/metrics` (PROMETHEUS_MULTIPROC_DIR, set before this module is imported), and
-`GET /metrics` on any edge process, or on the sink's local endpoint, adds them all up.
-The hot path never touches these objects per request: it counts in plain integers, and
-`EdgeCounters.publish` moves the counts here once a second.
+`<data_dir>/metrics` (PROMETHEUS_MULTIPROC_DIR, chosen by tracker.metrics_dir before this
+module is first imported), and `GET /metrics` on any edge process, or on the sink's local
+endpoint, adds them all up. The hot path never touches these objects per request: each
+owner (EdgeCounters, the event writer, the conversion intake) counts in plain integers and
+moves its own counts here when `publish` asks it, once a second.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -84,15 +85,6 @@ CREDITED = PromCounter(
 )
 
 
-def prepare_dir(folder: Path, clear: bool) -> None:
-    """Point prometheus_client at the shared folder (the supervisor clears it at start)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if clear:
-        for stale in folder.glob("*.db"):
-            stale.unlink()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
-
-
 def exposition() -> bytes:
     """Every process's samples, added up, in the Prometheus text format."""
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # a lone process: its own samples
@@ -106,35 +98,26 @@ def mark_dead(pid: int) -> None:
     multiprocess.mark_process_dead(pid)
 
 
+class Publishes(Protocol):
+    """Something that counts in plain integers on the hot path and moves its own counts
+    into Prometheus when asked (each owner clears only what it owns)."""
+
+    def publish_metrics(self) -> None: ...
+
+
+def publish(*sources: Publishes) -> None:
+    for source in sources:
+        source.publish_metrics()
+
+
 class EdgeCounters:
-    """Plain counts on the hot path, published once a second."""
+    """Requests answered, by route and status: counted by both servers, published once a
+    second with the writer's and the conversion intake's own counts."""
 
     def __init__(self) -> None:
-        self.requests: Counter = Counter()  # (route, status) -> n
-        self._published: dict[str, int] = {}
+        self.requests: Counter[tuple[str, int]] = Counter()
 
-    def publish(self, writer, conversions) -> None:
+    def publish_metrics(self) -> None:
         for (route, status), n in self.requests.items():
             REQUESTS.labels(route, str(status)).inc(n)
         self.requests.clear()
-        for table, n in writer.recorded_by_table.items():
-            EVENTS.labels(table).inc(n)
-            if table == "clicks":
-                CLICKS.inc(n)
-        writer.recorded_by_table.clear()
-        for action, total in (
-            ("spooled", writer.spooled_batches),
-            ("replayed", writer.replayed_batches),
-        ):
-            SPOOL.labels(action).inc(total - self._published.get(action, 0))
-            self._published[action] = total
-        for reason, n in writer.dropped.items():
-            DROPPED.labels(reason.value).inc(n)
-        writer.dropped.clear()
-        SPOOL_BYTES.set(writer.spool.size)
-        for outcome, n in conversions.outcomes.items():
-            CONVERSIONS.labels(outcome).inc(n)
-        conversions.outcomes.clear()
-        for reason, n in conversions.rejections.items():
-            REJECTIONS.labels(reason).inc(n)
-        conversions.rejections.clear()

@@ -15,9 +15,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
+from tracker import metrics, metrics_dir
 from tracker.config import Settings
 from tracker.redis_connection import sync_client
 
@@ -126,9 +126,7 @@ def serve(settings: Settings, manage_redis: bool, demo: bool = False) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    from tracker import metrics
-
-    metrics.prepare_dir(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]), clear=True)
+    metrics_dir.clear(metrics_dir.use(settings.data_path / "metrics"))
     env = dict(os.environ, TRACKER_ADMIN_TOKEN=settings.admin_token)
     python = [sys.executable, "-m", "tracker"]
     redis = None

@@ -104,8 +104,7 @@ def click(ip="198.51.100.1", visitor=None, slug="s", campaign="c", ms=1_700_000_
 
 
 def run_rules(rules: FraudRules, events: list[dict]) -> list[list[str]]:
-    rules.prepare_clicks(events)
-    return [rules.check_click(e).get("fraud_flags", []) for e in events]
+    return [e.get("fraud_flags", []) for e in rules.check_clicks(events)]
 
 
 def test_ip_flood_counts_across_batches_with_per_campaign_thresholds(redis_server):

@@ -172,11 +172,11 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
     if ip_keys:
         await ip_keys.stop()
     await writer.close()
-    app[CLICKS].counters.publish(writer, app[CONVERSIONS])
+    metrics.publish(app[CLICKS].counters, writer, app[CONVERSIONS])
 
 
 async def publish_metrics(app: web.Application) -> None:
     edge, conversions = app[CLICKS], app[CONVERSIONS]
     while True:
         await asyncio.sleep(1.0)
-        edge.counters.publish(edge.writer, conversions)
+        metrics.publish(edge.counters, edge.writer, conversions)

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracker import metrics
 from tracker.clock import Clock, system_clock
 from tracker.config import Settings
 from tracker.edge.client_ip import Network
@@ -25,3 +26,12 @@ class ConversionIntake:
     # counted on the hot path, moved to Prometheus once a second (closed sets of labels)
     rejections: Counter[PostbackRefusal] = field(default_factory=Counter)
     outcomes: Counter[PostbackOutcome] = field(default_factory=Counter)
+
+    def publish_metrics(self) -> None:
+        """Move this intake's counts into Prometheus (the app does it once a second)."""
+        for outcome, n in self.outcomes.items():
+            metrics.CONVERSIONS.labels(outcome).inc(n)
+        self.outcomes.clear()
+        for reason, n in self.rejections.items():
+            metrics.REJECTIONS.labels(reason).inc(n)
+        self.rejections.clear()

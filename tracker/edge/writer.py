@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import orjson
 from redis.exceptions import NoScriptError
 
+from tracker import metrics
 from tracker import redis_keys as K
 from tracker.edge.spool import Spool
 from tracker.ids import ZERO_UUID, uuid7
@@ -194,7 +195,26 @@ class EventWriter:
         self.replayed_batches = 0
         self.unreadable_batches = 0
         self.dropped: Counter[EventDrop] = Counter()  # events, by reason
+        self._published: dict[str, int] = {}  # the batch totals Prometheus has seen
         self._dropped_since = 0  # events dropped in the current losing spell
+
+    def publish_metrics(self) -> None:
+        """Move this writer's counts into Prometheus (the app does it once a second)."""
+        for table, n in self.recorded_by_table.items():
+            metrics.EVENTS.labels(table).inc(n)
+            if table == "clicks":
+                metrics.CLICKS.inc(n)
+        self.recorded_by_table.clear()
+        for action, total in (
+            ("spooled", self.spooled_batches),
+            ("replayed", self.replayed_batches),
+        ):  # totals the tests read too: published as differences
+            metrics.SPOOL.labels(action).inc(total - self._published.get(action, 0))
+            self._published[action] = total
+        for reason, n in self.dropped.items():
+            metrics.DROPPED.labels(reason.value).inc(n)
+        self.dropped.clear()
+        metrics.SPOOL_BYTES.set(self.spool.size)
 
     # -- called by handlers: no I/O --------------------------------------------------
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tracker import redis_keys as K
@@ -100,6 +100,15 @@ def ip_shard(ip: str) -> int:
     return zlib.crc32(ip.encode()) % K.FRAUD_SHARDS
 
 
+@dataclass(frozen=True, slots=True)
+class ClickCounts:
+    """What Redis counted for one click, as the click rules read it."""
+
+    clicks_this_minute: int  # this click's ordinal among its IP's clicks this minute
+    seen_recently: bool  # the visitor clicked the same link within the duplicate window
+    visitors_this_hour: int  # visitor ids seen from its IP this hour
+
+
 class FraudRules:
     chunk = 2_000  # clicks per script call: a few ms of Redis, so edges' writes interleave
 
@@ -116,36 +125,42 @@ class FraudRules:
         self.default = default
         self.per_campaign = per_campaign
         self.datacenter_asns = datacenter_asns
-        self._clicks_in_minute: dict[int, int] = {}  # id(event) -> its ordinal in the minute
-        self._seen: dict[int, bool] = {}
-        self._visitors: dict[int, int] = {}
         self._script: Any = None
 
     def thresholds(self, campaign_id: str) -> Thresholds:
         return self.per_campaign.get(campaign_id, self.default)
 
-    def prepare_clicks(self, events: list[Event]) -> None:
-        """Per-IP minute counters, per-visitor-and-link markers, per-IP hourly visitor
-        sets, one script call per `chunk` clicks. Counts follow stream order, so a
-        click's verdict does not depend on how events were cut into batches or chunks.
-        (A script holds Redis for its whole run: one call for a sink read of 100,000
-        clicks held it for ~0.8 s, and every edge's writes waited.)"""
-        self._visitors, self._seen, self._clicks_in_minute = {}, {}, {}
-        for start in range(0, len(events), self.chunk):
-            self._count(events[start : start + self.chunk])
+    def check_clicks(self, events: list[Event]) -> list[Event]:
+        """The click rules over a batch: count it in Redis, then judge each click by its
+        own counts (handed over by position: no state kept between the two)."""
+        for event, counts in zip(events, self.count_clicks(events), strict=True):
+            self.judge_click(event, counts)
+        return events
 
-    def _count(self, events: list[Event]) -> None:
+    def count_clicks(self, events: list[Event]) -> list[ClickCounts]:
+        """Per-IP minute counters, per-visitor-and-link markers, per-IP hourly visitor
+        sets, one script call per `chunk` clicks; the counts of each click, in order.
+        Counts follow stream order, so a click's verdict does not depend on how events
+        were cut into batches or chunks. (A script holds Redis for its whole run: one
+        call for a sink read of 100,000 clicks held it for ~0.8 s, and every edge's
+        writes waited.)"""
+        counts: list[ClickCounts] = []
+        for start in range(0, len(events), self.chunk):
+            counts += self._count(events[start : start + self.chunk])
+        return counts
+
+    def _count(self, events: list[Event]) -> list[ClickCounts]:
         keys: list[str] = []
         args: list = []
-        by_minute: dict[tuple[str, str], list[Event]] = defaultdict(list)  # (key, IP)
+        by_minute: dict[tuple[str, str], list[int]] = defaultdict(list)  # (key, IP) -> i
         windows: dict[str, None] = {}  # every window key once, for its expiry
-        for event in events:
+        for i, event in enumerate(events):
             ms = parse_ms(event["event_time"])
             # counted by the keyed hash of the full address when the edge anonymised it
             ip, visitor = event.get("ip_key") or event["ip"], event["visitor_id"]
             shard, hour = ip_shard(ip), ms // 3_600_000
             minute_key = K.fraud_ip_minute_key(ms // 60_000, shard)
-            by_minute[(minute_key, ip)].append(event)
+            by_minute[(minute_key, ip)].append(i)
             pairs_key = K.fraud_ip_visitors_key(hour, shard)
             counts_key = K.fraud_ip_visitor_counts_key(hour, shard)
             windows.update(dict.fromkeys((minute_key, pairs_key, counts_key)))
@@ -163,15 +178,17 @@ class FraudRules:
             if self._script is None:
                 self._script = self.redis.register_script(COUNT_CLICKS)
             results = self._script(keys=keys, args=[n, m, *args, WINDOW_TTL])
-        for i, event in enumerate(events):
-            self._visitors[id(event)] = results[2 * i]
-            self._seen[id(event)] = bool(results[2 * i + 1])
+        in_minute = [0] * n
         position = 2 * n
         for group in by_minute.values():
             total = results[position]
             position += 1
-            for ordinal, event in enumerate(group, start=total - len(group) + 1):
-                self._clicks_in_minute[id(event)] = ordinal
+            for ordinal, i in enumerate(group, start=total - len(group) + 1):
+                in_minute[i] = ordinal
+        return [
+            ClickCounts(in_minute[i], bool(results[2 * i + 1]), int(results[2 * i]))
+            for i in range(n)
+        ]
 
     def _count_with_pipeline(self, keys: list[str], args: list, n: int, m: int) -> list[int]:
         """COUNT_CLICKS as two pipelines (a Redis Cluster splits each by node), with the
@@ -208,14 +225,13 @@ class FraudRules:
             results += [0 if args[3 * i + 2] < 0 else int(next(visitors) or 0), seen[i]]
         return results + totals
 
-    def check_click(self, event: Event) -> Event:
+    def judge_click(self, event: Event, counts: ClickCounts) -> Event:
         t = self.thresholds(event["campaign_id"])
-        key = id(event)
-        if ip_flood(self._clicks_in_minute.get(key, 0), t):
+        if ip_flood(counts.clicks_this_minute, t):
             flag(event, FraudFlag.IP_FLOOD)
-        if duplicate_click(self._seen.get(key, False)):
+        if duplicate_click(counts.seen_recently):
             flag(event, FraudFlag.DUPLICATE_CLICK)
-        if ip_many_visitors(self._visitors.get(key, 0), t):
+        if ip_many_visitors(counts.visitors_this_hour, t):
             flag(event, FraudFlag.IP_MANY_VISITORS)
         if datacenter_asn(event.get("asn", 0), self.datacenter_asns):
             flag(event, FraudFlag.DATACENTER_ASN)

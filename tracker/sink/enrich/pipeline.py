@@ -1,9 +1,11 @@
 """The sink's enrichment pipeline: one ordered list of small steps over events.
 
 A step takes an event (a dict whose keys are ClickHouse columns) and returns it, enriched
-or flagged, or None to drop it (the step names the reason). A step that needs I/O
-(Redis counters) gets the whole batch first through `prepare`, so it costs one round
-trip per batch, not per event. Every step is timed and counted by name.
+or flagged, or None to drop it (the step names the reason). A step that needs I/O gets
+the whole batch, so it costs one round trip per batch, not per event: `prepare` sees the
+batch before `run` sees each event (reloads, marks), and a `batch` step (the fraud
+counters) takes the batch and returns it whole, so what it counted for each event never
+has to be kept between two calls. Every step is timed and counted by name.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ Event = dict
 @dataclass
 class Step:
     name: str
-    run: Callable[[Event], Event | None]
+    run: Callable[[Event], Event | None] | None  # one event at a time, or
     tables: tuple[str, ...] = ("clicks",)
     prepare: Callable[[list[Event]], None] | None = None
+    batch: Callable[[list[Event]], list[Event]] | None = None  # the whole batch at once
 
 
 @dataclass
@@ -48,7 +51,11 @@ class Pipeline:
             started = time.perf_counter()
             if step.prepare:
                 step.prepare(events)
-            kept = [out for out in map(step.run, events) if out is not None]
+            if step.batch is not None:
+                kept = step.batch(events)
+            else:
+                assert step.run is not None, f"step {step.name} has neither run nor batch"
+                kept = [out for out in map(step.run, events) if out is not None]
             elapsed = time.perf_counter() - started
             stats.seconds += elapsed
             metrics.STEP_SECONDS.labels(step.name).inc(elapsed)

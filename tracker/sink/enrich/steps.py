@@ -114,7 +114,7 @@ def build(settings: Settings, redis: SyncRedis, geo_reader: Any | None) -> Pipel
         geo = GeoStep(geo_reader)
         steps.append(Step("geo", geo.run, ("clicks", "conversions"), geo.prepare))
     steps += [
-        Step("fraud_clicks", rules.check_click, ("clicks",), rules.prepare_clicks),
+        Step("fraud_clicks", None, ("clicks",), batch=rules.check_clicks),
         Step("fraud_conversions", rules.check_conversion, ("conversions",)),
         Step("exclusion_marks", marks.run, ("clicks",), marks.prepare),
     ]
