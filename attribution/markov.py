@@ -110,7 +110,9 @@ def credits_by_currency(path_rows: Iterable[Sequence]) -> dict[tuple[str, str], 
     """(channel, currency) -> conversions credited, from `markov_paths_sql` rows
     (currency, channels, conversions, lost): one model per currency, each learning from
     that currency's converted paths and every lost path."""
-    lost = [(channels, 0, n) for currency, channels, _, n in path_rows if currency == ""]
+    lost: list[Path] = [
+        (channels, 0, n) for currency, channels, _, n in path_rows if currency == ""
+    ]
     converted: dict[str, list[Path]] = defaultdict(list)
     for currency, channels, n, _ in path_rows:
         if currency:
