@@ -82,3 +82,11 @@ def chdb_database(chdb_engine, tmp_path):
     chdb_engine.database = settings.clickhouse.database
     assert migrations.apply(chdb_engine, settings)
     return chdb_engine
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The tests run in random order (pytest-randomly): say how to replay this order, also
+    under -q, so a failure that depends on it can be reproduced."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int) and config.pluginmanager.has_plugin("randomly"):
+        terminalreporter.write_line(f"random test order: replay it with --randomly-seed={seed}")

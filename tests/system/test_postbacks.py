@@ -11,8 +11,9 @@ import aiohttp
 import orjson
 import pytest
 
+from tracker import redis_keys as K
 from tracker.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from tracker.testing import BROWSER_UA, Service
+from tracker.testing import BROWSER_UA, Service, wait_until
 
 MODELS = ["first_click", "last_click", "linear", "time_decay", "position_based"]
 ADV_TOKEN = "adv-token-0123456789abcdef"
@@ -249,7 +250,11 @@ async def test_conversion_pixel_uses_the_visitor_cookie(svc):
     async with browser() as session:
         await click(session, svc.base_url, "conv-b")
         last = await click(session, svc.base_url, "conv-c")
-        await asyncio.sleep(0.2)  # a visitor takes longer than an edge flush (5 ms) to buy
+        # a visitor takes longer to buy than the edge to flush the click to Redis (5 ms)
+        redis = svc.redis.client()
+        await asyncio.to_thread(
+            wait_until, lambda: redis.exists(K.click_key(last)), 10, "the click in Redis"
+        )
         query = urlencode(
             {
                 "event": "sale",
