@@ -68,6 +68,10 @@ class ConversionSettings:
     signature_window_seconds: int = 300
     max_body_bytes: int = 65536
     max_amount: int = 1_000_000_000  # in currency units; larger amounts are refused
+    # conversion pixels are unauthenticated: at most this many an hour per visitor cookie
+    # and per client address (0: no limit)
+    pixel_per_visitor_per_hour: int = 20
+    pixel_per_ip_per_hour: int = 200
 
 
 @dataclass
@@ -398,6 +402,8 @@ def _validate(s: Settings) -> None:
         "must be an ISO 4217 code such as USD",
     )
     check(s.conversions.dedup_days >= 1, "conversions.dedup_days", "must be >= 1")
+    for key in ("pixel_per_visitor_per_hour", "pixel_per_ip_per_hour"):
+        check(getattr(s.conversions, key) >= 0, f"conversions.{key}", "must be >= 0")
     check(
         s.conversions.signature_window_seconds >= 1,
         "conversions.signature_window_seconds",

@@ -49,6 +49,9 @@ class PostbackRefusal(StrEnum):
     ORIGIN_MISSING = "origin_missing"  # neither Origin nor Referer, and an allowlist is set
     # the transaction's lifecycle
     UNKNOWN_TRANSACTION = "unknown_transaction"
+    # conversion pixels (unauthenticated: what they may claim is bounded)
+    PIXEL_STATUS = "pixel_status"  # a pixel may only report a new pending conversion
+    RATE_LIMITED = "rate_limited"  # too many pixel conversions from this visitor or address
     ILLEGAL_TRANSITION = "illegal_transition"
     CONCURRENT_UPDATE = "concurrent_update"
     # our side
@@ -75,6 +78,7 @@ class UnattributedReason(StrEnum):
 
     UNKNOWN_OR_EXPIRED_CLICK = "unknown_or_expired_click"
     CLICK_OF_OTHER_ADVERTISER = "click_of_other_advertiser"
+    CLICK_OF_OTHER_VISITOR = "click_of_other_visitor"  # a pixel naming a click not its own
     NO_VISITOR = "no_visitor"
     NO_CLICK_IN_LOOKBACK = "no_click_in_lookback"
 

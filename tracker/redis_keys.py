@@ -85,6 +85,11 @@ def fraud_ip_visitor_counts_key(hour: int, shard: int) -> str:
     return f"{PREFIX}:fraud:iph:{{h{hour}:{shard}}}"
 
 
+def pixel_rate_key(kind: str, who: str, hour: int) -> str:
+    """Counter: conversion pixels of one visitor (kind 'v') or address ('ip') that hour."""
+    return f"{PREFIX}:pxrate:{kind}:{{{who}}}:{hour}"
+
+
 def ip_key_secret(hour: int) -> str:
     """The hour's secret for keyed hashes of client addresses (tracker/ip_privacy.py)."""
     return f"{PREFIX}:ipkey:{hour}"

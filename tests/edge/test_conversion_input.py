@@ -54,7 +54,15 @@ def test_payout_is_not_the_amount():
         ("-0.01", "USD", "negative_amount"),
         ("nan", "USD", "invalid_amount"),
         ("sNaN", "USD", "invalid_amount"),
-        ("1e9999", "USD", "amount_too_large"),
+        ("1e9999", "USD", "invalid_amount"),
+        ("1E+2", "USD", "invalid_amount"),
+        ("1_000", "USD", "invalid_amount"),
+        ("\u0661\u0662\u0663", "USD", "invalid_amount"),  # Arabic-Indic digits
+        ("\uff11\uff12", "USD", "invalid_amount"),  # full-width digits
+        ("+12", "USD", "invalid_amount"),
+        ("1.2.3", "USD", "invalid_amount"),
+        ("1.", "USD", "invalid_amount"),
+        ("Infinity", "USD", "invalid_amount"),
         ("abc", "USD", "invalid_amount"),
         ("1" * 41, "USD", "invalid_amount"),
         ("1000000000.01", "USD", "amount_too_large"),

@@ -185,3 +185,76 @@ async def test_a_replayed_signed_post_is_a_duplicate(client, redis_server):
     # the old signature over a changed body is refused, not taken for a duplicate
     tampered = await signed_post(client, CLOCK() - 10, body.replace(b"12.50", b"99"), body)
     assert (tampered[0], tampered[1]["reason"]) == (401, "bad_signature")
+
+
+# -- conversion pixels: unauthenticated, so bounded -----------------------------------------
+
+
+def redis_calls(redis_server, command: str) -> int:
+    stats = redis_server.client().info("commandstats")
+    return stats.get(f"cmdstat_{command}", {}).get("calls", 0)
+
+
+async def pixel(client: TestClient, visitor: str | None = None, **params) -> None:
+    params = {"event": "sale", "advertiser": "shop", "amount": "10", **params}
+    client.session.cookie_jar.clear()  # the visitor is only the one named here
+    headers = {"Cookie": f"vid={visitor}"} if visitor else {}
+    r = await client.get("/p.gif", params=params, headers=headers)
+    assert r.status == 200 and (await r.read()).startswith(b"GIF89a")
+
+
+def stored_conversions(redis_server) -> list[dict]:
+    rows = []
+    for _, fields in redis_server.client().xrange(K.EVENTS_STREAM):
+        if b"conversions" in fields:
+            rows += [orjson.loads(line) for line in fields[b"conversions"].split(b"\n")]
+    return rows
+
+
+async def test_a_made_up_fresh_click_id_costs_a_pixel_one_read(client, redis_server):
+    """A pixel naming a click id that looks a moment old does not wait for it to appear
+    (it used to poll Redis 100 times, 1.3 s); an authenticated postback waits a bounded
+    while."""
+    from tracker.clock import clock_ms
+    from tracker.ids import uuid7
+
+    fresh = uuid7(clock_ms(CLOCK))
+    before = redis_calls(redis_server, "get")
+    await pixel(client, click_id=fresh, txid="made-up-1")
+    assert redis_calls(redis_server, "get") - before == 1
+    before = redis_calls(redis_server, "get")
+    r = await client.get(
+        "/postback",
+        params={"advertiser": "shop", "token": ADV_TOKEN, "click_id": fresh, "txid": "pb-1"},
+    )
+    assert r.status == 200
+    assert redis_calls(redis_server, "get") - before <= 7
+    assert [row["unattributed_reason"] for row in stored_conversions(redis_server)] == [
+        "unknown_or_expired_click",
+        "unknown_or_expired_click",
+    ]
+
+
+async def test_pixels_are_rate_limited_per_visitor_and_address(client, redis_server):
+    visitor = "0190a0a0-0000-7000-8000-000000000001"
+    for n in range(22):
+        await pixel(client, visitor, txid=f"v-{n}")
+    assert len(stored_conversions(redis_server)) == 20  # pixel_per_visitor_per_hour
+    for n in range(200):  # fresh visitors, one address
+        await pixel(client, None, txid=f"ip-{n}")
+    # pixel_per_ip_per_hour counts every attempt: 22 + 178 of these were let through
+    assert len(stored_conversions(redis_server)) == 20 + 178
+    client.app[CLICKS].counters.publish(client.app[CLICKS].writer, client.app[CONVERSIONS])
+    assert rejections().get("rate_limited", 0) >= 22
+
+
+async def test_a_pixel_cannot_set_a_status_or_claim_another_visitors_click(client, redis_server):
+    await pixel(client, txid="approve-me", status="approved")
+    assert stored_conversions(redis_server) == []
+    mine, theirs = "0190a0a0-0000-7000-8000-00000000000a", "0190a0a0-0000-7000-8000-00000000000b"
+    click_id = "0190a0a0-0000-7000-8000-0000000000c1"
+    record = {"click_id": click_id, "visitor_id": theirs, "ts": 0, "advertiser_id": ""}
+    redis_server.client().set(K.click_key(click_id), orjson.dumps(record))
+    await pixel(client, mine, txid="claim", click_id=click_id)
+    [row] = stored_conversions(redis_server)
+    assert (row["attributed"], row["unattributed_reason"]) == (0, "click_of_other_visitor")

@@ -59,7 +59,9 @@ return {'ok', current}
 """
 ATTEMPTS = 5  # concurrent status reports for one transaction: re-read and try again
 RECENT_CLICK_MS = 10_000
-RECENT_CLICK_RETRIES = 100
+# A postback right after its click may find the click still in an edge's write buffer (a
+# few ms, or a Redis timeout): look again after these pauses, 7 reads and 0.63 s at most.
+RECENT_CLICK_PAUSES = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32)
 # Our side failing for a while (Redis away or slow, a socket error): the advertiser should
 # retry, so 503. Anything else is a bug: 500, logged with its traceback.
 UNAVAILABLE = (*UNREACHABLE, TimeoutError, OSError)
@@ -156,21 +158,29 @@ async def find_click(
     visitor_id: str,
     lookback_ms: int,
     now: int,
+    source: str = "postback",
 ) -> tuple[dict | None, UnattributedReason | None]:
-    """The click a new conversion is attributed to, or None and the reason."""
+    """The click a new conversion is attributed to, or None and the reason. A report from
+    a browser (unauthenticated) does not wait for a recent click; a pixel may name a click
+    only of its own visitor (or any, when the browser sent no visitor cookie; the tag's
+    click id comes from the merchant's own cookie, and a partitioned tracker cookie would
+    not match)."""
+    pixel = source == "pixel"
     if conv.click_id:
         raw = await redis.get(K.click_key(conv.click_id))
-        # A click made a moment ago may still be in its edge's write buffer: wait a little.
-        for _ in range(RECENT_CLICK_RETRIES):
-            if raw is not None or now - uuid7_time_ms(conv.click_id) > RECENT_CLICK_MS:
-                break
-            await asyncio.sleep(0.01)
-            raw = await redis.get(K.click_key(conv.click_id))
+        if source == "postback":
+            for pause in RECENT_CLICK_PAUSES:
+                if raw is not None or now - uuid7_time_ms(conv.click_id) > RECENT_CLICK_MS:
+                    break
+                await asyncio.sleep(pause)
+                raw = await redis.get(K.click_key(conv.click_id))
         if raw is None:
             return None, UnattributedReason.UNKNOWN_OR_EXPIRED_CLICK
         click = orjson.loads(raw)
         if click.get("advertiser_id") and click["advertiser_id"] != conv.advertiser:
             return None, UnattributedReason.CLICK_OF_OTHER_ADVERTISER
+        if pixel and visitor_id and click.get("visitor_id") != visitor_id:
+            return None, UnattributedReason.CLICK_OF_OTHER_VISITOR
         return click, None
     if not visitor_id:
         return None, UnattributedReason.NO_VISITOR
@@ -220,7 +230,7 @@ async def record(
         ms = clock_ms(ctx.clock)
         if kind == "new":
             click, why = await find_click(
-                ctx.redis, conv, visitor_id, s.lookback_seconds * 1000, ms
+                ctx.redis, conv, visitor_id, s.lookback_seconds * 1000, ms, source
             )
             amount = conv.amount if conv.amount is not None else 0
             stored = {
@@ -333,8 +343,10 @@ async def conversion_pixel(
 ) -> None:
     """A conversion reported by the thank-you page's pixel: the visitor comes from the cookie.
 
-    Browsers cannot keep a secret, so pixel conversions are not authenticated; they are
-    stored with source 'pixel' and the advertiser must be known and active.
+    Browsers cannot keep a secret, so pixel conversions are not authenticated: they are
+    stored with source 'pixel', the advertiser must be known and active, a pixel reports a
+    new pending conversion only (approval, rejection and refunds come by postback), is
+    credited to its own visitor's clicks, and is rate-limited per visitor and address.
     """
     ctx = request.app[CONVERSIONS]
     s = ctx.settings
@@ -345,14 +357,41 @@ async def conversion_pixel(
             max_amount=s.conversions.max_amount,
             require_click=False,
         )
+        if conv.status != "pending":
+            raise Rejected(403, R.PIXEL_STATUS)
         advertiser = ctx.advertisers.get(conv.advertiser)
         if advertiser is None or not advertiser.active:
             raise Rejected(401, R.UNKNOWN_ADVERTISER)
+        await within_pixel_limits(ctx, visitor_id, meta)
         await record(ctx, conv, visitor_id=visitor_id or "", source="pixel", meta=meta)
     except Rejected as exc:
         reject(ctx, exc)
     except Exception as exc:  # the pixel still answers its GIF
         failed(ctx, exc, "pixel conversion")
+
+
+async def within_pixel_limits(
+    ctx: ConversionIntake, visitor_id: str | None, meta: RequestMeta
+) -> None:
+    """Count this browser conversion (pixel or tag) against its visitor's and its
+    address's hourly limits (one Redis round trip); Rejected (429) past either."""
+    s = ctx.settings.conversions
+    hour = clock_ms(ctx.clock) // 3_600_000
+    limits = []
+    if s.pixel_per_visitor_per_hour and visitor_id:
+        limits.append((K.pixel_rate_key("v", visitor_id, hour), s.pixel_per_visitor_per_hour))
+    if s.pixel_per_ip_per_hour:
+        who = meta.ip_key or meta.ip
+        limits.append((K.pixel_rate_key("ip", who, hour), s.pixel_per_ip_per_hour))
+    if not limits:
+        return
+    pipe = ctx.redis.pipeline(transaction=False)
+    for key, _ in limits:
+        pipe.incr(key)
+        pipe.expire(key, 3600)
+    counts = (await pipe.execute())[::2]
+    if any(n > limit for n, (_, limit) in zip(counts, limits, strict=True)):
+        raise Rejected(429, R.RATE_LIMITED)
 
 
 ORIGIN_REFUSALS = (R.ORIGIN_MISSING, R.ORIGIN_NOT_ALLOWED)
@@ -392,7 +431,8 @@ async def browser_conversion(request: web.Request) -> web.StreamResponse:
         advertiser = active_advertiser(ctx, conv.advertiser)
         check_origin(advertiser, origin)
         visitor_id = read_cookie(request.headers.get("Cookie"), ctx.settings.cookie.name)
-        meta = request_meta(hit_of(request), ctx.trusted)
+        meta = request_meta(hit_of(request), ctx.trusted, ctx.settings.privacy.anonymize_ip)
+        await within_pixel_limits(ctx, visitor_id, meta)
         response = await record(
             ctx, conv, visitor_id=visitor_id or "", source="browser", meta=meta, first_only=True
         )
