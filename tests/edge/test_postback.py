@@ -243,7 +243,7 @@ async def test_pixels_are_rate_limited_per_visitor_and_address(client, redis_ser
         await pixel(client, None, txid=f"ip-{n}")
     # pixel_per_ip_per_hour counts every attempt: 22 + 178 of these were let through
     assert len(stored_conversions(redis_server)) == 20 + 178
-    client.app[CLICKS].counters.publish(client.app[CLICKS].writer, client.app[CONVERSIONS])
+    client.app[CONVERSIONS].publish_metrics()
     assert rejections().get("rate_limited", 0) >= 22
 
 
