@@ -115,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compare", action="store_true", help="also the previous period's totals")
     s.add_argument("--format", choices=["table", "json", "csv"], default="table")
     s.set_defaults(func=cmd_report_stats)
+    s = report.add_parser(
+        "reconciliation",
+        help="one advertiser's conversions by status, what it owes, its refused postbacks",
+    )
+    s.add_argument("--advertiser", required=True)
+    s.add_argument("--from", dest="date_from", help="from (date or datetime in --tz)")
+    s.add_argument("--to", dest="date_to", help="before (date or datetime in --tz)")
+    s.add_argument("--tz", default="UTC")
+    s.add_argument("--format", choices=["table", "json"], default="table")
+    s.set_defaults(func=cmd_report_reconciliation)
     s = report.add_parser("metrics", help="every report metric and its definition")
     s.set_defaults(func=cmd_report_metrics)
     s = report.add_parser("attribution", help="all configured models side by side")
@@ -620,4 +630,43 @@ def cmd_audit(settings: Settings, args) -> int:
     columns = ["at", "actor", "role", "action", "target", "status", "before", "after"]
     rows = [[item[c] for c in columns] for item in items]
     print(format_rows(columns, rows, args.format), end="")
+    return 0
+
+
+def cmd_report_reconciliation(settings: Settings, args) -> int:
+    from datetime import UTC, datetime
+
+    from tracker import refusals
+    from tracker.reports import query, reconciliation
+
+    try:
+        advertiser = reconciliation.check_advertiser(args.advertiser)
+        report = query.parse(
+            {"from": args.date_from or "", "to": args.date_to or "", "tz": args.tz},
+            {},
+            default_currency=settings.conversions.default_currency,
+            now=datetime.now(UTC),
+        )
+    except query.ReportError as exc:
+        raise CommandError(str(exc)) from None
+    db = settings.clickhouse.database
+    answers = [run_query(settings, sql) for sql in reconciliation.queries(report, db, advertiser)]
+    redis = _redis(settings)
+    days = [redis.hgetall(refusals.day_key(d)) for d in refusals.days(report.start, report.end)]
+    result = reconciliation.assemble(report, advertiser, answers, refusals.totals(days, advertiser))
+    if args.format == "json":
+        print(orjson.dumps(result).decode())
+        return 0
+    print(f"advertiser {advertiser}, {result['from']} .. {result['to']}")
+    statuses = reconciliation.STATUSES
+    columns = ["currency", *[f"{s}_{k}" for s in statuses for k in ("conversions", "amount")]]
+    rows = [
+        [c["currency"], *[c[s][k] for s in statuses for k in ("conversions", "amount")]]
+        for c in result["conversions"]
+    ]
+    print(format_rows(columns, rows, "table"), end="")
+    owed = [[o["currency"], o["owed"], o["pending"]] for o in result["owed"]]
+    print(format_rows(["currency", "owed", "pending"], owed, "table"), end="")
+    refused = [[r["reason"], r["count"]] for r in result["refused_postbacks"]]
+    print(format_rows(["refused postback reason", "count"], refused, "table"), end="")
     return 0

@@ -35,6 +35,8 @@ POLICY: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/reports"): ALL,
     ("GET", "/api/reports/metrics"): ALL,
     ("GET", "/api/live"): READERS,  # the whole programme's click rate
+    # an advertiser's own (reports_api.get_reconciliation)
+    ("GET", "/api/reports/reconciliation"): READERS | {Role.ADVERTISER},
     ("GET", "/api/links"): ALL,  # each sees its own (admin.list_links)
     ("GET", "/api/links/{slug}"): ALL,
     ("POST", "/api/links"): frozenset({Role.ADMIN, Role.AFFILIATE}),  # affiliates: their own

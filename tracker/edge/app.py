@@ -8,11 +8,12 @@ Redis is still open.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from tracker import metrics
+from tracker import metrics, refusals
 from tracker.advertisers import advertiser_cache
 from tracker.clock import Clock, system_clock
 from tracker.config import Settings
@@ -49,6 +50,8 @@ from tracker.http_limits import MAX_BODY
 from tracker.ip_privacy import IpKeys
 from tracker.links import link_cache
 from tracker.redis_connection import async_client, is_cluster
+
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -180,3 +183,7 @@ async def publish_metrics(app: web.Application) -> None:
     while True:
         await asyncio.sleep(1.0)
         metrics.publish(edge.counters, edge.writer, conversions)
+        try:
+            await refusals.flush(app[REDIS], conversions.refused)
+        except Exception as exc:  # Redis away: the counts wait for the next second
+            log.warning("refused postback counts not stored yet: %r", exc)

@@ -26,6 +26,9 @@ class ConversionIntake:
     # counted on the hot path, moved to Prometheus once a second (closed sets of labels)
     rejections: Counter[PostbackRefusal] = field(default_factory=Counter)
     outcomes: Counter[PostbackOutcome] = field(default_factory=Counter)
+    # refused postbacks by (advertiser, UTC day, reason), added to Redis once a second
+    # (tracker/refusals.py) for advertiser reconciliation
+    refused: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
     def publish_metrics(self) -> None:
         """Move this intake's counts into Prometheus (the app does it once a second)."""

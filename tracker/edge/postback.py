@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 import orjson
 from aiohttp import web
 
-from tracker import origins, signing
+from tracker import origins, refusals, signing
 from tracker import redis_keys as K
 from tracker.advertisers import Advertiser
 from tracker.clock import Clock, clock_ms
@@ -308,6 +308,7 @@ def failed(ctx: ConversionIntake, exc: Exception, what: str) -> web.Response:
 async def postback(request: web.Request) -> web.Response:
     ctx = request.app[CONVERSIONS]
     s = ctx.settings
+    params: dict[str, str] = {}
     try:
         params, body = await read_params(request, s.conversions.max_body_bytes)
         conv = conversion_input.parse(
@@ -328,6 +329,9 @@ async def postback(request: web.Request) -> web.Response:
         meta = request_meta(hit_of(request), ctx.trusted, s.privacy.anonymize_ip)
         return await record(ctx, conv, visitor_id="", source="postback", meta=meta)
     except Rejected as exc:
+        named = conversion_input.pick(params, "advertiser")
+        known = ctx.advertisers.get(named) is not None
+        refusals.note(ctx.refused, named, known, exc.reason, clock_ms(ctx.clock))
         return reject(ctx, exc)
     except Exception as exc:
         return failed(ctx, exc, "postback")

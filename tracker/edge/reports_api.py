@@ -17,11 +17,12 @@ from datetime import UTC, datetime
 from aiohttp import web
 from prometheus_client import CollectorRegistry, multiprocess
 
+from tracker import refusals
 from tracker.access import Role
 from tracker.edge.admin import error, json_response
-from tracker.edge.keys import REPORT_STORE, SETTINGS
+from tracker.edge.keys import REDIS, REPORT_STORE, SETTINGS
 from tracker.reasons import AdminError
-from tracker.reports import metrics, query
+from tracker.reports import metrics, query, reconciliation
 from tracker.reports.store import ReportStore, StoreError
 from tracker.timefmt import now_ms
 
@@ -103,6 +104,42 @@ async def get_metrics(request: web.Request) -> web.Response:
     )
 
 
+async def get_reconciliation(request: web.Request) -> web.Response:
+    """`?advertiser=&from=&to=&tz=`; an advertiser's key gets its own, whatever it asks."""
+    principal = request.get("principal")
+    advertiser = request.query.get("advertiser", "")
+    if principal is not None and principal.role == Role.ADVERTISER:
+        advertiser = advertiser or principal.subject
+        if advertiser != principal.subject:
+            return error(403, AdminError.FORBIDDEN, "an advertiser key sees its own only")
+    try:
+        reconciliation.check_advertiser(advertiser)
+        report = query.parse(
+            {k: request.query.get(k, "") for k in ("from", "to", "tz")},
+            {},
+            default_currency=request.app[SETTINGS].conversions.default_currency,
+            now=datetime.now(UTC),
+        )
+    except query.ReportError as exc:
+        return error(exc.status, AdminError.INVALID_REPORT, str(exc))
+    store = request.app[REPORT_STORE]
+    try:
+        answers = await asyncio.gather(
+            *(
+                store.query(sql)
+                for sql in reconciliation.queries(report, store.database, advertiser)
+            )
+        )
+    except StoreError as exc:
+        return error(502, AdminError.REPORT_STORE, str(exc))
+    redis = request.app[REDIS]
+    pipe = redis.pipeline(transaction=False)
+    for day in refusals.days(report.start, report.end):
+        pipe.hgetall(refusals.day_key(day))
+    refused = refusals.totals(await pipe.execute(), advertiser)
+    return json_response(reconciliation.assemble(report, advertiser, list(answers), refused))
+
+
 async def live(request: web.Request) -> web.Response:
     """Clicks recorded by every edge process so far (published once a second): the
     dashboard's clicks-per-second counter is the difference between two readings."""
@@ -137,3 +174,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/reports", get_report)
     app.router.add_get("/api/reports/metrics", get_metrics)
     app.router.add_get("/api/live", live)
+    app.router.add_get("/api/reports/reconciliation", get_reconciliation)
