@@ -82,6 +82,9 @@ class CrashAfterInsert:
     def __init__(self, ch: ClickHouse) -> None:
         self.ch = ch
 
+    def __getattr__(self, name):  # queries go to the real one
+        return getattr(self.ch, name)
+
     def insert_jsonl(self, table, payload, token):
         self.ch.insert_jsonl(table, payload, token)
         raise SystemExit("crashed before XACK")
@@ -92,6 +95,9 @@ class FailingInserts:
 
     def __init__(self, ch: ClickHouse, failures: int) -> None:
         self.ch, self.failures, self.calls = ch, failures, 0
+
+    def __getattr__(self, name):
+        return getattr(self.ch, name)
 
     def insert_jsonl(self, table, payload, token):
         self.calls += 1
@@ -121,6 +127,7 @@ def test_crash_between_insert_and_ack_does_not_double_count(r, ch):
     restarted.process_own_pending()
     assert count(ch) == 30  # same entries -> same token -> ClickHouse skipped the repeat
     assert r.xpending(K.EVENTS_STREAM, K.SINK_GROUP)["pending"] == 0
+    assert restarted.rows_inserted["clicks"] == 0  # and tracker_sink_rows_total counts none
 
 
 def distinct_clicks(ch: ClickHouse) -> int:
@@ -168,6 +175,7 @@ def test_clickhouse_down_is_retried_until_it_answers(r, ch):
     sink.step(block=False)
     assert flaky.calls == 4 and sink.insert_failures == 3
     assert count(ch) == 14
+    assert sink.rows_inserted["clicks"] == 14
     assert r.xpending(K.EVENTS_STREAM, K.SINK_GROUP)["pending"] == 0
 
 

@@ -160,7 +160,7 @@ class Sink:
             if start == ">" and len(entries) == self.read_entries:
                 # a full read: more is waiting, so read it while this batch is inserted
                 self._ahead = (stream, self._reader.submit(self._fetch, stream, ">", None))
-            self.handle(entries, stream)
+            self.handle(entries, stream, redelivered=start != ">")
         return len(entries)
 
     def _fetch(self, stream: str, start: str, block: int | None) -> list[StreamEntry]:
@@ -244,14 +244,18 @@ class Sink:
             self.redis.xack(stream, K.SINK_GROUP, *gone)
         if entries:
             log.warning("claimed %d entries left pending by %s", len(entries), name)
-            self.handle(entries, stream)
+            self.handle(entries, stream, redelivered=True)
         return len(entries)
 
     # -- one batch --------------------------------------------------------------------
 
-    def handle(self, entries: list[StreamEntry], stream: str = K.EVENTS_STREAM) -> None:
+    def handle(
+        self, entries: list[StreamEntry], stream: str = K.EVENTS_STREAM, redelivered: bool = False
+    ) -> None:
         """Store one batch and acknowledge it. Raises Stopping when asked to stop while
-        ClickHouse refuses it: the batch then stays pending, whole, for the next start."""
+        ClickHouse refuses it: the batch then stays pending, whole, for the next start.
+        `redelivered`: read before (by a sink that stopped or died), so ClickHouse may
+        hold it already and deduplicate it by its token."""
         started = time.monotonic()
         ids = [_text(eid) for eid, _ in entries]
         token = f"{ids[0]}/{ids[-1]}/{len(ids)}"
@@ -283,9 +287,10 @@ class Sink:
         for table, parts in payloads.items():
             if not parts:
                 continue
-            if not self._insert(table, parts, f"{token}/{table}"):
-                raise Stopping
             count = sum(part.count(b"\n") for part in parts) + len(parts)
+            count = self._insert(table, parts, f"{token}/{table}", count, redelivered)
+            if count is None:
+                raise Stopping
             self.rows_inserted[table] += count
             metrics.SINK_ROWS.labels(table).inc(count)
             rows += count
@@ -319,11 +324,12 @@ class Sink:
                 backoff = min(backoff * 2, BACKOFF_MAX)
         if not lines:
             return 0
-        if not self._insert("commissions", [b"\n".join(lines)], f"{token}/commissions"):
+        count = self._insert("commissions", [b"\n".join(lines)], f"{token}/commissions", len(lines))
+        if count is None:
             raise Stopping
-        self.rows_inserted["commissions"] += len(lines)
-        metrics.SINK_ROWS.labels("commissions").inc(len(lines))
-        return len(lines)
+        self.rows_inserted["commissions"] += count
+        metrics.SINK_ROWS.labels("commissions").inc(count)
+        return count
 
     def enrich(self, payloads: dict[str, list[bytes]]) -> None:
         """Run the enrichment steps over the tables they apply to (clicks first, so
@@ -340,16 +346,35 @@ class Sink:
             events = pipeline.process(table, events)
             payloads[table] = [b"\n".join(orjson.dumps(e) for e in events)] if events else []
 
-    def _insert(self, table: str, payload: list[bytes], token: str) -> bool:
+    def _insert(
+        self, table: str, payload: list[bytes], token: str, rows: int, redelivered: bool = False
+    ) -> int | None:
+        """Insert until ClickHouse takes it; the rows it stored (None: asked to stop).
+
+        A first insert of a batch stores all its rows. A retry, or a batch read before,
+        may be one ClickHouse already holds and deduplicates by its token: its rows are
+        the table's growth across the insert (at most the batch's rows), so
+        `tracker_sink_rows_total` counts no row twice. (A failed insert that did store its
+        rows leaves them uncounted, the lesser error.)"""
         backoff = BACKOFF_START
+        before = self._table_rows(table) if redelivered else None
         while True:
             try:
                 self.ch.insert_jsonl(table, payload, token)
-                return True
+                if before is None:
+                    return rows
+                return max(0, min(rows, self._table_rows(table) - before))
             except Exception as exc:  # ClickHouse down or refusing: retry the same batch
                 self.insert_failures += 1
                 metrics.SINK_FAILURES.inc()
                 log.warning("insert into %s failed (%s); retrying in %.1fs", table, exc, backoff)
                 if self.stop.wait(backoff):
-                    return False
+                    return None
                 backoff = min(backoff * 2, BACKOFF_MAX)
+                if before is None:
+                    with contextlib.suppress(Exception):  # ClickHouse still away: next time
+                        before = self._table_rows(table)
+
+    def _table_rows(self, table: str) -> int:
+        _, rows = self.ch.query(f"SELECT count() FROM {self.ch.database}.{table}", readonly=False)
+        return int(rows[0][0])
