@@ -5,6 +5,8 @@ free loopback port, the real service processes, and one in-process chDB engine.
 from __future__ import annotations
 
 import itertools
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -52,6 +54,39 @@ def running(tmp_path_factory, shared_redis):
     svc.serve()
     yield svc
     svc.stop_all()
+
+
+# The two servers of the tracking routes (/c/{slug}, /p.gif): the llhttp fast path, and
+# aiohttp's own routes (what the fast path hands over, and all of it when it is off).
+TRACKING_SERVERS = {"fast_path": "true", "aiohttp": "false"}
+
+
+@pytest.fixture(scope="module", params=list(TRACKING_SERVERS))
+def tracking(request, tmp_path_factory):
+    """A running service per server of the tracking routes, as aiohttp runs its tests on
+    both its parsers: a module's click, pixel and bad-input tests run once on each. Each
+    gets a Redis of its own, so the second starts as clean as the first."""
+    folder = tmp_path_factory.mktemp(f"tracking-{request.param}")
+    redis_server = RedisServer(folder / "redis")
+    redis_server.start()
+    svc = Service(
+        folder / "svc", redis_server, TRACKER_HTTP_FAST_PATH=TRACKING_SERVERS[request.param]
+    )
+    svc.serve()
+    assert served_by(svc.base_url + "/c/no-such-link") == request.param  # the switch took
+    yield svc
+    svc.stop_all()
+    redis_server.stop()
+
+
+def served_by(url: str) -> str:
+    """Which server answered a tracking request: the fast path names itself `tracker`."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD")) as r:
+            server = r.headers.get("Server", "")
+    except urllib.error.HTTPError as exc:  # the unknown link's 404
+        server = exc.headers.get("Server", "")
+    return "fast_path" if server == "tracker" else "aiohttp"
 
 
 # chDB allows one engine per process: every in-process test shares this one, and each

@@ -34,9 +34,9 @@ def header(headers: list[tuple[str, str]], name: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def svc(running):
-    running.add_link("junk", "https://shop.example/l?s={sub1}", campaign_id="junk")
-    return running
+def svc(tracking):  # every test here runs on the fast path and on aiohttp's routes
+    tracking.add_link("junk", "https://shop.example/l?s={sub1}", campaign_id="junk")
+    return tracking
 
 
 def test_unknown_slug_is_a_404_page_and_an_orphan_visit(svc):

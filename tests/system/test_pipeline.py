@@ -18,8 +18,8 @@ from tracker.testing import ROOT, get_status_location, hit_many, wait_until
 from tracker.timefmt import parse_ms
 
 
-async def test_one_click_lands_with_all_fields(running):
-    running.add_link(
+async def test_one_click_lands_with_all_fields(tracking):
+    tracking.add_link(
         "one",
         "https://shop.example/p?aff={affiliate_id}&s={sub1}",
         campaign_id="camp-1",
@@ -27,7 +27,7 @@ async def test_one_click_lands_with_all_fields(running):
         advertiser_id="adv-1",
     )
     url = (
-        f"{running.base_url}/c/one?sub1=a%20b&sub2=x&sub3=3&sub4=4&sub5=5&utm_source=news"
+        f"{tracking.base_url}/c/one?sub1=a%20b&sub2=x&sub3=3&sub4=4&sub5=5&utm_source=news"
         "&utm_medium=email&utm_campaign=winter&utm_term=t&utm_content=c"
         "&gclid=G1&fbclid=F1&msclkid=M1"
     )
@@ -50,8 +50,8 @@ async def test_one_click_lands_with_all_fields(running):
     click_id = location.rsplit("click_id=", 1)[1]
     assert is_uuid(click_id)
 
-    running.wait_count("clicks", 1, "link_slug = 'one'", timeout=10)
-    row = running.sql(
+    tracking.wait_count("clicks", 1, "link_slug = 'one'", timeout=10)
+    row = tracking.sql(
         "SELECT *, toString(ip) AS ip_text FROM tracker.clicks WHERE link_slug = 'one'"
     )[0]
     assert row["click_id"] == click_id
@@ -82,53 +82,53 @@ async def test_one_click_lands_with_all_fields(running):
     assert parse_ms(row["event_time"]) == uuid7_time_ms(click_id)
 
     # The click record for conversions is in Redis with TTL = lookback, and the touchpoint.
-    r = running.redis.client()
+    r = tracking.redis.client()
     record = orjson.loads(r.get(K.click_key(click_id)))
     assert record["campaign_id"] == "camp-1" and record["visitor_id"] == cookie.value
     assert 29 * 86400 < r.ttl(K.click_key(click_id)) <= 30 * 86400
     assert r.zscore(K.visitor_clicks_key(cookie.value), click_id) == uuid7_time_ms(click_id)
 
 
-async def test_returning_visitor_keeps_id(running):
-    running.add_link("again", campaign_id="c")
+async def test_returning_visitor_keeps_id(tracking):
+    tracking.add_link("again", campaign_id="c")
     visitor = "01900000-0000-7000-8000-000000000001"
     async with aiohttp.ClientSession(cookies={"vid": visitor}) as session:
         for _ in range(3):
-            async with session.get(f"{running.base_url}/c/again", allow_redirects=False) as r:
+            async with session.get(f"{tracking.base_url}/c/again", allow_redirects=False) as r:
                 assert r.status == 302
                 assert "Set-Cookie" not in r.headers
-    running.wait_count("clicks", 3, "link_slug = 'again'")
-    rows = running.sql(
+    tracking.wait_count("clicks", 3, "link_slug = 'again'")
+    rows = tracking.sql(
         "SELECT DISTINCT visitor_id, new_visitor FROM tracker.clicks WHERE link_slug = 'again'"
     )
     assert rows == [{"visitor_id": visitor, "new_visitor": 0}]
-    members = running.redis.client().zrange(K.visitor_clicks_key(visitor), 0, -1)
+    members = tracking.redis.client().zrange(K.visitor_clicks_key(visitor), 0, -1)
     assert len(members) == 3
 
 
-async def test_ten_thousand_concurrent_clicks_exactly_once(running):
-    running.add_link("bulk", campaign_id="bulk")
-    statuses = await hit_many(f"{running.base_url}/c/bulk?sub1=load", 10_000, concurrency=100)
+async def test_ten_thousand_concurrent_clicks_exactly_once(tracking):
+    tracking.add_link("bulk", campaign_id="bulk")
+    statuses = await hit_many(f"{tracking.base_url}/c/bulk?sub1=load", 10_000, concurrency=100)
     assert statuses.count(302) == 10_000
-    assert running.wait_count("clicks", 10_000, "link_slug = 'bulk'", timeout=60) == 10_000
-    distinct = running.sql(
+    assert tracking.wait_count("clicks", 10_000, "link_slug = 'bulk'", timeout=60) == 10_000
+    distinct = tracking.sql(
         "SELECT uniqExact(click_id) AS n FROM tracker.clicks WHERE link_slug = 'bulk'"
     )
     assert distinct[0]["n"] == 10_000
 
 
-async def test_pixel_records_impressions(running):
-    running.add_link("pix", campaign_id="pc", affiliate_id="pa")
+async def test_pixel_records_impressions(tracking):
+    tracking.add_link("pix", campaign_id="pc", affiliate_id="pa")
     async with aiohttp.ClientSession() as session:
         for query in ("slug=pix&sub1=s", "campaign_id=only-campaign", "slug=missing", ""):
-            async with session.get(f"{running.base_url}/p.gif?{query}") as r:
+            async with session.get(f"{tracking.base_url}/p.gif?{query}") as r:
                 assert r.status == 200
                 assert r.headers["Content-Type"] == "image/gif"
                 assert (await r.read()).startswith(b"GIF89a")
-        async with session.head(f"{running.base_url}/p.gif?slug=pix") as r:
+        async with session.head(f"{tracking.base_url}/p.gif?slug=pix") as r:
             assert r.status == 200
-    running.wait_count("impressions", 2, "campaign_id = 'pc'")
-    rows = running.sql(
+    tracking.wait_count("impressions", 2, "campaign_id = 'pc'")
+    rows = tracking.sql(
         "SELECT method, sub1, affiliate_id FROM tracker.impressions "
         "WHERE campaign_id = 'pc' ORDER BY method"
     )
@@ -136,8 +136,8 @@ async def test_pixel_records_impressions(running):
         {"method": "GET", "sub1": "s", "affiliate_id": "pa"},
         {"method": "HEAD", "sub1": "", "affiliate_id": "pa"},
     ]
-    running.wait_count("impressions", 1, "campaign_id = 'only-campaign'")
-    reasons = running.sql(
+    tracking.wait_count("impressions", 1, "campaign_id = 'only-campaign'")
+    reasons = tracking.sql(
         "SELECT reason FROM tracker.orphan_visits WHERE route = 'pixel' ORDER BY reason"
     )
     assert [r["reason"] for r in reasons] == ["no_link_or_campaign", "unknown_link"]
@@ -262,13 +262,13 @@ def test_health_and_readiness(running):
     assert body["status"] == "ready" and isinstance(body["sink_lag"], int)
 
 
-async def test_no_track_redirects_without_identifying_anyone(running):
-    running.add_link("private", "https://shop.example/?v={visitor_id}", campaign_id="priv")
+async def test_no_track_redirects_without_identifying_anyone(tracking):
+    tracking.add_link("private", "https://shop.example/?v={visitor_id}", campaign_id="priv")
     async with aiohttp.ClientSession() as session:
         for url, headers in [
-            (f"{running.base_url}/c/private?no-track=1&sub1=a", {}),
-            (f"{running.base_url}/c/private?sub1=b", {"DNT": "1"}),
-            (f"{running.base_url}/c/private?sub1=c", {"Sec-GPC": "1"}),
+            (f"{tracking.base_url}/c/private?no-track=1&sub1=a", {}),
+            (f"{tracking.base_url}/c/private?sub1=b", {"DNT": "1"}),
+            (f"{tracking.base_url}/c/private?sub1=c", {"Sec-GPC": "1"}),
         ]:
             async with session.get(
                 url,
@@ -283,8 +283,8 @@ async def test_no_track_redirects_without_identifying_anyone(running):
                 assert r.headers["Location"].startswith(
                     "https://shop.example/?v=00000000-0000-0000-0000-000000000000&click_id="
                 )
-    running.wait_count("clicks", 3, "link_slug = 'private'")
-    rows = running.sql(
+    tracking.wait_count("clicks", 3, "link_slug = 'private'")
+    rows = tracking.sql(
         "SELECT DISTINCT toString(visitor_id) AS v, toString(ip) AS ip, "
         "referer, user_agent FROM tracker.clicks WHERE link_slug = 'private'"
     )
