@@ -287,8 +287,8 @@ class Sink:
         for table, parts in payloads.items():
             if not parts:
                 continue
-            count = sum(part.count(b"\n") for part in parts) + len(parts)
-            count = self._insert(table, parts, f"{token}/{table}", count, redelivered)
+            sent = sum(part.count(b"\n") for part in parts) + len(parts)
+            count = self._insert(table, parts, f"{token}/{table}", sent, redelivered)
             if count is None:
                 raise Stopping
             self.rows_inserted[table] += count
