@@ -189,9 +189,13 @@ def _period_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(settings: Settings, args) -> int:
+    from tracker.datalock import DataFolderBusy
     from tracker.supervisor import serve
 
-    return serve(settings, manage_redis=args.redis or settings.redis.manage, demo=args.demo)
+    try:
+        return serve(settings, manage_redis=args.redis or settings.redis.manage, demo=args.demo)
+    except DataFolderBusy as exc:
+        raise CommandError(str(exc)) from None
 
 
 def cmd_edge(settings: Settings, args) -> int:

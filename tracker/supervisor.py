@@ -17,7 +17,7 @@ import sys
 import time
 from urllib.parse import urlsplit
 
-from tracker import metrics, metrics_dir
+from tracker import datalock, metrics, metrics_dir
 from tracker.config import Settings
 from tracker.redis_connection import sync_client
 
@@ -117,6 +117,7 @@ def ensure_demo_link(settings: Settings) -> None:
 
 
 def serve(settings: Settings, manage_redis: bool, demo: bool = False) -> int:
+    lock = datalock.hold(settings.data_path)  # noqa: F841 - held until the process ends
     stopping = False
 
     def on_signal(*_):

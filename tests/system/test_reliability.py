@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import time
 
 import aiohttp
@@ -12,9 +14,11 @@ import pytest
 from tests.system.test_metrics import scrape, value
 from tracker.edge.spool import CHUNK_BYTES
 from tracker.testing import (
+    ROOT,
     Service,
     can_mount,
     fill_disk,
+    free_port,
     get_status_location,
     hit_many,
     small_disk,
@@ -243,3 +247,19 @@ async def wait_for(predicate, what: str, timeout: float = 30) -> None:
 
 def wait_for_sync(predicate, what: str, timeout: float = 30) -> None:
     wait_until(predicate, timeout, what)
+
+
+def test_a_second_serve_on_the_same_data_folder_is_refused(service: Service):
+    service.serve()
+    second = dict(service.env, TRACKER_PORT=str(free_port()))
+    run = subprocess.run(
+        [sys.executable, "-m", "tracker", "serve"],
+        env=second,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1
+    assert "is serving from" in run.stderr and str(service.folder / "data") in run.stderr
+    assert service._edge_up()  # the first one is untouched
