@@ -4,10 +4,13 @@ once, and a payout run pays the exact amounts."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
+
 import pytest
 
 from tests.system.test_postbacks import ADV_TOKEN, browser, click, postback
-from tracker.testing import Service
+from tracker.testing import Service, wait_until
 
 PLAN = {
     "events": {"sale": {"type": "percent", "percent": "10"}},
@@ -122,3 +125,73 @@ def test_bad_input_is_refused_with_a_reason(svc):
         assert status == expected, (path, reply)
         assert reply["reason"]
     assert svc.api("GET", "/api/affiliates")[1]["count"] == 2  # nothing stored half-way
+
+
+async def test_sink_killed_mid_batch_books_each_step_once(service: Service):
+    """A backlog of conversion steps, the sink SIGKILLed three times while it books them:
+    every step is in the ledger once and mirrored into ClickHouse once."""
+    from sqlalchemy import func, select
+
+    from tracker.ledger import accounts
+    from tracker.ledger import schema as T
+    from tracker.ledger.store import Store
+
+    service.env["TRACKER_SINK_READ_ENTRIES"] = "5"  # many small batches: kills land inside
+    service.start_edges(1)
+    service.start_sink()
+    api = service.api
+    assert api("POST", "/api/advertisers", {"id": "shop", "token": ADV_TOKEN})[0] == 201
+    assert api("POST", "/api/affiliates", {"id": "pub"})[0] == 201
+    campaign = {"id": "crash", "advertiser_id": "shop", "plan": PLAN, "hold_days": 30}
+    assert api("POST", "/api/campaigns", campaign)[0] == 201
+    service.add_link("crash-pub", campaign_id="crash", affiliate_id="pub", advertiser_id="shop")
+    service.stop("sink")  # the conversions wait in the stream
+
+    count = 150
+    async with browser() as session:
+        clicks = await asyncio.gather(
+            *(click(session, service.base_url, "crash-pub") for _ in range(count))
+        )
+        for status in ("pending", "approved"):
+            replies = await asyncio.gather(
+                *(
+                    postback(
+                        session,
+                        service.base_url,
+                        cid=cid,
+                        txid=f"k-{i}",
+                        amount="10.00",
+                        event="sale",
+                        status=status,
+                    )
+                    for i, cid in enumerate(clicks)
+                )
+            )
+            assert all(body["status"] == "accepted" for _, body in replies), replies[:3]
+
+    for _ in range(3):
+        service.spawn("sink", "sink")
+        wait_until(
+            lambda: service._query_up() and service.count("commissions") > 0,
+            60,
+            "the sink to book commissions",
+        )
+        service.signal("sink", signal.SIGKILL)
+        service.procs["sink"].wait(10)
+    service.start_sink()
+    # pending: level 1 and the conversion's row; approved: each moved out and in
+    assert service.wait_count("commissions", count * 2 + count * 4) == count * 6
+    store = Store(f"sqlite:///{service.folder / 'data' / 'ledger.sqlite3'}", migrate=False)
+    try:
+        with store.read() as conn:
+            steps = conn.execute(select(func.count()).select_from(T.conversion_steps)).scalar_one()
+            entries = conn.execute(select(func.count()).select_from(T.entries)).scalar_one()
+            balance = accounts.balance(conn, "pub", store.clock())
+    finally:
+        store.close()
+    assert (steps, entries) == (count * 2, count * 3)  # accrue; unpend + approve
+    assert balance[0]["on_hold"] == f"{count}.00" and balance[0]["pending"] == "0.00"
+    assert service.sql(
+        "SELECT toString(sum(payout)) AS p FROM tracker.commissions "
+        "WHERE status = 'approved' AND level = 1"
+    ) == [{"p": f"{count}"}]

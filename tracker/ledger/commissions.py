@@ -133,7 +133,7 @@ class Engine:
             return []
         out: list[bytes] = []
         with self.store.begin() as conn:
-            batch = _Batch(conn, self, {e.conversion_id for e in events})
+            batch = _Batch(conn, self, events)
             for event in events:
                 out += batch.step(event)
             batch.flush()
@@ -143,7 +143,7 @@ class Engine:
 class _Batch:
     """One transaction's view: the steps of the batch's conversions and the records."""
 
-    def __init__(self, conn: Connection, engine: Engine, conversion_ids: set[str]) -> None:
+    def __init__(self, conn: Connection, engine: Engine, events: list[ConversionEvent]) -> None:
         self.conn = conn
         self.engine = engine
         self.campaigns: dict[str, Any] = {}
@@ -152,7 +152,8 @@ class _Batch:
         self.entries: dict[str, list[dict]] = {}
         self.new_steps: list[dict] = []  # written in one statement each at flush()
         self.new_entries: list[dict] = []
-        ids = sorted(conversion_ids)
+        self.prefetch_records(events)
+        ids = sorted({e.conversion_id for e in events})
         for chunk in range(0, len(ids), 500):
             part = ids[chunk : chunk + 500]
             for row in conn.execute(
@@ -177,6 +178,37 @@ class _Batch:
 
     # -- records --------------------------------------------------------------------------
 
+    def prefetch_records(self, events: list[ConversionEvent]) -> None:
+        """The batch's campaigns, affiliates and their referrers, a few queries in all.
+        (Status changes name their campaign and affiliate in their first step: those are
+        fetched on demand.)"""
+        campaigns = sorted({e.campaign_id for e in events})
+        for row in self.conn.execute(
+            select(T.campaigns).where(T.campaigns.c.id.in_(campaigns))
+        ).mappings():
+            self._keep_campaign(row)
+        for campaign_id in campaigns:
+            self.campaigns.setdefault(campaign_id, None)
+        wanted = {e.affiliate_id for e in events if e.affiliate_id}
+        for _ in range(plans.MAX_LEVELS):
+            wanted -= set(self.affiliates)
+            if not wanted:
+                break
+            found = self.conn.execute(
+                select(T.affiliates).where(T.affiliates.c.id.in_(sorted(wanted)))
+            ).mappings()
+            for row in found:
+                self.affiliates[row["id"]] = dict(row)
+            for affiliate_id in wanted:
+                self.affiliates.setdefault(affiliate_id, None)
+            wanted = {a["parent_id"] for a in self.affiliates.values() if a and a["parent_id"]}
+
+    def _keep_campaign(self, row: Any) -> None:
+        campaign = dict(row)
+        campaign["plan_obj"] = orjson.loads(row["plan"])
+        campaign["revenue_obj"] = orjson.loads(row["revenue"])
+        self.campaigns[row["id"]] = campaign
+
     def campaign(self, campaign_id: str):
         if campaign_id not in self.campaigns:
             row = (
@@ -184,10 +216,9 @@ class _Batch:
                 .mappings()
                 .first()
             )
-            self.campaigns[campaign_id] = dict(row) if row else None
+            self.campaigns[campaign_id] = None
             if row:
-                self.campaigns[campaign_id]["plan_obj"] = orjson.loads(row["plan"])
-                self.campaigns[campaign_id]["revenue_obj"] = orjson.loads(row["revenue"])
+                self._keep_campaign(row)
         return self.campaigns[campaign_id]
 
     def affiliate(self, affiliate_id: str):

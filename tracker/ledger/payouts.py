@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Connection, and_, exists, func, insert, literal, select, update
+from sqlalchemy.exc import OperationalError
 
 from attribution.money import from_minor
 from tracker.ids import uuid7
@@ -63,6 +64,9 @@ def _free(limit: int):
     return and_(E.c.state == "approved", E.c.available_at <= limit, ~exists(held))
 
 
+CHUNK = 500  # affiliates per transaction: few commits, short locks
+
+
 def run(store: Store, *, cutoff: int | None = None, export_dir: Path | None = None) -> Run:
     """One payout run; entries available at or before min(cutoff, now) are paid."""
     now = store.clock()
@@ -73,7 +77,6 @@ def run(store: Store, *, cutoff: int | None = None, export_dir: Path | None = No
             select(E.c.affiliate_id, E.c.currency, func.sum(E.c.amount_minor))
             .where(_free(limit))
             .group_by(E.c.affiliate_id, E.c.currency)
-            .order_by(E.c.affiliate_id, E.c.currency)
         ).all()
         affiliates = {
             row["id"]: row
@@ -81,13 +84,20 @@ def run(store: Store, *, cutoff: int | None = None, export_dir: Path | None = No
             .mappings()
             .all()
         }
-    for affiliate_id, currency, total in candidates:
-        affiliate = affiliates.get(affiliate_id)
-        if affiliate is None or int(total) < _minimum(affiliate, currency):
-            continue
-        payout = _make(store, result.id, affiliate, currency, limit, now)
-        if payout:
-            result.payouts.append(payout)
+    due = sorted(
+        (aff, currency)
+        for aff, currency, total in candidates
+        if aff in affiliates and int(total) >= _minimum(affiliates[aff], currency)
+    )
+    for start in range(0, len(due), CHUNK):
+        chunk = due[start : start + CHUNK]
+        for attempt in range(5):
+            try:
+                result.payouts += _make(store, result.id, chunk, affiliates, limit, now)
+                break
+            except OperationalError:  # a deadlock with a concurrent run: once more
+                if attempt == 4:
+                    raise
     with store.begin() as conn:
         conn.execute(
             insert(T.payout_runs),
@@ -107,50 +117,50 @@ def _minimum(affiliate, currency: str) -> int:
     return max(affiliate["min_payout_minor"], 1) if currency == affiliate["currency"] else 1
 
 
-class _Nothing(Exception):
-    """Undo the payout's transaction: nothing (enough) left to pay."""
-
-
-def _make(store: Store, run_id: str, affiliate, currency: str, limit: int, now: int):
-    try:
-        return _make_one(store, run_id, affiliate, currency, limit, now)
-    except _Nothing:
-        return None
-
-
-def _make_one(store: Store, run_id: str, affiliate, currency: str, limit: int, now: int):
-    payout_id = uuid7(now)
+def _make(
+    store: Store, run_id: str, chunk: list[tuple[str, str]], affiliates: dict, limit: int, now: int
+) -> list[dict]:
+    """Payouts for a chunk of (affiliate, currency): lock the affiliates, then take the
+    entries no live payout holds (a concurrent run that got there first leaves none)."""
+    wanted = set(chunk)
+    ids = sorted({aff for aff, _ in chunk})
+    made: list[dict] = []
     with store.begin() as conn:
-        store.lock_affiliate(conn, affiliate["id"])
-        conn.execute(
-            insert(ITEMS).from_select(
-                ["payout_id", "entry_seq"],
-                select(literal(payout_id), E.c.seq).where(
-                    E.c.affiliate_id == affiliate["id"], E.c.currency == currency, _free(limit)
-                ),
+        store.lock_affiliates(conn, ids)
+        groups: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        for seq, aff, currency, amount in conn.execute(
+            select(E.c.seq, E.c.affiliate_id, E.c.currency, E.c.amount_minor).where(
+                E.c.affiliate_id.in_(ids), _free(limit)
             )
-        )
-        count, total = conn.execute(
-            select(func.count(), func.coalesce(func.sum(E.c.amount_minor), 0))
-            .select_from(ITEMS.join(E, E.c.seq == ITEMS.c.entry_seq))
-            .where(ITEMS.c.payout_id == payout_id)
-        ).one()
-        if not count or int(total) < _minimum(affiliate, currency):
-            raise _Nothing  # another run took them first, or a clawback brought it below
-        row = {
-            "id": payout_id,
-            "run_id": run_id,
-            "affiliate_id": affiliate["id"],
-            "currency": currency,
-            "amount_minor": int(total),
-            "entries": int(count),
-            "status": "pending",
-            "reference": "",
-            "created_at": now,
-            "updated_at": now,
-        }
-        conn.execute(insert(P), [row])
-    return public(row, affiliate["name"])
+        ):
+            if (aff, currency) in wanted:
+                groups.setdefault((aff, currency), []).append((seq, amount))
+        rows, items = [], []
+        for (aff, currency), entries in sorted(groups.items()):
+            total = sum(amount for _, amount in entries)
+            if total < _minimum(affiliates[aff], currency):
+                continue  # a clawback since the candidates were read
+            payout_id = uuid7(now)
+            rows.append(
+                {
+                    "id": payout_id,
+                    "run_id": run_id,
+                    "affiliate_id": aff,
+                    "currency": currency,
+                    "amount_minor": total,
+                    "entries": len(entries),
+                    "status": "pending",
+                    "reference": "",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            items += [{"payout_id": payout_id, "entry_seq": seq} for seq, _ in entries]
+            made.append(public(rows[-1], affiliates[aff]["name"]))
+        if rows:
+            conn.execute(insert(P), rows)
+            conn.execute(insert(ITEMS), items)
+    return made
 
 
 def public(row, name: str = "") -> dict:

@@ -72,12 +72,15 @@ class Store:
             yield conn
             conn.rollback()
 
-    def lock_affiliate(self, conn: Connection, affiliate_id: str) -> None:
-        """Serialize money movements of one affiliate (PostgreSQL; SQLite's transactions
-        are serialized already)."""
-        if not self.sqlite:
+    def lock_affiliates(self, conn: Connection, affiliate_ids: list[str]) -> None:
+        """Serialize payouts of these affiliates (PostgreSQL row locks, taken in id order;
+        SQLite's write transactions are serialized already)."""
+        if not self.sqlite and affiliate_ids:
             conn.execute(
-                select(T.affiliates.c.id).where(T.affiliates.c.id == affiliate_id).with_for_update()
+                select(T.affiliates.c.id)
+                .where(T.affiliates.c.id.in_(sorted(affiliate_ids)))
+                .order_by(T.affiliates.c.id)
+                .with_for_update()
             )
 
     def close(self) -> None:
