@@ -153,21 +153,25 @@ async def test_sink_killed_mid_batch_books_each_step_once(service: Service):
             *(click(session, service.base_url, "crash-pub") for _ in range(count))
         )
         for status in ("pending", "approved"):
-            replies = await asyncio.gather(
-                *(
-                    postback(
-                        session,
-                        service.base_url,
-                        cid=cid,
-                        txid=f"k-{i}",
-                        amount="10.00",
-                        event="sale",
-                        status=status,
+            replies = []
+            for start in range(0, count, 25):  # a few at a time: a loaded CI machine
+                replies += await asyncio.gather(
+                    *(
+                        postback(
+                            session,
+                            service.base_url,
+                            cid=cid,
+                            txid=f"k-{i}",
+                            amount="10.00",
+                            event="sale",
+                            status=status,
+                        )
+                        for i, cid in enumerate(clicks)
+                        if start <= i < start + 25
                     )
-                    for i, cid in enumerate(clicks)
                 )
-            )
-            assert all(body["status"] == "accepted" for _, body in replies), replies[:3]
+            refused = [body for _, body in replies if body["status"] != "accepted"]
+            assert not refused, refused[:3]
 
     for _ in range(3):
         service.spawn("sink", "sink")
