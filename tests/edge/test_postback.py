@@ -16,7 +16,7 @@ from tracker import config
 from tracker import redis_keys as K
 from tracker.clock import FixedClock
 from tracker.edge.app import create_app
-from tracker.edge.keys import CONVERSIONS
+from tracker.edge.keys import INTAKE
 from tracker.metrics import REJECTIONS
 from tracker.reasons import PostbackRefusal
 from tracker.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
@@ -84,7 +84,7 @@ async def test_random_json_keys_add_no_metric_series(client):
             "conversion_id": None,
             "field": key,
         }
-    ctx = client.server.app[CONVERSIONS]
+    ctx = client.server.app[INTAKE]
     assert set(ctx.rejections) <= {PostbackRefusal.INVALID_FIELD}
     # what the app does once a second (it may have published part of them already)
     ctx.publish_metrics()
@@ -243,7 +243,7 @@ async def test_pixels_are_rate_limited_per_visitor_and_address(client, redis_ser
         await pixel(client, None, txid=f"ip-{n}")
     # pixel_per_ip_per_hour counts every attempt: 22 + 178 of these were let through
     assert len(stored_conversions(redis_server)) == 20 + 178
-    client.app[CONVERSIONS].publish_metrics()
+    client.app[INTAKE].publish_metrics()
     assert rejections().get("rate_limited", 0) >= 22
 
 

@@ -35,7 +35,7 @@ from tracker.edge.keys import (
     ADVERTISER_CACHE,
     CLICKS,
     CLOCK,
-    CONVERSIONS,
+    INTAKE,
     LINK_CACHE,
     MAX_LAG,
     REDIS,
@@ -128,7 +128,7 @@ async def advertisers_ctx(app: web.Application) -> AsyncIterator[None]:
         snapshot=settings.data_path / "advertisers.snapshot.json",
     )
     app[ADVERTISER_CACHE] = cache
-    app[CONVERSIONS] = ConversionIntake(
+    app[INTAKE] = ConversionIntake(
         app[REDIS], cache, settings, settings.trusted_networks, clock=app[CLOCK]
     )
     await cache.start()
@@ -175,15 +175,15 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
     if ip_keys:
         await ip_keys.stop()
     await writer.close()
-    metrics.publish(app[CLICKS].counters, writer, app[CONVERSIONS])
+    metrics.publish(app[CLICKS].counters, writer, app[INTAKE])
 
 
 async def publish_metrics(app: web.Application) -> None:
-    edge, conversions = app[CLICKS], app[CONVERSIONS]
+    click_ctx, intake = app[CLICKS], app[INTAKE]
     while True:
         await asyncio.sleep(1.0)
-        metrics.publish(edge.counters, edge.writer, conversions)
+        metrics.publish(click_ctx.counters, click_ctx.writer, intake)
         try:
-            await refusals.flush(app[REDIS], conversions.refused)
+            await refusals.flush(app[REDIS], intake.refused)
         except Exception as exc:  # Redis away: the counts wait for the next second
             log.warning("refused postback counts not stored yet: %r", exc)

@@ -116,18 +116,18 @@ def request_meta(
     )
 
 
-def visitor(hit: Hit, edge: ClickContext) -> tuple[str, bool]:
+def visitor(hit: Hit, ctx: ClickContext) -> tuple[str, bool]:
     """(visitor id, new?) from the cookie, or a fresh id."""
-    vid = read_cookie(hit.headers.get("cookie"), edge.cookie_name)
+    vid = read_cookie(hit.headers.get("cookie"), ctx.cookie_name)
     return (vid, False) if vid else (uuid7(), True)
 
 
 _NO = ("", "0", "false", "no")
 
 
-def wants_no_track(hit: Hit, params: dict[str, str], edge: ClickContext) -> bool:
+def wants_no_track(hit: Hit, params: dict[str, str], ctx: ClickContext) -> bool:
     """`no-track=1` on the link, or the browser's `DNT: 1` / `Sec-GPC: 1`."""
-    if not edge.honor_no_track:
+    if not ctx.honor_no_track:
         return False
     headers = hit.headers
     return (
@@ -150,23 +150,23 @@ def anonymous(meta: records.RequestMeta) -> records.RequestMeta:
     )
 
 
-def who(hit: Hit, params: dict[str, str], edge: ClickContext):
+def who(hit: Hit, params: dict[str, str], ctx: ClickContext):
     """(request meta, visitor id, new visitor?), honouring no-track."""
-    meta = request_meta(hit, edge.trusted, ip_keys=edge.ip_keys)
-    if wants_no_track(hit, params, edge):
+    meta = request_meta(hit, ctx.trusted, ip_keys=ctx.ip_keys)
+    if wants_no_track(hit, params, ctx):
         return anonymous(meta), ZERO_UUID, False
-    return (meta, *visitor(hit, edge))
+    return (meta, *visitor(hit, ctx))
 
 
-def finish(reply: Reply, edge: ClickContext, visitor_id: str, new: bool) -> Reply:
+def finish(reply: Reply, ctx: ClickContext, visitor_id: str, new: bool) -> Reply:
     reply.headers.append(("Cache-Control", "no-store"))
     if new:
-        reply.headers.append(("Set-Cookie", f"{edge.cookie_name}={visitor_id}{edge.cookie_attrs}"))
+        reply.headers.append(("Set-Cookie", f"{ctx.cookie_name}={visitor_id}{ctx.cookie_attrs}"))
     return reply
 
 
 def orphan(
-    edge: ClickContext,
+    ctx: ClickContext,
     ms: int,
     visitor_id: str,
     slug: str,
@@ -174,7 +174,7 @@ def orphan(
     route: str,
     meta: records.RequestMeta,
 ) -> None:
-    edge.writer.add(
+    ctx.writer.add(
         "orphan_visits",
         records.orphan_row(
             ms=ms,
@@ -188,15 +188,15 @@ def orphan(
     )
 
 
-def click_reply(edge: ClickContext, hit: Hit, slug: str) -> Reply:
+def click_reply(ctx: ClickContext, hit: Hit, slug: str) -> Reply:
     """GET /c/{slug}: read -> build the click -> record it (in memory) -> redirect."""
-    params = records.parse_query(hit.query, edge.max_query_bytes)
-    meta, visitor_id, new = who(hit, params, edge)
-    ms = clock_ms(edge.clock)
-    link = edge.links.get(slug)
+    params = records.parse_query(hit.query, ctx.max_query_bytes)
+    meta, visitor_id, new = who(hit, params, ctx)
+    ms = clock_ms(ctx.clock)
+    link = ctx.links.get(slug)
     if link is None or not link.active:
         orphan(
-            edge,
+            ctx,
             ms,
             visitor_id,
             slug,
@@ -204,11 +204,11 @@ def click_reply(edge: ClickContext, hit: Hit, slug: str) -> Reply:
             "click",
             meta,
         )
-        if edge.fallback_url:
-            reply = Reply(302, [("Location", edge.fallback_url)])
+        if ctx.fallback_url:
+            reply = Reply(302, [("Location", ctx.fallback_url)])
         else:
             reply = Reply(404, [("Content-Type", "text/html; charset=utf-8")], NOT_FOUND_PAGE)
-        return finish(reply, edge, visitor_id, new)
+        return finish(reply, ctx, visitor_id, new)
 
     click_id = uuid7(ms)
     destination = render(
@@ -231,27 +231,27 @@ def click_reply(edge: ClickContext, hit: Hit, slug: str) -> Reply:
         meta=meta,
         destination=destination,
     )
-    edge.writer.add_click(row, records.click_record(row, ms), ms)
-    return finish(Reply(302, [("Location", destination)]), edge, visitor_id, new)
+    ctx.writer.add_click(row, records.click_record(row, ms), ms)
+    return finish(Reply(302, [("Location", destination)]), ctx, visitor_id, new)
 
 
 def is_conversion_pixel(params: dict[str, str]) -> bool:
     return "txid" in params or "event" in params
 
 
-def pixel_reply(edge: ClickContext, hit: Hit, params: dict[str, str]) -> Reply:
+def pixel_reply(ctx: ClickContext, hit: Hit, params: dict[str, str]) -> Reply:
     """GET /p.gif (an impression): record it and answer the 1x1 GIF."""
-    meta, visitor_id, new = who(hit, params, edge)
-    ms = clock_ms(edge.clock)
+    meta, visitor_id, new = who(hit, params, ctx)
+    ms = clock_ms(ctx.clock)
     slug = params.get("slug", "")
-    link = edge.links.get(slug) if slug else None
+    link = ctx.links.get(slug) if slug else None
     campaign_id = params.get("campaign_id", "")
     if slug and link is None:
-        orphan(edge, ms, visitor_id, slug, OrphanVisit.UNKNOWN_LINK, "pixel", meta)
+        orphan(ctx, ms, visitor_id, slug, OrphanVisit.UNKNOWN_LINK, "pixel", meta)
     elif link is None and not campaign_id:
-        orphan(edge, ms, visitor_id, "", OrphanVisit.NO_LINK_OR_CAMPAIGN, "pixel", meta)
+        orphan(ctx, ms, visitor_id, "", OrphanVisit.NO_LINK_OR_CAMPAIGN, "pixel", meta)
     else:
-        edge.writer.add(
+        ctx.writer.add(
             "impressions",
             records.impression_row(
                 ms=ms,
@@ -263,7 +263,7 @@ def pixel_reply(edge: ClickContext, hit: Hit, params: dict[str, str]) -> Reply:
                 meta=meta,
             ),
         )
-    return finish(gif(), edge, visitor_id, new)
+    return finish(gif(), ctx, visitor_id, new)
 
 
 def gif() -> Reply:

@@ -80,9 +80,9 @@ class TooLarge(Exception):
 
 class FastProtocol(asyncio.Protocol):
     def __init__(
-        self, edge: ClickContext, fallback: Callable[[], asyncio.Protocol], connections: set
+        self, ctx: ClickContext, fallback: Callable[[], asyncio.Protocol], connections: set
     ) -> None:
-        self.edge = edge
+        self.ctx = ctx
         self.fallback = fallback  # aiohttp's protocol factory
         self.connections = connections
         self.parser = httptools.HttpRequestParser(self)
@@ -114,7 +114,7 @@ class FastProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        if not self.edge.accepting:
+        if not self.ctx.accepting:
             self.closing = True
             self.transport.abort()
             return
@@ -190,7 +190,7 @@ class FastProtocol(asyncio.Protocol):
             raise HandOver
 
     def on_message_complete(self) -> None:
-        if not self.edge.accepting:  # stopping: not answered, so not acknowledged
+        if not self.ctx.accepting:  # stopping: not answered, so not acknowledged
             self.closing = True
             self.transport.abort()
             return
@@ -199,15 +199,15 @@ class FastProtocol(asyncio.Protocol):
         method = self.parser.get_method().decode()
         hit = Hit(method, raw, query, self.headers, self.peer)
         if path == "/p.gif":
-            params = records.parse_query(query, self.edge.max_query_bytes)
+            params = records.parse_query(query, self.ctx.max_query_bytes)
             if is_conversion_pixel(params):
                 raise HandOver
-            reply = pixel_reply(self.edge, hit, params)
+            reply = pixel_reply(self.ctx, hit, params)
             route = "/p.gif"
         else:
-            reply = click_reply(self.edge, hit, unquote(path[3:], errors="replace"))
+            reply = click_reply(self.ctx, hit, unquote(path[3:], errors="replace"))
             route = "/c/{slug}"
-        self.edge.counters.requests[(route, reply.status)] += 1
+        self.ctx.counters.requests[(route, reply.status)] += 1
         keep_alive = self.parser.should_keep_alive()
         self.transport.write(encode(reply, method == "HEAD", keep_alive))
         end = self.buffer.find(b"\r\n\r\n")  # bodiless: the request ends with its headers

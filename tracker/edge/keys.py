@@ -24,5 +24,5 @@ MAX_LAG = web.AppKey("max_lag", int)  # stream entries the sink may lag before /
 SHARDS = web.AppKey("shards", int)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")  # the time this process stamps events with
 CLICKS = web.AppKey("clicks", ClickContext)
-CONVERSIONS = web.AppKey("conversions", ConversionIntake)
+INTAKE = web.AppKey("intake", ConversionIntake)  # postbacks and conversion pixels
 REPORT_STORE = web.AppKey("report_store", ReportStore)

@@ -30,7 +30,7 @@ from tracker.edge.clicks import PIXEL, read_cookie, request_meta
 from tracker.edge.conversion_input import Rejected
 from tracker.edge.hit import hit_of
 from tracker.edge.intake import ConversionIntake
-from tracker.edge.keys import CONVERSIONS
+from tracker.edge.keys import INTAKE
 from tracker.ids import uuid7, uuid7_time_ms
 from tracker.reasons import DuplicateReason, PostbackOutcome, UnattributedReason
 from tracker.reasons import PostbackRefusal as R
@@ -306,7 +306,7 @@ def failed(ctx: ConversionIntake, exc: Exception, what: str) -> web.Response:
 
 
 async def postback(request: web.Request) -> web.Response:
-    ctx = request.app[CONVERSIONS]
+    ctx = request.app[INTAKE]
     s = ctx.settings
     params: dict[str, str] = {}
     try:
@@ -354,7 +354,7 @@ async def conversion_pixel(
     new pending conversion only (approval, rejection and refunds come by postback), is
     credited to its own visitor's clicks, and is rate-limited per visitor and address.
     """
-    ctx = request.app[CONVERSIONS]
+    ctx = request.app[INTAKE]
     s = ctx.settings
     try:
         conv = conversion_input.parse(
@@ -421,7 +421,7 @@ async def browser_conversion(request: web.Request) -> web.StreamResponse:
     no tracker cookie. Stored with source 'browser'. CORS: the page may read the reply only
     from an origin the advertiser allows.
     """
-    ctx = request.app[CONVERSIONS]
+    ctx = request.app[INTAKE]
     origin = origins.of_request(request.headers.get("Origin"), request.headers.get("Referer"))
     readable = True  # may the page read the reply (CORS)? Not from a refused origin.
     try:

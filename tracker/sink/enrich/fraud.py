@@ -24,9 +24,9 @@ from tracker import redis_keys as K
 from tracker.config import FraudThresholds as Thresholds
 from tracker.ids import ZERO_UUID
 from tracker.reasons import FraudFlag
-from tracker.sink.enrich.pipeline import Event, flag
+from tracker.sink.enrich.pipeline import flag
 from tracker.timefmt import parse_ms
-from tracker.types import SyncRedis
+from tracker.types import Row, SyncRedis
 
 # -- the rules, pure ------------------------------------------------------------------------
 
@@ -130,14 +130,14 @@ class FraudRules:
     def thresholds(self, campaign_id: str) -> Thresholds:
         return self.per_campaign.get(campaign_id, self.default)
 
-    def check_clicks(self, events: list[Event]) -> list[Event]:
+    def check_clicks(self, events: list[Row]) -> list[Row]:
         """The click rules over a batch: count it in Redis, then judge each click by its
         own counts (handed over by position: no state kept between the two)."""
         for event, counts in zip(events, self.count_clicks(events), strict=True):
             self.judge_click(event, counts)
         return events
 
-    def count_clicks(self, events: list[Event]) -> list[ClickCounts]:
+    def count_clicks(self, events: list[Row]) -> list[ClickCounts]:
         """Per-IP minute counters, per-visitor-and-link markers, per-IP hourly visitor
         sets, one script call per `chunk` clicks; the counts of each click, in order.
         Counts follow stream order, so a click's verdict does not depend on how events
@@ -149,7 +149,7 @@ class FraudRules:
             counts += self._count(events[start : start + self.chunk])
         return counts
 
-    def _count(self, events: list[Event]) -> list[ClickCounts]:
+    def _count(self, events: list[Row]) -> list[ClickCounts]:
         keys: list[str] = []
         args: list = []
         by_minute: dict[tuple[str, str], list[int]] = defaultdict(list)  # (key, IP) -> i
@@ -225,7 +225,7 @@ class FraudRules:
             results += [0 if args[3 * i + 2] < 0 else int(next(visitors) or 0), seen[i]]
         return results + totals
 
-    def judge_click(self, event: Event, counts: ClickCounts) -> Event:
+    def judge_click(self, event: Row, counts: ClickCounts) -> Row:
         t = self.thresholds(event["campaign_id"])
         if ip_flood(counts.clicks_this_minute, t):
             flag(event, FraudFlag.IP_FLOOD)
@@ -237,7 +237,7 @@ class FraudRules:
             flag(event, FraudFlag.DATACENTER_ASN)
         return event
 
-    def check_conversion(self, event: Event) -> Event:
+    def check_conversion(self, event: Row) -> Row:
         if event.get("previous_status"):
             return event  # a status change: judged at the first report
         click_ms = parse_ms(event["click_time"]) if event.get("click_id") != ZERO_UUID else 0

@@ -1,6 +1,6 @@
 """The sink's enrichment pipeline: one ordered list of small steps over events.
 
-A step takes an event (a dict whose keys are ClickHouse columns) and returns it, enriched
+A step takes an event's row (a dict whose keys are ClickHouse columns) and returns it, enriched
 or flagged, or None to drop it (the step names the reason). A step that needs I/O gets
 the whole batch, so it costs one round trip per batch, not per event: `prepare` sees the
 batch before `run` sees each event (reloads, marks), and a `batch` step (the fraud
@@ -17,17 +17,16 @@ from dataclasses import dataclass, field
 
 from tracker import metrics
 from tracker.reasons import BotReason, FraudFlag, flag_label
-
-Event = dict
+from tracker.types import Row
 
 
 @dataclass
 class Step:
     name: str
-    run: Callable[[Event], Event | None] | None  # one event at a time, or
+    run: Callable[[Row], Row | None] | None  # one event at a time, or
     tables: tuple[str, ...] = ("clicks",)
-    prepare: Callable[[list[Event]], None] | None = None
-    batch: Callable[[list[Event]], list[Event]] | None = None  # the whole batch at once
+    prepare: Callable[[list[Row]], None] | None = None
+    batch: Callable[[list[Row]], list[Row]] | None = None  # the whole batch at once
 
 
 @dataclass
@@ -43,7 +42,7 @@ class Pipeline:
     stats: dict[str, StepStats] = field(default_factory=dict)
     flags: Counter = field(default_factory=Counter)  # (table, flag) -> events flagged
 
-    def process(self, table: str, events: list[Event]) -> list[Event]:
+    def process(self, table: str, events: list[Row]) -> list[Row]:
         for step in self.steps:
             if table not in step.tables or not events:
                 continue
@@ -78,7 +77,7 @@ class Pipeline:
         return {table for step in self.steps for table in step.tables}
 
 
-def flag(event: Event, name: FraudFlag) -> None:
+def flag(event: Row, name: FraudFlag) -> None:
     """Add a fraud flag (rule name) to an event once."""
     flags = event.setdefault("fraud_flags", [])
     if name not in flags:

@@ -17,27 +17,27 @@ from tracker.redis_connection import is_cluster
 from tracker.sink.enrich.bots import bot_reason
 from tracker.sink.enrich.device import parse_device
 from tracker.sink.enrich.fraud import FraudRules, thresholds_from
-from tracker.sink.enrich.pipeline import Event, Pipeline, Step
+from tracker.sink.enrich.pipeline import Pipeline, Step
 from tracker.sink.enrich.privacy import anonymize_ip
-from tracker.types import SyncRedis
+from tracker.types import Row, SyncRedis
 
 GEO_RELOAD_SECONDS = 10.0
 
 
-def mark_bot(event: Event) -> Event:
+def mark_bot(event: Row) -> Row:
     reason = bot_reason(event.get("user_agent", ""), event.get("method", "GET"))
     event["is_bot"] = int(bool(reason))
     event["bot_reason"] = reason
     return event
 
 
-def from_browser(event: Event) -> bool:
+def from_browser(event: Row) -> bool:
     """A postback comes from the advertiser's server: its address and user agent say
     nothing about the visitor, so geo and device are left empty on it."""
     return event.get("source") != "postback"
 
 
-def add_device(event: Event) -> Event:
+def add_device(event: Row) -> Row:
     if not from_browser(event):
         return event
     device = parse_device(event.get("user_agent", ""))
@@ -52,12 +52,12 @@ class GeoStep:
         self.reader = reader
         self._checked = time.monotonic()
 
-    def prepare(self, events: list[Event]) -> None:
+    def prepare(self, events: list[Row]) -> None:
         if time.monotonic() - self._checked > GEO_RELOAD_SECONDS:  # a new database file?
             self._checked = time.monotonic()
             self.reader.maybe_reload()
 
-    def run(self, event: Event) -> Event:
+    def run(self, event: Row) -> Row:
         if not from_browser(event):
             return event
         info = self.reader.lookup(event.get("ip", ""))
@@ -77,7 +77,7 @@ class ExclusionMarks:
         self.redis = redis
         self.lookback = lookback_seconds
 
-    def prepare(self, events: list[Event]) -> None:
+    def prepare(self, events: list[Row]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for event in events:
             if event.get("is_bot") or event.get("fraud_flags"):
@@ -86,11 +86,11 @@ class ExclusionMarks:
             pipe.execute()
 
     @staticmethod
-    def run(event: Event) -> Event:
+    def run(event: Row) -> Row:
         return event
 
 
-def anonymize(event: Event) -> Event:
+def anonymize(event: Row) -> Row:
     event["ip"] = anonymize_ip(event.get("ip", "::"))
     return event
 
