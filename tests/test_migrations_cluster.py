@@ -50,6 +50,8 @@ def legacy_render(path: Path, settings: config.Settings) -> list[str]:
         db=settings.clickhouse.database,
         retention_days=settings.clickhouse.retention_days,
         dedup_window=settings.clickhouse.dedup_window,
+        # per-table retention (migration 0012) came later: its placeholders
+        **{f"retention_{t}": settings.clickhouse.retention_of(t) for t in config.RETAINED_TABLES},
     )
     lines = [line for line in text.splitlines() if not line.strip().startswith("--")]
     return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
@@ -87,8 +89,10 @@ def creates(statements: list[str]) -> dict[str, re.Match]:
     return found
 
 
-def alters(statements: list[str]) -> list[re.Match]:
-    return [m for m in map(ALTER_RE.match, statements) if m]
+def alters(statements: list[str], ttl: bool = False) -> list[re.Match]:
+    """The column changes (or with `ttl`, the TTL changes) among the statements."""
+    found = [m for m in map(ALTER_RE.match, statements) if m]
+    return [m for m in found if ("MODIFY TTL" in m[4]) == ttl]
 
 
 OUTLINE_RE = re.compile(
@@ -157,8 +161,12 @@ def test_apply_runs_exactly_render_all(tmp_path, clustered):
         assert ddl == legacy_all(settings)
     else:  # the single-server statements, each on the cluster, tables as local + Distributed
         expected = []
-        for kind, db, table, _ in outline(legacy_all(load(tmp_path))):
-            if (
+        single = legacy_all(load(tmp_path))
+        ttl = {i for i, stmt in enumerate(single) if "MODIFY TTL" in stmt}
+        for i, (kind, db, table, _) in enumerate(outline(single)):
+            if i in ttl:  # the stored data's lifetime: the shards' tables only
+                expected.append((kind, db, f"{table}_local", CLUSTER))
+            elif (
                 kind in ("CREATE DATABASE", "CREATE MATERIALIZED VIEW", "DROP VIEW")
                 or table == "schema_migrations"
             ):
@@ -250,6 +258,16 @@ def test_alters_hit_local_and_distributed_tables(tmp_path):
         assert local[3] == dist[3] == CLUSTER
         assert local[4] == dist[4] == original[4]
         assert local[4].lstrip().startswith("ADD COLUMN IF NOT EXISTS")
+
+
+def test_retention_alters_hit_local_tables_only(tmp_path):
+    env = {"TRACKER_CLICKHOUSE_RETENTION_DAYS": "400"}
+    single = alters(migrations.render_all(load(tmp_path, **env)), ttl=True)
+    clustered = alters(migrations.render_all(cluster_settings(tmp_path, **env)), ttl=True)
+    assert len(single) == len(clustered) == len(config.RETAINED_TABLES)
+    for original, local in zip(single, clustered, strict=True):
+        assert (local[2], local[3]) == (f"{original[2]}_local", CLUSTER)
+        assert local[4] == original[4] and "INTERVAL 400 DAY" in local[4]
 
 
 def test_schema_migrations_is_replicated_on_every_node(tmp_path):

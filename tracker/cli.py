@@ -6,6 +6,7 @@ import argparse
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import orjson
 
@@ -60,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("sink", help="run the sink (stream -> ClickHouse)").set_defaults(func=cmd_sink)
     sub.add_parser("migrate", help="apply ClickHouse migrations").set_defaults(func=cmd_migrate)
+
+    privacy = sub.add_parser(
+        "privacy", help="export or erase what is stored about one visitor"
+    ).add_subparsers(dest="privacy_command", required=True)
+    s = privacy.add_parser("export", help="everything stored about a visitor, as JSON")
+    s.add_argument("--visitor", required=True, help="the visitor id (the vid cookie)")
+    s.add_argument("--out", help="write to this file (default: standard output)")
+    s.set_defaults(func=cmd_privacy_export)
+    s = privacy.add_parser(
+        "erase", help="delete a visitor's clicks, impressions and records; anonymise conversions"
+    )
+    s.add_argument("--visitor", required=True, help="the visitor id (the vid cookie)")
+    s.set_defaults(func=cmd_privacy_erase)
 
     s = sub.add_parser("sql", help="run a read-only SQL query")
     s.add_argument("query")
@@ -274,6 +288,44 @@ def cmd_migrate(settings: Settings, args) -> int:
     else:
         applied = answer["applied"]
     print("applied: " + ", ".join(applied) if applied else "schema is up to date")
+    return 0
+
+
+def _privacy(settings: Settings, action: str, visitor: str) -> dict:
+    """Through the running sink when there is one, else directly."""
+    from tracker import privacy_ops
+
+    answer = _endpoint(settings, f"/privacy/{action}", {"visitor_id": visitor})
+    if answer is not None:
+        return answer
+    ch = _direct(settings)
+    try:
+        redis = _redis(settings)
+        if action == "export":
+            return privacy_ops.export(ch, redis, visitor)
+        return privacy_ops.erase(ch, redis, visitor, settings.clickhouse.cluster)
+    except privacy_ops.PrivacyError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        ch.close()
+
+
+def cmd_privacy_export(settings: Settings, args) -> int:
+    data = orjson.dumps(_privacy(settings, "export", args.visitor), option=orjson.OPT_INDENT_2)
+    if args.out:
+        Path(args.out).write_bytes(data + b"\n")
+        print(f"written to {args.out}")
+    else:
+        print(data.decode())
+    return 0
+
+
+def cmd_privacy_erase(settings: Settings, args) -> int:
+    from tracker import audit
+
+    counts = _privacy(settings, "erase", args.visitor)
+    audit.record_cli(_redis(settings), "privacy erase", args.visitor, after=counts)
+    print("erased: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 
 

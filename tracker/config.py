@@ -171,11 +171,24 @@ class SinkSettings:
     nice: int = 10  # the sink yields the CPU to the edges under load, and catches up after
 
 
+# raw event tables whose rows expire (rollups keep clickhouse.retention_days)
+RETAINED_TABLES = (
+    "clicks",
+    "impressions",
+    "orphan_visits",
+    "conversions",
+    "attribution_credits",
+    "commissions",
+)
+
+
 @dataclass
 class ClickHouseSettings:
     dsn: str = ""
     database: str = "tracker"
     retention_days: int = 400
+    # days kept per table (RETAINED_TABLES), overriding retention_days
+    retention: dict = field(default_factory=dict)
     dedup_window: int = 10000
     migrations_dir: str = ""  # empty: config/migrations beside this repository's code
     cluster: str = ""  # empty: one server / chDB; else DDL runs ON CLUSTER (migrations.py)
@@ -187,6 +200,9 @@ class ClickHouseSettings:
     query_max_seconds: int = 60
     query_max_memory_mb: int = 2048
     query_max_rows_read: int = 2_000_000_000
+
+    def retention_of(self, table: str) -> int:
+        return int(self.retention.get(table, self.retention_days))
 
     def query_limits(self) -> dict[str, int]:
         """The analyst session's limits as ClickHouse settings."""
@@ -463,6 +479,17 @@ def _validate(s: Settings) -> None:
     )
     check(s.clickhouse.database.isidentifier(), "clickhouse.database", "must be an identifier")
     check(s.clickhouse.retention_days >= 1, "clickhouse.retention_days", "must be >= 1")
+    for table, days in s.clickhouse.retention.items():
+        check(
+            table in RETAINED_TABLES,
+            f"clickhouse.retention.{table}",
+            "names no table: " + ", ".join(RETAINED_TABLES),
+        )
+        check(
+            isinstance(days, int) and not isinstance(days, bool) and days >= 1,
+            f"clickhouse.retention.{table}",
+            "must be a whole number of days >= 1",
+        )
     check(s.clickhouse.dedup_window >= 100, "clickhouse.dedup_window", "must be >= 100")
     check(s.clickhouse.query_max_seconds >= 1, "clickhouse.query_max_seconds", "must be >= 1")
     check(s.clickhouse.query_max_memory_mb >= 16, "clickhouse.query_max_memory_mb", "must be >= 16")

@@ -49,7 +49,7 @@ from pathlib import Path
 from string import Template
 
 from tracker.clickhouse import ClickHouse
-from tracker.config import ROOT, Settings
+from tracker.config import RETAINED_TABLES, ROOT, Settings
 from tracker.timefmt import format_ms, now_ms
 
 MIGRATIONS_DIR = ROOT / "config" / "migrations"
@@ -133,6 +133,7 @@ def render(path: Path, settings: Settings) -> list[str]:
         db=settings.clickhouse.database,
         retention_days=settings.clickhouse.retention_days,
         dedup_window=settings.clickhouse.dedup_window,
+        **{f"retention_{t}": settings.clickhouse.retention_of(t) for t in RETAINED_TABLES},
     )
     lines = [line for line in text.splitlines() if not line.strip().startswith("--")]
     return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]

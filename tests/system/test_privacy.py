@@ -3,9 +3,14 @@ ClickHouse, and the per-IP fraud rules still tell addresses apart."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
-from tracker.testing import Service, hit_many
+import aiohttp
+import orjson
+
+from tracker.testing import BROWSER_UA, ROOT, Service, hit_many
 
 FULL = ["203.0.113.77", "203.0.113.78", "2001:db8:1:2:3:4:5:6"]
 
@@ -42,3 +47,52 @@ async def test_anonymized_addresses_never_reach_a_disk(service: Service):
     for ip in FULL:
         for folder in (service.redis.folder, service.folder / "data"):
             assert files_containing(folder, ip.encode()) == [], ip
+
+
+async def test_privacy_export_and_erase_through_cli_and_api(service: Service):
+    service.serve()
+    service.add_link("gdpr", campaign_id="gdpr")
+    async with aiohttp.ClientSession(
+        cookie_jar=aiohttp.CookieJar(unsafe=True), headers={"User-Agent": BROWSER_UA}
+    ) as browser:
+        for _ in range(2):
+            async with browser.get(f"{service.base_url}/c/gdpr", allow_redirects=False) as r:
+                assert r.status == 302
+        visitor = next(c.value for c in browser.cookie_jar if c.key == "vid")
+    assert service.wait_count("clicks", 2, "link_slug = 'gdpr'") == 2
+
+    out = service.folder / "export.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tracker",
+            "privacy",
+            "export",
+            "--visitor",
+            visitor,
+            "--out",
+            str(out),
+        ],
+        env=service.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    exported = orjson.loads(out.read_bytes())
+    assert [c["visitor_id"] for c in exported["clickhouse"]["clicks"]] == [visitor] * 2
+    assert len(exported["redis"]["path"]) == 2
+
+    assert service.api("POST", "/api/privacy/erase", {"visitor_id": "nope"})[0] == 400
+    status, body = service.api("POST", "/api/privacy/erase", {"visitor_id": visitor})
+    assert status == 200 and body["erased"]["clicks"] == 2, body
+    assert service.count("clicks", f"visitor_id = '{visitor}'") == 0
+    status, body = service.api("GET", f"/api/privacy/export?visitor_id={visitor}")
+    assert status == 200 and body["clickhouse"]["clicks"] == [] and body["redis"]["path"] == []
+    status, audit = service.api("GET", "/api/audit")
+    assert any(
+        e["action"] == "POST /api/privacy/erase" and e["target"] == visitor
+        for e in audit["entries"]
+    ), audit

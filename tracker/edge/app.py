@@ -24,6 +24,7 @@ from tracker.edge import (
     dashboard,
     health,
     postback,
+    privacy_api,
     programme,
     reports_api,
     routes,
@@ -74,6 +75,7 @@ def create_app(
     reports_api.add_routes(app)
     programme.add_routes(app)
     health.add_routes(app)
+    privacy_api.add_routes(app)
     app.router.add_get("/metrics", metrics_page)
     return app
 

@@ -13,7 +13,7 @@ import socket
 import threading
 
 from geo import open_geo
-from tracker import migrations
+from tracker import migrations, privacy_ops
 from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
 from tracker.config import Settings
@@ -47,15 +47,21 @@ def run(settings: Settings) -> None:
     applied = migrations.apply(ch, settings)
     if applied:
         log.info("migrations applied: %s", ", ".join(applied))
+    redis = sync_client(settings.redis.url)
     server = query_server.make_server(
         ch,
         settings.admin_token,
         settings.sink.query_host,
         settings.sink.query_port,
         migrate=lambda: migrations.apply(ch, settings),
+        actions={
+            "/privacy/export": lambda body: privacy_ops.export(ch, redis, body.get("visitor_id")),
+            "/privacy/erase": lambda body: privacy_ops.erase(
+                ch, redis, body.get("visitor_id"), settings.clickhouse.cluster
+            ),
+        },
     )
     query_server.start(server)
-    redis = sync_client(settings.redis.url)
     attributor = Attributor(
         redis,
         settings.attribution.models,

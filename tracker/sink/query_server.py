@@ -7,6 +7,7 @@ the configured limits (tracker/clickhouse.py says how the engine enforces both),
 
     POST /query    {"sql": "..."}  -> {"columns": [...], "rows": [[...], ...]}
     POST /migrate                  -> {"applied": [...]}
+    POST /privacy/export, /privacy/erase  {"visitor_id": "..."}  (tracker/privacy_ops.py)
     GET  /metrics                  -> Prometheus text (no token: counts only)
 """
 
@@ -23,6 +24,7 @@ import orjson
 from tracker.access import is_admin
 from tracker.clickhouse import ClickHouse
 from tracker.metrics import CONTENT_TYPE, exposition
+from tracker.privacy_ops import PrivacyError
 
 log = logging.getLogger(__name__)
 MAX_SQL = 1024 * 1024
@@ -33,8 +35,16 @@ def encode_rows(columns: list[str], rows: Sequence[Sequence[Any]]) -> bytes:
 
 
 def make_server(
-    ch: ClickHouse, token: str, host: str, port: int, migrate: Callable[[], list[str]]
+    ch: ClickHouse,
+    token: str,
+    host: str,
+    port: int,
+    migrate: Callable[[], list[str]],
+    actions: dict[str, Callable[[dict], Any]] | None = None,
 ) -> ThreadingHTTPServer:
+    """`actions`: more POST paths, each a JSON object in and a JSON answer out."""
+    actions = actions or {}
+
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, fmt, *args):  # no per-request logging
             pass
@@ -73,6 +83,15 @@ def make_server(
                     return self._reply(200, encode_rows(columns, rows))
                 if self.path == "/migrate":
                     return self._reply(200, orjson.dumps({"applied": migrate()}))
+                if self.path in actions:
+                    request = orjson.loads(body or b"{}")
+                    if not isinstance(request, dict):
+                        return self._fail(400, "body must be a JSON object")
+                    try:
+                        answer = actions[self.path](request)
+                    except PrivacyError as exc:
+                        return self._fail(400, str(exc))
+                    return self._reply(200, orjson.dumps(answer, default=str))
                 return self._fail(404, "unknown path")
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 return self._fail(400, 'body must be {"sql": "..."}')

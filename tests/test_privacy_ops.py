@@ -1,0 +1,118 @@
+"""tracker/privacy_ops.py against chDB (real migrations) and a real Redis: export and erase
+one visitor; retention per table."""
+
+from __future__ import annotations
+
+import orjson
+
+from tracker import config, migrations
+from tracker import redis_keys as K
+from tracker.ids import ZERO_UUID, uuid7
+from tracker.privacy_ops import erase, export
+
+GONE, KEPT = "0190a0a0-0000-7000-8000-0000000000aa", "0190a0a0-0000-7000-8000-0000000000bb"
+
+
+def seed(ch, r) -> dict[str, list[str]]:
+    clicks = {GONE: [uuid7(), uuid7()], KEPT: [uuid7()]}
+    for visitor, ids in clicks.items():
+        rows = [
+            {
+                "event_time": "2026-01-01 00:00:00.000",
+                "click_id": c,
+                "visitor_id": visitor,
+                "ip": "203.0.113.7",
+                "user_agent": "UA",
+                "link_slug": "s",
+                "campaign_id": "c",
+            }
+            for c in ids
+        ]
+        ch.insert_jsonl("clicks", b"\n".join(map(orjson.dumps, rows)), f"c-{visitor}")
+        ch.insert_jsonl(
+            "impressions",
+            orjson.dumps(
+                {
+                    "event_time": "2026-01-01 00:00:00.000",
+                    "impression_id": uuid7(),
+                    "visitor_id": visitor,
+                    "ip": "203.0.113.7",
+                }
+            ),
+            f"i-{visitor}",
+        )
+        conversion = {
+            "event_time": "2026-01-01 00:00:01.000",
+            "conversion_id": uuid7(),
+            "advertiser_id": "shop",
+            "txid": f"t-{visitor}",
+            "visitor_id": visitor,
+            "click_id": ids[-1],
+            "amount": "10",
+            "currency": "USD",
+            "ip": "203.0.113.7",
+            "user_agent": "UA",
+            "country": "NL",
+        }
+        ch.insert_jsonl("conversions", orjson.dumps(conversion), f"v-{visitor}")
+        for n, c in enumerate(ids):
+            r.zadd(K.visitor_clicks_key(visitor), {c: n})
+            r.set(K.click_key(c), orjson.dumps({"click_id": c, "visitor_id": visitor}))
+        r.hset(
+            K.conversion_key("shop", f"t-{visitor}"),
+            "record",
+            orjson.dumps({"visitor_id": visitor, "click": {"visitor_id": visitor}}),
+        )
+    r.set(K.fraud_recent_click_key(GONE, "s"), 1)
+    return clicks
+
+
+def test_export_then_erase_one_visitor(chdb_database, redis_server):
+    ch, r = chdb_database, redis_server.client()
+    clicks = seed(ch, r)
+
+    data = export(ch, r, GONE.upper())
+    assert sorted(c["click_id"] for c in data["clickhouse"]["clicks"]) == sorted(clicks[GONE])
+    assert len(data["clickhouse"]["impressions"]) == 1
+    assert [c["txid"] for c in data["clickhouse"]["conversions"]] == [f"t-{GONE}"]
+    assert sorted(c["click_id"] for c in data["redis"]["clicks"]) == sorted(clicks[GONE])
+    orjson.dumps(data)  # all of it JSON
+
+    counts = erase(ch, r, GONE)
+    assert counts["clicks"] == 2 and counts["impressions"] == 1 and counts["conversions"] == 1
+    db = ch.database
+    left = ch.query(f"SELECT toString(visitor_id) FROM {db}.clicks", readonly=False)[1]
+    assert left == [(KEPT,)]
+    assert ch.query(f"SELECT count() FROM {db}.impressions", readonly=False)[1] == [(1,)]
+    conversions = ch.query(
+        f"SELECT txid, toString(visitor_id), toString(ip), user_agent, country, amount "
+        f"FROM {db}.conversions ORDER BY txid",
+        readonly=False,
+    )[1]
+    assert conversions[0][:5] == (f"t-{GONE}", ZERO_UUID, "::", "", "")  # anonymised...
+    assert str(conversions[0][5]) == "10.000"  # ...the money stays
+    assert conversions[1][:2] == (f"t-{KEPT}", KEPT)
+    assert not r.exists(K.visitor_clicks_key(GONE), K.fraud_recent_click_key(GONE, "s"))
+    assert not any(r.exists(K.click_key(c)) for c in clicks[GONE])
+    assert all(r.exists(K.click_key(c)) for c in clicks[KEPT])
+    record = orjson.loads(r.hget(K.conversion_key("shop", f"t-{GONE}"), "record"))
+    assert record == {"visitor_id": ZERO_UUID, "click": {"visitor_id": ZERO_UUID}}
+    assert export(ch, r, GONE)["clickhouse"]["clicks"] == []
+
+
+def test_retention_per_table_is_applied_to_existing_tables(chdb_engine, tmp_path):
+    path = tmp_path / "tracker.toml"
+    path.write_text("[clickhouse]\nretention_days = 400\n[clickhouse.retention]\nclicks = 30\n")
+    settings = config.load(
+        path,
+        env={"TRACKER_DATA_DIR": str(tmp_path), "TRACKER_CLICKHOUSE_DATABASE": "retention"},
+    )
+    chdb_engine.database = "retention"
+    migrations.apply(chdb_engine, settings)
+
+    def ttl(table: str) -> str:
+        create = chdb_engine.query(f"SHOW CREATE TABLE retention.{table}", readonly=False)[1]
+        return create[0][0].split("TTL", 1)[1].split("SETTINGS")[0]
+
+    assert "toIntervalDay(30)" in ttl("clicks")
+    assert "toIntervalDay(400)" in ttl("impressions")

@@ -1,0 +1,151 @@
+"""Privacy operations on one visitor: export everything stored about them, or erase it.
+
+`export` gathers the visitor's rows from ClickHouse (clicks, impressions, orphan visits,
+conversions and those conversions' attribution credits) and their Redis records (the
+click records and the visitor's path), as one JSON-ready dict.
+
+`erase` removes the visitor's clicks, impressions and orphan visits from ClickHouse,
+blanks the identifying fields of their conversions (visitor id, address, user agent, geo;
+the conversion and its money stay, as the advertiser's and affiliate's records), and
+deletes their Redis records (click records, path, short-lived fraud and rate counters),
+blanking the visitor in their conversions' Redis records too. ClickHouse applies the
+changes as mutations that finish before `erase` returns (`mutations_sync`). Rollups keep
+their counts (aggregates, no identity). The caller records the audit entry.
+
+Both run where ClickHouse is: in the sink (its query endpoint, for the admin API and for
+`tracker privacy` while the service runs) or in the CLI directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from tracker import redis_keys as K
+from tracker.clickhouse import ClickHouse
+from tracker.ids import ZERO_UUID, is_uuid
+
+ERASED_TABLES = ("clicks", "impressions", "orphan_visits")
+# conversion columns that say who the visitor was, and what they become
+CONVERSION_IDENTITY = {
+    "visitor_id": f"toUUID('{ZERO_UUID}')",
+    "ip": "toIPv6('::')",
+    "user_agent": "''",
+    "country": "''",
+    "region": "''",
+    "city": "''",
+    "asn": "0",
+    "as_org": "''",
+}
+
+
+class PrivacyError(ValueError):
+    """The request cannot be carried out (the message says why)."""
+
+
+def checked(visitor_id: Any) -> str:
+    visitor = visitor_id.strip().lower() if isinstance(visitor_id, str) else ""
+    if not is_uuid(visitor) or visitor == ZERO_UUID:
+        raise PrivacyError("visitor_id must be a visitor id (a UUID)")
+    return visitor
+
+
+def _rows(ch: ClickHouse, sql: str) -> list[dict]:
+    columns, rows = ch.query(sql, readonly=False)
+    return orjson.loads(
+        orjson.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str)
+    )
+
+
+def export(ch: ClickHouse, redis: Any, visitor_id: Any) -> dict[str, Any]:
+    visitor = checked(visitor_id)
+    db = ch.database
+    where = f"visitor_id = toUUID('{visitor}')"
+    data: dict[str, Any] = {"visitor_id": visitor, "clickhouse": {}, "redis": {}}
+    for table in (*ERASED_TABLES, "conversions"):
+        data["clickhouse"][table] = _rows(
+            ch, f"SELECT * FROM {db}.{table} WHERE {where} ORDER BY event_time"
+        )
+    conversion_ids = sorted({row["conversion_id"] for row in data["clickhouse"]["conversions"]})
+    data["clickhouse"]["attribution_credits"] = (
+        _rows(
+            ch,
+            f"SELECT * FROM {db}.attribution_credits WHERE conversion_id IN "
+            f"({', '.join(repr(c) for c in conversion_ids)}) ORDER BY conversion_id, model",
+        )
+        if conversion_ids
+        else []
+    )
+    path = redis.zrange(K.visitor_clicks_key(visitor), 0, -1, withscores=True)
+    data["redis"]["path"] = [[_text(c), int(ms)] for c, ms in path]
+    records = [redis.get(K.click_key(_text(c))) for c, _ in path]
+    data["redis"]["clicks"] = [orjson.loads(r) for r in records if r]
+    return data
+
+
+def erase(ch: ClickHouse, redis: Any, visitor_id: Any, cluster: str = "") -> dict[str, int]:
+    """Erase the visitor; what was found, by kind (for the audit entry)."""
+    visitor = checked(visitor_id)
+    db = ch.database
+    where = f"visitor_id = toUUID('{visitor}')"
+    counts: dict[str, int] = {}
+    for table in (*ERASED_TABLES, "conversions"):
+        counts[table] = int(
+            ch.query(f"SELECT count() FROM {db}.{table} WHERE {where}", False)[1][0][0]
+        )
+    transactions = ch.query(
+        f"SELECT DISTINCT advertiser_id, txid FROM {db}.conversions WHERE {where}", False
+    )[1]
+    for table in ERASED_TABLES:
+        if counts[table]:
+            ch.command(f"ALTER TABLE {_target(db, table, cluster)} DELETE WHERE {where}{SYNC}")
+    if counts["conversions"]:
+        columns = {
+            name
+            for (name,) in ch.query(
+                f"SELECT name FROM system.columns WHERE database = '{db}' "
+                "AND table = 'conversions'",
+                False,
+            )[1]
+        }
+        sets = ", ".join(f"{c} = {v}" for c, v in CONVERSION_IDENTITY.items() if c in columns)
+        ch.command(
+            f"ALTER TABLE {_target(db, 'conversions', cluster)} UPDATE {sets} WHERE {where}{SYNC}"
+        )
+    counts["redis_keys"] = _erase_redis(redis, visitor, transactions)
+    return counts
+
+
+SYNC = " SETTINGS mutations_sync = 2"  # done (on every replica) before the call returns
+
+
+def _target(db: str, table: str, cluster: str) -> str:
+    return f"{db}.{table}_local ON CLUSTER {cluster}" if cluster else f"{db}.{table}"
+
+
+def _erase_redis(redis: Any, visitor: str, transactions: list) -> int:
+    path_key = K.visitor_clicks_key(visitor)
+    keys = [K.click_key(_text(c)) for c in redis.zrange(path_key, 0, -1)] + [path_key]
+    for pattern in (
+        f"{K.PREFIX}:fraud:recent:{{{visitor}}}:*",
+        f"{K.PREFIX}:pxrate:v:{{{visitor}}}:*",
+    ):
+        keys += [_text(k) for k in redis.scan_iter(match=pattern, count=1000)]
+    deleted = sum(redis.delete(key) for key in keys)
+    for advertiser, txid in transactions:
+        key = K.conversion_key(advertiser, txid)
+        raw = redis.hget(key, "record")
+        if not raw:
+            continue
+        record = orjson.loads(raw)
+        record["visitor_id"] = ZERO_UUID
+        if record.get("click"):
+            record["click"]["visitor_id"] = ZERO_UUID
+        redis.hset(key, "record", orjson.dumps(record))
+        deleted += 1
+    return deleted
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
