@@ -222,7 +222,7 @@ class LedgerSettings:
 class CommissionsSettings:
     max_levels: int = 2  # level 1 and its referrers up to this level (never more than 3)
     min_payout: str = "100"  # an affiliate's minimum payout unless it sets its own
-    release_interval_seconds: float = 60.0  # how often the sink runs auto-approval
+    auto_approve_interval_seconds: float = 60.0  # how often the sink runs auto-approval
 
 
 @dataclass
@@ -540,8 +540,8 @@ def _validate(s: Settings) -> None:
         "must be a decimal amount >= 0",
     )
     check(
-        s.commissions.release_interval_seconds > 0,
-        "commissions.release_interval_seconds",
+        s.commissions.auto_approve_interval_seconds > 0,
+        "commissions.auto_approve_interval_seconds",
         "must be > 0",
     )
     check(

@@ -199,3 +199,39 @@ async def test_sink_killed_mid_batch_books_each_step_once(service: Service):
         "SELECT toString(sum(payout)) AS p FROM tracker.commissions "
         "WHERE status = 'approved' AND level = 1"
     ) == [{"p": f"{count}"}]
+
+
+async def test_auto_approval_after_n_days_goes_through_the_stream(service: Service):
+    """A campaign that approves by itself (here after 0 days): the sink approves the
+    pending conversion as its advertiser would, once; reports and commissions follow, and
+    the advertiser's late rejection is refused."""
+    service.env["TRACKER_COMMISSIONS_AUTO_APPROVE_INTERVAL_SECONDS"] = "0.3"
+    service.serve()
+    api = service.api
+    assert api("POST", "/api/advertisers", {"id": "shop", "token": ADV_TOKEN})[0] == 201
+    assert api("POST", "/api/affiliates", {"id": "pub"})[0] == 201
+    campaign = {"id": "auto", "advertiser_id": "shop", "plan": PLAN, "auto_approve_days": 0}
+    assert api("POST", "/api/campaigns", campaign)[0] == 201
+    service.add_link("auto-pub", campaign_id="auto", affiliate_id="pub", advertiser_id="shop")
+    async with browser() as session:
+        cid = await click(session, service.base_url, "auto-pub")
+        _, body = await postback(
+            session, service.base_url, cid=cid, txid="a-1", amount="50.00", event="sale"
+        )
+        conversion_id = body["conversion_id"]
+        where = f"conversion_id = '{conversion_id}'"
+        assert service.wait_count("conversions", 2, where) == 2
+        rows = service.sql(
+            f"SELECT status, source FROM tracker.conversions WHERE {where} ORDER BY event_time"
+        )
+        assert rows == [
+            {"status": "pending", "source": "postback"},
+            {"status": "approved", "source": "auto_approval"},
+        ]
+        assert service.wait_count("commissions", 2 + 4, where) == 6
+        code, late = await postback(
+            session, service.base_url, cid=cid, txid="a-1", status="rejected"
+        )
+        assert code == 409 and late["reason"] == "illegal_transition", late
+    balance = api("GET", "/api/affiliates/pub/balance")[1]["balances"][0]
+    assert (balance["pending"], balance["on_hold"]) == ("0.00", "5.00")

@@ -59,6 +59,7 @@ class ConversionEvent:
     visitor_id: str
     source: str
     advertiser_payout_minor: int | None
+    txid: str = ""
 
     @classmethod
     def from_row(cls, row: dict) -> ConversionEvent:
@@ -81,6 +82,7 @@ class ConversionEvent:
             advertiser_payout_minor=(
                 to_minor(Decimal(payout), currency) if payout not in (None, "") else None
             ),
+            txid=row.get("txid", ""),
         )
 
 
@@ -587,6 +589,7 @@ class _Batch:
             "mirror": b"\n".join(orjson.dumps(m) for m in mirror).decode(),
             "month": month_of(ev.ms),
             "day": day_of(ev.ms),
+            "txid": ev.txid[:128],
         }
         self.new_steps.append(step)
         self.new_entries += entries

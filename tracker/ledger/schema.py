@@ -92,6 +92,8 @@ conversion_steps = Table(
     Column("mirror", Text, nullable=False),  # JSON: the ClickHouse commission rows
     Column("month", Integer, nullable=False),  # YYYYMM of event_time (tiers, monthly cap)
     Column("day", Integer, nullable=False),  # YYYYMMDD of event_time (daily cap)
+    Column("txid", String(128), nullable=False, server_default=""),  # the advertiser's
+    Index("ix_steps_pending", "status", "campaign_id", "event_time"),
     Index("ix_steps_campaign_day", "campaign_id", "status", "day"),
     Index("ix_steps_campaign_month", "campaign_id", "status", "month"),
     Index("ix_steps_affiliate_month", "campaign_id", "affiliate_id", "status", "month"),

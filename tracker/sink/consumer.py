@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -66,6 +67,8 @@ class Sink:
         pipeline: Pipeline | None = None,
         streams: list[str] | None = None,
         commissions: Engine | None = None,
+        auto_approve: Callable[[], int] | None = None,
+        auto_approve_seconds: float = 60.0,
     ) -> None:
         self.redis = redis
         self.ch = ch
@@ -77,6 +80,9 @@ class Sink:
         self.attributor = attributor
         self.pipeline = pipeline
         self.commissions = commissions
+        self.auto_approve = auto_approve  # approves what campaigns approve by themselves
+        self.auto_approve_seconds = auto_approve_seconds
+        self._last_auto_approve = 0.0
         self.streams = streams or [K.EVENTS_STREAM]  # every shard of the events stream
         self._turn = 0
         self._last_reclaim = 0.0
@@ -121,6 +127,7 @@ class Sink:
                     setup = True
                 if drain_until is None:
                     self.maybe_reclaim()
+                    self.maybe_auto_approve()
                     self.maybe_report_lag()
                 draining = drain_until is not None
                 if drain_until is not None and time.monotonic() > drain_until:
@@ -194,6 +201,16 @@ class Sink:
         for stream in self.streams:
             while not self.stop.is_set() and self._read(stream, "0", None):
                 pass
+
+    def maybe_auto_approve(self) -> None:
+        now = time.monotonic()
+        if self.auto_approve is None or now - self._last_auto_approve < self.auto_approve_seconds:
+            return
+        self._last_auto_approve = now
+        try:
+            self.auto_approve()
+        except Exception as exc:  # the ledger away: the next round tries again
+            log.warning("auto-approval skipped: %r", exc)
 
     def maybe_reclaim(self) -> None:
         now = time.monotonic()

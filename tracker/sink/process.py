@@ -17,6 +17,7 @@ from tracker import migrations, privacy_ops
 from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
 from tracker.config import Settings
+from tracker.ledger import auto_approve
 from tracker.ledger.commissions import Engine
 from tracker.ledger.store import open_store
 from tracker.redis_connection import sync_client
@@ -24,6 +25,7 @@ from tracker.sink import query_server
 from tracker.sink.attributor import Attributor
 from tracker.sink.consumer import Sink
 from tracker.sink.enrich import steps as enrichment
+from tracker.timefmt import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,8 @@ def run(settings: Settings) -> None:
         pipeline=enrichment.build(settings, redis, geo_reader),
         streams=[K.events_stream(i) for i in range(settings.redis.stream_shards)],
         commissions=commissions,
+        auto_approve=lambda: auto_approve.tick(store, redis, settings, now_ms()),
+        auto_approve_seconds=settings.commissions.auto_approve_interval_seconds,
     )
     log.info(
         "sink %s running; SQL endpoint on %s:%d",
