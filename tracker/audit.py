@@ -17,6 +17,7 @@ import orjson
 
 from tracker.redis_keys import AUDIT_STREAM
 from tracker.timefmt import format_ms, now_ms
+from tracker.types import StreamFields, SyncRedis
 
 SECRET_FIELDS = ("token", "secret_sha256", "key")
 
@@ -36,7 +37,7 @@ def entry(
     before: Any = None,
     after: Any = None,
     status: int = 0,
-) -> dict[str, bytes]:
+) -> StreamFields:
     """The stream fields of one audit entry."""
     return {
         "at": format_ms(now_ms()).encode(),
@@ -57,7 +58,9 @@ def cli_actor() -> str:
         return "cli:unknown"
 
 
-def record_cli(redis: Any, action: str, target: str = "", before: Any = None, after: Any = None):
+def record_cli(
+    redis: SyncRedis, action: str, target: str = "", before: Any = None, after: Any = None
+) -> None:
     """Append one entry for a CLI write (sync client)."""
     redis.xadd(
         AUDIT_STREAM,

@@ -19,10 +19,10 @@ import logging
 import os
 from functools import lru_cache
 from hashlib import blake2b
-from typing import Any
 
 from tracker import redis_keys as K
 from tracker.clock import Clock, clock_ms, system_clock
+from tracker.types import AsyncRedis
 
 log = logging.getLogger(__name__)
 HOUR_MS = 3_600_000
@@ -54,7 +54,7 @@ class IpKeys:
     background (the hot path only reads a dict). An hour whose secret could not be read
     (Redis away) gets one of this process's own: its counts are split by edge, not lost."""
 
-    def __init__(self, redis: Any, clock: Clock = system_clock) -> None:
+    def __init__(self, redis: AsyncRedis, clock: Clock = system_clock) -> None:
         self.redis = redis
         self.clock = clock
         self.secrets: dict[int, bytes] = {}
@@ -77,8 +77,8 @@ class IpKeys:
             key = K.ip_key_secret(h)
             await self.redis.set(key, os.urandom(16), nx=True, ex=SECRET_TTL)
             secret = await self.redis.get(key)
-            if secret:
-                self.secrets[h] = bytes(secret)
+            if isinstance(secret, bytes) and secret:
+                self.secrets[h] = secret
         for old in [h for h in self.secrets if h < hour - 1]:
             del self.secrets[old]
 

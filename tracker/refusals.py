@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
+from tracker.reasons import PostbackRefusal
 from tracker.redis_keys import PREFIX
+from tracker.types import AsyncRedis
 
 UNKNOWN = "(unknown)"
 KEEP_DAYS = 400
@@ -28,11 +29,17 @@ def day_of(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).date().isoformat()
 
 
-def note(counts: Counter, advertiser: str, known: bool, reason: str, ms: int) -> None:
+def note(
+    counts: Counter[tuple[str, str, str]],
+    advertiser: str,
+    known: bool,
+    reason: PostbackRefusal,
+    ms: int,
+) -> None:
     counts[(advertiser if known and advertiser else UNKNOWN, day_of(ms), str(reason))] += 1
 
 
-async def flush(redis: Any, counts: Counter) -> None:
+async def flush(redis: AsyncRedis, counts: Counter[tuple[str, str, str]]) -> None:
     """Add the counts to Redis; on failure they stay in `counts` for the next flush."""
     if not counts:
         return

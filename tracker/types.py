@@ -16,6 +16,7 @@ from redis.asyncio.cluster import ClusterPipeline as AsyncClusterPipeline
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.client import Pipeline as SyncPipelineOne
 from redis.cluster import ClusterPipeline, RedisCluster
+from redis.typing import EncodableT, FieldT
 
 # A Redis client as the configuration makes it: one server, or a Redis Cluster.
 AsyncRedis: TypeAlias = "aredis.Redis | AsyncRedisCluster"
@@ -24,6 +25,9 @@ SyncRedis: TypeAlias = "redis.Redis | RedisCluster"
 AnyPipeline: TypeAlias = (
     "SyncPipelineOne | ClusterPipeline | AsyncPipelineOne | AsyncClusterPipeline"
 )
+
+# A stream entry's fields as redis-py's XADD takes them.
+StreamFields: TypeAlias = dict[FieldT, EncodableT]
 
 # An events stream entry as the sink reads it: (entry id, {field: value}).
 StreamEntry: TypeAlias = tuple[bytes, dict[bytes, bytes]]

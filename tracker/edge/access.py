@@ -102,7 +102,7 @@ async def authorize(request: web.Request, handler):
     response = await handler(request)
     if request.method not in READ_ONLY and 200 <= response.status < 300:
         details = request.get("audit") or {}
-        fields: Any = entry(  # redis-py declares a dict of its own (invariant) key types
+        fields = entry(
             actor=principal.key_id,
             role=principal.role,
             action=f"{request.method} {route}",
