@@ -18,6 +18,7 @@ Both run where ClickHouse is: in the sink (its query endpoint, for the admin API
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ import orjson
 from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
 from tracker.ids import ZERO_UUID, is_uuid
+from tracker.types import SyncRedis
 
 ERASED_TABLES = ("clicks", "impressions", "orphan_visits")
 # conversion columns that say who the visitor was, and what they become
@@ -124,9 +126,10 @@ def _target(db: str, table: str, cluster: str) -> str:
     return f"{db}.{table}_local ON CLUSTER {cluster}" if cluster else f"{db}.{table}"
 
 
-def _erase_redis(redis: Any, visitor: str, transactions: list) -> int:
+def _erase_redis(redis: SyncRedis, visitor: str, transactions: Sequence[Sequence[Any]]) -> int:
     path_key = K.visitor_clicks_key(visitor)
-    keys = [K.click_key(_text(c)) for c in redis.zrange(path_key, 0, -1)] + [path_key]
+    members: list[bytes] = redis.zrange(path_key, 0, -1)  # type: ignore[assignment]
+    keys = [K.click_key(_text(c)) for c in members] + [path_key]
     for pattern in (
         f"{K.PREFIX}:fraud:recent:{{{visitor}}}:*",
         f"{K.PREFIX}:pxrate:v:{{{visitor}}}:*",

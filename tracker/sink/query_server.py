@@ -43,7 +43,7 @@ def make_server(
     actions: dict[str, Callable[[dict], Any]] | None = None,
 ) -> ThreadingHTTPServer:
     """`actions`: more POST paths, each a JSON object in and a JSON answer out."""
-    actions = actions or {}
+    routes: dict[str, Callable[[dict], Any]] = actions or {}
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, fmt, *args):  # no per-request logging
@@ -83,12 +83,12 @@ def make_server(
                     return self._reply(200, encode_rows(columns, rows))
                 if self.path == "/migrate":
                     return self._reply(200, orjson.dumps({"applied": migrate()}))
-                if self.path in actions:
+                if self.path in routes:
                     request = orjson.loads(body or b"{}")
                     if not isinstance(request, dict):
                         return self._fail(400, "body must be a JSON object")
                     try:
-                        answer = actions[self.path](request)
+                        answer = routes[self.path](request)
                     except PrivacyError as exc:
                         return self._fail(400, str(exc))
                     return self._reply(200, orjson.dumps(answer, default=str))
