@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("sink", help="run the sink (stream -> ClickHouse)").set_defaults(func=cmd_sink)
     sub.add_parser("migrate", help="apply ClickHouse migrations").set_defaults(func=cmd_migrate)
+    sub.add_parser(
+        "deliver", help="run the delivery worker (postbacks out, webhooks)"
+    ).set_defaults(func=cmd_deliver)
 
     privacy = sub.add_parser(
         "privacy", help="export or erase what is stored about one visitor"
@@ -182,6 +185,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--show-tokens", action="store_true")
     s.set_defaults(func=cmd_advertisers_list)
     programme_cli.add_parsers(sub, ["table", "json", "csv"])
+
+    deliveries = sub.add_parser(
+        "deliveries", help="postbacks out and webhooks: targets, queue, dead letters"
+    ).add_subparsers(dest="deliveries_command", required=True)
+    s = deliveries.add_parser("list", help="queue sizes and dead letters")
+    s.add_argument("--failed", action="store_true", help="list each dead letter")
+    s.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    s.set_defaults(func=cmd_deliveries_list)
+    s = deliveries.add_parser("retry", help="replay dead-lettered deliveries")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", nargs="?", help="the delivery id")
+    which.add_argument("--failed", action="store_true", help="every dead letter")
+    s.set_defaults(func=cmd_deliveries_retry)
+    s = deliveries.add_parser("add-target", help="register a postback or webhook target")
+    s.add_argument("id")
+    s.add_argument("--kind", choices=["postback", "webhook"], required=True)
+    s.add_argument("--url", required=True, help="URL template (postback macros allowed)")
+    s.add_argument("--events", help="comma-separated: accepted,approved,rejected,reversed")
+    s.add_argument("--affiliate", help="postback: the affiliate; webhook: only its conversions")
+    s.add_argument("--campaign", help="only this campaign (a postback: overrides the general)")
+    s.add_argument("--advertiser", help="webhook: only this advertiser's conversions")
+    s.add_argument("--method", choices=["GET", "POST"])
+    s.set_defaults(func=cmd_deliveries_add_target)
+    s = deliveries.add_parser("targets", help="list delivery targets")
+    s.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    s.set_defaults(func=cmd_deliveries_targets)
     return p
 
 
@@ -221,6 +250,13 @@ def cmd_edge(settings: Settings, args) -> int:
 
 def cmd_sink(settings: Settings, args) -> int:
     from tracker.sink.process import run
+
+    run(settings)
+    return 0
+
+
+def cmd_deliver(settings: Settings, args) -> int:
+    from tracker.delivery.process import run
 
     run(settings)
     return 0
@@ -725,4 +761,77 @@ def cmd_report_reconciliation(settings: Settings, args) -> int:
     print(format_rows(["currency", "owed", "pending"], owed, "table"), end="")
     refused = [[r["reason"], r["count"]] for r in result["refused_postbacks"]]
     print(format_rows(["refused postback reason", "count"], refused, "table"), end="")
+    return 0
+
+
+# -- deliveries (postbacks out, webhooks) -------------------------------------------------
+
+
+def cmd_deliveries_list(settings: Settings, args) -> int:
+    from tracker.delivery import queue
+
+    redis = _redis(settings)
+    sizes = queue.sizes(redis)
+    print(", ".join(f"{k} {v}" for k, v in sizes.items()))
+    if args.failed:
+        columns = ["id", "target_id", "trigger", "conversion_id", "attempt", "last_outcome"]
+        columns += ["last_status", "last_error"]
+        rows = [[job.get(c, "") for c in columns] for job in queue.dead_letters(redis)]
+        print(format_rows(columns, rows, args.format))
+    return 0
+
+
+def cmd_deliveries_retry(settings: Settings, args) -> int:
+    from tracker.audit import record_cli
+    from tracker.delivery import queue
+
+    redis = _redis(settings)
+    ids = [job["id"] for job in queue.dead_letters(redis)] if args.failed else [args.id]
+    replayed = [i for i in ids if queue.replay(redis, i)]
+    if not args.failed and not replayed:
+        raise CommandError(f"no dead letter {args.id!r}")
+    for delivery_id in replayed:
+        record_cli(redis, "deliveries retry", f"delivery:{delivery_id}", "dead", "queued")
+    print(f"replayed {len(replayed)} deliver{'y' if len(replayed) == 1 else 'ies'}")
+    return 0
+
+
+def cmd_deliveries_add_target(settings: Settings, args) -> int:
+    from tracker.audit import record_cli
+    from tracker.delivery import targets as T
+
+    data: dict = {"id": args.id, "kind": args.kind, "url": args.url}
+    if args.events:
+        data["events"] = [e.strip() for e in args.events.split(",") if e.strip()]
+    for key, value in (
+        ("affiliate_id", args.affiliate),
+        ("campaign_id", args.campaign),
+        ("advertiser_id", args.advertiser),
+        ("method", args.method),
+    ):
+        if value:
+            data[key] = value
+    try:
+        target = T.validate(data)
+    except T.TargetError as exc:
+        raise CommandError(str(exc)) from None
+    redis = _redis(settings)
+    if not T.create(redis, target):
+        raise CommandError(f"target {target.id!r} already exists")
+    record_cli(
+        redis, "deliveries add-target", f"delivery_target:{target.id}", None, target.public()
+    )
+    print(f"target {target.id} ({target.kind}) added")
+    if target.secret:
+        print(f"signing secret {target.secret}")
+    return 0
+
+
+def cmd_deliveries_targets(settings: Settings, args) -> int:
+    from tracker.delivery import targets as T
+
+    columns = ["id", "kind", "url", "events", "affiliate_id", "campaign_id", "enabled"]
+    found = sorted(T.load_all(_redis(settings)), key=lambda t: t.id)
+    rows = [[t.public()[c] for c in columns] for t in found]
+    print(format_rows(columns, rows, args.format))
     return 0

@@ -226,6 +226,21 @@ class CommissionsSettings:
 
 
 @dataclass
+class DeliverySettings:
+    """Postbacks out and webhooks (tracker/delivery/): the sender worker's limits."""
+
+    timeout_seconds: float = 10.0  # one call, connect to last byte
+    max_attempts: int = 12  # then the delivery is dead-lettered (replay: tracker deliveries)
+    backoff_base_seconds: float = 10.0  # first retry after about this long, doubling...
+    backoff_max_seconds: float = 21600.0  # ...up to this (6 hours), with jitter
+    concurrency: int = 64  # calls in flight per worker
+    max_response_bytes: int = 4096  # of a receiver's reply body, read and kept at most
+    # destinations on loopback, private, link-local, metadata or other non-public
+    # addresses are refused unless inside one of these networks (CIDRs)
+    allowed_networks: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Settings:
     data_dir: str = "data"
     admin_token: str = ""
@@ -243,6 +258,7 @@ class Settings:
     clickhouse: ClickHouseSettings = field(default_factory=ClickHouseSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     commissions: CommissionsSettings = field(default_factory=CommissionsSettings)
+    deliveries: DeliverySettings = field(default_factory=DeliverySettings)
 
     @property
     def data_path(self) -> Path:
@@ -544,6 +560,28 @@ def _validate(s: Settings) -> None:
         "commissions.auto_approve_interval_seconds",
         "must be > 0",
     )
+    d = s.deliveries
+    check(0 < d.timeout_seconds <= 300, "deliveries.timeout_seconds", "must be > 0 and <= 300")
+    check(1 <= d.max_attempts <= 100, "deliveries.max_attempts", "must be 1 to 100")
+    check(d.backoff_base_seconds > 0, "deliveries.backoff_base_seconds", "must be > 0")
+    check(
+        d.backoff_max_seconds >= d.backoff_base_seconds,
+        "deliveries.backoff_max_seconds",
+        "must be >= backoff_base_seconds",
+    )
+    check(1 <= d.concurrency <= 4096, "deliveries.concurrency", "must be 1 to 4096")
+    check(
+        0 <= d.max_response_bytes <= 1024 * 1024,
+        "deliveries.max_response_bytes",
+        "must be 0 to 1 MiB",
+    )
+    for cidr in d.allowed_networks:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"config key deliveries.allowed_networks: {cidr!r} is not a CIDR"
+            ) from None
     check(
         not s.admin_token or len(s.admin_token) >= 16,
         "admin_token",

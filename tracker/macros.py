@@ -165,3 +165,37 @@ def append_param(url: str, name: str, value: str) -> str:
     else:
         sep = "&"
     return f"{base}{sep}{name}={quote_value(value)}{hash_sign}{fragment}"
+
+
+# Outgoing postbacks (tracker/delivery/): the same substitution over the conversion's
+# macros. Nothing is appended: the partner's template says where each value goes.
+POSTBACK_MACROS = frozenset(
+    ["click_id", "conversion_id", "txid", "event", "status", "trigger"]
+    + ["amount", "payout", "currency", "campaign_id", "affiliate_id", "advertiser_id"]
+    + ["sub1", "sub2", "sub3", "sub4", "sub5"]
+)
+_POSTBACK_RE = re.compile(r"\{(" + "|".join(sorted(POSTBACK_MACROS)) + r")\}")
+
+
+@lru_cache(maxsize=4096)
+def _compile_postback(template: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    literals: list[str] = []
+    names: list[str] = []
+    pos = 0
+    for match in _POSTBACK_RE.finditer(template):
+        literals.append(template[pos : match.start()])
+        names.append(match.group(1))
+        pos = match.end()
+    literals.append(template[pos:])
+    return tuple(literals), tuple(names)
+
+
+def render_postback(template: str, values: dict[str, str]) -> str:
+    """An outgoing postback URL: its macros replaced by percent-encoded values (unknown
+    macros are left as they are)."""
+    literals, names = _compile_postback(template)
+    out = [literals[0]]
+    for name, literal in zip(names, literals[1:], strict=True):
+        out.append(quote_value(values.get(name, "")))
+        out.append(literal)
+    return "".join(out)

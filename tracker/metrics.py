@@ -83,6 +83,22 @@ CREDITED = PromCounter(
     "Amount credited to clicks, in the currency's minor units",
     ["model", "currency"],
 )
+DELIVERIES = PromCounter(
+    "tracker_deliveries_total",
+    "Postback and webhook delivery attempts by outcome",
+    ["kind", "outcome"],
+)
+DELIVERY_SECONDS = Histogram(
+    "tracker_delivery_seconds",
+    "Time of one delivery attempt",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DELIVERY_QUEUE = Gauge(
+    "tracker_delivery_queue",
+    "Deliveries waiting, by state (queued, retrying, dead)",
+    ["state"],
+    multiprocess_mode="max",
+)
 
 
 def exposition() -> bytes:

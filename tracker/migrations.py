@@ -71,6 +71,7 @@ _FILE_RE = re.compile(r"\A(\d{4})_([a-z0-9_]+)\.sql\Z")
 # * attribution_credits: by conversion, so the credits of one conversion (every model)
 #   are together and sum to its amount shard-locally.
 # * commissions: by conversion, so every status step of one conversion is together.
+# * deliveries: by delivery, so every attempt of one postback or webhook is together.
 SHARDING_KEYS = {
     "clicks": "cityHash64(if(empty(visitor_id), click_id, visitor_id))",
     "impressions": "cityHash64(if(empty(visitor_id), impression_id, visitor_id))",
@@ -86,6 +87,7 @@ SHARDING_KEYS = {
     "credits_hourly": "cityHash64(hour, campaign_id)",
     "commissions": "cityHash64(conversion_id)",
     "commissions_hourly": "cityHash64(hour, campaign_id)",
+    "deliveries": "cityHash64(delivery_id)",
 }
 
 LOCAL_SUFFIX = "_local"

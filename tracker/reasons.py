@@ -125,6 +125,19 @@ class EventDrop(StrEnum):
     INTERNAL_ERROR = "internal_error"  # a bug in the flush loop: logged with its traceback
 
 
+class DeliveryOutcome(StrEnum):
+    """What one delivery attempt came to (`deliveries.outcome`,
+    `tracker_deliveries_total{kind,outcome}`)."""
+
+    DELIVERED = "delivered"  # a 2xx reply
+    HTTP_ERROR = "http_error"  # any other status (redirects are not followed)
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"  # refused, reset, DNS failure, TLS error
+    BLOCKED_ADDRESS = "blocked_address"  # resolves to a non-public address not allowed
+    TARGET_GONE = "target_gone"  # the target was deleted or disabled before the attempt
+    DEAD_LETTERED = "dead_lettered"  # counted once, when the last attempt failed
+
+
 class AdminError(StrEnum):
     """The `error` code of an admin API reply (the `reason` beside it is prose)."""
 

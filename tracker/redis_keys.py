@@ -34,7 +34,15 @@ API_KEYS_HASH = f"{PREFIX}:api_keys:{{keys}}"
 AUDIT_STREAM = f"{PREFIX}:audit:{{audit}}"
 
 # Tables of the events carried in a stream entry (entry field name -> ClickHouse table).
-TABLES = ("clicks", "impressions", "orphan_visits", "links", "conversions", "attribution_credits")
+TABLES = (
+    "clicks",
+    "impressions",
+    "orphan_visits",
+    "links",
+    "conversions",
+    "attribution_credits",
+    "deliveries",
+)
 BATCH_ID_FIELD = "b"
 
 
@@ -97,3 +105,20 @@ def ip_key_secret(hour: int) -> str:
 
 def fraud_recent_click_key(visitor_id: str, slug: str) -> str:
     return f"{PREFIX}:fraud:recent:{{{visitor_id}}}:{slug}"
+
+
+# Postbacks out and webhooks (tracker/delivery/). Everything shares the {dlv} hash tag, so
+# the scripts that move a delivery between the queue, the retry schedule and the
+# dead-letter hash run in one slot.
+DELIVERY_TARGETS_HASH = f"{PREFIX}:dlv:{{dlv}}:targets"  # target id -> JSON
+DELIVERY_TARGETS_VERSION = f"{PREFIX}:dlv:{{dlv}}:targets:version"
+DELIVERY_STREAM = f"{PREFIX}:dlv:{{dlv}}:queue"  # deliveries due now (consumer group below)
+DELIVERY_GROUP = "sender"
+DELIVERY_RETRY_ZSET = f"{PREFIX}:dlv:{{dlv}}:retry"  # delivery JSON scored by due time (ms)
+DELIVERY_DEAD_HASH = f"{PREFIX}:dlv:{{dlv}}:dead"  # delivery id -> JSON (last error kept)
+DELIVERY_SEEN_TTL = 7 * 86400  # a delivery enqueued twice (a replayed sink batch) within it
+
+
+def delivery_seen_key(delivery_id: str) -> str:
+    """Set when a delivery is first enqueued, so a replayed sink batch enqueues it once."""
+    return f"{PREFIX}:dlv:{{dlv}}:seen:{delivery_id}"

@@ -1,9 +1,11 @@
-"""`tracker serve`: Redis (optional), the sink and N edge processes, as one service.
+"""`tracker serve`: Redis (optional), the sink, the delivery worker and N edge processes,
+as one service.
 
 Children are separate Python processes (`tracker sink`, `tracker edge --worker N`), so
 each has its own interpreter, event loop and (for the sink) chDB engine. A child that
 dies is restarted. On SIGTERM / SIGINT the edges stop first (they flush to Redis), then
-the sink (it drains the stream into ClickHouse), then a managed Redis (it writes its AOF).
+the delivery worker (its calls in flight end and their attempts are logged), then the
+sink (it drains the stream into ClickHouse), then a managed Redis (it writes its AOF).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 
 EDGE_STOP_SECONDS = 15
 SINK_STOP_SECONDS = 60
+SENDER_STOP_SECONDS = 330  # calls in flight end within deliveries.timeout_seconds (<= 300)
 
 
 def redis_command(settings: Settings) -> list[str]:
@@ -140,11 +143,13 @@ def serve(settings: Settings, manage_redis: bool, demo: bool = False) -> int:
     if demo:
         ensure_demo_link(settings)
     sink = Child("sink", python + ["sink"], env)
+    # postbacks out and webhooks: its own process, so a slow receiver holds up nothing else
+    sender = Child("deliver", python + ["deliver"], env)
     edges = [
         Child(f"edge-{i}", python + ["edge", "--worker", str(i)], env)
         for i in range(settings.worker_count)
     ]
-    for child in [sink, *edges]:
+    for child in [sink, sender, *edges]:
         child.start()
     print(
         f"tracker: {len(edges)} edge process(es) on http://{settings.http.host}:"
@@ -166,7 +171,7 @@ def serve(settings: Settings, manage_redis: bool, demo: bool = False) -> int:
         )
     while not stopping:
         time.sleep(0.2)
-        for child in [sink, *edges, *([redis] if redis else [])]:
+        for child in [sink, sender, *edges, *([redis] if redis else [])]:
             if not stopping and child.proc is not None and child.proc.poll() is not None:
                 metrics.mark_dead(child.proc.pid)
                 child.restarts += 1
@@ -178,6 +183,7 @@ def serve(settings: Settings, manage_redis: bool, demo: bool = False) -> int:
         edge.signal(signal.SIGTERM)
     for edge in edges:
         edge.stop(EDGE_STOP_SECONDS)
+    sender.stop(SENDER_STOP_SECONDS)
     sink.stop(SINK_STOP_SECONDS)
     if redis:
         redis.stop(30)

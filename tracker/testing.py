@@ -341,6 +341,10 @@ class Service:
         wait_until(self._query_up, 30, "the sink's SQL endpoint")
         return proc
 
+    def start_deliver(self) -> subprocess.Popen:
+        """The delivery worker (postbacks out, webhooks); `serve` starts it too."""
+        return self.spawn("deliver", "deliver")
+
     def start_edges(self, count: int = 1, clock_at: float | None = None) -> None:
         """`count` edge processes; `clock_at`: their clock stands still at that instant."""
         for i in range(count):

@@ -22,6 +22,7 @@ from tracker.edge import (
     admin,
     clicks,
     dashboard,
+    deliveries_api,
     health,
     postback,
     privacy_api,
@@ -74,6 +75,7 @@ def create_app(
     dashboard.add_routes(app)
     reports_api.add_routes(app)
     programme.add_routes(app)
+    deliveries_api.add_routes(app)
     health.add_routes(app)
     privacy_api.add_routes(app)
     app.router.add_get("/metrics", metrics_page)

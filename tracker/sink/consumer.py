@@ -69,6 +69,7 @@ class Sink:
         commissions: Engine | None = None,
         auto_approve: Callable[[], int] | None = None,
         auto_approve_seconds: float = 60.0,
+        deliveries: Callable[[list[bytes], list[bytes]], int] | None = None,
     ) -> None:
         self.redis = redis
         self.ch = ch
@@ -83,6 +84,7 @@ class Sink:
         self.auto_approve = auto_approve  # approves what campaigns approve by themselves
         self.auto_approve_seconds = auto_approve_seconds
         self._last_auto_approve = 0.0
+        self.deliveries = deliveries  # postbacks out / webhooks onto their queue
         self.streams = streams or [K.EVENTS_STREAM]  # every shard of the events stream
         self._turn = 0
         self._last_reclaim = 0.0
@@ -311,8 +313,12 @@ class Sink:
             self.rows_inserted[table] += count
             metrics.SINK_ROWS.labels(table).inc(count)
             rows += count
+        commission_lines: list[bytes] = []
         if self.commissions and payloads.get("conversions"):
-            rows += self.commission(payloads["conversions"], token)
+            commission_lines = self.commission(payloads["conversions"], token)
+            rows += len(commission_lines)
+        if self.deliveries and payloads.get("conversions"):
+            self.deliveries(payloads["conversions"], commission_lines)
         pipe = self.redis.pipeline(transaction=False)
         pipe.xack(stream, K.SINK_GROUP, *ids)
         pipe.xdel(stream, *ids)
@@ -322,7 +328,7 @@ class Sink:
         metrics.SINK_BATCH_ROWS.observe(rows)
         metrics.SINK_BATCH_SECONDS.observe(time.monotonic() - started)
 
-    def commission(self, conversions: list[bytes], token: str) -> int:
+    def commission(self, conversions: list[bytes], token: str) -> list[bytes]:
         """Commissions of the batch's conversion steps into the ledger (one transaction;
         a replayed step returns its stored rows), then their rows into ClickHouse with
         the batch's token, so both hold each step once whatever crashed in between."""
@@ -340,13 +346,13 @@ class Sink:
                     raise Stopping from None
                 backoff = min(backoff * 2, BACKOFF_MAX)
         if not lines:
-            return 0
+            return []
         count = self._insert("commissions", [b"\n".join(lines)], f"{token}/commissions", len(lines))
         if count is None:
             raise Stopping
         self.rows_inserted["commissions"] += count
         metrics.SINK_ROWS.labels("commissions").inc(count)
-        return count
+        return lines
 
     def enrich(self, payloads: dict[str, list[bytes]]) -> None:
         """Run the enrichment steps over the tables they apply to (clicks first, so

@@ -18,6 +18,7 @@ from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
 from tracker.config import Settings
 from tracker.ledger import auto_approve
+from tracker.delivery.enqueue import Enqueuer
 from tracker.ledger.commissions import Engine
 from tracker.ledger.store import open_store
 from tracker.redis_connection import sync_client
@@ -94,6 +95,7 @@ def run(settings: Settings) -> None:
         commissions=commissions,
         auto_approve=lambda: auto_approve.tick(store, redis, settings, now_ms()),
         auto_approve_seconds=settings.commissions.auto_approve_interval_seconds,
+        deliveries=Enqueuer(redis),
     )
     log.info(
         "sink %s running; SQL endpoint on %s:%d",
