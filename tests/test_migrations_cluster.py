@@ -402,6 +402,7 @@ def test_single_server_tables_on_chdb(chdb_database):
         "commissions_hourly": "SummingMergeTree",
         "commissions_hourly_mv": "MaterializedView",
         "commissions": "MergeTree",
+        "deliveries": "MergeTree",
     }
     for name, engine, full in rows:
         if name != "schema_migrations" and engine != "MaterializedView":
