@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,7 +72,7 @@ class Target:
             out["secret"] = self.secret[:4] + "…"
         return out
 
-    def hears(self, trigger: str, conversion: dict) -> bool:
+    def hears(self, trigger: str, conversion: Mapping) -> bool:
         """Whether this target is called for a conversion's trigger (postback campaign
         overrides are resolved by `matching`)."""
         if not self.enabled or trigger not in self.events:
@@ -166,7 +167,7 @@ def validate(data: Any, current: Target | None = None) -> Target:
     return target
 
 
-def matching(targets: list[Target], trigger: str, conversion: dict) -> list[Target]:
+def matching(targets: list[Target], trigger: str, conversion: Mapping) -> list[Target]:
     """The targets called for one conversion trigger. An affiliate's postbacks for the
     conversion's campaign, when it has any, replace its general ones."""
     heard = [t for t in targets if t.hears(trigger, conversion)]

@@ -120,7 +120,7 @@ async def retry_failed(request: web.Request) -> web.Response:
 
 
 async def close(app: web.Application) -> None:
-    client = app.get(SYNC_REDIS)
+    client: Any = app.get(SYNC_REDIS)
     if client is not None:
         client.close()
 
