@@ -17,8 +17,8 @@ from tracker import migrations, privacy_ops
 from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
 from tracker.config import Settings
-from tracker.ledger import auto_approve
 from tracker.delivery.enqueue import Enqueuer
+from tracker.ledger import auto_approve
 from tracker.ledger.commissions import Engine
 from tracker.ledger.store import open_store
 from tracker.redis_connection import sync_client
