@@ -438,7 +438,9 @@ async def browser_conversion(request: web.Request) -> web.StreamResponse:
         check_origin(advertiser, origin)
         visitor_id = read_cookie(request.headers.get("Cookie"), ctx.settings.cookie.name)
         meta = request_meta(hit_of(request), ctx.trusted, ctx.settings.privacy.anonymize_ip)
-        await within_pixel_limits(ctx, visitor_id, meta)
+        # Without the tracker's cookie (the usual case), the click id stands for the visitor:
+        # one click cannot be credited with a flood of made-up orders.
+        await within_pixel_limits(ctx, visitor_id or conv.click_id or None, meta)
         response = await record(
             ctx, conv, visitor_id=visitor_id or "", source="browser", meta=meta, first_only=True
         )
