@@ -512,7 +512,7 @@ def _report(settings: Settings, args, models: list[str], data_driven: bool = Fal
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     columns, rows = run_query(settings, sql)
-    if data_driven:
+    if data_driven and rows:  # nothing credited (an empty answer has no columns either)
         from attribution.markov import with_data_driven
         from attribution.sql import markov_paths_sql
 

@@ -180,6 +180,7 @@ def test_unknown_or_paused_affiliate_and_fraud_get_no_commission(store, clock, p
     ):
         mirror = programme.process([row])
         assert len(mirror) == 1 and reason in mirror[0]
+        assert (b'"status":"rejected"' in mirror[0]) == (reason == b"fraud")
     assert balance(store, "leaf") == {}
     records.update_campaign(store, "c1", {"pay_flagged": True})
     programme.process([conversion(clock, flags=["click_flood"])])

@@ -488,6 +488,8 @@ class _Batch:
             return str(from_minor(minor, ev.currency))
 
         def row(status: str, level: int, affiliate: str, payout: int, revenue: int, **kw) -> None:
+            if reason == NoCommission.FRAUD:  # flagged: the commission is rejected outright
+                status = "rejected"
             mirror.append(
                 {
                     **base,
