@@ -1,7 +1,7 @@
 # Two commands: `make run` runs the service, `make test` runs the tests.
 # Both install what is missing first (redis-server, the Python environment in .venv/).
 
-.PHONY: run test setup lint bench
+.PHONY: run test setup lint bench chaos
 
 setup:
 	@scripts/setup.sh
@@ -23,3 +23,8 @@ bench: setup
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk hey >/dev/null)
 	.venv/bin/python -m loadtest.bench
 	.venv/bin/python -m loadtest.sink_bench
+
+# The fault suite on loopback (Redis, sink, edge and service kills, spool disk full and
+# read-only, ClickHouse down with TRACKER_CHAOS_CLICKHOUSE_URL); prints one table.
+chaos: setup
+	.venv/bin/python -m loadtest.chaos
