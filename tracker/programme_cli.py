@@ -61,6 +61,13 @@ def add_parsers(sub: Any, fmt_choices: list[str]) -> None:
         s.add_argument("--hold-days", type=int)
         s.add_argument("--daily-cap", type=int)
         s.add_argument("--monthly-cap", type=int)
+        s.add_argument(
+            "--auto-approve-days", type=int, help="approve pending conversions after N days"
+        )
+        s.add_argument("--allow-advertiser-payout", choices=["true", "false"])
+        s.add_argument(
+            "--pay-flagged", choices=["true", "false"], help="pay fraud-flagged conversions"
+        )
         s.set_defaults(func=cmd_campaigns_add if name == "add" else cmd_campaigns_set)
     s = camp.add_parser("list", help="list campaigns")
     s.add_argument("--format", choices=fmt_choices, default="table")
@@ -180,9 +187,16 @@ def _campaign_body(args, creating: bool) -> dict:
         ("hold_days", args.hold_days),
         ("daily_cap", args.daily_cap),
         ("monthly_cap", args.monthly_cap),
+        ("auto_approve_days", args.auto_approve_days),
     ):
         if value is not None:
             body[key] = value
+    for key, flag in (
+        ("allow_advertiser_payout", args.allow_advertiser_payout),
+        ("pay_flagged", args.pay_flagged),
+    ):
+        if flag is not None:
+            body[key] = flag == "true"
     if args.plan is not None:
         body["plan"] = _json(args.plan, "--plan")
     if args.revenue is not None:
