@@ -127,6 +127,7 @@ async def test_image_request_gets_a_gif_either_way(svc):
         )
     assert ok[0] == refused[0] == 200 and ok[2] == refused[2] == PIXEL
     assert svc.wait_count("conversions", 1, "txid = 'b-img'") == 1
+    svc.wait_behind_marker()
     assert svc.count("conversions", "txid = 'x' AND advertiser_id = 'shop'") == 0
 
 

@@ -197,7 +197,7 @@ async def test_conversion_from_a_disallowed_origin_is_refused(running, chromium)
         # The server refused it and sent no CORS header: the page cannot read the reply.
         assert answer == {"status": "unknown", "reason": "network_or_origin"}
         assert not running.redis.client().exists(K.conversion_key(adv, "order-refused"))
-        time.sleep(1.5)  # the sink would have stored it by now
+        running.wait_behind_marker()  # the sink would have stored it by now
         assert running.count("conversions", "txid = 'order-refused'") == 0
 
 

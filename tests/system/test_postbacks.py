@@ -243,6 +243,7 @@ async def test_unknown_click_is_recorded_unattributed(svc):
     assert svc.sql(
         "SELECT attributed, unattributed_reason FROM tracker.conversions WHERE txid = 'lost-1'"
     ) == [{"attributed": 0, "unattributed_reason": "unknown_or_expired_click"}]
+    svc.wait_behind_marker()
     assert svc.count("attribution_credits", f"conversion_id = '{body['conversion_id']}'") == 0
 
 
