@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tz", default="UTC")
     s.add_argument("--format", choices=["table", "json"], default="table")
     s.set_defaults(func=cmd_report_reconciliation)
+    s = report.add_parser("ab", help="an A/B test: per variant clicks, conversions, CVR, P(best)")
+    s.add_argument("--link", required=True, help="the link's slug")
+    s.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    s.set_defaults(func=cmd_report_ab)
     s = report.add_parser("metrics", help="every report metric and its definition")
     s.set_defaults(func=cmd_report_metrics)
     s = report.add_parser("attribution", help="all configured models side by side")
@@ -252,6 +256,41 @@ def cmd_sink(settings: Settings, args) -> int:
     from tracker.sink.process import run
 
     run(settings)
+    return 0
+
+
+def cmd_report_ab(settings: Settings, args) -> int:
+    from tracker.reports import ab
+
+    try:
+        clicks_sql, conversions_sql = ab.queries(settings.clickhouse.database, args.link)
+    except ab.AbError as exc:
+        raise CommandError(str(exc)) from None
+    results = ab.assemble(
+        run_query(settings, clicks_sql)[1], run_query(settings, conversions_sql)[1]
+    )
+    if not results:
+        print(f"no split clicks recorded for link {args.link!r}")
+        return 0
+    columns = ["rule", "variant", "clicks", "conversions", "cvr", "cvr_95_low", "cvr_95_high"]
+    columns.append("p_best")
+    rows = [
+        [
+            r.rule,
+            r.variant,
+            r.clicks,
+            r.conversions,
+            f"{r.cvr:.4f}",
+            f"{r.low:.4f}",
+            f"{r.high:.4f}",
+            f"{r.p_best:.3f}",
+        ]
+        for r in results
+    ]
+    if args.format == "json":
+        print(orjson.dumps([dict(zip(columns, row, strict=True)) for row in rows]).decode())
+    else:
+        print(format_rows(columns, rows, args.format))
     return 0
 
 

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 SLUG_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 ID_RE = re.compile(r"\A[A-Za-z0-9_.:-]{0,64}\Z")
 STATUSES = ("active", "disabled")
-EDITABLE = ("destination", "campaign_id", "affiliate_id", "advertiser_id", "status")
+EDITABLE = ("destination", "campaign_id", "affiliate_id", "advertiser_id", "status", "routing")
 
 
 class LinkError(ValueError):
@@ -46,6 +46,7 @@ class Link:
     status: str = "active"
     created_at: int = 0  # Unix ms
     updated_at: int = 0
+    routing: dict | None = None  # rules and splits (tracker/routing/rules.py); None: none
 
     @property
     def active(self) -> bool:
@@ -93,6 +94,9 @@ def apply_changes(link: Link, changes: Any, ts: int | None = None) -> Link:
             continue
         if key not in EDITABLE:
             raise LinkError(f"unknown field: {key}")
+        if key == "routing":
+            values[key] = _routing(value, link.slug)
+            continue
         if not isinstance(value, str):
             raise LinkError(f"{key} must be a string")
         values[key] = value
@@ -109,9 +113,50 @@ def apply_changes(link: Link, changes: Any, ts: int | None = None) -> Link:
     return Link(**values)
 
 
+def _routing(value: Any, slug: str) -> dict | None:
+    """The routing as stored (None or no rules: none); RoutingError as a LinkError."""
+    from tracker.routing.rules import RoutingError, compile_routing
+
+    if value is None or value == {} or value == {"rules": []}:
+        return None
+    try:
+        compile_routing(value, slug)
+    except RoutingError as exc:
+        raise LinkError(str(exc)) from None
+    return value
+
+
+def routing_graph(links: dict[str, Link]) -> dict[str, frozenset[str]]:
+    """slug -> the slugs its rules route to (for the cycle check)."""
+    from tracker.routing.rules import compile_routing
+
+    return {
+        slug: compile_routing(link.routing, slug).links
+        for slug, link in links.items()
+        if link.routing is not None
+    }
+
+
+def check_routes(link: Link, links: dict[str, Link]) -> None:
+    """A link's rules may name only existing links, and no chain of rules may lead back
+    to it. `links`: every link as stored (this one's new version replaces its old)."""
+    if link.routing is None:
+        return
+    from tracker.routing.rules import compile_routing, find_cycle
+
+    everything = {**links, link.slug: link}
+    for other in sorted(compile_routing(link.routing, link.slug).links):
+        if other not in everything:
+            raise LinkError(f"routing names link {other!r}, which does not exist")
+    cycle = find_cycle(link.slug, routing_graph(everything))
+    if cycle:
+        raise LinkError(f"routing makes a cycle of links: {' -> '.join(cycle)}")
+
+
 def mirror_row(link: Link, deleted: bool = False) -> bytes:
     """The row for ClickHouse `links` (ReplacingMergeTree: the newest updated_at wins)."""
     row = link.public()
+    row.pop("routing", None)  # not a column of ClickHouse `links`
     if deleted:
         row["status"] = "deleted"
     return orjson.dumps(row)

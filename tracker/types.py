@@ -50,6 +50,8 @@ class ClickRow(SubParams):
     """A `clicks` row as the edge writes it (the sink adds the enrichment columns)."""
 
     ip_key: NotRequired[str]  # the fraud rules' keyed hash of the full address (not stored)
+    route_rule: NotRequired[str]  # a link with routing rules: the rule that decided
+    variant: NotRequired[str]  # ... and the split's variant
     event_time: str
     click_id: str
     visitor_id: str

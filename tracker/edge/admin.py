@@ -27,6 +27,7 @@ from tracker.links import (
     Link,
     LinkError,
     apply_changes,
+    check_routes,
     new_link,
     parse_all,
     stage_save,
@@ -77,6 +78,12 @@ async def _save(request: web.Request, link: Link, deleted: bool = False) -> None
     await request.app[LINK_CACHE].reload()  # this process sees the change at once
 
 
+async def _check_routes(request: web.Request, link: Link) -> None:
+    """Rules may name only existing links and make no cycle (LinkError otherwise)."""
+    if link.routing is not None:
+        check_routes(link, parse_all(await request.app[REDIS].hgetall(K.LINKS_HASH)))
+
+
 async def create_link(request: web.Request) -> web.Response:
     body = await read_body(request)
     who = principal(request)
@@ -86,6 +93,7 @@ async def create_link(request: web.Request) -> web.Response:
             link, subs = await _affiliate_link(request, who, body)
         else:
             link = new_link(body)
+        await _check_routes(request, link)
     except LinkError as exc:
         return error(400, AdminError.INVALID_LINK, str(exc))
     except PermissionError as exc:
@@ -168,6 +176,7 @@ async def update_link(request: web.Request) -> web.Response:
         return error(404, AdminError.NOT_FOUND, f"no link {slug!r}")
     try:
         changed = apply_changes(link, await read_body(request))
+        await _check_routes(request, changed)
     except LinkError as exc:
         return error(400, AdminError.INVALID_LINK, str(exc))
     await _save(request, changed)

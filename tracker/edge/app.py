@@ -46,6 +46,7 @@ from tracker.edge.keys import (
     WORKER_INDEX,
     WRITER,
 )
+from tracker.edge.routing import Lookups
 from tracker.edge.spool import Spool
 from tracker.edge.writer import EventWriter
 from tracker.http_limits import MAX_BODY
@@ -169,6 +170,7 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
         honor_no_track=s.privacy.honor_no_track,
         ip_keys=ip_keys,
         clock=app[CLOCK],
+        lookups=Lookups(s.geo.databases),
     )
     await writer.start()
     if ip_keys:

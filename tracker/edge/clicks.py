@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 from tracker import records
 from tracker.clock import Clock, clock_ms, system_clock
 from tracker.edge.client_ip import Network, client_ip
+from tracker.edge.routing import Lookups, route
 from tracker.edge.writer import EventWriter
 from tracker.hashcache import HashCache
 from tracker.ids import ZERO_UUID, is_uuid, uuid7
 from tracker.ip_privacy import IpKeys, anonymize_ip
+from tracker.links import Link
 from tracker.macros import render
 from tracker.metrics import EdgeCounters
 from tracker.reasons import OrphanVisit
+from tracker.routing.rules import Decision
 
 # The smallest transparent GIF (43 bytes).
 PIXEL = (
@@ -49,6 +52,7 @@ class ClickContext:
     ip_keys: IpKeys | None = None  # set: `privacy.anonymize_ip` (tracker/ip_privacy.py)
     clock: Clock = system_clock  # stamps every event
     counters: EdgeCounters = field(default_factory=EdgeCounters)
+    lookups: Lookups = field(default_factory=lambda: Lookups([]))  # geo for routed links
     # False from the moment the process is asked to stop: a click answered after the
     # writer's last flush would be acknowledged and lost, so none is answered then.
     accepting: bool = True
@@ -211,8 +215,15 @@ def click_reply(ctx: ClickContext, hit: Hit, slug: str) -> Reply:
         return finish(reply, ctx, visitor_id, new)
 
     click_id = uuid7(ms)
+    template = link.destination
+    decision = None
+    if link.routing is not None:  # links without rules skip all of this
+        decision = route(
+            link, ctx.lookups, params, meta, None if visitor_id == ZERO_UUID else visitor_id, ms
+        )
+        template = _target_template(ctx, link, decision)
     destination = render(
-        link.destination,
+        template,
         {
             "click_id": click_id,
             "visitor_id": visitor_id,
@@ -231,8 +242,24 @@ def click_reply(ctx: ClickContext, hit: Hit, slug: str) -> Reply:
         meta=meta,
         destination=destination,
     )
+    if decision is not None:
+        row["route_rule"] = decision.rule
+        row["variant"] = decision.variant
     ctx.writer.add_click(row, records.click_record(row, ms), ms)
     return finish(Reply(302, [("Location", destination)]), ctx, visitor_id, new)
+
+
+def _target_template(ctx: ClickContext, link: Link, decision: Decision) -> str:
+    """The destination template a routing decision names: its URL, or the destination
+    of the link it names (that link's own rules are not followed); the link's own
+    destination when no rule matched or the named link is gone or disabled."""
+    target = decision.target
+    if target is None:
+        return link.destination
+    if target.url:
+        return target.url
+    other = ctx.links.get(target.link)
+    return other.destination if other is not None and other.active else link.destination
 
 
 def is_conversion_pixel(params: dict[str, str]) -> bool:

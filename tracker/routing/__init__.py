@@ -1,0 +1,1 @@
+"""Traffic routing: rules, weighted splits and click caps of a tracking link."""
