@@ -122,3 +122,16 @@ DELIVERY_SEEN_TTL = 7 * 86400  # a delivery enqueued twice (a replayed sink batc
 def delivery_seen_key(delivery_id: str) -> str:
     """Set when a delivery is first enqueued, so a replayed sink batch enqueues it once."""
     return f"{PREFIX}:dlv:{{dlv}}:seen:{delivery_id}"
+
+
+# Click caps of routed links (tracker/edge/caps.py): counters shared by every edge.
+CAP_DAY_TTL = 2 * 86400
+
+
+def cap_daily_key(slug: str, day: int) -> str:
+    """Clicks a capped link sent to its destination on a UTC day (YYYYMMDD)."""
+    return f"{PREFIX}:cap:{{{slug}}}:d:{day}"
+
+
+def cap_total_key(slug: str) -> str:
+    return f"{PREFIX}:cap:{{{slug}}}:t"

@@ -31,6 +31,7 @@ from tracker.edge import (
     routes,
     tag,
 )
+from tracker.edge.caps import CapCounters
 from tracker.edge.intake import ConversionIntake
 from tracker.edge.keys import (
     ADMIN_TOKEN,
@@ -157,6 +158,8 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[WRITER] = writer
     ip_keys = IpKeys(app[REDIS], app[CLOCK]) if s.privacy.anonymize_ip else None
+    # synced as often as the writer flushes: a cap overshoots by at most one flush per edge
+    caps = CapCounters(app[REDIS], max(s.writer.batch_max_delay_ms, 5) / 1000)
     app[CLICKS] = clicks.ClickContext(
         links=app[LINK_CACHE],
         writer=writer,
@@ -171,8 +174,10 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
         ip_keys=ip_keys,
         clock=app[CLOCK],
         lookups=Lookups(s.geo.databases),
+        caps=caps,
     )
     await writer.start()
+    await caps.start()
     if ip_keys:
         await ip_keys.start()
     publisher = asyncio.create_task(publish_metrics(app))
@@ -180,6 +185,7 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
     publisher.cancel()
     if ip_keys:
         await ip_keys.stop()
+    await caps.stop()
     await writer.close()
     metrics.publish(app[CLICKS].counters, writer, app[INTAKE])
 

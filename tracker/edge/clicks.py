@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from tracker import records
 from tracker.clock import Clock, clock_ms, system_clock
+from tracker.edge.caps import CapCounters
 from tracker.edge.client_ip import Network, client_ip
 from tracker.edge.routing import Lookups, route
 from tracker.edge.writer import EventWriter
@@ -53,6 +54,7 @@ class ClickContext:
     clock: Clock = system_clock  # stamps every event
     counters: EdgeCounters = field(default_factory=EdgeCounters)
     lookups: Lookups = field(default_factory=lambda: Lookups([]))  # geo for routed links
+    caps: CapCounters | None = None  # click caps of routed links, shared by the edges
     # False from the moment the process is asked to stop: a click answered after the
     # writer's last flush would be acknowledged and lost, so none is answered then.
     accepting: bool = True
@@ -219,7 +221,14 @@ def click_reply(ctx: ClickContext, hit: Hit, slug: str) -> Reply:
     decision = None
     if link.routing is not None:  # links without rules skip all of this
         decision = route(
-            link, ctx.lookups, params, meta, None if visitor_id == ZERO_UUID else visitor_id, ms
+            link,
+            ctx.lookups,
+            params,
+            meta,
+            None if visitor_id == ZERO_UUID else visitor_id,
+            ms,
+            ctx.caps,
+            ctx.fallback_url,
         )
         template = _target_template(ctx, link, decision)
     destination = render(

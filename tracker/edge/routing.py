@@ -11,9 +11,18 @@ import random
 from dataclasses import dataclass
 
 from geo import GeoReader, open_geo
+from tracker.edge.caps import CapCounters, utc_day
 from tracker.links import Link
 from tracker.records import RequestMeta
-from tracker.routing.rules import Decision, Router, Visit, compile_routing, decide
+from tracker.routing.rules import (
+    Decision,
+    Router,
+    Target,
+    Visit,
+    compile_routing,
+    decide,
+    over_cap,
+)
 
 _routers: dict[tuple[str, int], Router] = {}
 _draw = random.Random()
@@ -51,8 +60,19 @@ def route(
     meta: RequestMeta,
     visitor_id: str | None,
     ms: int,
+    caps: CapCounters | None = None,
+    fallback_url: str = "",
 ) -> Decision:
     router = router_of(link)
+    if router.caps is not None and caps is not None:
+        day = utc_day(ms)
+        reason = over_cap(router.caps, *caps.counts(link.slug, day))
+        if reason:  # past a cap: the overflow, else the fallback URL, else its destination
+            overflow = router.caps.overflow
+            if overflow is None and fallback_url:
+                overflow = Target(url=fallback_url)
+            return Decision(reason, "", overflow)
+        caps.add(link.slug, day)
     visit = Visit(params=params, accept_language=meta.accept_language, now_ms=ms)
     needs = router.needs
     if needs:

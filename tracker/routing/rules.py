@@ -91,11 +91,35 @@ class Rule:
     total_weight: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """Click caps of a link (counted by the edges together, see tracker/edge/caps.py);
+    past one, clicks go to `overflow` (None: the link's own destination, rules skipped)."""
+
+    daily_clicks: int | None
+    total_clicks: int | None
+    overflow: Target | None
+
+
+CAP_DAILY = "cap:daily_clicks"  # the route_rule of a click sent to the overflow
+CAP_TOTAL = "cap:total_clicks"
+
+
+def over_cap(caps: Caps, daily: int, total: int) -> str:
+    """Which cap the counts have reached ("" for none)."""
+    if caps.total_clicks is not None and total >= caps.total_clicks:
+        return CAP_TOTAL
+    if caps.daily_clicks is not None and daily >= caps.daily_clicks:
+        return CAP_DAILY
+    return ""
+
+
 @dataclass(slots=True)
 class Router:
     rules: list[Rule]
     needs: frozenset[str] = field(default_factory=frozenset)  # "geo", "device", "bot"
     links: frozenset[str] = field(default_factory=frozenset)  # slugs its targets name
+    caps: Caps | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +322,7 @@ def compile_routing(data: Any, slug: str) -> Router:
     """A Router from a link's `routing` object; RoutingError says what is wrong."""
     if not isinstance(data, dict):
         raise RoutingError("routing must be an object")
-    _keys(data, {"rules"}, "routing")
+    _keys(data, {"rules", "caps"}, "routing")
     rules_data = data.get("rules", [])
     if not isinstance(rules_data, list) or len(rules_data) > MAX_RULES:
         raise RoutingError(f"routing.rules must be a list of at most {MAX_RULES} rules")
@@ -330,7 +354,30 @@ def compile_routing(data: Any, slug: str) -> Router:
         variants = _split(to["split"], f"{path}.to.split", slug)
         links.update(v.target.link for v in variants if v.target.link)
         rules.append(Rule(rule_id, test, None, variants, sum(v.weight for v in variants)))
-    return Router(rules, frozenset(needs), frozenset(links))
+    caps = _caps(data["caps"], slug) if "caps" in data else None
+    if caps is not None and caps.overflow is not None and caps.overflow.link:
+        links.add(caps.overflow.link)
+    return Router(rules, frozenset(needs), frozenset(links), caps)
+
+
+def _caps(data: Any, slug: str) -> Caps:
+    if not isinstance(data, dict):
+        raise RoutingError("routing.caps must be an object")
+    _keys(data, {"daily_clicks", "total_clicks", "overflow"}, "routing.caps")
+    counts = {}
+    for key in ("daily_clicks", "total_clicks"):
+        value = data.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**12
+        ):
+            raise RoutingError(f"routing.caps.{key} must be a whole number >= 1, or null")
+        counts[key] = value
+    if counts["daily_clicks"] is None and counts["total_clicks"] is None:
+        raise RoutingError("routing.caps needs daily_clicks or total_clicks")
+    overflow = (
+        _target(data["overflow"], "routing.caps.overflow", slug) if "overflow" in data else None
+    )
+    return Caps(counts["daily_clicks"], counts["total_clicks"], overflow)
 
 
 def _split(data: Any, path: str, slug: str) -> tuple[Variant, ...]:
