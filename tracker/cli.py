@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = links.add_parser("disable", help="disable a link (it stops redirecting)")
     s.add_argument("slug")
     s.set_defaults(func=cmd_links_disable)
+    s = links.add_parser("route", help="show, set or clear a link's routing rules")
+    s.add_argument("slug")
+    how = s.add_mutually_exclusive_group()
+    how.add_argument("--file", help='a JSON file holding the routing ({"rules": [...]})')
+    how.add_argument("--json", help="the routing as JSON text")
+    how.add_argument("--clear", action="store_true", help="remove every rule and cap")
+    s.set_defaults(func=cmd_links_route)
 
     s = sub.add_parser("attribute", help="re-attribute a period with one model, in ClickHouse")
     s.add_argument("--model", required=True)
@@ -472,6 +479,39 @@ def cmd_links_disable(settings: Settings, args) -> int:
 
     record_cli(redis, "links disable", link.slug, before.public(), link.public())
     print(f"link {link.slug} disabled")
+    return 0
+
+
+def cmd_links_route(settings: Settings, args) -> int:
+    from tracker import redis_keys as K
+    from tracker.links import Link, LinkError, apply_changes, check_routes, parse_all, save
+
+    redis = _redis(settings)
+    raw = redis.hget(K.LINKS_HASH, args.slug)
+    if raw is None:
+        raise CommandError(f"no link {args.slug!r}")
+    before = Link.from_json(raw)
+    if not (args.file or args.json or args.clear):
+        print(orjson.dumps(before.routing, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    try:
+        text = Path(args.file).read_text() if args.file else args.json
+        routing = None if args.clear else orjson.loads(text)
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise CommandError(f"routing is not readable JSON: {exc}") from None
+    try:
+        link = apply_changes(before, {"routing": routing})
+        check_routes(link, parse_all(redis.hgetall(K.LINKS_HASH)))
+    except LinkError as exc:
+        raise CommandError(str(exc)) from None
+    save(redis, link)
+    from tracker.audit import record_cli
+
+    record_cli(redis, "links route", link.slug, before.public(), link.public())
+    rules = len((link.routing or {}).get("rules", []))
+    print(
+        f"link {link.slug}: {rules} rule(s){', caps' if (link.routing or {}).get('caps') else ''}"
+    )
     return 0
 
 

@@ -223,3 +223,32 @@ async def test_a_change_reaches_every_edge(svc):
     status, _ = svc.api("PATCH", "/api/links/rt-live", {"routing": None})
     assert status == 200
     await eventually("https://own.example/")
+
+
+def test_cli_sets_shows_and_clears_rules(svc, tmp_path):
+    def tracker(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "tracker", "links", "route", *args],
+            env=svc.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    svc.add_link("rt-cli", "https://own.example/")
+    rules = {
+        "rules": [{"id": "fb", "when": {"param_present": ["fbclid"]}, "to": {"link": "rt-tablet"}}]
+    }
+    path = tmp_path / "rules.json"
+    path.write_bytes(orjson.dumps(rules))
+    done = tracker("rt-cli", "--file", str(path))
+    assert done.returncode == 0 and "1 rule" in done.stdout, done.stderr
+    assert svc.api("GET", "/api/links/rt-cli")[1]["routing"] == rules
+    assert orjson.loads(tracker("rt-cli").stdout) == rules
+    bad = tracker("rt-cli", "--json", '{"rules": [{"id": "x", "to": {"link": "rt-cli"}}]}')
+    assert bad.returncode == 1 and "itself" in bad.stderr
+    cycle = tracker("rt-tablet", "--json", '{"rules": [{"id": "x", "to": {"link": "rt-cli"}}]}')
+    assert cycle.returncode == 1 and "cycle" in cycle.stderr
+    assert tracker("rt-cli", "--clear").returncode == 0
+    assert svc.api("GET", "/api/links/rt-cli")[1]["routing"] is None
