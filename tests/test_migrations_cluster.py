@@ -401,6 +401,17 @@ def test_single_server_tables_on_chdb(chdb_database):
         "credits_hourly_mv": "MaterializedView",
         "commissions_hourly": "SummingMergeTree",
         "commissions_hourly_mv": "MaterializedView",
+        **{
+            name: engine
+            for table, engine in (
+                ("clicks_hourly_campaign", "AggregatingMergeTree"),
+                ("clicks_daily_geo", "AggregatingMergeTree"),
+                ("conversions_hourly_campaign", "SummingMergeTree"),
+                ("conversions_daily_geo", "SummingMergeTree"),
+                ("commissions_hourly_campaign", "SummingMergeTree"),
+            )
+            for name, engine in ((table, engine), (f"{table}_mv", "MaterializedView"))
+        },
         "commissions": "MergeTree",
         "deliveries": "MergeTree",
     }

@@ -88,6 +88,12 @@ SHARDING_KEYS = {
     "commissions": "cityHash64(conversion_id)",
     "commissions_hourly": "cityHash64(hour, campaign_id)",
     "deliveries": "cityHash64(delivery_id)",
+    # coarser rollups (0015)
+    "clicks_hourly_campaign": "cityHash64(hour, campaign_id)",
+    "clicks_daily_geo": "cityHash64(day, campaign_id)",
+    "conversions_hourly_campaign": "cityHash64(hour, campaign_id)",
+    "conversions_daily_geo": "cityHash64(day, campaign_id)",
+    "commissions_hourly_campaign": "cityHash64(hour, campaign_id)",
 }
 
 LOCAL_SUFFIX = "_local"

@@ -103,9 +103,9 @@ def test_rollups_answer_like_the_raw_tables(chdb_database, query):
     rolled = run(query, report, db)
     raw = run(query, dataclasses.replace(report, raw_only=True), db)
     assert rolled["sources"] == {
-        "impressions": "rollup",
-        "clicks": "rollup",
-        "conversions": "rollup",
+        "impressions": "impressions_hourly",
+        "clicks": "clicks_hourly_campaign",
+        "conversions": "conversions_hourly_campaign",
     }
     assert raw["sources"] == {"impressions": "raw", "clicks": "raw", "conversions": "raw"}
     assert rolled["rows"] == raw["rows"] and rolled["totals"] == raw["totals"]
@@ -130,6 +130,37 @@ def test_rollups_answer_like_the_raw_tables(chdb_database, query):
     assert day1[0]["pending_conversions"] == 1  # pending on the 10th, approved on the 11th
     eur = run(query, dataclasses.replace(report, currency="EUR", group_by=[]), db)
     assert eur["totals"]["amount"] == "99.000"
+
+
+@pytest.mark.parametrize(
+    ("group_by", "tz", "sources"),
+    [
+        ("affiliate,country", "UTC", ("clicks_daily_geo", "conversions_daily_geo")),
+        ("week,advertiser,country", "UTC", ("clicks_daily_geo", "conversions_daily_geo")),
+        ("day,affiliate", "Europe/Berlin", ("clicks_hourly", "conversions_hourly")),
+        ("link,device", "UTC", ("clicks_hourly", "conversions_hourly")),
+        ("campaign", "Europe/Berlin", ("clicks_hourly_campaign", "conversions_hourly_campaign")),
+        ("campaign", "Asia/Kolkata", ("raw", "raw")),  # its midnights are not whole hours
+        ("hour,campaign", "Asia/Kolkata", ("raw", "raw")),
+    ],
+)
+def test_the_smallest_rollup_that_answers(chdb_database, query, group_by, tz, sources):
+    seed(chdb_database)
+    insert(chdb_database, "clicks", [click("2030-01-11 23:30:00.000", country="FR")])
+    report = parse(
+        {
+            "metrics": "clicks,unique_clicks,conversions,amount",
+            "group_by": group_by,
+            "from": "2030-01-10",
+            "to": "2030-01-12",
+            "tz": tz,
+        }
+    )
+    out = run(query, report, chdb_database.database)
+    assert (out["sources"]["clicks"], out["sources"]["conversions"]) == sources
+    raw = run(query, dataclasses.replace(report, raw_only=True), chdb_database.database)
+    assert out["rows"] == raw["rows"] and out["totals"] == raw["totals"]
+    assert out["totals"]["clicks"] == (5 if tz == "UTC" else raw["totals"]["clicks"])
 
 
 def test_a_batch_inserted_again_is_counted_once(chdb_database, query):
@@ -161,6 +192,7 @@ def test_rows_stored_before_the_rollups_are_copied_in_once(chdb_engine, tmp_path
     assert migrations.apply(chdb_engine, config.load(env=env)) == [
         "0008_report_rollups",
         "0009_commission_rollup",
+        "0015_report_rollups_coarse",
     ]
     insert(chdb_engine, "clicks", [click("2030-01-10 12:00:00.000")])  # through the view
     report = parse({"metrics": "clicks,conversions", "from": "2030-01-10", "to": "2030-01-11"})
@@ -183,7 +215,7 @@ def test_days_in_the_callers_time_zone_one_point_each(chdb_database, query):
         }
     )
     out = run(query, report, chdb_database.database)
-    assert out["sources"] == {"clicks": "rollup"}
+    assert out["sources"] == {"clicks": "clicks_hourly_campaign"}
     assert [(r["day"], r["clicks"]) for r in out["rows"]] == [
         ("2030-01-08", 0),
         ("2030-01-09", 0),
@@ -375,7 +407,10 @@ def test_revenue_payout_profit_roi_epc(chdb_database, query):
         "to": "2030-01-11",
     }
     out = run(query, parse(params), db)
-    assert out["sources"] == {"clicks": "rollup", "commissions": "rollup"}
+    assert out["sources"] == {
+        "clicks": "clicks_hourly_campaign",
+        "commissions": "commissions_hourly_campaign",
+    }
     assert out["totals"] == {
         "revenue": "30.000",
         "payout": "12.000",

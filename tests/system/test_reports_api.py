@@ -34,7 +34,7 @@ async def test_report_api_and_cli_agree(running):
     )
     status, body = running.api("GET", path)
     assert status == 200, body
-    assert body["sources"] == {"clicks": "rollup", "conversions": "rollup"}
+    assert body["sources"] == {"clicks": "clicks_daily_geo", "conversions": "conversions_daily_geo"}
     assert body["rows"] == [
         {
             "day": str(today),

@@ -50,22 +50,33 @@ _MORE = {"region": "region", "os": "os", "browser": "browser"}
 
 
 @dataclass(frozen=True)
+class Rollup:
+    table: str
+    grain: str  # "hour", or "day" (UTC days)
+    fields: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class SourceSpec:
-    rollup: str
+    rollups: tuple[Rollup, ...]  # smallest first: the planner takes the first that answers
     raw: str  # a table name, or a subquery with {db}
-    rollup_fields: Mapping[str, str]
     raw_fields: Mapping[str, str]
 
 
+_CAMPAIGN = {"campaign": "campaign_id", "advertiser": "advertiser_id"}
+_GEO = {**_BASE_NO_LINK, "advertiser": "advertiser_id", "country": "country"}
+_FULL = {**_BASE, "advertiser": "advertiser_id", **_GEO_DEVICE}
+
 SOURCES: dict[Source, SourceSpec] = {
     Source.CLICKS: SourceSpec(
-        "clicks_hourly",
+        (
+            Rollup("clicks_hourly_campaign", "hour", _CAMPAIGN),
+            Rollup("clicks_daily_geo", "day", _GEO),
+            Rollup("clicks_hourly", "hour", _FULL),
+        ),
         "{db}.clicks",
-        {**_BASE, "advertiser": "advertiser_id", **_GEO_DEVICE},
         {
-            **_BASE,
-            "advertiser": "advertiser_id",
-            **_GEO_DEVICE,
+            **_FULL,
             **_SUBS,
             **_MORE,
             "referrer": "domain(referer)",
@@ -76,29 +87,32 @@ SOURCES: dict[Source, SourceSpec] = {
         },
     ),
     Source.IMPRESSIONS: SourceSpec(
-        "impressions_hourly",
+        (Rollup("impressions_hourly", "hour", dict(_BASE)),),
         "{db}.impressions",
-        dict(_BASE),
         {**_BASE, **_SUBS, "referrer": "domain(referer)"},
     ),
     Source.CONVERSIONS: SourceSpec(
-        "conversions_hourly",
+        (
+            Rollup("conversions_hourly_campaign", "hour", _CAMPAIGN),
+            Rollup("conversions_daily_geo", "day", _GEO),
+            Rollup("conversions_hourly", "hour", _FULL),
+        ),
         # a status change books +1 under the new status and -1 under the previous one
         "(SELECT *, arrayJoin(arrayFilter(c -> c.1 != '', [(status, toInt8(1)), "
         "(previous_status, toInt8(-1))])) AS change FROM {db}.conversions)",
-        {**_BASE, "advertiser": "advertiser_id", **_GEO_DEVICE},
-        {**_BASE, "advertiser": "advertiser_id", **_GEO_DEVICE, **_SUBS, **_MORE},
+        {**_FULL, **_SUBS, **_MORE},
     ),
     Source.CREDITS: SourceSpec(
-        "credits_hourly",
+        (Rollup("credits_hourly", "hour", {**_BASE_NO_LINK, "model": "model"}),),
         "{db}.attribution_credits",
-        {**_BASE_NO_LINK, "model": "model"},
         {"campaign": "campaign_id", "affiliate": "affiliate_id", "model": "model"},
     ),
     Source.COMMISSIONS: SourceSpec(
-        "commissions_hourly",
+        (
+            Rollup("commissions_hourly_campaign", "hour", _CAMPAIGN),
+            Rollup("commissions_hourly", "hour", {**_BASE_NO_LINK, "advertiser": "advertiser_id"}),
+        ),
         "{db}.commissions",
-        {**_BASE_NO_LINK, "advertiser": "advertiser_id"},
         {**_BASE_NO_LINK, "advertiser": "advertiser_id"},
     ),
 }
@@ -273,51 +287,71 @@ def _midnight(day: date, zone: ZoneInfo) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC)
 
 
-def sources_for(report: Report) -> dict[Source, bool]:
-    """Each source the metrics need -> read from its rollup (True) or raw table (False).
+def sources_for(report: Report, grouped: bool = True) -> dict[Source, Rollup | None]:
+    """Each source the metrics need -> the rollup that answers it (None: the raw table).
     Refuses a metric its source cannot break down, filter or scope as asked."""
-    fields = [g for g in report.group_by if g not in TIME_FIELDS]
+    groups = report.group_by if grouped else []
+    fields = [g for g in groups if g not in TIME_FIELDS]
     filtered = set(report.filters) | set(report.scope)
-    needed: dict[Source, bool] = {}
+    needed: dict[Source, Rollup | None] = {}
     for measure in measures_for(report.metrics):
-        needed.setdefault(MEASURES[measure].source, True)
+        needed.setdefault(MEASURES[measure].source, None)
     credited = Source.CREDITS in needed
-    if credited and "model" not in fields and "model" not in filtered:
+    if credited and "model" not in report.group_by and "model" not in filtered:
         raise ReportError("credited metrics need group_by=model or filter[model]")
-    aligned = _hour_aligned(report)
+    time_field = next((g for g in groups if g in TIME_FIELDS), None)
+    grains = _grains(report, time_field)
     for source in needed:
         spec = SOURCES[source]
-        for name in fields:
+        for name in [g for g in report.group_by if g not in TIME_FIELDS]:
             if name not in spec.raw_fields:
                 raise ReportError(f"{source.value} metrics cannot be grouped by {name}")
         for name in sorted(filtered):
             if name not in spec.raw_fields:
                 raise ReportError(f"{source.value} metrics cannot be filtered by {name}")
-        needed[source] = (
-            aligned
-            and not report.raw_only
-            and all(name in spec.rollup_fields for name in [*fields, *filtered])
+        if report.raw_only:
+            continue
+        needed[source] = next(
+            (
+                rollup
+                for rollup in spec.rollups
+                if rollup.grain in grains
+                and all(name in rollup.fields for name in [*fields, *filtered])
+            ),
+            None,
         )
     return needed
 
 
-def _hour_aligned(report: Report) -> bool:
-    """Whether hourly UTC rollups answer exactly: whole-hour period ends, and a zone whose
-    offset is a whole number of hours all period long (not India's +5:30, say)."""
-    if report.start.minute or report.start.second or report.start.microsecond:
-        return False
-    if report.end.minute or report.end.second or report.end.microsecond:
-        return False
-    if report.time_field is None:
-        return True
+def _grains(report: Report, time_field: str | None) -> set[str]:
+    """Which rollup grains answer the period and buckets exactly: hourly UTC rollups need
+    whole-hour period ends and, for time buckets, a zone a whole number of hours from UTC
+    all period long (not India's +5:30); daily ones whole UTC days and, for time buckets,
+    day/week/month in a zone at UTC+0 all period long."""
+    grains: set[str] = set()
+    ends = (report.start, report.end)
+    if any(e.minute or e.second or e.microsecond for e in ends):
+        return grains
+    offsets = _offsets(report) if time_field else {timedelta(0)}
+    if not any(offset % timedelta(hours=1) for offset in offsets):
+        grains.add("hour")
+    if (
+        not any(e.hour for e in ends)
+        and offsets == {timedelta(0)}
+        and time_field in (None, "day", "week", "month")
+    ):
+        grains.add("day")
+    return grains
+
+
+def _offsets(report: Report) -> set[timedelta]:
     zone = ZoneInfo(report.tz)
+    found = set()
     moment = report.start
     while moment <= report.end:
-        offset = moment.astimezone(zone).utcoffset() or timedelta(0)
-        if offset % timedelta(hours=1):
-            return False
+        found.add(moment.astimezone(zone).utcoffset() or timedelta(0))
         moment += timedelta(hours=12)
-    return True
+    return found
 
 
 def _literal(value: str) -> str:
@@ -343,14 +377,26 @@ def _cast(kind: Kind, expr: str) -> str:
 
 
 def _source_sql(
-    report: Report, db: str, source: Source, rollup: bool, measures: list[str], grouped: bool
+    report: Report,
+    db: str,
+    source: Source,
+    rollup: Rollup | None,
+    measures: list[str],
+    grouped: bool,
 ) -> str:
     spec = SOURCES[source]
-    columns = spec.rollup_fields if rollup else spec.raw_fields
-    time_col = "hour" if rollup else "event_time"
+    columns = rollup.fields if rollup else spec.raw_fields
+    time_col = rollup.grain if rollup else "event_time"
     keys = []
     for i, name in enumerate(report.group_by if grouped else []):
-        expr = _bucket(name, time_col, report.tz) if name in TIME_FIELDS else columns[name]
+        if name not in TIME_FIELDS:
+            expr = columns[name]
+        elif rollup and rollup.grain == "day":  # UTC days, asked for at UTC+0
+            expr = {"day": "toString(day)", "week": "toString(toMonday(day))"}.get(
+                name, "toString(toStartOfMonth(day))"
+            )
+        else:
+            expr = _bucket(name, time_col, report.tz)
         keys.append(f"{expr} AS k{i}")
     cur = _literal(report.currency)
     select = []
@@ -358,7 +404,9 @@ def _source_sql(
         m = MEASURES[name]
         expr = (m.rollup if rollup else m.raw).format(cur=cur) if m.source == source else "0"
         select.append(f"{_cast(m.kind, expr)} AS {name}")
-    if rollup:
+    if rollup and rollup.grain == "day":
+        period = f"day >= toDate('{report.start.date()}') AND day < toDate('{report.end.date()}')"
+    elif rollup:
         fmt = "%Y-%m-%d %H:%M:%S"
         period = (
             f"hour >= toDateTime('{report.start.strftime(fmt)}', 'UTC') "
@@ -374,14 +422,14 @@ def _source_sql(
     for filters in (report.filters, report.scope):
         for name, values in sorted(filters.items()):
             where.append(f"{columns[name]} IN ({', '.join(map(_literal, values))})")
-    table = f"{db}.{spec.rollup}" if rollup else spec.raw.format(db=db)
+    table = f"{db}.{rollup.table}" if rollup else spec.raw.format(db=db)
     group = f" GROUP BY {', '.join(f'k{i}' for i in range(len(keys)))}" if keys else ""
     return f"SELECT {', '.join(keys + select)} FROM {table} WHERE {' AND '.join(where)}{group}"
 
 
 def report_sql(report: Report, db: str, grouped: bool = True) -> str:
     """One query: each source aggregated by the report's keys, then joined by key."""
-    plan = sources_for(report)
+    plan = sources_for(report, grouped)
     measures = measures_for(report.metrics)
     parts = [
         _source_sql(report, db, source, rollup, measures, grouped)
@@ -407,7 +455,7 @@ def plan(report: Report, db: str) -> Plan:
     queries = [report_sql(report, db), report_sql(report, db, grouped=False)]
     if report.compare:
         queries.append(report_sql(report.previous(), db, grouped=False))
-    sources = {s.value: "rollup" if r else "raw" for s, r in sources_for(report).items()}
+    sources = {s.value: r.table if r else "raw" for s, r in sources_for(report).items()}
     return Plan(report, queries, sources)
 
 
