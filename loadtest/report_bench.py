@@ -157,10 +157,13 @@ def percentile(values: list[float], q: float) -> float:
 
 async def measure(service: Service, start: datetime, runs: int) -> list[dict]:
     frm, to = start.date(), (start + timedelta(days=30)).date()
+    money = "clicks,conversions,cvr,amount,revenue,payout,epc"
     reports = {
-        "day x campaign": "metrics=clicks,unique_clicks,conversions,cvr,amount,revenue,payout,epc"
-        "&group_by=day,campaign",
-        "affiliate x country": "metrics=clicks,unique_clicks,conversions,cvr,amount"
+        "day x campaign": f"metrics={money}&group_by=day,campaign",
+        "affiliate x country": "metrics=clicks,conversions,cvr,amount&group_by=affiliate,country",
+        # distinct visitors: merged from the rollups' uniq states, and a totals query
+        "day x campaign + unique": f"metrics={money},unique_clicks&group_by=day,campaign",
+        "affiliate x country + unique": "metrics=clicks,unique_clicks,conversions,cvr,amount"
         "&group_by=affiliate,country",
     }
     out = []
@@ -196,14 +199,22 @@ def main() -> None:
     parser.add_argument("--conversions", type=int, default=300_000)
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--folder", help="work folder (default: a temporary one)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="the folder holds a filled data set: measure only"
+    )
     args = parser.parse_args()
     folder = Path(args.folder or tempfile.mkdtemp(prefix="report-bench-"))
     start = (datetime.now(UTC) - timedelta(days=30)).replace(
         hour=0, minute=0, second=0, microsecond=0
     )
-    print(f"filling {args.clicks:,} clicks and {args.conversions:,} conversions in {folder}")
-    took = fill(folder, args.clicks, args.conversions, int(start.timestamp() * 1000))
-    print(f"filled in {took:.0f} s")
+    stamp = folder / "start.txt"
+    if args.reuse and stamp.exists():
+        start = datetime.fromisoformat(stamp.read_text())
+    else:
+        print(f"filling {args.clicks:,} clicks and {args.conversions:,} conversions in {folder}")
+        took = fill(folder, args.clicks, args.conversions, int(start.timestamp() * 1000))
+        stamp.write_text(start.isoformat())
+        print(f"filled in {took:.0f} s")
     redis_server = RedisServer(folder / "redis")
     redis_server.start()
     service = Service(folder / "svc", redis_server, TRACKER_WORKERS="1")
@@ -217,7 +228,7 @@ def main() -> None:
     print(f"\n{args.requests} requests each, one at a time, {os.cpu_count()} cores seen:")
     for r in results:
         print(
-            f"  {r['report']:<20} p50 {r['p50_ms']:>7} ms  p99 {r['p99_ms']:>7} ms  "
+            f"  {r['report']:<29} p50 {r['p50_ms']:>7} ms  p99 {r['p99_ms']:>7} ms  "
             f"({r['rows']} rows, clicks {r['clicks']:,}, from {r['sources']})"
         )
     print("\ntable sizes:")

@@ -39,6 +39,7 @@ class Measure:
     kind: Kind
     rollup: str  # SQL over the rollup table ({cur} = the currency literal)
     raw: str  # SQL over the raw table
+    additive: bool = True  # a total is the sum of the groups' values (not distinct counts)
 
 
 # Conversions' raw SQL reads a subquery with `change` = (status, +1 | -1): see SOURCES.
@@ -53,6 +54,7 @@ MEASURES: dict[str, Measure] = {
             Kind.COUNT,
             "uniqMerge(visitors)",
             "uniq(if(empty(visitor_id), click_id, visitor_id))",
+            additive=False,
         ),
         Measure("bot_clicks", Source.CLICKS, Kind.COUNT, "sum(bot_clicks)", "countIf(is_bot = 1)"),
         Measure(

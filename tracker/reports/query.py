@@ -449,14 +449,21 @@ class Plan:
     report: Report
     queries: list[str]
     sources: dict[str, str]
+    totals_from_rows: bool = False
 
 
 def plan(report: Report, db: str) -> Plan:
-    queries = [report_sql(report, db), report_sql(report, db, grouped=False)]
+    """Rows, then totals: summed from the rows when every measure adds up, else a query
+    of their own (distinct visitors over the period are not a sum of groups); then the
+    previous period's totals when asked."""
+    queries = [report_sql(report, db)]
+    summed = all(MEASURES[m].additive for m in measures_for(report.metrics))
+    if not summed:
+        queries.append(report_sql(report, db, grouped=False))
     if report.compare:
         queries.append(report_sql(report.previous(), db, grouped=False))
     sources = {s.value: r.table if r else "raw" for s, r in sources_for(report).items()}
-    return Plan(report, queries, sources)
+    return Plan(report, queries, sources, summed)
 
 
 def _measured(measures: list[str], columns: list[str], row: list) -> dict:
@@ -486,7 +493,14 @@ def assemble(p: Plan, answers: list[tuple[list[str], list[list]]]) -> dict:
         for key, measured in rows.items()
     ]
     _sort(out_rows, report)
-    totals = derive(report.metrics, _totals(measures, answers[1]), report.view)
+    if p.totals_from_rows:
+        summed = {name: zero(name) for name in measures}
+        for measured in rows.values():
+            for name in measures:
+                summed[name] += measured[name]
+        totals = derive(report.metrics, summed, report.view)
+    else:
+        totals = derive(report.metrics, _totals(measures, answers[1]), report.view)
     result = {
         "from": _iso(report.start, report.tz),
         "to": _iso(report.end, report.tz),
@@ -502,7 +516,7 @@ def assemble(p: Plan, answers: list[tuple[list[str], list[list]]]) -> dict:
     }
     if report.compare:
         prev = report.previous()
-        before = derive(report.metrics, _totals(measures, answers[2]), report.view)
+        before = derive(report.metrics, _totals(measures, answers[-1]), report.view)
         result["previous"] = {
             "from": _iso(prev.start, report.tz),
             "to": _iso(prev.end, report.tz),
