@@ -209,7 +209,7 @@ def main() -> None:
     )
     stamp = folder / "start.txt"
     if args.reuse and stamp.exists():
-        start = datetime.fromisoformat(stamp.read_text())
+        start = datetime.fromisoformat(stamp.read_text().strip())
     else:
         print(f"filling {args.clicks:,} clicks and {args.conversions:,} conversions in {folder}")
         took = fill(folder, args.clicks, args.conversions, int(start.timestamp() * 1000))
