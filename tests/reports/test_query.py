@@ -189,11 +189,10 @@ def test_rows_stored_before_the_rollups_are_copied_in_once(chdb_engine, tmp_path
     migrations.apply(chdb_engine, settings)
     insert(chdb_engine, "clicks", [click("2030-01-10 10:00:00.000")] * 3)
     insert(chdb_engine, "conversions", [conversion("2030-01-10 11:00:00.000")])
-    assert migrations.apply(chdb_engine, config.load(env=env)) == [
-        "0008_report_rollups",
-        "0009_commission_rollup",
-        "0015_report_rollups_coarse",
-    ]
+    applied = migrations.apply(chdb_engine, config.load(env=env))
+    assert {"0008_report_rollups", "0009_commission_rollup", "0015_report_rollups_coarse"} <= set(
+        applied
+    )
     insert(chdb_engine, "clicks", [click("2030-01-10 12:00:00.000")])  # through the view
     report = parse({"metrics": "clicks,conversions", "from": "2030-01-10", "to": "2030-01-11"})
     assert run(query, report, "backfill")["totals"] == {"clicks": 4, "conversions": 1}
