@@ -9,9 +9,10 @@ ClickHouse columns hold. Adding a reason means adding a member here.
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import StrEnum, unique
 
 
+@unique
 class PostbackRefusal(StrEnum):
     """Why a conversion report (postback, conversion pixel or the tag) was refused.
 
@@ -59,6 +60,7 @@ class PostbackRefusal(StrEnum):
     INTERNAL_ERROR = "internal_error"  # a bug: logged with its traceback
 
 
+@unique
 class PostbackOutcome(StrEnum):
     """What became of a conversion report (`tracker_conversions_total{outcome}`)."""
 
@@ -67,12 +69,14 @@ class PostbackOutcome(StrEnum):
     REJECTED = "rejected"
 
 
+@unique
 class DuplicateReason(StrEnum):
     """The `reason` of a `duplicate` reply."""
 
     DUPLICATE_TRANSACTION = "duplicate_transaction"
 
 
+@unique
 class UnattributedReason(StrEnum):
     """Why an accepted conversion has no click (`conversions.unattributed_reason`)."""
 
@@ -83,6 +87,7 @@ class UnattributedReason(StrEnum):
     NO_CLICK_IN_LOOKBACK = "no_click_in_lookback"
 
 
+@unique
 class OrphanVisit(StrEnum):
     """Why a tracking request found no link (`orphan_visits.reason`)."""
 
@@ -91,6 +96,7 @@ class OrphanVisit(StrEnum):
     NO_LINK_OR_CAMPAIGN = "no_link_or_campaign"  # a pixel naming neither
 
 
+@unique
 class BotReason(StrEnum):
     """Why a click looks automated (`clicks.bot_reason`); NONE (empty) for a person."""
 
@@ -101,6 +107,7 @@ class BotReason(StrEnum):
     CRAWLER = "crawler"
 
 
+@unique
 class FraudFlag(StrEnum):
     """A fraud rule that flagged an event (`clicks.fraud_flags`, `conversions.fraud_flags`)."""
 
@@ -111,6 +118,7 @@ class FraudFlag(StrEnum):
     FAST_CONVERSION = "fast_conversion"
 
 
+@unique
 class EnrichmentDrop(StrEnum):
     """Why the sink left stream content out of ClickHouse (`tracker_sink_dropped_total`)."""
 
@@ -118,6 +126,7 @@ class EnrichmentDrop(StrEnum):
     UNKNOWN_TABLE = "unknown_table"  # a stream field naming no table
 
 
+@unique
 class EventDrop(StrEnum):
     """Why an edge dropped events it had answered for (`tracker_events_dropped_total`)."""
 
@@ -125,6 +134,7 @@ class EventDrop(StrEnum):
     INTERNAL_ERROR = "internal_error"  # a bug in the flush loop: logged with its traceback
 
 
+@unique
 class DeliveryOutcome(StrEnum):
     """What one delivery attempt came to (`deliveries.outcome`,
     `tracker_deliveries_total{kind,outcome}`)."""
@@ -138,6 +148,7 @@ class DeliveryOutcome(StrEnum):
     DEAD_LETTERED = "dead_lettered"  # counted once, when the last attempt failed
 
 
+@unique
 class AdminError(StrEnum):
     """The `error` code of an admin API reply (the `reason` beside it is prose)."""
 
@@ -160,6 +171,7 @@ def flag_label(flag: FraudFlag | BotReason) -> str:
     return f"bot:{flag}" if isinstance(flag, BotReason) else str(flag)
 
 
+@unique
 class NoCommission(StrEnum):
     """Why a conversion earns no commission (stored with it in the ledger and ClickHouse)."""
 
