@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--json", help="the routing as JSON text")
     how.add_argument("--clear", action="store_true", help="remove every rule and cap")
     s.set_defaults(func=cmd_links_route)
+    s = sub.add_parser("campaign-caps", help="click caps of whole campaigns")
+    s.add_argument("campaign", nargs="?", help="the campaign (none: list every campaign's)")
+    how = s.add_mutually_exclusive_group()
+    how.add_argument("--json", help='e.g. {"daily_clicks": 1000, "overflow": {"url": "..."}}')
+    how.add_argument("--clear", action="store_true", help="remove the campaign's caps")
+    s.set_defaults(func=cmd_campaign_caps)
 
     s = sub.add_parser("attribute", help="re-attribute a period with one model, in ClickHouse")
     s.add_argument("--model", required=True)
@@ -512,6 +518,41 @@ def cmd_links_route(settings: Settings, args) -> int:
     print(
         f"link {link.slug}: {rules} rule(s){', caps' if (link.routing or {}).get('caps') else ''}"
     )
+    return 0
+
+
+def cmd_campaign_caps(settings: Settings, args) -> int:
+    from tracker import redis_keys as K
+    from tracker.audit import record_cli
+    from tracker.routing import campaign_caps
+    from tracker.routing.rules import RoutingError
+
+    redis = _redis(settings)
+    if args.campaign is None or not (args.json or args.clear):
+        raw = redis.hgetall(K.CAMPAIGN_CAPS_HASH)
+        for key, value in sorted(raw.items()):
+            if args.campaign in (None, key.decode()):
+                print(f"{key.decode()}\t{value.decode()}")
+        return 0
+    before = redis.hget(K.CAMPAIGN_CAPS_HASH, args.campaign)
+    data = None
+    if args.json:
+        try:
+            data = orjson.loads(args.json)
+            campaign_caps.parse(args.campaign, data)
+        except (orjson.JSONDecodeError, RoutingError) as exc:
+            raise CommandError(f"caps refused: {exc}") from None
+    pipe = redis.pipeline(transaction=False)
+    campaign_caps.stage_save(pipe, args.campaign, data)
+    pipe.execute()
+    record_cli(
+        redis,
+        "campaign-caps",
+        f"campaign_caps:{args.campaign}",
+        before and orjson.loads(before),
+        data,
+    )
+    print(f"campaign {args.campaign}: {'caps set' if data else 'caps removed'}")
     return 0
 
 

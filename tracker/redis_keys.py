@@ -135,3 +135,13 @@ def cap_daily_key(slug: str, day: int) -> str:
 
 def cap_total_key(slug: str) -> str:
     return f"{PREFIX}:cap:{{{slug}}}:t"
+
+
+# Click caps of whole campaigns: campaign id -> JSON (tracker/routing/campaign_caps.py).
+CAMPAIGN_CAPS_HASH = f"{PREFIX}:ccaps:{{ccaps}}"
+CAMPAIGN_CAPS_VERSION = f"{PREFIX}:ccaps:{{ccaps}}:version"
+
+
+def campaign_cap_name(campaign_id: str) -> str:
+    """The name a campaign's click counters go by in the cap keys (a slug has no ':')."""
+    return f"c:{campaign_id}"

@@ -129,3 +129,53 @@ async def test_caps_across_two_edge_processes(tmp_path, redis_server):
         assert len(edges) == 2
     finally:
         service.stop_all()
+
+
+async def test_campaign_caps_count_every_link_of_the_campaign(tmp_path, redis_server):
+    service = Service(tmp_path / "svc", redis_server, TRACKER_WORKERS="2")
+    service.serve()
+    try:
+        service.add_link("camp-a", "https://a.example/", campaign_id="spring")
+        service.add_link("camp-b", "https://b.example/", campaign_id="spring")
+        service.add_link("other", "https://o.example/", campaign_id="autumn")
+        for body, reason in (
+            ({"daily_clicks": 0}, "whole number"),
+            ({"total_clicks": 5, "overflow": {"link": "other"}}, "url"),
+            ({"total_clicks": 5, "when": 1}, "unknown field"),
+        ):
+            status, reply = service.api("PUT", "/api/routing/campaign-caps/spring", body)
+            assert status == 400 and reason in reply["reason"], reply
+        caps = {"total_clicks": 10, "overflow": {"url": "https://full.example/"}}
+        status, _ = service.api("PUT", "/api/routing/campaign-caps/spring", caps)
+        assert status == 200
+        assert service.api("GET", "/api/routing/campaign-caps")[1] == {"spring": caps}
+        await asyncio.sleep(0.6)  # every edge reloads within the refresh interval (0.2 s)
+        served: list[str] = []
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True)
+        ) as session:
+            for n in range(30):
+                slug = ("camp-a", "camp-b", "other")[n % 3]
+                async with session.get(
+                    f"{service.base_url}/c/{slug}?sub3=ccap", allow_redirects=False
+                ) as r:
+                    served.append(r.headers["Location"].split("/")[2])
+                await asyncio.sleep(0.05)
+        spring = [h for n, h in enumerate(served) if n % 3 != 2]
+        assert 10 <= sum(h in ("a.example", "b.example") for h in spring) <= 11
+        assert {"a.example", "b.example"} <= set(spring)  # both links counted together
+        assert served[2::3] == ["o.example"] * 10  # another campaign: untouched
+        await asyncio.to_thread(service.wait_count, "clicks", 30, "sub3 = 'ccap'")
+        rows = service.sql(
+            "SELECT route_rule, count() AS n FROM tracker.clicks WHERE sub3 = 'ccap' "
+            "AND campaign_id = 'spring' GROUP BY route_rule ORDER BY route_rule"
+        )
+        full = sum(h == "full.example" for h in spring)
+        assert rows == [
+            {"route_rule": "", "n": 20 - full},
+            {"route_rule": "cap:campaign_total_clicks", "n": full},
+        ]
+        assert service.api("DELETE", "/api/routing/campaign-caps/spring")[0] == 200
+        assert service.api("DELETE", "/api/routing/campaign-caps/spring")[0] == 404
+    finally:
+        service.stop_all()

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from tracker import metrics, refusals
+from tracker import redis_keys as K
 from tracker.advertisers import advertiser_cache
 from tracker.clock import Clock, system_clock
 from tracker.config import Settings
@@ -29,6 +30,7 @@ from tracker.edge import (
     programme,
     reports_api,
     routes,
+    routing_api,
     tag,
 )
 from tracker.edge.caps import CapCounters
@@ -36,6 +38,7 @@ from tracker.edge.intake import ConversionIntake
 from tracker.edge.keys import (
     ADMIN_TOKEN,
     ADVERTISER_CACHE,
+    CAMPAIGN_CAPS,
     CLICKS,
     CLOCK,
     INTAKE,
@@ -50,10 +53,12 @@ from tracker.edge.keys import (
 from tracker.edge.routing import Lookups
 from tracker.edge.spool import Spool
 from tracker.edge.writer import EventWriter
+from tracker.hashcache import HashCache
 from tracker.http_limits import MAX_BODY
 from tracker.ip_privacy import IpKeys
 from tracker.links import link_cache
 from tracker.redis_connection import async_client, is_cluster
+from tracker.routing import campaign_caps
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +73,7 @@ def create_app(
     app[ADMIN_TOKEN] = settings.admin_token
     app[MAX_LAG] = settings.sink.max_lag_entries
     app[SHARDS] = settings.redis.stream_shards
-    app.cleanup_ctx.extend([redis_ctx, links_ctx, advertisers_ctx, writer_ctx])
+    app.cleanup_ctx.extend([redis_ctx, links_ctx, campaign_caps_ctx, advertisers_ctx, writer_ctx])
     routes.add_routes(app)
     postback.add_routes(app)
     tag.add_routes(app)
@@ -78,6 +83,7 @@ def create_app(
     reports_api.add_routes(app)
     programme.add_routes(app)
     deliveries_api.add_routes(app)
+    routing_api.add_routes(app)
     health.add_routes(app)
     privacy_api.add_routes(app)
     app.router.add_get("/metrics", metrics_page)
@@ -121,6 +127,21 @@ async def links_ctx(app: web.Application) -> AsyncIterator[None]:
         snapshot=settings.data_path / "links.snapshot.json",
     )
     app[LINK_CACHE] = cache
+    await cache.start()
+    yield
+    await cache.stop()
+
+
+async def campaign_caps_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Campaigns' click caps, reloaded like the links (empty: no click pays for them)."""
+    cache = HashCache(
+        app[REDIS],
+        K.CAMPAIGN_CAPS_HASH,
+        K.CAMPAIGN_CAPS_VERSION,
+        campaign_caps.from_json,
+        app[SETTINGS].tracking.link_refresh_seconds,
+    )
+    app[CAMPAIGN_CAPS] = cache
     await cache.start()
     yield
     await cache.stop()
@@ -175,6 +196,7 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
         clock=app[CLOCK],
         lookups=Lookups(s.geo.databases),
         caps=caps,
+        campaign_caps=app[CAMPAIGN_CAPS],
     )
     await writer.start()
     await caps.start()

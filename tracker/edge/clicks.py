@@ -55,6 +55,7 @@ class ClickContext:
     counters: EdgeCounters = field(default_factory=EdgeCounters)
     lookups: Lookups = field(default_factory=lambda: Lookups([]))  # geo for routed links
     caps: CapCounters | None = None  # click caps of routed links, shared by the edges
+    campaign_caps: HashCache | None = None  # campaign id -> Caps (tracker/routing/campaign_caps)
     # False from the moment the process is asked to stop: a click answered after the
     # writer's last flush would be acknowledged and lost, so none is answered then.
     accepting: bool = True
@@ -219,7 +220,9 @@ def click_reply(ctx: ClickContext, hit: Hit, slug: str) -> Reply:
     click_id = uuid7(ms)
     template = link.destination
     decision = None
-    if link.routing is not None:  # links without rules skip all of this
+    ccaps = ctx.campaign_caps
+    capped = ccaps.items.get(link.campaign_id) if ccaps is not None and ccaps.items else None
+    if link.routing is not None or capped is not None:  # other links skip all of this
         decision = route(
             link,
             ctx.lookups,
@@ -229,6 +232,7 @@ def click_reply(ctx: ClickContext, hit: Hit, slug: str) -> Reply:
             ms,
             ctx.caps,
             ctx.fallback_url,
+            capped,
         )
         template = _target_template(ctx, link, decision)
     destination = render(

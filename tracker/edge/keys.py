@@ -17,6 +17,7 @@ SETTINGS = web.AppKey("settings", Settings)
 WORKER_INDEX = web.AppKey("worker_index", int)
 REDIS: web.AppKey[AsyncRedis] = web.AppKey("redis")  # a union: no runtime type to name
 LINK_CACHE = web.AppKey("link_cache", HashCache)
+CAMPAIGN_CAPS = web.AppKey("campaign_caps", HashCache)  # campaign id -> routing Caps
 ADVERTISER_CACHE = web.AppKey("advertiser_cache", HashCache)
 WRITER = web.AppKey("writer", EventWriter)
 ADMIN_TOKEN = web.AppKey("admin_token", str)

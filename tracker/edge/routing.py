@@ -11,10 +11,14 @@ import random
 from dataclasses import dataclass
 
 from geo import GeoReader, open_geo
+from tracker import redis_keys as K
 from tracker.edge.caps import CapCounters, utc_day
 from tracker.links import Link
 from tracker.records import RequestMeta
 from tracker.routing.rules import (
+    CAMPAIGN_CAP,
+    NO_RULE,
+    Caps,
     Decision,
     Router,
     Target,
@@ -53,6 +57,13 @@ def router_of(link: Link) -> Router:
     return router
 
 
+def _overflow(target: Target | None, fallback_url: str) -> Target | None:
+    """Past a cap: the overflow, else the fallback URL, else (None) the own destination."""
+    if target is None and fallback_url:
+        return Target(url=fallback_url)
+    return target
+
+
 def route(
     link: Link,
     lookups: Lookups,
@@ -62,16 +73,24 @@ def route(
     ms: int,
     caps: CapCounters | None = None,
     fallback_url: str = "",
+    campaign_caps: Caps | None = None,
 ) -> Decision:
+    """`campaign_caps`: the link's campaign's, when it has some."""
+    day = utc_day(ms)
+    if campaign_caps is not None and caps is not None:
+        name = K.campaign_cap_name(link.campaign_id)
+        reason = over_cap(campaign_caps, *caps.counts(name, day))
+        if reason:
+            overflow = _overflow(campaign_caps.overflow, fallback_url)
+            return Decision(CAMPAIGN_CAP[reason], "", overflow)
+        caps.add(name, day)
+    if link.routing is None:
+        return NO_RULE
     router = router_of(link)
     if router.caps is not None and caps is not None:
-        day = utc_day(ms)
         reason = over_cap(router.caps, *caps.counts(link.slug, day))
-        if reason:  # past a cap: the overflow, else the fallback URL, else its destination
-            overflow = router.caps.overflow
-            if overflow is None and fallback_url:
-                overflow = Target(url=fallback_url)
-            return Decision(reason, "", overflow)
+        if reason:
+            return Decision(reason, "", _overflow(router.caps.overflow, fallback_url))
         caps.add(link.slug, day)
     visit = Visit(params=params, accept_language=meta.accept_language, now_ms=ms)
     needs = router.needs

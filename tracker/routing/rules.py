@@ -103,6 +103,7 @@ class Caps:
 
 CAP_DAILY = "cap:daily_clicks"  # the route_rule of a click sent to the overflow
 CAP_TOTAL = "cap:total_clicks"
+CAMPAIGN_CAP = {CAP_DAILY: "cap:campaign_daily_clicks", CAP_TOTAL: "cap:campaign_total_clicks"}
 
 
 def over_cap(caps: Caps, daily: int, total: int) -> str:
