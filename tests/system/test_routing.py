@@ -82,12 +82,12 @@ async def go(session, svc, slug="rt", ip=US_IP, ua=BROWSER_UA, query="", cookie=
 
 async def test_rules_decide_and_clicks_record_why(svc):
     async with aiohttp.ClientSession() as session:
-        uk, _ = await go(session, svc, ip=LONDON_IP, query="sub2=rt1")
-        tablet, _ = await go(session, svc, ua=IPAD, query="sub2=rt1")
-        fb, _ = await go(session, svc, query="src=fb&sub2=rt1")
+        uk, _ = await go(session, svc, ip=LONDON_IP, query="sub2=rt1&sub1=1")
+        tablet, _ = await go(session, svc, ua=IPAD, query="sub2=rt1&sub1=2")
+        fb, _ = await go(session, svc, query="src=fb&sub2=rt1&sub1=3")
         # first match: a London tablet from facebook goes to the UK page
-        first, _ = await go(session, svc, ip=LONDON_IP, ua=IPAD, query="src=fb&sub2=rt1")
-        plain, _ = await go(session, svc, "rt-tablet", query="sub2=rt1")
+        first, _ = await go(session, svc, ip=LONDON_IP, ua=IPAD, query="src=fb&sub2=rt1&sub1=4")
+        plain, _ = await go(session, svc, "rt-tablet", query="sub2=rt1&sub1=5")
     assert uk.startswith("https://uk.example/?c=")
     assert tablet.startswith("https://tablet.example/?click_id=")
     assert fb.startswith("https://fb.example/?click_id=")
@@ -96,7 +96,7 @@ async def test_rules_decide_and_clicks_record_why(svc):
     svc.wait_count("clicks", 5, "sub2 = 'rt1'")
     rows = svc.sql(
         "SELECT link_slug, route_rule, variant, destination_url, country FROM tracker.clicks "
-        "WHERE sub2 = 'rt1' ORDER BY event_time"
+        "WHERE sub2 = 'rt1' ORDER BY sub1"
     )
     assert [(r["link_slug"], r["route_rule"], r["variant"]) for r in rows] == [
         ("rt", "uk", ""),
