@@ -5,7 +5,8 @@ Each edge counts the clicks it sends to a capped link's destination in memory an
 day, one in total) and reads back the totals, which include the other edges' clicks. A
 click is admitted while the last totals read plus this edge's own clicks since are under
 the cap. So the edges together may overshoot a cap by at most what each of them admits
-in one interval; nothing is ever counted twice or lost (INCRBY).
+in one interval. An admitted click is never left uncounted: a sync that failed is sent
+again, so one that failed after Redis applied it counts twice (the cap errs early).
 """
 
 from __future__ import annotations
