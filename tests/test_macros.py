@@ -250,3 +250,12 @@ def test_a_link_is_saved_with_its_fixed_origin():
     assert link.destination == "https://xn--bcher-kva.example/{sub1}"
     with pytest.raises(LinkError, match="not the host or port"):
         new_link({"slug": "open", "destination": "https://{sub1}/landing"})
+
+
+def test_a_link_saved_before_the_rule_is_served_disabled():
+    from tracker.links import Link, servable
+
+    old = Link(slug="old", destination="https://{sub1}/landing")
+    assert not servable(old.to_json()).active  # never redirected by the edge
+    fine = Link(slug="fine", destination="https://shop.example/{sub1}")
+    assert servable(fine.to_json()).active

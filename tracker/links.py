@@ -20,7 +20,7 @@ from tracker import hashcache
 from tracker import redis_keys as K
 from tracker.hashcache import HashCache, NewRecord, parse_hash
 from tracker.ids import uuid7
-from tracker.macros import DestinationError, normalize_destination
+from tracker.macros import DestinationError, normalize_destination, validate_destination
 from tracker.timefmt import format_ms, now_ms
 from tracker.types import AnyPipeline, AsyncRedis, SyncRedis
 
@@ -196,6 +196,14 @@ def link_cache(
     redis: AsyncRedis, refresh_seconds: float, snapshot: Path | None = None
 ) -> HashCache:
     """Each edge process's copy of the links (see HashCache)."""
-    return HashCache(
-        redis, K.LINKS_HASH, K.LINKS_VERSION, Link.from_json, refresh_seconds, snapshot
-    )
+    return HashCache(redis, K.LINKS_HASH, K.LINKS_VERSION, servable, refresh_seconds, snapshot)
+
+
+def servable(raw: bytes | str) -> Link:
+    """A link as the edge serves it. One saved before destinations were checked as they
+    are now (a macro in the host, user info) could send a click anywhere: it is served as
+    disabled (an orphan visit, never a redirect) until someone saves a safe destination."""
+    link = Link.from_json(raw)
+    if link.active and validate_destination(link.destination) is not None:
+        link.status = "disabled"
+    return link
