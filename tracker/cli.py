@@ -27,14 +27,17 @@ def main(argv: list[str] | None = None, clock: Clock = system_clock) -> int:
     except ConfigError as exc:
         print(f"tracker: {exc}", file=sys.stderr)
         return 2
-    # every process of the service pools its metrics in this folder: named before any
-    # command imports tracker.metrics (metrics_dir raises if it comes too late)
-    metrics_dir.use(settings.data_path / "metrics")
     try:
         return args.func(settings, args) or 0
     except (CommandError, programme_cli.ProgrammeError) as exc:
         print(f"tracker: {exc}", file=sys.stderr)
         return 1
+
+
+def service_metrics(settings: Settings) -> None:
+    """A service process pools its metrics with the others in one folder, named before
+    its modules import tracker.metrics (metrics_dir raises if it comes too late)."""
+    metrics_dir.use(settings.data_path / "metrics")
 
 
 class CommandError(Exception):
@@ -250,6 +253,8 @@ def _period_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_serve(settings: Settings, args) -> int:
     from tracker.datalock import DataFolderBusy
+
+    service_metrics(settings)
     from tracker.supervisor import serve
 
     try:
@@ -259,6 +264,7 @@ def cmd_serve(settings: Settings, args) -> int:
 
 
 def cmd_edge(settings: Settings, args) -> int:
+    service_metrics(settings)
     from tracker.edge.server import run
 
     run(settings, args.worker, args.clock)
@@ -266,6 +272,7 @@ def cmd_edge(settings: Settings, args) -> int:
 
 
 def cmd_sink(settings: Settings, args) -> int:
+    service_metrics(settings)
     from tracker.sink.process import run
 
     run(settings)
