@@ -257,8 +257,13 @@ def test_cli_links_and_sql(running):
 def test_health_and_readiness(running):
     with urllib.request.urlopen(f"{running.base_url}/healthz") as r:
         assert orjson.loads(r.read()) == {"status": "ok"}
-    with urllib.request.urlopen(f"{running.base_url}/readyz") as r:
-        body = orjson.loads(r.read())
+
+    def readiness() -> dict:
+        with urllib.request.urlopen(f"{running.base_url}/readyz") as r:
+            return orjson.loads(r.read())
+
+    # the sink creates its consumer group just after its SQL endpoint answers
+    body = wait_until(lambda: (b := readiness())["sink_lag"] is not None and b, 30, "sink lag")
     assert body["status"] == "ready" and isinstance(body["sink_lag"], int)
 
 
