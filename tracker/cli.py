@@ -315,6 +315,7 @@ def cmd_report_ab(settings: Settings, args) -> int:
 
 
 def cmd_deliver(settings: Settings, args) -> int:
+    service_metrics(settings)
     from tracker.delivery.process import run
 
     run(settings)
