@@ -110,10 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--json", help="the routing as JSON text")
     how.add_argument("--clear", action="store_true", help="remove every rule and cap")
     s.set_defaults(func=cmd_links_route)
-    s = sub.add_parser("campaign-caps", help="click caps of whole campaigns")
+    s = sub.add_parser("campaign-caps", help="click and conversion caps of whole campaigns")
     s.add_argument("campaign", nargs="?", help="the campaign (none: list every campaign's)")
     how = s.add_mutually_exclusive_group()
-    how.add_argument("--json", help='e.g. {"daily_clicks": 1000, "overflow": {"url": "..."}}')
+    how.add_argument(
+        "--json",
+        help='e.g. {"daily_clicks": 1000, "daily_conversions": 50, "overflow": {"url": "..."}}',
+    )
     how.add_argument("--clear", action="store_true", help="remove the campaign's caps")
     s.set_defaults(func=cmd_campaign_caps)
 

@@ -145,3 +145,17 @@ CAMPAIGN_CAPS_VERSION = f"{PREFIX}:ccaps:{{ccaps}}:version"
 def campaign_cap_name(campaign_id: str) -> str:
     """The name a campaign's click counters go by in the cap keys (a slug has no ':')."""
     return f"c:{campaign_id}"
+
+
+# Accepted conversions of each campaign (a campaign's conversion cap, tracker/edge/caps.py):
+# counted by the script that accepts a conversion, so the keys share the conversion
+# record's {s0} hash tag (one slot on a Cluster, one atomic step). Edges read them back.
+
+
+def conversion_cap_daily_key(campaign_id: str, day: int) -> str:
+    """New conversions of a campaign accepted on a UTC day (YYYYMMDD); CAP_DAY_TTL."""
+    return f"{PREFIX}:convcap:{{s0}}:{campaign_id}:d:{day}"
+
+
+def conversion_cap_total_key(campaign_id: str) -> str:
+    return f"{PREFIX}:convcap:{{s0}}:{campaign_id}:t"

@@ -33,7 +33,7 @@ from tracker.edge import (
     routing_api,
     tag,
 )
-from tracker.edge.caps import CapCounters
+from tracker.edge.caps import CapCounters, ConversionCounts
 from tracker.edge.intake import ConversionIntake
 from tracker.edge.keys import (
     ADMIN_TOKEN,
@@ -181,6 +181,10 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
     ip_keys = IpKeys(app[REDIS], app[CLOCK]) if s.privacy.anonymize_ip else None
     # synced as often as the writer flushes: a cap overshoots by at most one flush per edge
     caps = CapCounters(app[REDIS], max(s.writer.batch_max_delay_ms, 5) / 1000)
+    # campaigns' accepted conversions, read back as often as the campaign caps reload
+    conversions = ConversionCounts(
+        app[REDIS], app[CAMPAIGN_CAPS], s.tracking.link_refresh_seconds, app[CLOCK]
+    )
     app[CLICKS] = clicks.ClickContext(
         links=app[LINK_CACHE],
         writer=writer,
@@ -197,9 +201,11 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
         lookups=Lookups(s.geo.databases),
         caps=caps,
         campaign_caps=app[CAMPAIGN_CAPS],
+        conversions=conversions,
     )
     await writer.start()
     await caps.start()
+    await conversions.start()
     if ip_keys:
         await ip_keys.start()
     publisher = asyncio.create_task(publish_metrics(app))
@@ -207,6 +213,7 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
     publisher.cancel()
     if ip_keys:
         await ip_keys.stop()
+    await conversions.stop()
     await caps.stop()
     await writer.close()
     metrics.publish(app[CLICKS].counters, writer, app[INTAKE])

@@ -7,6 +7,11 @@ click is admitted while the last totals read plus this edge's own clicks since a
 the cap. So the edges together may overshoot a cap by at most what each of them admits
 in one interval. An admitted click is never left uncounted: a sync that failed is sent
 again, so one that failed after Redis applied it counts twice (the cap errs early).
+
+A campaign's conversion cap is counted where conversions are accepted (the script in
+postback.py adds each new transaction of a campaign to its counters, once); every edge
+reads those counters back every `tracking.link_refresh_seconds` (ConversionCounts), so a
+click only looks at this process's memory.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from collections import Counter
 from typing import Any
 
 from tracker import redis_keys as K
+from tracker.clock import Clock, clock_ms, system_clock
+from tracker.hashcache import HashCache
+from tracker.routing.rules import Caps
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +107,68 @@ class CapCounters:
             except Exception as exc:  # Redis away: caps hold at the last totals read
                 log.debug("cap counters not synced: %r", exc)
                 await asyncio.sleep(0.5)
+
+
+class ConversionCounts:
+    """Accepted conversions of the campaigns with a conversion cap, as last read from Redis
+    (every `interval`): what a click of such a campaign is judged by. A cap set or raised
+    is seen at the next read after the campaign caps reload; a click on a new UTC day
+    before the first read of that day counts the day from zero, as Redis would."""
+
+    def __init__(
+        self,
+        redis: Any,
+        campaign_caps: HashCache[Caps],
+        interval: float,
+        clock: Clock = system_clock,
+    ) -> None:
+        self.redis = redis
+        self.campaign_caps = campaign_caps
+        self.interval = interval
+        self.clock = clock
+        self.seen: dict[str, tuple[int, int, int]] = {}  # campaign -> (day, daily, total)
+        self._task: asyncio.Task | None = None
+
+    def counts(self, campaign_id: str, day: int) -> tuple[int, int]:
+        """(conversions on that UTC day, all conversions) of a campaign as last read."""
+        seen_day, daily, total = self.seen.get(campaign_id, (day, 0, 0))
+        return (daily if seen_day == day else 0), total
+
+    async def refresh(self) -> None:
+        capped = sorted(
+            campaign_id
+            for campaign_id, caps in self.campaign_caps.items.items()
+            if caps.counts_conversions
+        )
+        if not capped:
+            self.seen = {}
+            return
+        day = utc_day(clock_ms(self.clock))
+        keys = []
+        for campaign_id in capped:
+            keys += [K.conversion_cap_daily_key(campaign_id, day)]
+            keys += [K.conversion_cap_total_key(campaign_id)]
+        values = await self.redis.mget(keys)  # one slot ({s0}): one call, also on a Cluster
+        self.seen = {
+            campaign_id: (day, int(values[2 * i] or 0), int(values[2 * i + 1] or 0))
+            for i, campaign_id in enumerate(capped)
+        }
+
+    async def start(self) -> None:
+        with contextlib.suppress(Exception):  # Redis away at start: the loop tries again
+            await self.refresh()
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.refresh()
+            except Exception as exc:  # Redis away: the last counts read stand
+                log.debug("conversion counts not read: %r", exc)

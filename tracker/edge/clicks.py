@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from tracker import records
 from tracker.clock import Clock, clock_ms, system_clock
-from tracker.edge.caps import CapCounters
+from tracker.edge.caps import CapCounters, ConversionCounts
 from tracker.edge.client_ip import Network, client_ip
 from tracker.edge.routing import Lookups, route
 from tracker.edge.writer import EventWriter
@@ -56,6 +56,7 @@ class ClickContext:
     lookups: Lookups = field(default_factory=lambda: Lookups([]))  # geo for routed links
     caps: CapCounters | None = None  # click caps of routed links, shared by the edges
     campaign_caps: HashCache | None = None  # campaign id -> Caps (tracker/routing/campaign_caps)
+    conversions: ConversionCounts | None = None  # accepted conversions of capped campaigns
     # False from the moment the process is asked to stop: a click answered after the
     # writer's last flush would be acknowledged and lost, so none is answered then.
     accepting: bool = True
@@ -233,6 +234,7 @@ def click_reply(ctx: ClickContext, hit: Hit, slug: str) -> Reply:
             ctx.caps,
             ctx.fallback_url,
             capped,
+            ctx.conversions,
         )
         template = _target_template(ctx, link, decision)
     destination = render(

@@ -26,6 +26,7 @@ from tracker import redis_keys as K
 from tracker.advertisers import Advertiser
 from tracker.clock import Clock, clock_ms
 from tracker.edge import conversion_input
+from tracker.edge.caps import utc_day
 from tracker.edge.clicks import PIXEL, read_cookie, request_meta
 from tracker.edge.conversion_input import Rejected
 from tracker.edge.hit import hit_of
@@ -40,9 +41,15 @@ from tracker.types import AsyncRedis
 
 log = logging.getLogger(__name__)
 
-# KEYS: transaction record, events stream.
-# ARGV: expected current status ('' = none), new status, record JSON, TTL seconds, then the
-# stream entry's field/value pairs.
+# KEYS: transaction record, events stream, and for a conversion of a campaign its
+# conversion counters (that UTC day's, all time: a campaign's conversion cap).
+# ARGV: expected current status ('' = none), new status, record JSON, TTL seconds, the
+# daily counter's TTL, then the stream entry's field/value pairs.
+# The counters go up once per transaction, when it is first accepted (the one report that
+# finds no status), never for a duplicate or a status change. A later rejection or
+# reversal does not take it back: the cap limits the traffic a campaign is sent, a
+# rejection often comes days later (when that day's count no longer decides anything), and
+# an advertiser that rejects conversions is not asking for more traffic.
 RECORD_CONVERSION = """
 local current = redis.call('HGET', KEYS[1], 'status') or ''
 if current ~= ARGV[1] then
@@ -51,10 +58,15 @@ end
 if current == '' then
   redis.call('HSET', KEYS[1], 'status', ARGV[2], 'record', ARGV[3])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
+  if KEYS[4] then
+    redis.call('INCR', KEYS[3])
+    redis.call('EXPIRE', KEYS[3], ARGV[5])
+    redis.call('INCR', KEYS[4])
+  end
 else
   redis.call('HSET', KEYS[1], 'status', ARGV[2])
 end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 5))
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 6))
 return {'ok', current}
 """
 ATTEMPTS = 5  # concurrent status reports for one transaction: re-read and try again
@@ -263,13 +275,21 @@ async def record(
             meta=meta,
             payout=payout,
         )
+        keys = [key, K.EVENTS_STREAM]
+        campaign_id = (stored["click"] or {}).get("campaign_id")
+        if kind == "new" and campaign_id:  # counted for the campaign's conversion cap
+            keys += [
+                K.conversion_cap_daily_key(campaign_id, utc_day(ms)),
+                K.conversion_cap_total_key(campaign_id),
+            ]
         result = await ctx.script(
-            keys=[key, K.EVENTS_STREAM],
+            keys=keys,
             args=[
                 current or "",
                 conv.status,
                 orjson.dumps(stored),
                 s.conversions.dedup_days * 86400,
+                K.CAP_DAY_TTL,
                 K.BATCH_ID_FIELD,
                 uuid7(ms),
                 "conversions",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from geo import GeoReader, open_geo
 from tracker import redis_keys as K
-from tracker.edge.caps import CapCounters, utc_day
+from tracker.edge.caps import CapCounters, ConversionCounts, utc_day
 from tracker.links import Link
 from tracker.records import RequestMeta
 from tracker.routing.rules import (
@@ -26,6 +26,7 @@ from tracker.routing.rules import (
     compile_routing,
     decide,
     over_cap,
+    over_conversion_cap,
 )
 
 _routers: dict[tuple[str, int], Router] = {}
@@ -74,16 +75,23 @@ def route(
     caps: CapCounters | None = None,
     fallback_url: str = "",
     campaign_caps: Caps | None = None,
+    conversions: ConversionCounts | None = None,
 ) -> Decision:
     """`campaign_caps`: the link's campaign's, when it has some."""
     day = utc_day(ms)
-    if campaign_caps is not None and caps is not None:
-        name = K.campaign_cap_name(link.campaign_id)
-        reason = over_cap(campaign_caps, *caps.counts(name, day))
-        if reason:
-            overflow = _overflow(campaign_caps.overflow, fallback_url)
-            return Decision(CAMPAIGN_CAP[reason], "", overflow)
-        caps.add(name, day)
+    if campaign_caps is not None:
+        if campaign_caps.counts_conversions and conversions is not None:
+            counted = conversions.counts(link.campaign_id, day)
+            reason = over_conversion_cap(campaign_caps, *counted)
+            if reason:  # not a click the campaign's click caps count either
+                return Decision(reason, "", _overflow(campaign_caps.overflow, fallback_url))
+        if campaign_caps.counts_clicks and caps is not None:
+            name = K.campaign_cap_name(link.campaign_id)
+            reason = over_cap(campaign_caps, *caps.counts(name, day))
+            if reason:
+                overflow = _overflow(campaign_caps.overflow, fallback_url)
+                return Decision(CAMPAIGN_CAP[reason], "", overflow)
+            caps.add(name, day)
     if link.routing is None:
         return NO_RULE
     router = router_of(link)

@@ -1,6 +1,6 @@
-"""`/api/routing/campaign-caps`: click caps of whole campaigns (admin-only: the access
-policy does not list these routes). A link's own rules and caps are its `routing` field
-on `/api/links`."""
+"""`/api/routing/campaign-caps`: click and conversion caps of whole campaigns (admin-only:
+the access policy does not list these routes). A link's own rules and caps are its
+`routing` field on `/api/links`."""
 
 from __future__ import annotations
 

@@ -102,6 +102,7 @@ def approve(redis: Any, settings: Settings, step: dict, now: int) -> bool:
         "approved",
         orjson.dumps(stored),
         settings.conversions.dedup_days * 86400,
+        K.CAP_DAY_TTL,  # (a status change: no conversion counter to expire)
         K.BATCH_ID_FIELD,
         uuid7(now),
         "conversions",

@@ -94,24 +94,57 @@ class Rule:
 @dataclass(frozen=True, slots=True)
 class Caps:
     """Click caps of a link (counted by the edges together, see tracker/edge/caps.py);
-    past one, clicks go to `overflow` (None: the link's own destination, rules skipped)."""
+    past one, clicks go to `overflow` (None: the link's own destination, rules skipped).
+    A campaign's caps may also count its accepted conversions (tracker/edge/caps.py's
+    ConversionCounts), never a link's."""
 
     daily_clicks: int | None
     total_clicks: int | None
     overflow: Target | None
+    daily_conversions: int | None = None
+    total_conversions: int | None = None
+
+    @property
+    def counts_clicks(self) -> bool:
+        return self.daily_clicks is not None or self.total_clicks is not None
+
+    @property
+    def counts_conversions(self) -> bool:
+        return self.daily_conversions is not None or self.total_conversions is not None
 
 
 CAP_DAILY = "cap:daily_clicks"  # the route_rule of a click sent to the overflow
 CAP_TOTAL = "cap:total_clicks"
 CAMPAIGN_CAP = {CAP_DAILY: "cap:campaign_daily_clicks", CAP_TOTAL: "cap:campaign_total_clicks"}
+CAP_CONVERSIONS_DAILY = "cap:campaign_daily_conversions"
+CAP_CONVERSIONS_TOTAL = "cap:campaign_total_conversions"
+# every route_rule a cap may record (a closed set, like the reasons in tracker/reasons.py)
+CAP_RULES = (
+    CAP_DAILY,
+    CAP_TOTAL,
+    *CAMPAIGN_CAP.values(),
+    CAP_CONVERSIONS_DAILY,
+    CAP_CONVERSIONS_TOTAL,
+)
 
 
 def over_cap(caps: Caps, daily: int, total: int) -> str:
-    """Which cap the counts have reached ("" for none)."""
+    """Which click cap the click counts have reached ("" for none)."""
     if caps.total_clicks is not None and total >= caps.total_clicks:
         return CAP_TOTAL
     if caps.daily_clicks is not None and daily >= caps.daily_clicks:
         return CAP_DAILY
+    return ""
+
+
+def over_conversion_cap(caps: Caps, daily: int, total: int) -> str:
+    """Which conversion cap a campaign's accepted conversions (today's UTC day, all time)
+    have reached ("" for none): reached at the cap itself, so the conversion that fills
+    it is the last one the campaign's destinations are sent traffic for."""
+    if caps.total_conversions is not None and total >= caps.total_conversions:
+        return CAP_CONVERSIONS_TOTAL
+    if caps.daily_conversions is not None and daily >= caps.daily_conversions:
+        return CAP_CONVERSIONS_DAILY
     return ""
 
 
@@ -361,24 +394,33 @@ def compile_routing(data: Any, slug: str) -> Router:
     return Router(rules, frozenset(needs), frozenset(links), caps)
 
 
-def _caps(data: Any, slug: str) -> Caps:
+CLICK_CAPS = ("daily_clicks", "total_clicks")
+CONVERSION_CAPS = ("daily_conversions", "total_conversions")  # a campaign's only
+
+
+def _caps(data: Any, slug: str, path: str = "routing.caps", conversions: bool = False) -> Caps:
     if not isinstance(data, dict):
-        raise RoutingError("routing.caps must be an object")
-    _keys(data, {"daily_clicks", "total_clicks", "overflow"}, "routing.caps")
-    counts = {}
-    for key in ("daily_clicks", "total_clicks"):
+        raise RoutingError(f"{path} must be an object")
+    names = CLICK_CAPS + CONVERSION_CAPS if conversions else CLICK_CAPS
+    _keys(data, {*names, "overflow"}, path)
+    counts: dict[str, int | None] = {}
+    for key in names:
         value = data.get(key)
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**12
         ):
-            raise RoutingError(f"routing.caps.{key} must be a whole number >= 1, or null")
+            raise RoutingError(f"{path}.{key} must be a whole number >= 1, or null")
         counts[key] = value
-    if counts["daily_clicks"] is None and counts["total_clicks"] is None:
-        raise RoutingError("routing.caps needs daily_clicks or total_clicks")
-    overflow = (
-        _target(data["overflow"], "routing.caps.overflow", slug) if "overflow" in data else None
+    if all(value is None for value in counts.values()):
+        raise RoutingError(f"{path} needs {' or '.join(names)}")
+    overflow = _target(data["overflow"], f"{path}.overflow", slug) if "overflow" in data else None
+    return Caps(
+        counts["daily_clicks"],
+        counts["total_clicks"],
+        overflow,
+        counts.get("daily_conversions"),
+        counts.get("total_conversions"),
     )
-    return Caps(counts["daily_clicks"], counts["total_clicks"], overflow)
 
 
 def _split(data: Any, path: str, slug: str) -> tuple[Variant, ...]:
