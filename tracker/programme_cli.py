@@ -228,7 +228,7 @@ def cmd_campaigns_list(settings: Settings, args) -> int:
 
 
 def cmd_payouts_run(settings: Settings, args) -> int:
-    from tracker.edge.programme import parse_when
+    from tracker.timefmt import parse_when
 
     try:
         cutoff = parse_when(args.cutoff)

@@ -35,3 +35,20 @@ def parse_ms(text: str) -> int:
 @lru_cache(maxsize=4096)
 def _second(text: str) -> int:
     return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp())
+
+
+def parse_when(value: str | None, *, end_of_day: bool = True) -> int | None:
+    """'YYYY-MM-DD' (the whole day, UTC) or an ISO 8601 time -> Unix ms; ValueError."""
+    if value in (None, ""):
+        return None
+    assert value is not None
+    try:
+        if len(value) == 10:
+            day = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+            return int(day.timestamp() * 1000) + (86_400_000 - 1 if end_of_day else 0)
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("give a date (YYYY-MM-DD) or an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -21,6 +20,7 @@ from tracker.edge.keys import SETTINGS
 from tracker.ledger import accounts, payouts, records
 from tracker.ledger.store import Store, open_store
 from tracker.reasons import AdminError
+from tracker.timefmt import parse_when
 
 LEDGER = web.AppKey("ledger", object)  # a Store, opened lazily
 _open_lock = threading.Lock()
@@ -67,23 +67,6 @@ async def _body(request: web.Request) -> Any:
             ),
             content_type="application/json",
         ) from None
-
-
-def parse_when(value: str | None, *, end_of_day: bool = True) -> int | None:
-    """'YYYY-MM-DD' (the whole day, UTC) or an ISO 8601 time -> Unix ms; ValueError."""
-    if value in (None, ""):
-        return None
-    assert value is not None
-    try:
-        if len(value) == 10:
-            day = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
-            return int(day.timestamp() * 1000) + (86_400_000 - 1 if end_of_day else 0)
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError("give a date (YYYY-MM-DD) or an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
 
 
 # -- affiliates ---------------------------------------------------------------------------
