@@ -138,7 +138,7 @@ def sink_figures(tmp: Path, conversions: int, dsn: str) -> dict:
 
 
 def fill_ledger(store: Store, entries: int, affiliates: int = 10_000) -> None:
-    now = store.clock()
+    now = store.now_ms()
     with store.begin() as conn:
         conn.execute(
             insert(T.affiliates),

@@ -171,7 +171,7 @@ def cmd_affiliates_balance(settings: Settings, args) -> int:
     def work(store: Store):
         records.get_affiliate(store, args.id)
         with store.read() as conn:
-            return accounts.balance(conn, args.id, store.clock())
+            return accounts.balance(conn, args.id, store.now_ms())
 
     _print(_run(settings, work), ["currency", *accounts.PARTS, "total"], args.format)
     return 0

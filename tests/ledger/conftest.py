@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from tracker.clock import FixedClock
 from tracker.ledger.store import Store
 from tracker.testing import PostgresServer
 
@@ -20,16 +21,18 @@ def postgres_server():
     server.stop()
 
 
-class Clock:
-    """An injectable clock (Unix ms) the tests move by hand."""
+class Clock(FixedClock):
+    """The service's clock seam (seconds), pinned and kept in whole ms, so the tests can
+    move it by days and milliseconds and read it back exactly."""
 
     def __init__(self, ms: int) -> None:
+        super().__init__(ms / 1000)
         self.ms = ms
 
-    def __call__(self) -> int:
-        return self.ms
+    def __call__(self) -> float:
+        return self.ms / 1000
 
-    def advance(self, days: float = 0, ms: int = 0) -> None:
+    def advance(self, days: float = 0, ms: int = 0) -> None:  # type: ignore[override]
         self.ms += int(days * 86_400_000) + ms
 
 

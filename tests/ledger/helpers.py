@@ -23,7 +23,7 @@ def conversion(
     ms: int | None = None,
 ) -> dict:
     row = {
-        "event_time": format_ms(clock() if ms is None else ms),
+        "event_time": format_ms(clock.ms if ms is None else ms),
         "conversion_id": conversion_id or str(uuid.uuid4()),
         "advertiser_id": "shop",
         "txid": "t",
@@ -50,5 +50,5 @@ def step(row: dict, clock, status: str) -> dict:
         **row,
         "status": status,
         "previous_status": row["status"],
-        "event_time": format_ms(clock()),
+        "event_time": format_ms(clock.ms),
     }

@@ -35,7 +35,7 @@ def programme(store):
 
 def balance(store, affiliate):
     with store.read() as conn:
-        rows = accounts.balance(conn, affiliate, store.clock())
+        rows = accounts.balance(conn, affiliate, store.now_ms())
     return {k: v for k, v in rows[0].items() if v != "0.00"} if rows else {}
 
 
@@ -68,7 +68,7 @@ def test_full_lifecycle_with_exact_amounts(store, clock, programme):
     payouts.set_status(store, leaf["payout_id"], "paid", reference="bank-123")
     assert balance(store, "leaf") == {"currency": "USD", "paid": "10.00", "total": "10.00"}
     with store.read() as conn:
-        [commission] = accounts.commissions(conn, "leaf", clock())
+        [commission] = accounts.commissions(conn, "leaf", clock.ms)
     assert (commission["status"], commission["amount"]) == ("paid", "10.00")
 
 
@@ -81,7 +81,7 @@ def test_reversal_before_payout_cancels(store, clock, programme):
     clock.advance(days=30)
     assert payouts.run(store).payouts == []
     with store.read() as conn:
-        assert accounts.commissions(conn, "leaf", clock())[0]["status"] == "reversed"
+        assert accounts.commissions(conn, "leaf", clock.ms)[0]["status"] == "reversed"
 
 
 def test_reversal_after_payout_is_clawed_back_from_the_next(store, clock, programme):
@@ -102,7 +102,7 @@ def test_reversal_after_payout_is_clawed_back_from_the_next(store, clock, progra
     [next_payout] = [p for p in payouts.run(store).payouts if p["affiliate_id"] == "leaf"]
     assert next_payout["amount"] == "15.00"
     with store.read() as conn:
-        statuses = {c["status"] for c in accounts.commissions(conn, "leaf", clock())}
+        statuses = {c["status"] for c in accounts.commissions(conn, "leaf", clock.ms)}
     assert statuses == {"clawed_back", "in_payout"}
 
 
@@ -195,7 +195,7 @@ def test_plan_change_applies_to_conversions_approved_after_it(store, clock, prog
     )
     programme.process([step(row, clock, "approved")])
     with store.read() as conn:
-        [commission] = accounts.commissions(conn, "leaf", clock())
+        [commission] = accounts.commissions(conn, "leaf", clock.ms)
     assert (commission["amount"], commission["plan_version"]) == ("20.00", 2)
 
 

@@ -81,7 +81,7 @@ def test_ten_thousand_random_conversions_balance_to_the_ledger(store, clock):
                     failed_or_paid += 1
     with store.read() as conn:
         ledger = accounts.ledger_total(conn)
-        balances = accounts.balance_minor(conn, None, clock())
+        balances = accounts.balance_minor(conn, None, clock.ms)
         steps = conn.execute(select(func.count()).select_from(T.conversion_steps)).scalar_one()
         live_payouts = conn.execute(
             select(P.c.currency, func.sum(P.c.amount_minor))

@@ -29,7 +29,7 @@ def split_store(store, clock):
 
 
 def touches(clock) -> list[Touch]:
-    now = clock()
+    now = clock.ms
     return [
         Touch("00000000-0000-7000-8000-000000000001", now - 9 * DAY, "c1", "a"),
         Touch("00000000-0000-7000-8000-000000000002", now - 5 * DAY, "other", "b"),  # not c1
@@ -42,7 +42,7 @@ def touches(clock) -> list[Touch]:
 def amounts(store, clock) -> dict[str, str]:
     with store.read() as conn:
         out = {}
-        for (aff, _), parts in accounts.balance_minor(conn, None, clock()).items():
+        for (aff, _), parts in accounts.balance_minor(conn, None, clock.ms).items():
             out[aff] = parts["pending"]
     return out
 

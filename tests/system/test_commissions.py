@@ -190,7 +190,7 @@ async def test_sink_killed_mid_batch_books_each_step_once(service: Service):
         with store.read() as conn:
             steps = conn.execute(select(func.count()).select_from(T.conversion_steps)).scalar_one()
             entries = conn.execute(select(func.count()).select_from(T.entries)).scalar_one()
-            balance = accounts.balance(conn, "pub", store.clock())
+            balance = accounts.balance(conn, "pub", store.now_ms())
     finally:
         store.close()
     assert (steps, entries) == (count * 2, count * 3)  # accrue; unpend + approve

@@ -119,7 +119,7 @@ async def affiliate_balance(request: web.Request) -> web.Response:
     def work(store: Store, s: Settings):
         records.get_affiliate(store, aff)
         with store.read() as conn:
-            return {"affiliate_id": aff, "balances": accounts.balance(conn, aff, store.clock())}
+            return {"affiliate_id": aff, "balances": accounts.balance(conn, aff, store.now_ms())}
 
     return await _call(request, work)
 
@@ -137,7 +137,7 @@ async def affiliate_commissions(request: web.Request) -> web.Response:
     def work(store: Store, s: Settings):
         records.get_affiliate(store, aff)
         with store.read() as conn:
-            items = accounts.commissions(conn, aff, store.clock(), limit=limit, offset=offset)
+            items = accounts.commissions(conn, aff, store.now_ms(), limit=limit, offset=offset)
         return {"affiliate_id": aff, "commissions": items, "count": len(items)}
 
     return await _call(request, work)

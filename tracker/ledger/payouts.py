@@ -69,7 +69,7 @@ CHUNK = 500  # affiliates per transaction: few commits, short locks
 
 def run(store: Store, *, cutoff: int | None = None, export_dir: Path | None = None) -> Run:
     """One payout run; entries available at or before min(cutoff, now) are paid."""
-    now = store.clock()
+    now = store.now_ms()
     limit = min(cutoff, now) if cutoff is not None else now
     result = Run(id=uuid7(now), cutoff=limit)
     with store.read() as conn:
@@ -223,7 +223,7 @@ def set_status(store: Store, payout_id: str, new: str, reference: str = "") -> d
             return public(row)  # asked twice: already so
         if row["status"] not in TRANSITIONS[new]:
             raise PayoutError(f"a {row['status']} payout cannot become {new}")
-        values = {"status": new, "updated_at": store.clock()}
+        values = {"status": new, "updated_at": store.now_ms()}
         if reference:
             values["reference"] = reference
         conn.execute(

@@ -160,7 +160,7 @@ def affiliate_public(row: Any) -> dict:
 
 def create_affiliate(store: Store, data: Any, *, max_levels: int, min_payout: str) -> dict:
     values = affiliate_values(data, current=None, default_min_payout=min_payout)
-    now = store.clock()
+    now = store.now_ms()
     with store.begin() as conn:
         if conn.execute(select(T.affiliates.c.id).where(T.affiliates.c.id == values["id"])).first():
             raise Conflict(f"affiliate {values['id']!r} already exists")
@@ -177,7 +177,7 @@ def update_affiliate(
         values = affiliate_values(data, current=current, default_min_payout=min_payout)
         if values["parent_id"] != current["parent_id"]:
             check_parent(conn, affiliate_id, values["parent_id"], max_levels)
-        values["updated_at"] = store.clock()
+        values["updated_at"] = store.now_ms()
         conn.execute(update(T.affiliates).where(T.affiliates.c.id == affiliate_id).values(values))
         return affiliate_public(_get(conn, T.affiliates, affiliate_id, "affiliate"))
 
@@ -276,7 +276,7 @@ def campaign_public(row: Any) -> dict:
 
 def create_campaign(store: Store, data: Any) -> dict:
     values = campaign_values(data, current=None)
-    now = store.clock()
+    now = store.now_ms()
     with store.begin() as conn:
         if conn.execute(select(T.campaigns.c.id).where(T.campaigns.c.id == values["id"])).first():
             raise Conflict(f"campaign {values['id']!r} already exists")
@@ -290,7 +290,7 @@ def update_campaign(store: Store, campaign_id: str, data: Any) -> dict:
     with store.begin() as conn:
         current = dict(_get(conn, T.campaigns, campaign_id, "campaign"))
         values = campaign_values(data, current=current)
-        now = store.clock()
+        now = store.now_ms()
         values["updated_at"] = now
         if (values["plan"], values["revenue"]) != (current["plan"], current["revenue"]):
             values["plan_version"] = current["plan_version"] + 1

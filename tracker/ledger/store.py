@@ -13,7 +13,7 @@ import contextlib
 import fcntl
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
@@ -21,14 +21,12 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, select, text
 from sqlalchemy.engine import make_url
 
+from tracker.clock import Clock, clock_ms, system_clock
 from tracker.config import ROOT
 from tracker.ledger import schema as T
-from tracker.timefmt import now_ms
 
 MIGRATIONS_DIR = ROOT / "config" / "ledger_migrations"
 _PG_MIGRATION_LOCK = 7_311_402  # pg_advisory_lock key: one migrating process at a time
-
-Clock = Callable[[], int]  # Unix ms UTC; tests pass their own to move time
 
 
 def engine_url(dsn: str) -> str:
@@ -40,9 +38,9 @@ def engine_url(dsn: str) -> str:
 
 
 class Store:
-    def __init__(self, dsn: str, *, migrate: bool = True, clock: Clock = now_ms) -> None:
+    def __init__(self, dsn: str, *, migrate: bool = True, clock: Clock = system_clock) -> None:
         self.dsn = dsn
-        self.clock = clock
+        self.clock = clock  # tests pass a FixedClock to move time
         url = make_url(engine_url(dsn))
         self.sqlite = url.get_backend_name() == "sqlite"
         if self.sqlite:
@@ -54,6 +52,10 @@ class Store:
             self.engine = create_engine(url, pool_size=4, max_overflow=8, pool_pre_ping=True)
         if migrate:
             self.migrate()
+
+    def now_ms(self) -> int:
+        """The store's clock in Unix ms UTC (ledger rows keep ms)."""
+        return clock_ms(self.clock)
 
     # -- transactions ---------------------------------------------------------------------
 
@@ -135,5 +137,5 @@ def _sqlite_setup(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def open_store(settings, *, migrate: bool = True, clock: Clock = now_ms) -> Store:
+def open_store(settings, *, migrate: bool = True, clock: Clock = system_clock) -> Store:
     return Store(settings.ledger_dsn, migrate=migrate, clock=clock)
