@@ -1,7 +1,7 @@
 """Throughput as a ratio against nginx `empty_gif`, in one run, on this machine.
 
     python -m loadtest.bench [--duration 10] [--connections 64] [--processes 2] [--rounds 3]
-                             [--bare]
+                             [--bare] [--link-kind plain|split|geo] [--ratio-only]
 
 Starts on loopback: nginx (empty_gif, N workers) and the full tracker (N edge processes,
 its own redis-server with AOF, the sink, chDB). Runs wrk against each in turn, alternating,
@@ -12,6 +12,10 @@ rate-limited), CPU seconds and peak RSS per process, and, after the sink drained
 answered vs rows in ClickHouse. Prints a summary and writes it as JSON to
 loadtest/results/. `--bare` adds a third contender to each round: `loadtest/bare.py`, the
 edge's transport (uvloop + llhttp, N processes) answering a fixed 302 with no tracking.
+`--link-kind` chooses what the 50 links carry: no routing (`plain`, the default), a
+sticky A/B `split`, or a `geo` country rule before the split (the edge then opens a small
+.mmdb and looks each click's address up). `--ratio-only` stops after the rounds (no
+fixed-rate phase, no drain): enough to compare link kinds or commits quickly.
 """
 
 from __future__ import annotations
@@ -71,6 +75,37 @@ def product_settings(processes: int) -> dict[str, str]:
         "TRACKER_FRAUD_DUPLICATE_CLICK_SECONDS": str(fraud.duplicate_click_seconds),
         "TRACKER_FRAUD_MIN_CLICK_TO_CONVERSION_SECONDS": str(fraud.min_click_to_conversion_seconds),
     }
+
+
+SPLIT = {
+    "split": [
+        {"variant": "a", "weight": 50, "url": "https://a.example/?c={click_id}&s={sub1}"},
+        {"variant": "b", "weight": 50, "url": "https://b.example/?c={click_id}&s={sub1}"},
+    ]
+}
+LINK_ROUTING: dict[str, dict | None] = {
+    "plain": None,  # no `routing` field at all: what a link costs without rules
+    "split": {"rules": [{"id": "ab", "to": SPLIT}]},
+    "geo": {
+        "rules": [
+            {"id": "de", "when": {"country": ["DE"]}, "to": {"url": "https://de.example/"}},
+            {"id": "ab", "to": SPLIT},
+        ]
+    },
+}
+
+
+def geo_database(folder: Path) -> str:
+    """A small City database (the edge opens it only for a link with a geo rule)."""
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-City")
+    writer.insert_network(IPSet(["81.2.69.0/24"]), {"country": {"iso_code": "GB"}})
+    writer.insert_network(IPSet(["127.0.0.0/8"]), {"country": {"iso_code": "ZZ"}})
+    path = folder / "city.mmdb"
+    writer.to_db_file(str(path))
+    return str(path)
 
 
 def wrk(url: str, duration: int, connections: int, threads: int, script: Path) -> dict:
@@ -213,6 +248,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also measure a bare uvloop + llhttp 302 server (the transport alone)",
     )
+    p.add_argument(
+        "--link-kind",
+        choices=list(LINK_ROUTING),
+        default="plain",
+        help="what the links carry: no routing, an A/B split, or a geo rule then a split",
+    )
+    p.add_argument(
+        "--ratio-only",
+        action="store_true",
+        help="only the nginx rounds (no fixed-rate phase, no drain)",
+    )
     args = p.parse_args(argv)
     for tool in ("nginx", "wrk", "hey", "redis-server"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
@@ -251,11 +297,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     redis = RedisServer(work / "redis")
     redis.start()
-    svc = Service(work / "tracker", redis, **product_settings(args.processes))
+    settings = product_settings(args.processes)
+    if args.link_kind == "geo":
+        settings["TRACKER_GEO_DATABASES"] = geo_database(work)
+    svc = Service(work / "tracker", redis, **settings)
     try:
         svc.serve()
+        routing = LINK_ROUTING[args.link_kind]
         for i in range(1, SLUGS + 1):
-            svc.api(
+            status, body = svc.api(
                 "POST",
                 "/api/links",
                 {
@@ -263,8 +313,10 @@ def main(argv: list[str] | None = None) -> int:
                     "campaign_id": f"campaign-{i % 7}",
                     "affiliate_id": f"aff-{i % 13}",
                     "destination": "https://shop.example/landing?c={click_id}&s={sub1}",
+                    **({"routing": routing} if routing else {}),
                 },
             )
+            assert status == 201, body
         time.sleep(TrackingSettings().link_refresh_seconds + 1)  # every edge knows them
         nginx_url = f"http://127.0.0.1:{nginx_port}/"
         tracker_url = f"{svc.base_url}/"
@@ -282,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
         rounds = []
         for n in range(args.rounds):
+            load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
             nginx_run = measured(nginx_url, args, script, nginx_workers)
             tracker_run = measured(tracker_url, args, script, pids)
             rounds.append(
@@ -289,11 +342,13 @@ def main(argv: list[str] | None = None) -> int:
                     "nginx": nginx_run,
                     "tracker": tracker_run,
                     "ratio": tracker_run["rps"] / nginx_run["rps"],
+                    "load_average_1m": load,
                 }
             )
             line = (
                 f"round {n + 1}: nginx {nginx_run['rps']:,.0f} rps, tracker "
-                f"{tracker_run['rps']:,.0f} rps, ratio {rounds[-1]['ratio']:.3f}"
+                f"{tracker_run['rps']:,.0f} rps, ratio {rounds[-1]['ratio']:.3f}, "
+                f"load {load:.1f}"
             )
             if args.bare:
                 bare_run = measured(bare_url, args, script, bare_pids)
@@ -301,24 +356,6 @@ def main(argv: list[str] | None = None) -> int:
                 line += f"; bare 302 {bare_run['rps']:,.0f} rps"
             print(line, flush=True)
         peak = statistics.median(r["tracker"]["rps"] for r in rounds)
-        # the fixed-rate phase starts with the sink caught up, so its lag is its own
-        saturated = sum(r["tracker"]["requests"] for r in rounds)
-        wait_until(
-            lambda: svc.count("clicks") >= saturated, 300, "the sink to catch up", interval=0.5
-        )
-        fixed = hey(f"{svc.base_url}/c/bench-1?sub1=fixed", args.duration, peak / 2)
-        usage = process_usage(pids)
-
-        answered = saturated + fixed["answered"]
-        started = time.monotonic()
-        wait_until(lambda: svc.count("clicks") >= answered, 300, "the sink to drain", interval=0.5)
-        drain_s = time.monotonic() - started
-        rows = svc.count("clicks")
-        lag = svc.sql(
-            "SELECT quantile(0.5)(toFloat64(inserted_at - event_time)) AS p50, "
-            "quantile(0.99)(toFloat64(inserted_at - event_time)) AS p99 "
-            "FROM tracker.clicks WHERE sub1 = 'fixed'"
-        )[0]
         result = {
             "machine": {
                 "cores": os.cpu_count(),
@@ -327,10 +364,12 @@ def main(argv: list[str] | None = None) -> int:
                 "duration_s": args.duration,
                 "wrk_threads": args.threads,
             },
+            "link_kind": args.link_kind,
             "rounds": rounds,
             "nginx_rps": statistics.median(r["nginx"]["rps"] for r in rounds),
             "tracker_rps": peak,
             "ratio": statistics.median(r["ratio"] for r in rounds),
+            "load_average_1m": [round(r["load_average_1m"], 1) for r in rounds],
             "cpu_us_per_request": {
                 contender: median_cpu([r[contender] for r in rounds])
                 for contender in ("nginx", "tracker", "bare")
@@ -340,13 +379,10 @@ def main(argv: list[str] | None = None) -> int:
                 "p50": statistics.median(r["tracker"]["p50_ms"] for r in rounds),
                 "p99": statistics.median(r["tracker"]["p99_ms"] for r in rounds),
             },
-            "fixed_rate": fixed,
-            "click_to_queryable_s_at_fixed_rate": lag,
-            "processes": usage,
-            "clicks_answered": answered,
-            "rows_in_clickhouse": rows,
-            "drain_s": round(drain_s, 1),
         }
+        rows = answered = 0
+        if not args.ratio_only:
+            rows, answered = after_rounds(svc, args, rounds, pids, result)
     finally:
         if bare:
             os.killpg(bare.pid, signal.SIGTERM)
@@ -364,15 +400,18 @@ def main(argv: list[str] | None = None) -> int:
             {
                 k: result[k]
                 for k in (
+                    "link_kind",
                     "nginx_rps",
                     "tracker_rps",
                     "ratio",
+                    "load_average_1m",
                     "cpu_us_per_request",
                     "saturation_latency_ms",
                     "fixed_rate",
                     "clicks_answered",
                     "rows_in_clickhouse",
                 )
+                if k in result
             },
             indent=2,
         )
@@ -380,6 +419,38 @@ def main(argv: list[str] | None = None) -> int:
     print(f"written to {out}")
     shutil.rmtree(work, ignore_errors=True)
     return 0 if rows == answered else 1
+
+
+def after_rounds(svc: Service, args, rounds: list[dict], pids: dict[str, int], result: dict):
+    """Latency at a fixed rate of half the peak, then every answered click counted in
+    ClickHouse; adds to `result`, returns (rows, clicks answered)."""
+    peak = result["tracker_rps"]
+    # the fixed-rate phase starts with the sink caught up, so its lag is its own
+    saturated = sum(r["tracker"]["requests"] for r in rounds)
+    wait_until(lambda: svc.count("clicks") >= saturated, 300, "the sink to catch up", interval=0.5)
+    fixed = hey(f"{svc.base_url}/c/bench-1?sub1=fixed", args.duration, peak / 2)
+    usage = process_usage(pids)
+    answered = saturated + fixed["answered"]
+    started = time.monotonic()
+    wait_until(lambda: svc.count("clicks") >= answered, 300, "the sink to drain", interval=0.5)
+    drain_s = time.monotonic() - started
+    rows = svc.count("clicks")
+    lag = svc.sql(
+        "SELECT quantile(0.5)(toFloat64(inserted_at - event_time)) AS p50, "
+        "quantile(0.99)(toFloat64(inserted_at - event_time)) AS p99 "
+        "FROM tracker.clicks WHERE sub1 = 'fixed'"
+    )[0]
+    result.update(
+        {
+            "fixed_rate": fixed,
+            "click_to_queryable_s_at_fixed_rate": lag,
+            "processes": usage,
+            "clicks_answered": answered,
+            "rows_in_clickhouse": rows,
+            "drain_s": round(drain_s, 1),
+        }
+    )
+    return rows, answered
 
 
 def median_cpu(runs: list[dict]) -> dict[str, float]:

@@ -4,6 +4,12 @@ The writer is a stand-in that keeps nothing (the same for every case), so the fi
 are the click core's own cost, and the differences are what the rules add.
 
     python -m loadtest.routing_cost [CLICKS]
+    python -m loadtest.routing_cost --plain [CLICKS]
+
+`--plain` times only a link without rules, building the click context from the fields
+every version of it has, so the same file measures an older tree too (run it with
+PYTHONPATH pointing at a worktree of that commit): what a link without rules costs
+before and after routing landed.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ import time
 from pathlib import Path
 
 from tracker.edge.clicks import ClickContext, Hit, click_reply
-from tracker.edge.routing import Lookups
 from tracker.hashcache import HashCache
 from tracker.links import Link
 
@@ -76,7 +81,51 @@ def geo_file(folder: Path) -> str:
     return str(path)
 
 
+HEADERS = {
+    "user-agent": UA,
+    "accept-language": "en-GB,en;q=0.9",
+    "cookie": "vid=0190a0b0-0000-7000-8000-000000000001",
+}
+
+
+def measure_plain(count: int, rounds: int = 30, other_campaigns: dict | None = None) -> float:
+    """µs per click of a link without rules (best round), on any version of the core.
+    `other_campaigns`: caps of other campaigns the edge holds (none by default)."""
+    cache: HashCache = HashCache(None, "", "", Link.from_json, 1.0)  # type: ignore[arg-type]
+    cache.items["plain"] = Link(
+        slug="plain",
+        destination="https://shop.example/landing?c={click_id}&s={sub1}",
+        campaign_id="spring",
+        updated_at=1,
+    )
+    ctx = ClickContext(
+        links=cache,
+        writer=NullWriter(),  # type: ignore[arg-type]
+        trusted=[],
+        cookie_name="vid",
+        cookie_attrs="; Path=/",
+        fallback_url="",
+        max_query_bytes=8192,
+    )
+    if "campaign_caps" in ClickContext.__dataclass_fields__:  # as the edge has it
+        ccaps: HashCache = HashCache(None, "", "", str, 1.0)  # type: ignore[arg-type]
+        ccaps.items = dict(other_campaigns or {})
+        ctx.campaign_caps = ccaps
+    hit = Hit("GET", "/c/plain?sub1=x&src=g", "sub1=x&src=g", HEADERS, "81.2.69.5")
+    for _ in range(2000):
+        click_reply(ctx, hit, "plain")
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(count):
+            click_reply(ctx, hit, "plain")
+        best = min(best, (time.perf_counter() - started) / count)
+    return best * 1e6
+
+
 def measure(count: int, rounds: int = 30) -> dict[str, float]:
+    from tracker.edge.routing import Lookups  # (not in trees from before routing)
+
     with tempfile.TemporaryDirectory() as folder:
         cache: HashCache = HashCache(None, "", "", Link.from_json, 1.0)
         for n, routing in enumerate(CASES.values()):
@@ -96,13 +145,8 @@ def measure(count: int, rounds: int = 30) -> dict[str, float]:
             max_query_bytes=8192,
             lookups=Lookups([geo_file(Path(folder))]),
         )
-        headers = {
-            "user-agent": UA,
-            "accept-language": "en-GB,en;q=0.9",
-            "cookie": "vid=0190a0b0-0000-7000-8000-000000000001",
-        }
         hits = {
-            name: Hit("GET", f"/c/l{n}?sub1=x&src=g", "sub1=x&src=g", headers, "81.2.69.5")
+            name: Hit("GET", f"/c/l{n}?sub1=x&src=g", "sub1=x&src=g", HEADERS, "81.2.69.5")
             for n, name in enumerate(CASES)
         }
         for n, name in enumerate(CASES):
@@ -120,7 +164,19 @@ def measure(count: int, rounds: int = 30) -> dict[str, float]:
 
 
 def main() -> None:
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 2_000
+    args = sys.argv[1:]
+    plain = "--plain" in args
+    args = [a for a in args if a != "--plain"]
+    count = int(args[0]) if args else 2_000
+    if plain:
+        print(f"no rules (plain link) {measure_plain(count):6.2f} µs/click")
+        if "campaign_caps" in ClickContext.__dataclass_fields__:
+            from tracker.routing import campaign_caps
+
+            others = {"autumn": campaign_caps.parse("autumn", {"daily_clicks": 5})}
+            micros = measure_plain(count, other_campaigns=others)
+            print(f"no rules, another campaign capped {micros:6.2f} µs/click")
+        return
     results = measure(count)
     base = results["no rules"]
     for name, micros in results.items():
