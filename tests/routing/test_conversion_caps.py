@@ -133,6 +133,17 @@ def _postback(service: Service, click_id: str, txid: str, status: str = "pending
     return body["status"]
 
 
+def _wait_overflow(service: Service, slug: str) -> None:
+    """Until 10 clicks in a row, each on a new connection (so on both edges), went to the
+    overflow: each edge reads the counts every refresh interval (0.2 s here)."""
+    wait_until(
+        lambda: all(_click(service, slug, "wait")[0] == "full.example" for _ in range(10)),
+        15,
+        "every edge to send the campaign's clicks to the overflow",
+        interval=0.1,
+    )
+
+
 def _cli(service: Service, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tracker", "campaign-caps", *args],
@@ -196,12 +207,7 @@ def test_conversion_cap_across_two_edge_processes(tmp_path, redis_server):
             assert _postback(service, clicks[2][1], "t3") == "duplicate"
         assert _postback(service, clicks[1][1], "t2", "reversed") == "accepted"
         assert int(client.get(total_key)) == 3  # a reversal does not give one back
-        wait_until(  # each edge reads the counts within the refresh interval (0.2 s)
-            lambda: _click(service, "cc-b", "cv-wait")[0] == "full.example",
-            10,
-            "the first click sent to the overflow",
-        )
-        time.sleep(0.6)
+        _wait_overflow(service, "cc-b")
         after = [
             _click(service, ("cc-a", "cc-b", "cc-other")[n % 3], "cv-after") for n in range(30)
         ]
@@ -243,12 +249,7 @@ def test_daily_conversion_cap_resets_on_the_next_utc_day(tmp_path, redis_server)
         client = redis_server.client()
         assert int(client.get(K.conversion_cap_daily_key("spring", 20261130))) == 2
         assert 0 < client.ttl(K.conversion_cap_daily_key("spring", 20261130)) <= K.CAP_DAY_TTL
-        wait_until(
-            lambda: _click(service, "cc-a", "day")[0] == "full.example",
-            10,
-            "the day's cap to be seen",
-        )
-        time.sleep(0.6)
+        _wait_overflow(service, "cc-a")
         assert {_click(service, "cc-b", "day")[0] for _ in range(10)} == {"full.example"}
 
         for name in ("edge-0", "edge-1"):
@@ -260,10 +261,6 @@ def test_daily_conversion_cap_resets_on_the_next_utc_day(tmp_path, redis_server)
         assert _postback(service, clicks[3][1], "d4") == "accepted"
         assert int(client.get(K.conversion_cap_daily_key("spring", 20261201))) == 2
         assert int(client.get(K.conversion_cap_total_key("spring"))) == 4
-        wait_until(
-            lambda: _click(service, "cc-a", "day")[0] == "full.example",
-            10,
-            "the new day's cap to be seen",
-        )
+        _wait_overflow(service, "cc-a")
     finally:
         service.stop_all()
