@@ -1,8 +1,11 @@
 # The tracker service image. Configure with TRACKER_* environment variables
 # (see README); point TRACKER_REDIS_URL at Redis and TRACKER_CLICKHOUSE_DSN at ClickHouse.
 FROM python:3.11-slim AS build
+# gcc compiles the click core's Cython accelerator (the image has the Python headers)
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY tracker tracker
 COPY attribution attribution
 COPY geo geo

@@ -30,13 +30,31 @@ fi
 
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+
+# gcc and the Python headers: the install compiles the click core's Cython accelerator
+# (tracker/edge/_clickpath.pyx).
+if ! command -v gcc >/dev/null 2>&1; then
+  echo "setup: installing gcc"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null
+fi
+if ! "$PYTHON" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+  echo "setup: installing the Python headers"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dev >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PYTHON" -m venv .venv
 fi
-if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+# (again when the accelerator's source changed, or it is not built: `pip install -e .`
+# compiles it in place)
+if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ] \
+  || [ tracker/edge/_clickpath.pyx -nt .venv/.installed ] || [ setup.py -nt .venv/.installed ] \
+  || ! ls tracker/edge/_clickpath.*.so >/dev/null 2>&1; then
   echo "setup: installing Python packages"
   .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import tracker, aiohttp, redis, clickhouse_connect, chdb, sqlalchemy, alembic, psycopg"
+  .venv/bin/python -c "import tracker.edge._clickpath"  # the compiled click core was built
   touch .venv/.installed
 fi

@@ -55,24 +55,27 @@ def running(tmp_path_factory, shared_redis):
     svc.stop_all()
 
 
-# The two servers of the tracking routes (/c/{slug}, /p.gif): the llhttp fast path, and
-# aiohttp's own routes (what the fast path hands over, and all of it when it is off).
-TRACKING_SERVERS = {"fast_path": "true", "aiohttp": "false"}
+# The servers of the tracking routes (/c/{slug}, /p.gif): the llhttp fast path with its
+# compiled click core (when built) and with the pure-Python one, and aiohttp's own routes
+# (what the fast path hands over, and all of it when it is off).
+TRACKING_SERVERS = {
+    "fast_path": {"TRACKER_HTTP_FAST_PATH": "true"},
+    "fast_path_pure": {"TRACKER_HTTP_FAST_PATH": "true", "TRACKER_NO_EXTENSIONS": "1"},
+    "aiohttp": {"TRACKER_HTTP_FAST_PATH": "false"},
+}
 
 
 @pytest.fixture(scope="module", params=list(TRACKING_SERVERS))
 def tracking(request, tmp_path_factory):
     """A running service per server of the tracking routes, as aiohttp runs its tests on
     both its parsers: a module's click, pixel and bad-input tests run once on each. Each
-    gets a Redis of its own, so the second starts as clean as the first."""
+    gets a Redis of its own, so the next starts as clean as the first."""
     folder = tmp_path_factory.mktemp(f"tracking-{request.param}")
     redis_server = RedisServer(folder / "redis")
     redis_server.start()
-    svc = Service(
-        folder / "svc", redis_server, TRACKER_HTTP_FAST_PATH=TRACKING_SERVERS[request.param]
-    )
+    svc = Service(folder / "svc", redis_server, **TRACKING_SERVERS[request.param])
     svc.serve()
-    assert served_by(svc.port) == request.param  # the switch took
+    assert served_by(svc.port) == request.param.removesuffix("_pure")  # the switch took
     yield svc
     svc.stop_all()
     redis_server.stop()

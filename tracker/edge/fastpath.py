@@ -3,10 +3,11 @@
 aiohttp's per-request machinery (request and response objects, routing, a task per
 request) costs several times what recording a click does. This protocol parses with
 llhttp (httptools) and answers bodiless `GET`/`HEAD` requests for `/c/{slug}` and
-impression pixels itself, with the same `click_reply` / `pixel_reply` as the aiohttp
-routes. Anything else (other paths or methods, a request with a body, a conversion pixel,
-an upgrade) is handed to aiohttp on the same connection, bytes and all, and aiohttp keeps
-that connection from then on.
+impression pixels itself: the click core (`clickpath.py`, compiled when built) reads the
+request head that llhttp validated and gives the answer bytes, with the same
+`click_reply` / `pixel_reply` as the aiohttp routes. Anything else (other paths or
+methods, a request with a body, a conversion pixel, an upgrade) is handed to aiohttp on
+the same connection, bytes and all, and aiohttp keeps that connection from then on.
 
 HTTP details kept: keep-alive (HTTP/1.1 by default, HTTP/1.0 on request), pipelining
 (answers in order), HEAD (headers of the GET, no body), a bound on request size (431),
@@ -17,57 +18,29 @@ percent-encoding.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import cast
-from urllib.parse import unquote
 
 import httptools
 from aiohttp import web
 
-from tracker import records
-from tracker.edge.clicks import (
-    ClickContext,
-    Hit,
-    Reply,
-    click_reply,
-    is_conversion_pixel,
-    pixel_reply,
+from tracker.edge.clickpath import (
+    HAND_OVER,
+    REASONS,
+    ClickPath,
+    Core,
+    date_header,
+    encode,
+    head_span,
 )
-from tracker.http_limits import MAX_FIELD, MAX_HEADERS, MAX_LINE
+from tracker.edge.clicks import ClickContext, Reply
+from tracker.http_limits import MAX_HEADERS, MAX_LINE
 
-REASONS = {
-    200: "OK",
-    302: "Found",
-    400: "Bad Request",
-    404: "Not Found",
-    431: "Request Header Fields Too Large",
-}
+__all__ = ["FastPathSite", "FastProtocol", "date_header", "encode"]
 
-CLOSE = "Connection: close\r\n"
-
-_date_line = ""
-_date_second = 0
-
-
-def date_header() -> str:
-    """The Date header, formatted once a second."""
-    global _date_line, _date_second
-    now = int(time.time())
-    if _date_second != now:
-        _date_line = time.strftime("Date: %a, %d %b %Y %H:%M:%S GMT\r\n", time.gmtime(now))
-        _date_second = now
-    return _date_line
-
-
-def encode(reply: Reply, head: bool, keep_alive: bool) -> bytes:
-    fields = "".join([f"{name}: {value}\r\n" for name, value in reply.headers])
-    data = (
-        f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'OK')}\r\n{fields}"
-        f"Content-Length: {len(reply.body)}\r\n{date_header()}Server: tracker\r\n"
-        f"{'' if keep_alive else CLOSE}\r\n"
-    ).encode()
-    return data if head else data + reply.body
+# A request head still incomplete past this many bytes is refused (431): the limits of
+# the request line and of all header fields together, and room for the separators.
+MAX_HEAD = MAX_LINE + MAX_HEADERS + 16384
 
 
 class HandOver(Exception):
@@ -79,18 +52,26 @@ class TooLarge(Exception):
 
 
 class FastProtocol(asyncio.Protocol):
+    """llhttp validates each request; the click core (`ClickPath`) reads its head from the
+    buffer in one call and returns the answer bytes."""
+
     def __init__(
-        self, ctx: ClickContext, fallback: Callable[[], asyncio.Protocol], connections: set
+        self,
+        ctx: ClickContext,
+        fallback: Callable[[], asyncio.Protocol],
+        connections: set,
+        core: Core | None = None,
     ) -> None:
         self.ctx = ctx
+        self.core = core if core is not None else ClickPath(ctx)
         self.fallback = fallback  # aiohttp's protocol factory
         self.connections = connections
         self.parser = httptools.HttpRequestParser(self)
         self.buffer = bytearray()  # bytes of requests not yet answered
-        self.url = b""
-        self.headers: dict[str, str] = {}
         self.peer: str | None = None
-        self.header_bytes = 0
+        self.answer: bytes | None = None  # of the request being parsed
+        self.head_end = 0
+        self.keep_alive = True
         self.closing = False
 
     # -- connection ---------------------------------------------------------------------
@@ -131,6 +112,8 @@ class FastProtocol(asyncio.Protocol):
             return self.hand_over()
         except httptools.HttpParserError:
             return self.fail(400)
+        if not self.closing and len(self.buffer) > MAX_HEAD:  # a head that never ends
+            self.fail(431)
 
     def hand_over(self) -> None:
         """Give this connection, from the current request on, to aiohttp."""
@@ -156,63 +139,31 @@ class FastProtocol(asyncio.Protocol):
 
     # -- llhttp callbacks ---------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers = {}
-        self.header_bytes = 0
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        if len(self.url) > MAX_LINE:
-            raise TooLarge
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_bytes += len(name) + len(value)
-        if len(value) > MAX_FIELD or self.header_bytes > MAX_HEADERS:
-            raise TooLarge
-        key = name.decode("latin-1").lower()
-        if key not in self.headers:  # the first of a repeated header, as aiohttp's .get()
-            self.headers[key] = value.decode("utf-8", "surrogateescape")
-
     def on_headers_complete(self) -> None:
-        method = self.parser.get_method()
-        if (
-            method not in (b"GET", b"HEAD")
-            or "content-length" in self.headers
-            and (self.headers["content-length"] != "0")
-            or "transfer-encoding" in self.headers
-        ):
+        # A request that reaches here has no body to wait for, or is handed over: its
+        # answer is made now and written when llhttp says the message is complete.
+        start, end = head_span(self.buffer)
+        if end < 0:  # not a head this parser reads the same way: aiohttp's
             raise HandOver
-        path = self.url.split(b"?", 1)[0]
-        if not (
-            path.startswith(b"/c/") and b"/" not in path[3:] and len(path) > 3 or path == b"/p.gif"
-        ):
-            raise HandOver
+        self.head_end = end
+        self.answer = None
+        if not self.ctx.accepting:
+            return
+        self.keep_alive = self.parser.should_keep_alive()
+        answer = self.core.handle(self.buffer, start, end, self.peer, self.keep_alive)
+        if isinstance(answer, int):
+            raise HandOver if answer == HAND_OVER else TooLarge
+        self.answer = answer
 
     def on_message_complete(self) -> None:
-        if not self.ctx.accepting:  # stopping: not answered, so not acknowledged
+        answer = self.answer
+        if answer is None:  # stopping: not answered, so not acknowledged
             self.closing = True
             self.transport.abort()
             return
-        raw = self.url.decode("utf-8", "surrogateescape")
-        path, _, query = raw.partition("?")
-        method = self.parser.get_method().decode()
-        hit = Hit(method, raw, query, self.headers, self.peer)
-        if path == "/p.gif":
-            params = records.parse_query(query, self.ctx.max_query_bytes)
-            if is_conversion_pixel(params):
-                raise HandOver
-            reply = pixel_reply(self.ctx, hit, params)
-            route = "/p.gif"
-        else:
-            reply = click_reply(self.ctx, hit, unquote(path[3:], errors="replace"))
-            route = "/c/{slug}"
-        self.ctx.counters.requests[(route, reply.status)] += 1
-        keep_alive = self.parser.should_keep_alive()
-        self.transport.write(encode(reply, method == "HEAD", keep_alive))
-        end = self.buffer.find(b"\r\n\r\n")  # bodiless: the request ends with its headers
-        del self.buffer[: end + 4]
-        if not keep_alive:
+        self.transport.write(answer)
+        del self.buffer[: self.head_end + 4]  # bodiless: the request ends with its head
+        if not self.keep_alive:
             self.closing = True
             self.transport.close()
 
@@ -247,8 +198,9 @@ class FastPathSite(web.BaseSite):
         await super().start()
         fallback = self._runner.server
         assert fallback is not None  # the runner is set up before its sites start
+        core = ClickPath(self._ctx)  # one per process: its per-link cache is shared
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: FastProtocol(self._ctx, fallback, self._connections),
+            lambda: FastProtocol(self._ctx, fallback, self._connections, core),
             self._host,
             self._port,
             reuse_port=True,

@@ -224,8 +224,16 @@ class EventWriter:
         self._added()
 
     def add_click(self, row: ClickRow, record: ClickRecord, ms: int) -> None:
-        self._batch.rows.setdefault("clicks", []).append(compact_json(row))
-        self._batch.clicks.append((row["click_id"], row["visitor_id"], ms, compact_json(record)))
+        self.add_click_json(
+            row["click_id"], row["visitor_id"], ms, compact_json(row), compact_json(record)
+        )
+
+    def add_click_json(
+        self, click_id: str, visitor_id: str, ms: int, row: bytes, record: bytes
+    ) -> None:
+        """A click whose row and record are already JSON (the compiled click core)."""
+        self._batch.rows.setdefault("clicks", []).append(row)
+        self._batch.clicks.append((click_id, visitor_id, ms, record))
         self.recorded_by_table["clicks"] += 1
         self._added()
 

@@ -1,0 +1,9 @@
+from tracker.edge.clicks import ClickContext
+
+class ClickPath:
+    ctx: ClickContext
+
+    def __init__(self, ctx: ClickContext) -> None: ...
+    def handle(
+        self, buffer: bytes | bytearray, start: int, end: int, peer: str | None, keep_alive: bool
+    ) -> bytes | int: ...
