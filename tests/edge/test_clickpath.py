@@ -32,8 +32,9 @@ from tracker.links import Link
 
 try:
     from tracker.edge._clickpath import ClickPath as CompiledClickPath
+    from tracker.edge._clickpath import head_span as compiled_head_span
 except ImportError:  # not built: the compiled cases say so below
-    CompiledClickPath = None
+    CompiledClickPath = compiled_head_span = None
 
 IMPLEMENTATIONS = {"python": PyClickPath, "compiled": CompiledClickPath}
 NOW = 1_767_225_599.987  # a millisecond before a new year, UTC
@@ -161,6 +162,23 @@ def test_the_switch_selects_the_pure_core_when_asked(monkeypatch):
     assert clickpath.ClickPath is (CompiledClickPath or PyClickPath)
 
 
+@pytest.mark.parametrize(
+    "buffer",
+    [
+        b"",
+        b"\r\n",
+        b"\r\n\r\nGET / HTTP/1.1\r\n\r\nGET",
+        b"GET / HTTP/1.1\r\nA: b\r\n\r",
+        b"\r\r\n\n",
+    ],
+)
+def test_head_span_is_the_same_in_both(buffer):
+    if compiled_head_span is None:
+        pytest.skip("the compiled click core is not built (python setup.py build_ext --inplace)")
+    assert compiled_head_span(bytearray(buffer)) == clickpath.py_head_span(bytearray(buffer))
+    assert compiled_head_span(buffer) == clickpath.py_head_span(buffer)
+
+
 # -- differential: random and hostile requests give the same bytes from both -----------
 
 POOL = bytes(range(256)) * 16
@@ -172,7 +190,9 @@ def run(cls, tmp: Path, raw: bytes, peer: str | None, keep_alive: bool, **ctx_ar
     ctx = make_ctx(tmp, **ctx_args)
     core = cls(ctx)
     ids._last_ms, ids._seq, ids._pool, ids._pool_at = 0, 0, POOL, 0
-    answer = core.handle(bytearray(raw + b"\r\n\r\n"), 0, len(raw), peer, keep_alive)
+    buffer = bytearray(raw + b"\r\n\r\n")
+    assert clickpath.py_head_span(buffer) == (compiled_head_span or clickpath.py_head_span)(buffer)
+    answer = core.handle(buffer, 0, len(raw), peer, keep_alive)
     if isinstance(answer, bytes):  # the Date line is the wall clock's, the rest must match
         answer = re.sub(rb"\r\nDate: [^\r]*", b"", answer)
     batch = ctx.writer._batch

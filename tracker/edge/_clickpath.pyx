@@ -59,6 +59,24 @@ _HEADER_NAMES = [
     b"user-agent", b"referer", b"accept-language", b"cookie", b"x-forwarded-for", b"dnt",
     b"sec-gpc", b"content-length", b"transfer-encoding",
 ]
+# ',"sub1":' ... : the row's and the record's keys of the kept parameters
+_PARAM_KEYS = [b',"' + name + b'":' for name in _PARAM_NAMES]
+
+# The names above as C arrays (the lists keep the bytes alive with the module).
+cdef const char* PARAM_C[13]
+cdef Py_ssize_t PARAM_LEN[13]
+cdef const char* PARAM_KEY_C[13]
+cdef Py_ssize_t PARAM_KEY_LEN[13]
+cdef const char* HEADER_C[NHEADERS]
+cdef Py_ssize_t HEADER_LEN[NHEADERS]
+for _k in range(13):
+    PARAM_C[_k] = PyBytes_AS_STRING(_PARAM_NAMES[_k])
+    PARAM_LEN[_k] = PyBytes_GET_SIZE(_PARAM_NAMES[_k])
+    PARAM_KEY_C[_k] = PyBytes_AS_STRING(_PARAM_KEYS[_k])
+    PARAM_KEY_LEN[_k] = PyBytes_GET_SIZE(_PARAM_KEYS[_k])
+for _k in range(NHEADERS):
+    HEADER_C[_k] = PyBytes_AS_STRING(_HEADER_NAMES[_k])
+    HEADER_LEN[_k] = PyBytes_GET_SIZE(_HEADER_NAMES[_k])
 
 # Macro names of a destination template, as numbers (macros.MACROS).
 DEF M_CLICK = 0
@@ -228,14 +246,15 @@ cdef class _Link:
         self.plain = link.active and link.routing is None and template.isascii()
         if not self.plain:
             return
-        self.fields = orjson.dumps(
+        fields = orjson.dumps(
             {
                 "link_slug": link.slug,
                 "campaign_id": link.campaign_id,
                 "affiliate_id": link.affiliate_id,
                 "advertiser_id": link.advertiser_id,
             }
-        )[1:-1]
+        )
+        self.fields = fields[1 : len(fields) - 1]  # without the braces
         literals, names, has_click_id = compile_template(template)
         self.literals = [literal.encode() for literal in literals]
         self.macros = [_MACRO_NUMBERS[name] for name in names]
@@ -460,7 +479,6 @@ cdef class ClickPath:
             hl[k] = 0
         cdef Py_ssize_t total = 0
         cdef Py_ssize_t name_len, value_start
-        cdef bytes wanted
         i = line_end + 2
         while i < n:
             j = i
@@ -479,9 +497,8 @@ cdef class ClickPath:
             if j - value_start > C_MAX_FIELD or total > C_MAX_HEADERS:
                 return None
             for k in range(NHEADERS):
-                wanted = <bytes>_HEADER_NAMES[k]
-                if hv[k] == NULL and PyBytes_GET_SIZE(wanted) == name_len and _same_name(
-                    h + i, PyBytes_AS_STRING(wanted), name_len
+                if HEADER_LEN[k] == name_len and hv[k] == NULL and _same_name(
+                    h + i, HEADER_C[k], name_len
                 ):
                     hv[k] = h + value_start
                     hl[k] = j - value_start
@@ -640,9 +657,7 @@ cdef class ClickPath:
         b.put(b",", 1)
         b.put_bytes(link.fields)
         for k in range(13):
-            b.put(b',"', 2)
-            b.put_bytes(<bytes>_PARAM_NAMES[k])
-            b.put(b'":', 2)
+            b.put(PARAM_KEY_C[k], PARAM_KEY_LEN[k])
             _put_param(b, pv[k], pl[k], decoded[k])
         b.put(b',"ip":', 6)
         b.put_json(PyBytes_AS_STRING(ip_bytes), PyBytes_GET_SIZE(ip_bytes))
@@ -673,9 +688,7 @@ cdef class ClickPath:
         b.put(b",", 1)
         b.put_bytes(link.fields)
         for k in range(5):
-            b.put(b',"', 2)
-            b.put_bytes(<bytes>_PARAM_NAMES[k])
-            b.put(b'":', 2)
+            b.put(PARAM_KEY_C[k], PARAM_KEY_LEN[k])
             _put_param(b, pv[k], pl[k], decoded[k])
         b.put(b"}", 1)
         record = b.take(record_start)
@@ -713,12 +726,10 @@ cdef inline bint _same_name(const char* have, const char* lower_name, Py_ssize_t
     return True
 
 
-cdef int _param_number(const char* key, Py_ssize_t n):
+cdef int _param_number(const char* key, Py_ssize_t n) noexcept nogil:
     cdef int k
-    cdef bytes name
     for k in range(13):
-        name = <bytes>_PARAM_NAMES[k]
-        if PyBytes_GET_SIZE(name) == n and memcmp(PyBytes_AS_STRING(name), key, n) == 0:
+        if PARAM_LEN[k] == n and memcmp(PARAM_C[k], key, n) == 0:
             return k
     return -1
 
@@ -839,10 +850,31 @@ cdef bytes _event_time(long long ms):
     if second != _time_second:
         from tracker.timefmt import format_ms
 
-        _time_prefix = format_ms(second * 1000)[:-3].encode()
+        text = format_ms(second * 1000)
+        _time_prefix = text[: len(text) - 3].encode()  # without the milliseconds
         _time_second = second
     cdef char tail[3]
     tail[0] = <char>(c'0' + milli // 100)
     tail[1] = <char>(c'0' + milli // 10 % 10)
     tail[2] = <char>(c'0' + milli % 10)
     return <bytes>_time_prefix + PyBytes_FromStringAndSize(tail, 3)
+
+
+def head_span(buffer):
+    """clickpath.head_span on a bytearray or bytes: (start, end) of the first request head."""
+    cdef const char* p
+    cdef Py_ssize_t n, start = 0, i
+    if type(buffer) is bytearray:
+        p = PyByteArray_AS_STRING(buffer)
+        n = PyByteArray_GET_SIZE(buffer)
+    else:
+        p = PyBytes_AS_STRING(buffer)
+        n = PyBytes_GET_SIZE(buffer)
+    while start + 1 < n and p[start] == c'\r' and p[start + 1] == c'\n':
+        start += 2
+    i = start
+    while i + 3 < n:
+        if p[i] == c'\r' and p[i + 1] == c'\n' and p[i + 2] == c'\r' and p[i + 3] == c'\n':
+            return start, i
+        i += 1
+    return start, -1

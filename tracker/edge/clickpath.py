@@ -72,7 +72,7 @@ def encode(reply: Reply, head: bool, keep_alive: bool) -> bytes:
     return data if head else data + reply.body
 
 
-def head_span(buffer: bytes | bytearray) -> tuple[int, int]:
+def py_head_span(buffer: bytes | bytearray) -> tuple[int, int]:
     """(start, end) of the first request head in buffer: llhttp skips empty lines before a
     request line, and the head ends before the blank line (end is -1 if not there yet)."""
     start = 0
@@ -159,10 +159,13 @@ class Core(Protocol):
 
 
 ClickPath: Callable[[ClickContext], Core] = PyClickPath
+head_span = py_head_span
 if extensions_wanted():
     try:
         from tracker.edge._clickpath import ClickPath as _Compiled
+        from tracker.edge._clickpath import head_span as _compiled_head_span
     except ImportError:  # not built (a source checkout without a compiler): pure Python
         pass
     else:
         ClickPath = _Compiled
+        head_span = _compiled_head_span
