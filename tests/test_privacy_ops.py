@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import orjson
 
-from tracker import config, migrations
+from tracker import config, hot, migrations
 from tracker import redis_keys as K
 from tracker.ids import ZERO_UUID, uuid7
-from tracker.privacy_ops import erase, export
+from tracker.privacy_ops import erase, export, hot_path
 
 GONE, KEPT = "0190a0a0-0000-7000-8000-0000000000aa", "0190a0a0-0000-7000-8000-0000000000bb"
 
@@ -55,9 +55,7 @@ def seed(ch, r) -> dict[str, list[str]]:
             "country": "NL",
         }
         ch.insert_jsonl("conversions", orjson.dumps(conversion), f"v-{visitor}")
-        for n, c in enumerate(ids):
-            r.zadd(K.visitor_clicks_key(visitor), {c: n})
-            r.set(K.click_key(c), orjson.dumps({"click_id": c, "visitor_id": visitor}))
+        hot.put(r, [{"click_id": c, "visitor_id": visitor} for c in ids])
         r.hset(
             K.conversion_key("shop", f"t-{visitor}"),
             "record",
@@ -92,9 +90,11 @@ def test_export_then_erase_one_visitor(chdb_database, redis_server):
     assert conversions[0][:5] == (f"t-{GONE}", ZERO_UUID, "::", "", "")  # anonymised...
     assert str(conversions[0][5]) == "10.000"  # ...the money stays
     assert conversions[1][:2] == (f"t-{KEPT}", KEPT)
-    assert not r.exists(K.visitor_clicks_key(GONE), K.fraud_recent_click_key(GONE, "s"))
-    assert not any(r.exists(K.click_key(c)) for c in clicks[GONE])
-    assert all(r.exists(K.click_key(c)) for c in clicks[KEPT])
+    assert not r.exists(K.fraud_recent_click_key(GONE, "s"))
+    assert hot_path(r, GONE, 48) == []
+    assert not any(hot.get(r, c) for c in clicks[GONE])
+    assert all(hot.get(r, c) for c in clicks[KEPT])
+    assert [c for _, ids in hot_path(r, KEPT, 48) for c in ids] == clicks[KEPT]
     record = orjson.loads(r.hget(K.conversion_key("shop", f"t-{GONE}"), "record"))
     assert record == {"visitor_id": ZERO_UUID, "click": {"visitor_id": ZERO_UUID}}
     assert export(ch, r, GONE)["clickhouse"]["clicks"] == []

@@ -401,8 +401,10 @@ def _privacy(settings: Settings, action: str, visitor: str) -> dict:
     try:
         redis = _redis(settings)
         if action == "export":
-            return privacy_ops.export(ch, redis, visitor)
-        return privacy_ops.erase(ch, redis, visitor, settings.clickhouse.cluster)
+            return privacy_ops.export(ch, redis, visitor, settings.tracking.hot_hours)
+        return privacy_ops.erase(
+            ch, redis, visitor, settings.clickhouse.cluster, settings.tracking.hot_hours
+        )
     except privacy_ops.PrivacyError as exc:
         raise CommandError(str(exc)) from None
     finally:

@@ -104,6 +104,11 @@ class ClickHouse:
         result = self._reader.query(formatted)
         return list(result.column_names), result.result_rows
 
+    def lookup(self, sql: str) -> Sequence[Sequence[Any]]:
+        """One of the service's own reads (built from checked values, never an analyst's
+        text), in the read-only session beside the analysts': it waits for no insert."""
+        return self._reader.query(sql).result_rows
+
     def command(self, sql: str) -> Any:
         with self._lock:
             return self._admin.command(sql)

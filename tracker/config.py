@@ -29,6 +29,7 @@ ALIASES = {
     "TRACKER_TRUSTED_PROXIES": "http.trusted_proxies",
     "TRACKER_FALLBACK_URL": "http.fallback_url",
     "TRACKER_LOOKBACK_DAYS": "tracking.lookback_days",
+    "TRACKER_HOT_HOURS": "tracking.hot_hours",
 }
 
 
@@ -58,6 +59,7 @@ class CookieSettings:
 @dataclass
 class TrackingSettings:
     lookback_days: int = 30
+    hot_hours: int = 48  # the part of the lookback Redis holds (tracker/hot.py)
     link_refresh_seconds: float = 2.0
 
 
@@ -427,6 +429,11 @@ def _validate(s: Settings) -> None:
         "None requires cookie.secure = true",
     )
     check(1 <= s.tracking.lookback_days <= 3650, "tracking.lookback_days", "1 to 3650 days")
+    check(
+        0 <= s.tracking.hot_hours <= s.tracking.lookback_days * 24,
+        "tracking.hot_hours",
+        "0 to the lookback (in hours)",
+    )
     check(s.tracking.link_refresh_seconds > 0, "tracking.link_refresh_seconds", "must be > 0")
     check(
         len(s.conversions.default_currency) == 3 and s.conversions.default_currency.isupper(),

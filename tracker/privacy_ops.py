@@ -18,14 +18,16 @@ Both run where ClickHouse is: in the sink (its query endpoint, for the admin API
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
+from tracker import hot
 from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
-from tracker.ids import ZERO_UUID, is_uuid
+from tracker.ids import ZERO_UUID, is_uuid, uuid7_time_ms
 from tracker.types import SyncRedis
 
 ERASED_TABLES = ("clicks", "impressions", "orphan_visits")
@@ -60,7 +62,19 @@ def _rows(ch: ClickHouse, sql: str) -> list[dict]:
     )
 
 
-def export(ch: ClickHouse, redis: Any, visitor_id: Any) -> dict[str, Any]:
+def hot_path(redis: SyncRedis, visitor: str, hot_hours: int) -> list[tuple[str, list[str]]]:
+    """The visitor's path hashes in the hot window (tracker/hot.py) and the click ids in
+    each, oldest hour first."""
+    window = hot.HotWindow(hot_hours)
+    now = int(time.time() * 1000)
+    keys = [hot.path_hash(h, visitor) for h in window.hours_between(0, now, now)]
+    pipe = redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.hget(key, hot.raw_id(visitor))
+    return [(k, hot.split_path(v)) for k, v in zip(keys, pipe.execute(), strict=True) if v]
+
+
+def export(ch: ClickHouse, redis: Any, visitor_id: Any, hot_hours: int = 48) -> dict[str, Any]:
     visitor = checked(visitor_id)
     db = ch.database
     where = f"visitor_id = toUUID('{visitor}')"
@@ -79,14 +93,16 @@ def export(ch: ClickHouse, redis: Any, visitor_id: Any) -> dict[str, Any]:
         if conversion_ids
         else []
     )
-    path = redis.zrange(K.visitor_clicks_key(visitor), 0, -1, withscores=True)
-    data["redis"]["path"] = [[_text(c), int(ms)] for c, ms in path]
-    records = [redis.get(K.click_key(_text(c))) for c, _ in path]
-    data["redis"]["clicks"] = [orjson.loads(r) for r in records if r]
+    path = [c for _, ids in hot_path(redis, visitor, hot_hours) for c in ids]
+    data["redis"]["path"] = [[c, uuid7_time_ms(c)] for c in path]
+    records = [redis.hget(hot.click_hash(c), hot.raw_id(c)) for c in path]
+    data["redis"]["clicks"] = [hot.decode(c, r) for c, r in zip(path, records, strict=True) if r]
     return data
 
 
-def erase(ch: ClickHouse, redis: Any, visitor_id: Any, cluster: str = "") -> dict[str, int]:
+def erase(
+    ch: ClickHouse, redis: Any, visitor_id: Any, cluster: str = "", hot_hours: int = 48
+) -> dict[str, int]:
     """Erase the visitor; what was found, by kind (for the audit entry)."""
     visitor = checked(visitor_id)
     db = ch.database
@@ -115,7 +131,7 @@ def erase(ch: ClickHouse, redis: Any, visitor_id: Any, cluster: str = "") -> dic
         ch.command(
             f"ALTER TABLE {_target(db, 'conversions', cluster)} UPDATE {sets} WHERE {where}{SYNC}"
         )
-    counts["redis_keys"] = _erase_redis(redis, visitor, transactions)
+    counts["redis_keys"] = _erase_redis(redis, visitor, transactions, hot_hours)
     return counts
 
 
@@ -126,16 +142,23 @@ def _target(db: str, table: str, cluster: str) -> str:
     return f"{db}.{table}_local ON CLUSTER {cluster}" if cluster else f"{db}.{table}"
 
 
-def _erase_redis(redis: SyncRedis, visitor: str, transactions: Sequence[Sequence[Any]]) -> int:
-    path_key = K.visitor_clicks_key(visitor)
-    members: list[bytes] = redis.zrange(path_key, 0, -1)  # type: ignore[assignment]
-    keys = [K.click_key(_text(c)) for c in members] + [path_key]
+def _erase_redis(
+    redis: SyncRedis, visitor: str, transactions: Sequence[Sequence[Any]], hot_hours: int
+) -> int:
+    deleted = 0
+    for path_key, ids in hot_path(redis, visitor, hot_hours):
+        for click_id in ids:  # its record and exclusion mark (fields of per-hour hashes)
+            field = hot.raw_id(click_id)
+            deleted += redis.hdel(hot.click_hash(click_id), field)
+            redis.srem(hot.excluded_set(click_id), field)
+        deleted += redis.hdel(path_key, hot.raw_id(visitor))
+    keys: list[str] = []
     for pattern in (
         f"{K.PREFIX}:fraud:recent:{{{visitor}}}:*",
         f"{K.PREFIX}:pxrate:v:{{{visitor}}}:*",
     ):
         keys += [_text(k) for k in redis.scan_iter(match=pattern, count=1000)]
-    deleted = sum(redis.delete(key) for key in keys)
+    deleted += sum(redis.delete(key) for key in keys)
     for advertiser, txid in transactions:
         key = K.conversion_key(advertiser, txid)
         raw = redis.hget(key, "record")

@@ -46,14 +46,25 @@ TABLES = (
 BATCH_ID_FIELD = "b"
 
 
-def click_key(click_id: str) -> str:
-    """The click record, kept for the lookback window so a conversion can find it."""
-    return f"{PREFIX}:click:{{{click_id}}}"
+# The hot window of click records, visitor paths and exclusion marks (tracker/hot.py):
+# per-hour hashes addressed by the click's own time, each shard its own Cluster slot.
+HOT_SHARDS = 64
+HOT_SINCE = f"{PREFIX}:hot:{{hot}}:since"  # ms from which this Redis holds every click
 
 
-def visitor_clicks_key(visitor_id: str) -> str:
-    """The visitor's touchpoints: sorted set of click ids scored by event time (ms)."""
-    return f"{PREFIX}:visitor:{{{visitor_id}}}:clicks"
+def hot_clicks_key(hour: int, shard: int) -> str:
+    """Hash: click id (16 bytes) -> compact click record, for the clicks of one hour."""
+    return f"{PREFIX}:clicks:{{h{hour}:{shard}}}"
+
+
+def hot_excluded_key(hour: int, shard: int) -> str:
+    """Set: the bot- or fraud-flagged click ids of that hash (same slot)."""
+    return f"{PREFIX}:clicks:{{h{hour}:{shard}}}:x"
+
+
+def hot_paths_key(hour: int, shard: int) -> str:
+    """Hash: visitor id (16 bytes) -> that visitor's click ids in that hour (16 bytes each)."""
+    return f"{PREFIX}:paths:{{p{hour}:{shard}}}"
 
 
 def batch_marker_key(batch_id: str, shard: int = 0) -> str:
@@ -65,11 +76,6 @@ def conversion_key(advertiser_id: str, txid: str) -> str:
     """A conversion's dedup and status record. It shares the events stream's hash tag:
     the status change and its stream entry are written by one script, in one slot."""
     return f"{PREFIX}:conv:{{s0}}:{advertiser_id}:{txid}"
-
-
-def excluded_click_key(click_id: str) -> str:
-    """Set by the sink for a bot- or fraud-flagged click: attribution leaves it out."""
-    return f"{PREFIX}:click:{{{click_id}}}:excluded"
 
 
 # Fraud rule counters (short-lived). The per-IP counters of a window live in a few hashes

@@ -139,3 +139,4 @@ class ConversionRow(SubParams):
     ip: str
     user_agent: str
     advertiser_payout: NotRequired[str]  # only when the advertiser names the payout
+    deferred: NotRequired[int]  # 1: the sink finds the click in ClickHouse (not stored)

@@ -13,14 +13,15 @@ import orjson
 import pytest
 from aiohttp import web
 
+from tracker import hot, signing
 from tracker import redis_keys as K
-from tracker import signing
 from tracker.config import DeliverySettings
 from tracker.delivery import queue
 from tracker.delivery import targets as T
 from tracker.delivery.enqueue import Enqueuer
 from tracker.delivery.jobs import jobs_for
 from tracker.delivery.worker import Worker
+from tracker.ids import uuid7
 from tracker.redis_connection import async_client
 from tracker.testing import free_port
 
@@ -377,10 +378,8 @@ async def test_a_worker_that_died_mid_delivery_leaves_it_to_the_next(redis_serve
 
 
 def test_enqueuer_reads_targets_subs_and_payouts(redis_server, sync_redis):
-    click_id = "0190a0b0-0000-7000-8000-0000000000c1"
-    sync_redis.set(
-        K.click_key(click_id), orjson.dumps({"click_id": click_id, "sub1": "aff-click-9"})
-    )
+    click_id = uuid7()
+    hot.put(sync_redis, [{"click_id": click_id, "sub1": "aff-click-9"}])
     enqueue = Enqueuer(sync_redis, refresh=0)
     rows = [orjson.dumps(row(click_id=click_id))]
     assert enqueue(rows, []) == 0  # no targets: nothing, and no Redis reads of clicks

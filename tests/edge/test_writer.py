@@ -12,6 +12,7 @@ import tracemalloc
 import orjson
 import redis.asyncio as aioredis
 
+from tracker import hot
 from tracker import redis_keys as K
 from tracker.edge import writer as writer_module
 from tracker.edge.spool import Spool
@@ -104,10 +105,14 @@ def test_buffered_events_take_about_their_own_size(redis_server, tmp_path):
     buffer (8 KB per row, which let an edge grow by hundreds of MB while Redis was slow)."""
     writer = make_writer(redis_server, tmp_path)
     clicks = [click(n) for n in range(2000)]
-    json_bytes = sum(len(orjson.dumps(row)) + len(orjson.dumps(rec)) for row, rec, _ in clicks)
-    # Only what the writer's own code allocated and still holds counts: not whatever other
-    # threads of the test process (or the interpreter) allocate meanwhile.
-    only_writer = [tracemalloc.Filter(True, writer_module.__file__)]
+    json_bytes = sum(len(orjson.dumps(row)) + len(hot.encode(rec)) for row, rec, _ in clicks)
+    # Only what the writer's own code allocated and still holds counts (the compact record
+    # is made in tracker/hot.py): not whatever other threads of the test process (or the
+    # interpreter) allocate meanwhile.
+    only_writer = [
+        tracemalloc.Filter(True, writer_module.__file__),
+        tracemalloc.Filter(True, hot.__file__),
+    ]
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot().filter_traces(only_writer)

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from tests.geo.test_reader import write_mmdb
-from tracker import redis_keys as K
+from tracker import hot
 from tracker.ids import uuid7
 from tracker.reasons import FraudFlag
 from tracker.sink.enrich import fraud
@@ -337,9 +337,14 @@ async def test_bot_and_fraud_clicks_are_not_credited(service: Service):
         bot = await go("botty", GOOGLEBOT)  # a bot on the visitor's path
         duplicate = await go("human", BROWSER_UA)  # a duplicate click: fraud-flagged
         # the sink has enriched the clicks and marked the two it leaves out
-        marked = [K.excluded_click_key(bot), K.excluded_click_key(duplicate)]
         redis = service.redis.client()
-        wait_until(lambda: redis.exists(*marked) == 2, 30, "the left-out clicks marked")
+
+        def marked() -> bool:
+            return all(
+                redis.sismember(hot.excluded_set(c), hot.raw_id(c)) for c in (bot, duplicate)
+            )
+
+        wait_until(marked, 30, "the left-out clicks marked")
         async with session.get(
             f"{service.base_url}/p.gif?event=sale&txid=t1&amount=10&advertiser=shop",
             headers={**jar, "User-Agent": BROWSER_UA},

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from tests.system.test_postbacks import ADV_TOKEN, browser, click, postback
-from tracker import redis_keys as K
+from tracker import hot
 from tracker.edge.clicks import PIXEL
 from tracker.edge.tag import tag
 from tracker.testing import wait_until
@@ -211,7 +211,7 @@ async def test_without_a_stored_click_id_the_trackers_cookie_names_the_visitor(s
     async with browser() as session:  # keeps the tracker's visitor cookie
         click_id = await click(session, svc.base_url, "bc-a")
         redis = svc.redis.client()
-        wait_until(lambda: redis.exists(K.click_key(click_id)), 10, "the click in Redis")
+        wait_until(lambda: hot.get(redis, click_id), 10, "the click in Redis")
         status, _, body = await send(session, svc.base_url, {"Origin": SHOP}, txid="b-cookie")
     answer = orjson.loads(body)
     assert (status, answer["status"], answer["attributed"]) == (200, "accepted", True)

@@ -11,9 +11,9 @@ import urllib.request
 import aiohttp
 import orjson
 
-from tracker import migrations
-from tracker import redis_keys as K
-from tracker.ids import is_uuid, uuid7_time_ms
+from tracker import hot, migrations
+from tracker.ids import is_uuid, uuid7, uuid7_time_ms
+from tracker.privacy_ops import hot_path
 from tracker.testing import ROOT, get_status_location, hit_many, wait_until
 from tracker.timefmt import parse_ms
 
@@ -81,17 +81,21 @@ async def test_one_click_lands_with_all_fields(tracking):
     # event time: UTC with milliseconds, and it is the time inside the click id
     assert parse_ms(row["event_time"]) == uuid7_time_ms(click_id)
 
-    # The click record for conversions is in Redis with TTL = lookback, and the touchpoint.
+    # The click record for conversions is in Redis's hot window (its hour's hash expires
+    # with the hour, 48 hours on), and the visitor's path holds it.
     r = tracking.redis.client()
-    record = orjson.loads(r.get(K.click_key(click_id)))
+    record = hot.get(r, click_id)
+    assert record is not None
     assert record["campaign_id"] == "camp-1" and record["visitor_id"] == cookie.value
-    assert 29 * 86400 < r.ttl(K.click_key(click_id)) <= 30 * 86400
-    assert r.zscore(K.visitor_clicks_key(cookie.value), click_id) == uuid7_time_ms(click_id)
+    assert record["sub1"] == "a b" and record["ts"] == uuid7_time_ms(click_id)
+    expiry = hot.expire_at(hot.hour_of(click_id), 48)
+    assert 0 < r.ttl(hot.click_hash(click_id)) <= expiry - uuid7_time_ms(click_id) // 1000
+    assert click_id in [c for _, ids in hot_path(r, cookie.value, 48) for c in ids]
 
 
 async def test_returning_visitor_keeps_id(tracking):
     tracking.add_link("again", campaign_id="c")
-    visitor = "01900000-0000-7000-8000-000000000001"
+    visitor = uuid7()
     async with aiohttp.ClientSession(cookies={"vid": visitor}) as session:
         for _ in range(3):
             async with session.get(f"{tracking.base_url}/c/again", allow_redirects=False) as r:
@@ -102,7 +106,7 @@ async def test_returning_visitor_keeps_id(tracking):
         "SELECT DISTINCT visitor_id, new_visitor FROM tracker.clicks WHERE link_slug = 'again'"
     )
     assert rows == [{"visitor_id": visitor, "new_visitor": 0}]
-    members = tracking.redis.client().zrange(K.visitor_clicks_key(visitor), 0, -1)
+    members = [c for _, ids in hot_path(tracking.redis.client(), visitor, 48) for c in ids]
     assert len(members) == 3
 
 

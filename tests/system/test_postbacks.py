@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tracker import redis_keys as K
+from tracker import hot
 from tracker.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tracker.testing import BROWSER_UA, Service, wait_until
 
@@ -253,9 +253,7 @@ async def test_conversion_pixel_uses_the_visitor_cookie(svc):
         last = await click(session, svc.base_url, "conv-c")
         # a visitor takes longer to buy than the edge to flush the click to Redis (5 ms)
         redis = svc.redis.client()
-        await asyncio.to_thread(
-            wait_until, lambda: redis.exists(K.click_key(last)), 10, "the click in Redis"
-        )
+        await asyncio.to_thread(wait_until, lambda: hot.get(redis, last), 10, "the click in Redis")
         query = urlencode(
             {
                 "event": "sale",

@@ -14,16 +14,18 @@ from typing import Any
 
 import orjson
 
-from tracker import redis_keys as K
 from tracker.delivery import queue
 from tracker.delivery.jobs import jobs_for, payouts_of, triggers_of
 from tracker.delivery.targets import TargetCache, matching
 from tracker.ids import ZERO_UUID
+from tracker.sink.history import ClickHistory
 
 
 class Enqueuer:
-    def __init__(self, redis: Any, refresh: float = 1.0) -> None:
+    def __init__(self, redis: Any, history: ClickHistory | None = None, refresh: float = 1.0):
         self.redis = redis
+        # the clicks' own sub ids (an affiliate's click id): the hot window, then ClickHouse
+        self.history = history or ClickHistory(redis, None, 0)
         self.cache = TargetCache(redis, refresh)
         self.enqueued = 0
 
@@ -44,14 +46,9 @@ class Enqueuer:
         click_ids = sorted(
             {r["click_id"] for r in heard if r.get("click_id", ZERO_UUID) != ZERO_UUID}
         )
-        clicks: dict[str, dict] = {}
-        if click_ids:
-            pipe = self.redis.pipeline(transaction=False)
-            for click_id in click_ids:
-                pipe.get(K.click_key(click_id))
-            for click_id, raw in zip(click_ids, pipe.execute(), strict=True):
-                if raw:
-                    clicks[click_id] = orjson.loads(raw)
+        clicks: dict[str, dict] = {
+            click_id: dict(found.record) for click_id, found in self.history.find(click_ids).items()
+        }
         payouts = payouts_of(orjson.loads(line) for line in commission_lines)
         jobs = jobs_for(heard, targets, clicks=clicks, payouts=payouts, ms=int(time.time() * 1000))
         added = queue.enqueue(self.redis, jobs)

@@ -175,6 +175,7 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
         timeout_seconds=s.redis.timeout_seconds,
         dedup_ttl_seconds=s.redis.dedup_ttl_seconds,
         stream_shards=s.redis.stream_shards,
+        hot_hours=s.tracking.hot_hours,
         cluster=is_cluster(s.redis.url),
     )
     app[WRITER] = writer

@@ -198,3 +198,13 @@ def conversion_row(
     if payout is not None:
         row["advertiser_payout"] = str(payout)
     return row
+
+
+def defer(row: ConversionRow, click_id: str) -> None:
+    """Mark a conversion whose click only ClickHouse knows: the sink finds the click (the
+    named one, or the visitor's last) and fills in the click's columns before storing it
+    (tracker/sink/deferred.py)."""
+    row["click_id"] = click_id or ZERO_UUID
+    row["attributed"] = 0
+    row["unattributed_reason"] = ""
+    row["deferred"] = 1

@@ -15,13 +15,13 @@ import asyncio
 import hmac
 import json
 import logging
-from typing import cast
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
 
-from tracker import origins, refusals, signing
+from tracker import hot, origins, refusals, signing
 from tracker import redis_keys as K
 from tracker.advertisers import Advertiser
 from tracker.clock import Clock, clock_ms
@@ -166,6 +166,14 @@ def authenticate(
         raise Rejected(401, R.BAD_TOKEN)
 
 
+class Found(NamedTuple):
+    """What the edge knows at once of a new conversion's click."""
+
+    click: dict[str, Any] | None  # a click record (tracker/hot.py `decode`)
+    why: UnattributedReason | None
+    deferred: bool = False  # only ClickHouse can tell: the sink attributes it
+
+
 async def find_click(
     redis: AsyncRedis,
     conv: conversion_input.ConversionInput,
@@ -173,40 +181,63 @@ async def find_click(
     lookback_ms: int,
     now: int,
     source: str = "postback",
-) -> tuple[dict | None, UnattributedReason | None]:
-    """The click a new conversion is attributed to, or None and the reason. A report from
-    a browser (unauthenticated) waits less for a recent click; a pixel may name a click
-    only of its own visitor (or any, when the browser sent no visitor cookie; the tag's
-    click id comes from the merchant's own cookie, and a partitioned tracker cookie would
-    not match)."""
+    window: hot.HotWindow | None = None,
+) -> Found:
+    """The click a new conversion is attributed to, or None and the reason, from the hot
+    window in Redis. A click Redis cannot vouch for (older than the window, or from
+    before this Redis started holding clicks: tracker/hot.py) is left to the sink, which
+    reads it from ClickHouse: `deferred`.
+
+    A report from a browser (unauthenticated) waits less for a recent click; a pixel may
+    name a click only of its own visitor (or any, when the browser sent no visitor
+    cookie; the tag's click id comes from the merchant's own cookie, and a partitioned
+    tracker cookie would not match)."""
+    window = window or hot.HotWindow(lookback_ms // hot.HOUR_MS)
     pixel = source == "pixel"
     if conv.click_id:
-        raw = await redis.get(K.click_key(conv.click_id))
+        click_id = conv.click_id
+        at = uuid7_time_ms(click_id)
+        if now - at > lookback_ms:
+            return Found(None, UnattributedReason.UNKNOWN_OR_EXPIRED_CLICK)
+        key, field = hot.click_hash(click_id), hot.raw_id(click_id)
+        pipe = redis.pipeline(transaction=False)
+        pipe.get(K.HOT_SINCE)
+        pipe.hget(key, field)
+        since, raw = await pipe.execute()
         pauses = RECENT_CLICK_PAUSES if source == "postback" else BROWSER_CLICK_PAUSES
         for pause in pauses:
-            if raw is not None or now - uuid7_time_ms(conv.click_id) > RECENT_CLICK_MS:
+            if raw is not None or now - at > RECENT_CLICK_MS:
                 break
             await asyncio.sleep(pause)
-            raw = await redis.get(K.click_key(conv.click_id))
+            raw = await redis.hget(key, field)
         if raw is None:
-            return None, UnattributedReason.UNKNOWN_OR_EXPIRED_CLICK
-        click = orjson.loads(raw)
+            if at < window.start(now, since):
+                return Found(None, None, deferred=True)
+            return Found(None, UnattributedReason.UNKNOWN_OR_EXPIRED_CLICK)
+        click = hot.decode(click_id, raw)
         if click.get("advertiser_id") and click["advertiser_id"] != conv.advertiser:
-            return None, UnattributedReason.CLICK_OF_OTHER_ADVERTISER
+            return Found(None, UnattributedReason.CLICK_OF_OTHER_ADVERTISER)
         if pixel and visitor_id and click.get("visitor_id") != visitor_id:
-            return None, UnattributedReason.CLICK_OF_OTHER_VISITOR
-        return click, None
+            return Found(None, UnattributedReason.CLICK_OF_OTHER_VISITOR)
+        return Found(click, None)
     if not visitor_id:
-        return None, UnattributedReason.NO_VISITOR
-    last = await redis.zrevrangebyscore(
-        K.visitor_clicks_key(visitor_id), now, now - lookback_ms, start=0, num=1
-    )
-    if not last:
-        return None, UnattributedReason.NO_CLICK_IN_LOOKBACK
-    raw = await redis.get(K.click_key(as_text(cast(bytes, last[0]))))
-    if raw is None:
-        return None, UnattributedReason.NO_CLICK_IN_LOOKBACK
-    return orjson.loads(raw), None
+        return Found(None, UnattributedReason.NO_VISITOR)
+    hours = window.hours_between(now - lookback_ms, now, now)
+    pipe = redis.pipeline(transaction=False)
+    pipe.get(K.HOT_SINCE)
+    visitor = hot.raw_id(visitor_id)
+    for hour in hours:
+        pipe.hget(hot.path_hash(hour, visitor_id), visitor)
+    since, *values = await pipe.execute()
+    ids = [c for c in hot.paths_from(values) if now - lookback_ms <= uuid7_time_ms(c) <= now]
+    if ids:
+        last = max(ids, key=lambda c: (uuid7_time_ms(c), c))
+        raw = await redis.hget(hot.click_hash(last), hot.raw_id(last))
+        if raw is not None:
+            return Found(hot.decode(last, raw), None)
+    if window.start(now, since) > now - lookback_ms:
+        return Found(None, None, deferred=True)
+    return Found(None, UnattributedReason.NO_CLICK_IN_LOOKBACK)
 
 
 async def record(
@@ -243,8 +274,14 @@ async def record(
             )
         ms = clock_ms(ctx.clock)
         if kind == "new":
-            click, why = await find_click(
-                ctx.redis, conv, visitor_id, s.lookback_seconds * 1000, ms, source
+            click, why, deferred = await find_click(
+                ctx.redis,
+                conv,
+                visitor_id,
+                s.lookback_seconds * 1000,
+                ms,
+                source,
+                hot.HotWindow(s.tracking.hot_hours),
             )
             amount = conv.amount if conv.amount is not None else 0
             stored = {
@@ -252,6 +289,7 @@ async def record(
                 "click": click,
                 "unattributed_reason": why or "",
                 "visitor_id": (click or {}).get("visitor_id") or visitor_id,
+                **({"deferred": True, "deferred_click": conv.click_id} if deferred else {}),
                 "amount": str(amount),
                 "currency": conv.currency,
                 **({"payout": str(conv.payout)} if conv.payout is not None else {}),
@@ -282,6 +320,8 @@ async def record(
                 K.conversion_cap_daily_key(campaign_id, utc_day(ms)),
                 K.conversion_cap_total_key(campaign_id),
             ]
+        if stored.get("deferred"):  # the sink finds the click in ClickHouse
+            conversion_input.defer(row, stored["deferred_click"])
         result = await ctx.script(
             keys=keys,
             args=[
@@ -298,11 +338,21 @@ async def record(
         )
         if result[0] == b"ok":
             ctx.outcomes[PostbackOutcome.ACCEPTED] += 1
+            if stored.get("deferred"):
+                return reply(
+                    PostbackOutcome.ACCEPTED,
+                    None,
+                    stored["conversion_id"],
+                    attributed=None,
+                    attribution="deferred",
+                    transaction_status=conv.status,
+                )
             return reply(
                 PostbackOutcome.ACCEPTED,
                 stored["unattributed_reason"] or None,
                 stored["conversion_id"],
                 attributed=not stored["unattributed_reason"],
+                attribution="online",
                 transaction_status=conv.status,
             )
     raise Rejected(409, R.CONCURRENT_UPDATE)

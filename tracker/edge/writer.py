@@ -7,8 +7,8 @@ order, so each script call (and the memory to encode it) stays the same size how
 Redis gets. (Unbounded batches fed back on themselves: a slow call made a bigger batch,
 which made a slower call, and the edge's memory grew by hundreds of MB.) One batch is
 one script call: the stream entry (appended once per batch id, so a batch replayed after
-an unclear failure is not appended twice), the click records with TTL = lookback, and the
-visitors' touchpoints.
+an unclear failure is not appended twice), the click records and the visitors' paths in
+the hot window's per-hour hashes (tracker/hot.py).
 
 When Redis fails or is slower than `redis.timeout_seconds`, the batch goes to the spool;
 later batches follow it there (order is kept) until a recovery task has replayed the
@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 import orjson
 from redis.exceptions import NoScriptError
 
-from tracker import metrics
+from tracker import hot, metrics
 from tracker import redis_keys as K
 from tracker.edge.spool import Spool
-from tracker.ids import ZERO_UUID, uuid7
+from tracker.ids import uuid7
 from tracker.metrics import REDIS_FLUSH
 from tracker.reasons import EventDrop
 from tracker.types import AsyncRedis, ClickRecord, ClickRow
@@ -51,14 +51,15 @@ from tracker.types import AsyncRedis, ClickRecord, ClickRow
 log = logging.getLogger(__name__)
 
 # One script call records a whole batch, so the edge encodes one command and parses one
-# reply per batch instead of four per click (this was most of an edge's time).
-# KEYS: stream, batch marker, then per click: click record key, visitor path key (the
-#       click key again for a click without a visitor).
-# ARGV: marker ttl (0: keep the marker until told otherwise), lookback seconds, number of
-#       entry arguments, the entry's field/value pairs, then per click: record JSON, click
-#       id, time (ms), oldest time kept (ms).
+# reply per batch instead of several per click (this was most of an edge's time).
+# KEYS: stream, batch marker, the hot window's `since` mark, then the hot window's hashes
+#       (tracker/hot.py: click hashes, then path hashes).
+# ARGV: marker ttl (0: keep the marker until told otherwise), number of entry arguments,
+#       the entry's field/value pairs, the batch's oldest click time (ms), then the hot
+#       part (`hot.WRITE_HOT`).
 # The stream entry is appended once per batch id (a replayed batch is not appended
-# twice); the click records and paths are plain overwrites, safe to repeat.
+# twice); click records are plain overwrites and path appends skip a click id already
+# there, so the rest is safe to repeat. Each hash gets one EXPIREAT per batch.
 MARK_ONCE = """
 local fresh = redis.call('SET', KEYS[2], '1', 'NX')
 if ARGV[1] == '0' then
@@ -68,22 +69,17 @@ elseif fresh then
 end
 """
 RECORD_BATCH = (
-    MARK_ONCE
+    hot.WRITE_HOT
+    + MARK_ONCE
     + """
-local lookback = ARGV[2]
-local nf = tonumber(ARGV[3])
+local nf = tonumber(ARGV[2])
 if fresh then
-  redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4, 3 + nf))
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3, 2 + nf))
 end
-local a = 4 + nf
-for k = 3, #KEYS, 2 do
-  redis.call('SET', KEYS[k], ARGV[a], 'EX', lookback)
-  if KEYS[k + 1] ~= KEYS[k] then
-    redis.call('ZADD', KEYS[k + 1], ARGV[a + 2], ARGV[a + 1])
-    redis.call('ZREMRANGEBYSCORE', KEYS[k + 1], '-inf', '(' .. ARGV[a + 3])
-    redis.call('EXPIRE', KEYS[k + 1], lookback)
-  end
-  a = a + 4
+local a = 3 + nf
+if #KEYS > 3 then
+  redis.call('SET', KEYS[3], ARGV[a], 'NX')
+  write_hot(4, a + 1)
 end
 return 1
 """
@@ -114,7 +110,7 @@ class Batch:
     id: str
     shard: int = 0  # the events stream shard it goes to (kept when spooled)
     rows: dict[str, list[bytes]] = field(default_factory=dict)  # table -> JSON rows
-    # (click_id, visitor_id, event ms, click record JSON) for the Redis-side records
+    # (click_id, visitor_id, event ms, compact click record: tracker/hot.py)
     clicks: list[tuple[str, str, int, bytes]] = field(default_factory=list)
 
     def count(self) -> int:
@@ -134,7 +130,8 @@ class Batch:
                 "b": self.id,
                 "s": self.shard,
                 "t": {table: [r.decode() for r in rows] for table, rows in self.rows.items()},
-                "c": [[c, v, ms, rec.decode()] for c, v, ms, rec in self.clicks],
+                # records are bytes: latin-1 carries them through JSON unchanged
+                "r": [[c, v, ms, rec.decode("latin-1")] for c, v, ms, rec in self.clicks],
             }
         )
 
@@ -145,7 +142,9 @@ class Batch:
             id=data["b"],
             shard=data.get("s", 0),
             rows={table: [r.encode() for r in rows] for table, rows in data["t"].items()},
-            clicks=[(c, v, ms, rec.encode()) for c, v, ms, rec in data["c"]],
+            clicks=[(c, v, ms, rec.encode("latin-1")) for c, v, ms, rec in data["r"]]
+            if "r" in data  # spooled before the hot window: JSON records
+            else [(c, v, ms, hot.encode(orjson.loads(rec))) for c, v, ms, rec in data["c"]],
         )
 
 
@@ -162,12 +161,14 @@ class EventWriter:
         dedup_ttl_seconds: int,
         stream_shards: int = 1,
         cluster: bool = False,
+        hot_hours: int = 48,
     ) -> None:
         self._redis = redis
         self.spool = spool
         self._max_events = batch_max_events
         self._max_delay = batch_max_delay_ms / 1000
-        self._lookback = lookback_seconds
+        self._lookback = lookback_seconds  # (the hot window decides what Redis keeps)
+        self._hot_hours = hot_hours
         self._timeout = timeout_seconds
         self._dedup_ttl = dedup_ttl_seconds
         self._script_sha: str | None = None
@@ -224,16 +225,20 @@ class EventWriter:
         self._added()
 
     def add_click(self, row: ClickRow, record: ClickRecord, ms: int) -> None:
-        self.add_click_json(
-            row["click_id"], row["visitor_id"], ms, compact_json(row), compact_json(record)
+        self._add_click(
+            row["click_id"], row["visitor_id"], ms, compact_json(row), hot.encode(record)
         )
 
     def add_click_json(
         self, click_id: str, visitor_id: str, ms: int, row: bytes, record: bytes
     ) -> None:
-        """A click whose row and record are already JSON (the compiled click core)."""
+        """A click whose row and record are already JSON (the compiled click core); the
+        record is kept in the hot window's compact form (tracker/hot.py)."""
+        self._add_click(click_id, visitor_id, ms, row, hot.encode(orjson.loads(record)))
+
+    def _add_click(self, click_id: str, visitor_id: str, ms: int, row: bytes, value: bytes) -> None:
         self._batch.rows.setdefault("clicks", []).append(row)
-        self._batch.clicks.append((click_id, visitor_id, ms, record))
+        self._batch.clicks.append((click_id, visitor_id, ms, value))
         self.recorded_by_table["clicks"] += 1
         self._added()
 
@@ -370,18 +375,21 @@ class EventWriter:
         if self._script_sha is None:
             self._script_sha = await self._redis.script_load(RECORD_BATCH)
         entry = batch.entry()
-        keys: list[str] = [K.events_stream(batch.shard), K.batch_marker_key(batch.id, batch.shard)]
-        args: list = [marker_ttl, self._lookback, len(entry), *entry]
-        oldest = self._lookback * 1000
-        for click_id, visitor_id, ms, record in batch.clicks:
-            click_key = K.click_key(click_id)
-            # a no-track click has no visitor path
-            keys += [
-                click_key,
-                click_key if visitor_id == ZERO_UUID else K.visitor_clicks_key(visitor_id),
-            ]
-            args += [record, click_id, ms, ms - oldest]
+        keys: list[str] = [
+            K.events_stream(batch.shard),
+            K.batch_marker_key(batch.id, batch.shard),
+            K.HOT_SINCE,
+        ]
+        args: list = [marker_ttl, len(entry), *entry]
+        if batch.clicks:
+            writes = self._hot_writes(batch)
+            hot_keys, hot_args = writes.script_args()
+            keys += hot_keys
+            args += [writes.oldest_ms, *hot_args]
         await self._redis.evalsha(self._script_sha, len(keys), *keys, *args)
+
+    def _hot_writes(self, batch: Batch) -> hot.HotWrites:
+        return hot.HotWrites.of(self._hot_hours, ((c, v, rec) for c, v, _, rec in batch.clicks))
 
     async def _send_cluster(self, batch: Batch, marker_ttl: int) -> None:
         """On a Redis Cluster the click keys live in many slots, so one script cannot
@@ -399,16 +407,14 @@ class EventWriter:
         )
         if not batch.clicks:
             return
+        writes = self._hot_writes(batch)
         pipe = self._redis.pipeline()
-        lookback = self._lookback
-        for click_id, visitor_id, ms, record in batch.clicks:
-            pipe.set(K.click_key(click_id), record, ex=lookback)
-            if visitor_id == ZERO_UUID:
-                continue
-            visitor_key = K.visitor_clicks_key(visitor_id)
-            pipe.zadd(visitor_key, {click_id: ms})
-            pipe.zremrangebyscore(visitor_key, "-inf", f"({ms - lookback * 1000}")
-            pipe.expire(visitor_key, lookback)
+        pipe.set(K.HOT_SINCE, writes.oldest_ms, nx=True)
+        for key, fields in writes.clicks.items():
+            pipe.hset(key, mapping=dict(zip(fields[::2], fields[1::2], strict=True)))
+            pipe.expireat(key, writes.expiry[key])
+        for key, pairs in writes.paths.items():
+            pipe.eval(hot.APPEND_PATHS_ONE, 1, key, writes.expiry[key], len(pairs) // 2, *pairs)
         await pipe.execute()
 
     # -- recovery ---------------------------------------------------------------------

@@ -37,8 +37,10 @@ from tracker.ledger.commissions import Engine
 from tracker.reasons import EnrichmentDrop
 from tracker.redis_connection import UNREACHABLE
 from tracker.redis_connection import as_text as _text
+from tracker.sink import deferred
 from tracker.sink.attributor import Attributor
 from tracker.sink.enrich.pipeline import Pipeline
+from tracker.sink.history import ClickHistory
 from tracker.stream_lag import stream_lag
 from tracker.types import StreamEntry, SyncRedis
 
@@ -70,6 +72,8 @@ class Sink:
         auto_approve: Callable[[], int] | None = None,
         auto_approve_seconds: float = 60.0,
         deliveries: Callable[[list[bytes], list[bytes]], int] | None = None,
+        history: ClickHistory | None = None,
+        lookback_ms: int = 30 * 86_400_000,
     ) -> None:
         self.redis = redis
         self.ch = ch
@@ -85,6 +89,8 @@ class Sink:
         self.auto_approve_seconds = auto_approve_seconds
         self._last_auto_approve = 0.0
         self.deliveries = deliveries  # postbacks out / webhooks onto their queue
+        self.history = history  # finds the clicks of deferred conversions
+        self.lookback_ms = lookback_ms
         self.streams = streams or [K.EVENTS_STREAM]  # every shard of the events stream
         self._turn = 0
         self._last_reclaim = 0.0
@@ -296,6 +302,10 @@ class Sink:
                 elif table != K.BATCH_ID_FIELD:
                     metrics.SINK_DROPPED.labels(EnrichmentDrop.UNKNOWN_TABLE).inc()
                     log.error("entry field %r is not a known table; skipped", table)
+        if self.history and payloads.get("conversions"):
+            payloads["conversions"] = deferred.resolve_payload(
+                self.history, payloads["conversions"], self.lookback_ms
+            )
         if self.pipeline:
             self.enrich(payloads)
         if self.attributor and payloads.get("conversions"):

@@ -26,6 +26,7 @@ from tracker.sink import query_server
 from tracker.sink.attributor import Attributor
 from tracker.sink.consumer import Sink
 from tracker.sink.enrich import steps as enrichment
+from tracker.sink.history import ClickHistory
 from tracker.timefmt import now_ms
 
 log = logging.getLogger(__name__)
@@ -58,19 +59,27 @@ def run(settings: Settings) -> None:
         settings.sink.query_port,
         migrate=lambda: migrations.apply(ch, settings),
         actions={
-            "/privacy/export": lambda body: privacy_ops.export(ch, redis, body.get("visitor_id")),
+            "/privacy/export": lambda body: privacy_ops.export(
+                ch, redis, body.get("visitor_id"), settings.tracking.hot_hours
+            ),
             "/privacy/erase": lambda body: privacy_ops.erase(
-                ch, redis, body.get("visitor_id"), settings.clickhouse.cluster
+                ch,
+                redis,
+                body.get("visitor_id"),
+                settings.clickhouse.cluster,
+                settings.tracking.hot_hours,
             ),
         },
     )
     query_server.start(server)
+    history = ClickHistory(redis, ch, settings.tracking.hot_hours)
     attributor = Attributor(
         redis,
         settings.attribution.models,
         lookback_ms=settings.lookback_seconds * 1000,
         half_life_ms=int(settings.attribution.half_life_days * 86400 * 1000),
         credit_flagged=settings.fraud.credit_flagged_conversions,
+        history=history,
     )
     store = open_store(settings)
     commissions = Engine(
@@ -95,7 +104,9 @@ def run(settings: Settings) -> None:
         commissions=commissions,
         auto_approve=lambda: auto_approve.tick(store, redis, settings, now_ms()),
         auto_approve_seconds=settings.commissions.auto_approve_interval_seconds,
-        deliveries=Enqueuer(redis),
+        deliveries=Enqueuer(redis, history),
+        history=history,
+        lookback_ms=settings.lookback_seconds * 1000,
     )
     log.info(
         "sink %s running; SQL endpoint on %s:%d",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tracker import redis_keys as K
+from tracker import hot
 from tracker.config import Settings
 from tracker.redis_connection import is_cluster
 from tracker.sink.enrich.bots import bot_reason
@@ -73,17 +73,27 @@ class ExclusionMarks:
     """Bot- and fraud-flagged clicks are marked in Redis, so online attribution (which
     reads paths from Redis) leaves them out, also for conversions in the same batch."""
 
-    def __init__(self, redis: SyncRedis, lookback_seconds: int) -> None:
+    def __init__(self, redis: SyncRedis, hot_hours: int) -> None:
         self.redis = redis
-        self.lookback = lookback_seconds
+        self.hot_hours = hot_hours
 
     def prepare(self, events: list[Row]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+        """One SADD and one EXPIREAT per hour's set (tracker/hot.py), not per click."""
+        marks: dict[str, list[bytes]] = {}
+        expiry: dict[str, int] = {}
         for event in events:
             if event.get("is_bot") or event.get("fraud_flags"):
-                pipe.set(K.excluded_click_key(event["click_id"]), 1, ex=self.lookback)
-        if pipe:
-            pipe.execute()
+                click_id = event["click_id"]
+                key = hot.excluded_set(click_id)
+                marks.setdefault(key, []).append(hot.raw_id(click_id))
+                expiry[key] = hot.expire_at(hot.hour_of(click_id), self.hot_hours)
+        if not marks:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for key, members in marks.items():
+            pipe.sadd(key, *members)
+            pipe.expireat(key, expiry[key])
+        pipe.execute()
 
     @staticmethod
     def run(event: Row) -> Row:
@@ -105,7 +115,7 @@ def build(settings: Settings, redis: SyncRedis, geo_reader: Any | None) -> Pipel
         frozenset(f.datacenter_asns),
         cluster=is_cluster(settings.redis.url),
     )
-    marks = ExclusionMarks(redis, settings.lookback_seconds)
+    marks = ExclusionMarks(redis, settings.tracking.hot_hours)
     steps = [
         Step("bots", mark_bot, ("clicks",)),
         Step("device", add_device, ("clicks", "conversions")),

@@ -1,0 +1,306 @@
+"""The hot window: click records, visitor paths and exclusion marks that Redis keeps.
+
+Redis holds only the last `tracking.hot_hours` hours (default 48) of clicks; the rest of
+the lookback is read from ClickHouse (tracker/sink/history.py). Everything is addressed
+by the click's own time, which its UUIDv7 id carries, in per-hour hashes:
+
+- click records: `trk:clicks:{h<hour>:<shard>}`, field = the click id's 16 bytes, value =
+  the visitor id's 16 bytes followed by a JSON array of the record's text fields (link,
+  campaign, affiliate, advertiser, sub1..sub5; trailing empty ones left out). The click
+  id and time are not stored: the field is the id, and the id carries the time.
+- visitor paths: `trk:paths:{h<hour>:<shard>}` (shard by visitor), field = the visitor
+  id's 16 bytes, value = the click ids of that visitor in that hour, 16 bytes each, in
+  arrival order.
+- exclusion marks (bot- or fraud-flagged clicks, set by the sink): a set beside each
+  click hash, `trk:clicks:{h<hour>:<shard>}:x`, in the same slot.
+
+Each hash expires once, at the end of its hour plus the window plus `EXPIRY_SLACK_S` (set
+with EXPIREAT once per hash per flush, never per click), so nothing is trimmed click by
+click and a visitor path needs no sorted set. Shards spread an hour over `HOT_SHARDS`
+hash slots, so a Redis Cluster spreads the window over its nodes.
+
+What Redis holds is exact from `hot_start`: the later of the oldest hour not yet expired
+and the `since` mark (the time from which this Redis has every click: set by the first
+write into an empty Redis, and lowered by `tracker rebuild-hot`). A Redis restarted with
+empty memory has no mark, so readers take everything from ClickHouse until the edges'
+first write (then from that time) or a rebuild (then from the window's start).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tracker import redis_keys as K
+from tracker.ids import ZERO_UUID, uuid7_time_ms
+from tracker.types import ClickRecord, SyncRedis
+
+HOUR_MS = 3_600_000
+HOT_SHARDS = K.HOT_SHARDS
+# Hashes outlive their hour by this much, so a reader whose clock runs a little ahead of
+# Redis's never counts on an hour Redis has already dropped.
+EXPIRY_SLACK_S = 600
+NEVER = 1 << 62  # `hot_start` when Redis holds nothing for certain
+TEXT_FIELDS = (
+    "link_slug",
+    "campaign_id",
+    "affiliate_id",
+    "advertiser_id",
+    "sub1",
+    "sub2",
+    "sub3",
+    "sub4",
+    "sub5",
+)
+ZERO_BYTES = bytes(16)
+
+
+def raw_id(value: str) -> bytes:
+    """A canonical UUID string as its 16 bytes."""
+    return bytes.fromhex(value.replace("-", ""))
+
+
+def id_text(raw: bytes) -> str:
+    return str(uuid.UUID(bytes=bytes(raw)))
+
+
+def hour_of(click_id: str) -> int:
+    return uuid7_time_ms(click_id) // HOUR_MS
+
+
+def click_shard(click_id: str) -> int:
+    return int(click_id[-2:], 16) % HOT_SHARDS  # the id's last bits are random
+
+
+def visitor_shard(visitor_id: str) -> int:
+    return int(visitor_id[-2:], 16) % HOT_SHARDS
+
+
+def click_hash(click_id: str) -> str:
+    return K.hot_clicks_key(hour_of(click_id), click_shard(click_id))
+
+
+def excluded_set(click_id: str) -> str:
+    return K.hot_excluded_key(hour_of(click_id), click_shard(click_id))
+
+
+def path_hash(hour: int, visitor_id: str) -> str:
+    return K.hot_paths_key(hour, visitor_shard(visitor_id))
+
+
+def expire_at(hour: int, hot_hours: int) -> int:
+    """When the hashes of `hour` expire (Unix seconds)."""
+    return (hour + 1 + hot_hours) * 3600 + EXPIRY_SLACK_S
+
+
+# -- records ----------------------------------------------------------------------------
+
+
+def encode(record: ClickRecord | dict[str, Any]) -> bytes:
+    fields = [record.get(name) or "" for name in TEXT_FIELDS]
+    while fields and not fields[-1]:
+        fields.pop()
+    visitor = record.get("visitor_id") or ZERO_UUID
+    return raw_id(visitor) + orjson.dumps(fields)
+
+
+def decode(click_id: str, raw: bytes | str) -> dict[str, Any]:
+    """The record as the rest of the service knows it (the JSON one it replaces)."""
+    raw = raw if isinstance(raw, bytes) else raw.encode("latin-1")
+    fields = orjson.loads(raw[16:])
+    fields += [""] * (len(TEXT_FIELDS) - len(fields))
+    record: dict[str, Any] = dict(zip(TEXT_FIELDS, fields, strict=True))
+    record["click_id"] = click_id
+    record["visitor_id"] = id_text(raw[:16])
+    record["ts"] = uuid7_time_ms(click_id)
+    return record
+
+
+def split_path(value: bytes | None) -> list[str]:
+    """The click ids in a path hash's value (16 bytes each)."""
+    if not value:
+        return []
+    return [id_text(value[i : i + 16]) for i in range(0, len(value) - 15, 16)]
+
+
+# -- what Redis holds -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HotWindow:
+    hours: int
+
+    def oldest_hour(self, now_ms: int) -> int:
+        """The oldest hour whose hashes have not expired."""
+        return now_ms // HOUR_MS - self.hours
+
+    def start(self, now_ms: int, since: bytes | str | int | None) -> int:
+        """From when (ms) Redis holds every click: see the module's note."""
+        if since is None:
+            return NEVER
+        return max(self.oldest_hour(now_ms) * HOUR_MS, int(since))
+
+    def hours_between(self, from_ms: int, to_ms: int, now_ms: int) -> range:
+        """The hours of [from_ms, to_ms] that Redis may still hold."""
+        first = max(from_ms // HOUR_MS, self.oldest_hour(now_ms))
+        return range(first, to_ms // HOUR_MS + 1)
+
+
+# -- writing (Lua shared by the edge's batch script, the Cluster path and rebuild-hot) ---
+
+# Appends the click ids of each path field unless already there (a replayed batch).
+# Used inside a script where `key`, and ARGV from `a`: count, then visitor/click pairs.
+APPEND_PATHS = """
+local function append_paths(key, a)
+  local n = tonumber(ARGV[a])
+  for i = a + 1, a + 2 * n, 2 do
+    local v, c = ARGV[i], ARGV[i + 1]
+    local cur = redis.call('HGET', key, v)
+    if not cur then
+      redis.call('HSET', key, v, c)
+    elseif not string.find(cur, c, 1, true) then
+      redis.call('HSET', key, v, cur .. c)
+    end
+  end
+  return a + 1 + 2 * n
+end
+"""
+# HSET of many pairs in one call, in chunks (Lua's unpack has a stack limit).
+SET_FIELDS = """
+local function set_fields(key, a)
+  local n = tonumber(ARGV[a])
+  local i, last = a + 1, a + 2 * n
+  while i <= last do
+    local j = math.min(i + 999, last)
+    redis.call('HSET', key, unpack(ARGV, i, j))
+    i = j + 1
+  end
+  return last + 1
+end
+"""
+# One key: the path hash, ARGV: expireat, count, visitor/click pairs (Cluster, rebuild).
+APPEND_PATHS_ONE = (
+    APPEND_PATHS
+    + """
+append_paths(KEYS[1], 2)
+redis.call('EXPIREAT', KEYS[1], ARGV[1])
+return 1
+"""
+)
+
+
+@dataclass(slots=True)
+class HotWrites:
+    """A batch of click records and path entries grouped by hash: one HSET and one
+    EXPIREAT per click hash, one append per path entry and one EXPIREAT per path hash."""
+
+    hot_hours: int
+    clicks: dict[str, list[bytes]]  # click hash -> field, value, field, value ...
+    paths: dict[str, list[bytes]]  # path hash -> visitor, click id, ...
+    expiry: dict[str, int]  # hash -> expireat
+    oldest_ms: int
+
+    @classmethod
+    def of(cls, hot_hours: int, clicks: Iterable[tuple[str, str, bytes]]) -> HotWrites:
+        """From (click id, visitor id, encoded record) triples."""
+        writes = cls(hot_hours, {}, {}, {}, NEVER)
+        for click_id, visitor_id, record in clicks:
+            writes.add(click_id, visitor_id, record)
+        return writes
+
+    def add(self, click_id: str, visitor_id: str, record: bytes) -> None:
+        hour = hour_of(click_id)
+        ms = uuid7_time_ms(click_id)
+        if ms < self.oldest_ms:
+            self.oldest_ms = ms
+        key = K.hot_clicks_key(hour, click_shard(click_id))
+        cid = raw_id(click_id)
+        fields = self.clicks.get(key)
+        if fields is None:
+            fields = self.clicks[key] = []
+            self.expiry[key] = expire_at(hour, self.hot_hours)
+        fields += (cid, record)
+        if visitor_id == ZERO_UUID:  # a no-track click has no path
+            return
+        key = path_hash(hour, visitor_id)
+        pairs = self.paths.get(key)
+        if pairs is None:
+            pairs = self.paths[key] = []
+            self.expiry[key] = expire_at(hour, self.hot_hours)
+        pairs += (raw_id(visitor_id), cid)
+
+    def script_args(self) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV for `WRITE_HOT` (after the caller's own keys and args)."""
+        keys: list[str] = []
+        args: list[Any] = [len(self.clicks)]
+        for key, fields in self.clicks.items():
+            keys.append(key)
+            args += [self.expiry[key], len(fields) // 2, *fields]
+        for key, pairs in self.paths.items():
+            keys.append(key)
+            args += [self.expiry[key], len(pairs) // 2, *pairs]
+        return keys, args
+
+
+# The hot part of a batch. Called with `k0` (index of the first hot key in KEYS) and `a`
+# (index of the hot part in ARGV): number of click hashes, then per hash: expireat, count,
+# field/value pairs; then per path hash: expireat, count, visitor/click pairs.
+WRITE_HOT = (
+    APPEND_PATHS
+    + SET_FIELDS
+    + """
+local function write_hot(k0, a)
+  local nclicks = tonumber(ARGV[a])
+  a = a + 1
+  for k = k0, #KEYS do
+    local at = ARGV[a]
+    if k < k0 + nclicks then
+      a = set_fields(KEYS[k], a + 1)
+    else
+      a = append_paths(KEYS[k], a + 1)
+    end
+    redis.call('EXPIREAT', KEYS[k], at)
+  end
+end
+"""
+)
+
+
+def paths_from(values: Sequence[bytes | None]) -> list[str]:
+    """Click ids of a visitor's path hashes read hour by hour (oldest first)."""
+    return [c for value in values for c in split_path(value)]
+
+
+def store(redis: SyncRedis, writes: HotWrites, since: bool = True) -> None:
+    """Write records and paths with one-key commands (Cluster-safe): `tracker rebuild-hot`
+    and tests. `since`: mark Redis as holding clicks from the oldest one written (NX)."""
+    pipe = redis.pipeline(transaction=False)
+    if since and writes.clicks:
+        pipe.set(K.HOT_SINCE, writes.oldest_ms, nx=True)
+    for key, fields in writes.clicks.items():
+        pipe.hset(key, mapping=dict(zip(fields[::2], fields[1::2], strict=True)))
+        pipe.expireat(key, writes.expiry[key])
+    for key, pairs in writes.paths.items():
+        pipe.eval(APPEND_PATHS_ONE, 1, key, writes.expiry[key], len(pairs) // 2, *pairs)
+    pipe.execute()
+
+
+def put(redis: SyncRedis, records: Iterable[dict[str, Any]], hot_hours: int = 48) -> None:
+    """Store click records (as the edge builds them) in the hot window."""
+    store(
+        redis,
+        HotWrites.of(
+            hot_hours,
+            ((r["click_id"], r.get("visitor_id") or ZERO_UUID, encode(r)) for r in records),
+        ),
+    )
+
+
+def get(redis: SyncRedis, click_id: str) -> dict[str, Any] | None:
+    """A click's record from the hot window, or None."""
+    raw = redis.hget(click_hash(click_id), raw_id(click_id))
+    return None if raw is None else decode(click_id, raw)
