@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sink", help="run the sink (stream -> ClickHouse)").set_defaults(func=cmd_sink)
     sub.add_parser("migrate", help="apply ClickHouse migrations").set_defaults(func=cmd_migrate)
     sub.add_parser(
+        "rebuild-hot", help="refill Redis's hot window of clicks from ClickHouse"
+    ).set_defaults(func=cmd_rebuild_hot)
+    sub.add_parser(
         "deliver", help="run the delivery worker (postbacks out, webhooks)"
     ).set_defaults(func=cmd_deliver)
 
@@ -387,6 +390,24 @@ def cmd_migrate(settings: Settings, args) -> int:
     else:
         applied = answer["applied"]
     print("applied: " + ", ".join(applied) if applied else "schema is up to date")
+    return 0
+
+
+def cmd_rebuild_hot(settings: Settings, args) -> int:
+    """Through the running sink when there is one (it owns chDB), else directly."""
+    answer = _endpoint(settings, "/rebuild-hot", {})
+    if answer is None:
+        from tracker import rebuild_hot
+
+        ch = _direct(settings)
+        try:
+            answer = rebuild_hot.rebuild(ch, _redis(settings), settings.tracking.hot_hours)
+        finally:
+            ch.close()
+    print(
+        f"rebuilt the last {answer['hot_hours']} hours: {answer['clicks']} clicks "
+        f"({answer['flagged']} flagged); Redis holds every click from {answer['since_ms']}"
+    )
     return 0
 
 

@@ -101,9 +101,17 @@ def expire_at(hour: int, hot_hours: int) -> int:
 
 
 def encode(record: ClickRecord | dict[str, Any]) -> bytes:
-    fields = [record.get(name) or "" for name in TEXT_FIELDS]
+    fields: list[Any] = [record.get(name) or "" for name in TEXT_FIELDS]
     while fields and not fields[-1]:
         fields.pop()
+    # The click's time is its id's, unless the id had to be later than the clock (ids
+    # never go back in time within a process, e.g. after the clock was set back): then
+    # the difference leads the array.
+    ts = record.get("ts")
+    if ts is not None and record.get("click_id"):
+        behind = uuid7_time_ms(record["click_id"]) - int(ts)
+        if behind:
+            fields.insert(0, behind)
     visitor = record.get("visitor_id") or ZERO_UUID
     return raw_id(visitor) + orjson.dumps(fields)
 
@@ -112,11 +120,12 @@ def decode(click_id: str, raw: bytes | str) -> dict[str, Any]:
     """The record as the rest of the service knows it (the JSON one it replaces)."""
     raw = raw if isinstance(raw, bytes) else raw.encode("latin-1")
     fields = orjson.loads(raw[16:])
+    behind = fields.pop(0) if fields and isinstance(fields[0], int) else 0
     fields += [""] * (len(TEXT_FIELDS) - len(fields))
     record: dict[str, Any] = dict(zip(TEXT_FIELDS, fields, strict=True))
     record["click_id"] = click_id
     record["visitor_id"] = id_text(raw[:16])
-    record["ts"] = uuid7_time_ms(click_id)
+    record["ts"] = uuid7_time_ms(click_id) - behind
     return record
 
 
@@ -145,9 +154,11 @@ class HotWindow:
         return max(self.oldest_hour(now_ms) * HOUR_MS, int(since))
 
     def hours_between(self, from_ms: int, to_ms: int, now_ms: int) -> range:
-        """The hours of [from_ms, to_ms] that Redis may still hold."""
+        """The hours that may hold clicks of [from_ms, to_ms] and that Redis may still
+        hold (one hour more at the end: a click's id may be a little later than its time,
+        see `encode`)."""
         first = max(from_ms // HOUR_MS, self.oldest_hour(now_ms))
-        return range(first, to_ms // HOUR_MS + 1)
+        return range(first, to_ms // HOUR_MS + 2)
 
 
 # -- writing (Lua shared by the edge's batch script, the Cluster path and rebuild-hot) ---

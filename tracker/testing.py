@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import os
+import random
 import shutil
 import signal
 import socket
@@ -48,6 +49,14 @@ def clean_env() -> dict[str, str]:
     return {
         k: v for k, v in os.environ.items() if k in INHERITED_ENV or k.startswith(("LC_", "PYTHON"))
     }
+
+
+def click_id_at(ms: int) -> str:
+    """A UUIDv7 of that millisecond, also in the past (`tracker.ids.uuid7` never goes back
+    in time within a process): a click id made then."""
+    value = (ms << 80) | (0x7 << 76) | (random.getrandbits(12) << 64) | (0b10 << 62)
+    h = f"{value | random.getrandbits(62):032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def free_port() -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import random
 import string
+import uuid
 
 import orjson
 import pytest
@@ -258,3 +259,67 @@ async def test_a_pixel_cannot_set_a_status_or_claim_another_visitors_click(clien
     await pixel(client, mine, txid="claim", click_id=click_id)
     [row] = stored_conversions(redis_server)
     assert (row["attributed"], row["unattributed_reason"]) == (0, "click_of_other_visitor")
+
+
+async def test_a_click_older_than_the_hot_window_is_left_to_the_sink(client, redis_server):
+    """Redis holds 48 hours of clicks: a postback naming an older click is accepted and
+    says its attribution is deferred; its row (and a later status change's) carries the
+    click id for the sink to find in ClickHouse."""
+    from tracker.clock import clock_ms
+    from tracker.testing import click_id_at
+
+    redis = redis_server.client()
+    redis.set(K.HOT_SINCE, 0)
+    now = clock_ms(CLOCK)
+    old = click_id_at(now - 3 * 86_400_000)
+    query = {"advertiser": "shop", "token": ADV_TOKEN, "click_id": old, "txid": "old-1"}
+    r = await client.get("/postback", params=query)
+    body = await r.json()
+    assert (r.status, body["status"], body["attribution"]) == (200, "accepted", "deferred")
+    assert body["attributed"] is None and body["reason"] is None
+    r = await client.get("/postback", params={**query, "status": "approved"})
+    assert (await r.json())["status"] == "accepted"
+    rows = stored_conversions(redis_server)
+    assert [(row["click_id"], row["deferred"], row["status"]) for row in rows] == [
+        (old, 1, "pending"),
+        (old, 1, "approved"),
+    ]
+
+    # past the lookback: unknown at once, no lookup
+    query = {**query, "click_id": click_id_at(now - 31 * 86_400_000), "txid": "old-2"}
+    body = await (await client.get("/postback", params=query)).json()
+    assert (body["attributed"], body["reason"]) == (False, "unknown_or_expired_click")
+
+    # a Redis emptied by a restart vouches for nothing: a click of this hour is deferred too
+    redis.delete(K.HOT_SINCE)
+    query = {**query, "click_id": click_id_at(now - 60_000), "txid": "recent"}
+    assert (await (await client.get("/postback", params=query)).json())["attribution"] == (
+        "deferred"
+    )
+    # a pixel whose visitor has no click in the window may have older ones
+    redis.set(K.HOT_SINCE, 0)
+    await pixel(client, str(uuid.uuid4()), txid="px-old")
+    assert stored_conversions(redis_server)[-1]["deferred"] == 1
+
+
+async def test_a_click_in_the_hot_window_is_attributed_at_once(client, redis_server):
+    from tracker.clock import clock_ms
+    from tracker.testing import click_id_at
+
+    redis = redis_server.client()
+    visitor = str(uuid.uuid4())
+    click_id = click_id_at(clock_ms(CLOCK) - 3_600_000)
+    record = {"click_id": click_id, "visitor_id": visitor, "campaign_id": "c", "sub2": "x"}
+    # the edge's own clock is pinned in the past: the hash must outlive this test
+    hot.put(redis, [record], hot_hours=24 * 3650)
+    redis.set(K.HOT_SINCE, 0)
+    query = {"advertiser": "shop", "token": ADV_TOKEN, "click_id": click_id, "txid": "hot"}
+    body = await (await client.get("/postback", params=query)).json()
+    assert (body["attributed"], body["attribution"]) == (True, "online")
+    await pixel(client, visitor, txid="hot-px")
+    rows = stored_conversions(redis_server)
+    assert [(r["click_id"], r["campaign_id"], r["attributed"]) for r in rows] == [
+        (click_id, "c", 1),
+        (click_id, "c", 1),
+    ]
+    assert all("deferred" not in r for r in rows)

@@ -22,6 +22,7 @@ from tracker.sink.attributor import Attributor
 from tracker.sink.deferred import resolve
 from tracker.sink.enrich.steps import ExclusionMarks
 from tracker.sink.history import ClickHistory
+from tracker.testing import click_id_at as id_at
 from tracker.timefmt import format_ms
 
 HOUR = 3_600_000
@@ -29,13 +30,6 @@ DAY = 24 * HOUR
 LOOKBACK = 30 * DAY
 HALF_LIFE = 7 * DAY
 ALL_HOURS = 40 * 24  # more than any click's age here: Redis holds everything
-
-
-def id_at(ms: int) -> str:
-    """A UUIDv7 of that millisecond (`uuid7` never goes back in time within a process)."""
-    value = (ms << 80) | (0x7 << 76) | (random.getrandbits(12) << 64) | (0b10 << 62)
-    h = f"{value | random.getrandbits(62):032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def make_journeys(rng: random.Random, now: int, visitors: int = 150):

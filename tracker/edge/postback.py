@@ -229,12 +229,17 @@ async def find_click(
     for hour in hours:
         pipe.hget(hot.path_hash(hour, visitor_id), visitor)
     since, *values = await pipe.execute()
-    ids = [c for c in hot.paths_from(values) if now - lookback_ms <= uuid7_time_ms(c) <= now]
-    if ids:
-        last = max(ids, key=lambda c: (uuid7_time_ms(c), c))
-        raw = await redis.hget(hot.click_hash(last), hot.raw_id(last))
-        if raw is not None:
-            return Found(hot.decode(last, raw), None)
+    ids = hot.paths_from(values)
+    if ids:  # the visitor's clicks of the window (a few): their records say their times
+        pipe = redis.pipeline(transaction=False)
+        for click_id in ids:
+            pipe.hget(hot.click_hash(click_id), hot.raw_id(click_id))
+        records = [
+            hot.decode(c, raw) for c, raw in zip(ids, await pipe.execute(), strict=True) if raw
+        ]
+        records = [r for r in records if now - lookback_ms <= r["ts"] <= now]
+        if records:
+            return Found(max(records, key=lambda r: (r["ts"], r["click_id"])), None)
     if window.start(now, since) > now - lookback_ms:
         return Found(None, None, deferred=True)
     return Found(None, UnattributedReason.NO_CLICK_IN_LOOKBACK)

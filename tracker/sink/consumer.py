@@ -146,6 +146,13 @@ class Sink:
                 backoff = BACKOFF_START
             except Stopping:
                 return
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis came back with empty memory (no persistence): the group is gone
+                log.warning("the sink's consumer group is gone (an emptied Redis); creating it")
+                self._drop_ahead()
+                setup = False
             except UNREACHABLE as exc:
                 self._drop_ahead()
                 if drain_until is not None:

@@ -34,6 +34,8 @@ RECORD_COLUMNS = (
     "link_slug, campaign_id, affiliate_id, advertiser_id, sub1, sub2, sub3, sub4, sub5, "
     "is_bot OR notEmpty(fraud_flags)"
 )
+# A click's time may be a little before its id's (tracker/hot.py `encode`): look this far.
+ID_AHEAD_MS = 3_600_000
 FIELDS = ("click_id", "visitor_id", "ts", *hot.TEXT_FIELDS)
 
 
@@ -94,7 +96,7 @@ class ClickHistory:
             found.update(
                 self._query(
                     f"click_id IN ({_uuids(missing)})",
-                    min(times),
+                    min(times) - ID_AHEAD_MS,
                     max(times),
                 )
             )
@@ -132,7 +134,7 @@ class ClickHistory:
         for key, ids in zip(wanted, ids_of, strict=True):
             _, lo, hi = key
             found[key] = {
-                c: records[c] for c in ids if c in records and lo <= uuid7_time_ms(c) <= hi
+                c: records[c] for c in ids if c in records and lo <= records[c].record["ts"] <= hi
             }
         start = self.window.start(now, since) + OVERLAP_MS
         older = [key for key in wanted if key[1] < start]

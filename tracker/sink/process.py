@@ -13,7 +13,7 @@ import socket
 import threading
 
 from geo import open_geo
-from tracker import migrations, privacy_ops
+from tracker import migrations, privacy_ops, rebuild_hot
 from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
 from tracker.config import Settings
@@ -61,6 +61,9 @@ def run(settings: Settings) -> None:
         actions={
             "/privacy/export": lambda body: privacy_ops.export(
                 ch, redis, body.get("visitor_id"), settings.tracking.hot_hours
+            ),
+            "/rebuild-hot": lambda body: rebuild_hot.rebuild(
+                ch, redis, settings.tracking.hot_hours
             ),
             "/privacy/erase": lambda body: privacy_ops.erase(
                 ch,

@@ -1,0 +1,81 @@
+"""The hot window's layout (tracker/hot.py): pure functions, no I/O."""
+
+from __future__ import annotations
+
+from tracker import hot
+from tracker import redis_keys as K
+from tracker.ids import ZERO_UUID, uuid7_time_ms
+from tracker.testing import click_id_at
+
+HOUR = hot.HOUR_MS
+T = 1_796_000_000_000  # a fixed instant
+
+
+def test_a_record_round_trips_in_a_compact_value():
+    click_id, visitor = click_id_at(T), click_id_at(T - 1)
+    record = {
+        "click_id": click_id,
+        "visitor_id": visitor,
+        "ts": T,
+        "link_slug": "spring",
+        "campaign_id": 'c\x1f"tab\t',
+        "affiliate_id": "ü",
+        "advertiser_id": "shop",
+        "sub1": "a",
+        "sub2": "",
+        "sub3": "",
+        "sub4": "",
+        "sub5": "",
+    }
+    value = hot.encode(record)
+    assert value[:16] == hot.raw_id(visitor)
+    assert len(value) < 60  # no keys, no click id, no time, no trailing empty subs
+    assert hot.decode(click_id, value) == record
+
+
+def test_a_click_whose_id_ran_ahead_of_the_clock_keeps_its_own_time():
+    click_id = click_id_at(T)
+    record = {"click_id": click_id, "visitor_id": ZERO_UUID, "ts": T - 40_000}
+    decoded = hot.decode(click_id, hot.encode(record))
+    assert decoded["ts"] == T - 40_000 and decoded["visitor_id"] == ZERO_UUID
+
+
+def test_hashes_are_addressed_by_the_click_ids_own_hour_and_expire_after_the_window():
+    click_id = click_id_at(T)
+    hour = T // HOUR
+    assert hot.hour_of(click_id) == hour
+    assert hot.click_hash(click_id) == K.hot_clicks_key(hour, hot.click_shard(click_id))
+    assert hot.excluded_set(click_id).startswith(hot.click_hash(click_id))  # same slot
+    assert hot.expire_at(hour, 48) == (hour + 49) * 3600 + hot.EXPIRY_SLACK_S
+
+
+def test_the_window_vouches_from_the_later_of_its_oldest_hour_and_the_since_mark():
+    window = hot.HotWindow(48)
+    now = T
+    oldest = (now // HOUR - 48) * HOUR
+    assert window.start(now, None) == hot.NEVER  # an emptied Redis vouches for nothing
+    assert window.start(now, b"0") == oldest
+    assert window.start(now, str(now - HOUR)) == now - HOUR
+    assert hot.HotWindow(0).start(now, 0) == now // HOUR * HOUR  # this hour only
+    hours = window.hours_between(now - 30 * 24 * HOUR, now, now)
+    assert hours.start == now // HOUR - 48 and hours.stop == now // HOUR + 2
+
+
+def test_a_batch_is_grouped_by_hash_with_one_expiry_each():
+    visitor = click_id_at(T - 5)
+    clicks = [click_id_at(T + n) for n in range(200)]
+    writes = hot.HotWrites.of(
+        48,
+        [(c, visitor, hot.encode({"click_id": c})) for c in clicks]
+        + [(click_id_at(T), ZERO_UUID, b"x")],
+    )
+    assert sum(len(f) for f in writes.clicks.values()) == 2 * 201
+    assert len(writes.clicks) <= hot.HOT_SHARDS
+    [(path_key, pairs)] = writes.paths.items()  # one visitor, one hour: one path field
+    assert pairs[1::2] == [hot.raw_id(c) for c in clicks]
+    assert set(writes.expiry) == set(writes.clicks) | {path_key}
+    assert writes.oldest_ms == T
+    keys, args = writes.script_args()
+    assert len(keys) == len(writes.clicks) + 1 and args[0] == len(writes.clicks)
+    assert hot.split_path(b"".join(pairs[1::2])) == clicks
+    assert uuid7_time_ms(clicks[-1]) == T + 199
