@@ -4,17 +4,18 @@
 
 Redis: starts its own redis-server (AOF, as in production) on a free loopback port and
 writes realistic clicks through the edge's real `EventWriter` (one script call per batch of
-`writer.batch_max_events`): the stream entry, the click record (TTL = lookback) and the
-visitor's touchpoint. INFO `used_memory` is read before, after the writes, after the batch
-markers are gone (they expire after `redis.dedup_ttl_seconds`) and after the stream was
-emptied the way the sink empties it (XREADGROUP, XACK, XDEL). So:
+`writer.batch_max_events`): the stream entry, the click record and the visitor's path
+entry in the hot window's per-hour hashes (tracker/hot.py). INFO `used_memory` is read
+before, after the writes, after the batch markers are gone (they expire after
+`redis.dedup_ttl_seconds`) and after the stream was emptied the way the sink empties it
+(XREADGROUP, XACK, XDEL). So:
 
-* persistent = what stays for the lookback window (click records + visitor paths);
+* persistent = what stays for the hot window (click records + visitor paths);
 * stream     = the transient share of a stream entry while the sink has not read it.
 
 It does this twice, with one click per visitor and with four clicks per visitor, and
 solves `memory = clicks * per_click + visitors * per_visitor`: a visitor's path costs a
-key of its own, each further click only an entry in it.
+field of its own (per hour), each further click 16 bytes in it.
 
 ClickHouse: applies the real migrations to a temporary chDB folder, inserts realistic,
 enriched click rows as JSONEachRow through `ClickHouse.insert_jsonl` (chunks of 100,000
@@ -314,6 +315,7 @@ async def write_clicks(
         lookback_seconds=settings.lookback_seconds,
         timeout_seconds=settings.redis.timeout_seconds,
         dedup_ttl_seconds=settings.redis.dedup_ttl_seconds,
+        hot_hours=settings.tracking.hot_hours,
     )
     await writer.start()
     visitors = [uuid7() for _ in range(-(-count // per_visitor))]
@@ -374,17 +376,18 @@ def redis_run(
     after_write = memory(client)
     stream_entries = client.xlen(K.EVENTS_STREAM)
     sample = [key for _, key in zip(range(2000), client.scan_iter(count=1000), strict=False)]
-    usage: dict[str, list[int]] = {"click_record_key": [], "visitor_path_key": []}
+    usage: dict[str, list[int]] = {"click_hash_per_field": [], "path_hash_per_field": []}
     for key in sample:
         kind = (
-            "visitor_path_key"
-            if key.endswith(b":clicks")
-            else "click_record_key"
-            if key.startswith(b"trk:click:")
+            "path_hash_per_field"
+            if key.startswith(b"trk:paths:")
+            else "click_hash_per_field"
+            if key.startswith(b"trk:clicks:")
             else None
         )
         if kind:
-            usage[kind].append(client.memory_usage(key, samples=0))
+            fields = max(1, client.hlen(key))
+            usage[kind].append(client.memory_usage(key, samples=0) // fields)
     markers = list(client.scan_iter(match=K.batch_marker_key("*"), count=1000))
     marker_bytes = sum(client.memory_usage(key, samples=0) for key in markers)
     client.delete(*markers)  # they expire after redis.dedup_ttl_seconds
@@ -393,7 +396,7 @@ def redis_run(
     drained = drain_stream(client, settings.sink.read_entries)
     cpu_drain = cpu_seconds(server.proc.pid) - cpu_start
     after_drain = memory(client)
-    keys = client.dbsize() - 1  # the (now empty) stream key stays
+    keys = client.dbsize() - 2  # the (now empty) stream key and the `since` mark stay
     return {
         "clicks": count,
         "clicks_per_visitor": per_visitor,
@@ -422,6 +425,13 @@ def redis_run(
             "sink_read_ack_delete": round(cpu_drain * 1e6 / count, 2),
         },
     }
+
+
+def steady_gb(clicks_per_day: int, bytes_per_click: float, hot_hours: int) -> float:
+    """Redis GB once the hot window is full: the window, the hour being written, and the
+    expiry slack (tracker/hot.py)."""
+    hours = hot_hours + 1 + 600 / 3600
+    return round(clicks_per_day * hours / 24 * bytes_per_click / 1e9, 2)
 
 
 def measure_redis(settings, work: Path, count: int, seed: int) -> dict:
@@ -454,6 +464,12 @@ def measure_redis(settings, work: Path, count: int, seed: int) -> dict:
             "stream_bytes_per_click_until_drained": round(stream, 1),
             "redis_cpu_microseconds_per_click_write_and_drain": round(cpu, 2),
             "redis_clicks_per_second_per_core_ceiling": round(1e6 / cpu),
+        },
+        "steady_state_gb_1_click_per_visitor": {
+            f"{n:,}_clicks_per_day": steady_gb(
+                n, per_click + per_visitor, settings.tracking.hot_hours
+            )
+            for n in (1_000_000, 100_000_000, 1_000_000_000)
         },
     }
 
@@ -501,10 +517,10 @@ def measure_clickhouse(settings, work: Path, rows: int, seed: int, chunk: int = 
         optimize = time.perf_counter() - t2
         _, parts = ch.query(
             "SELECT count(), sum(rows), sum(bytes_on_disk), sum(data_compressed_bytes), "
-            f"sum(data_uncompressed_bytes) FROM system.parts WHERE database = '{db}' "
-            "AND table = 'clicks' AND active"
+            "sum(data_uncompressed_bytes), sum(secondary_indices_compressed_bytes) "
+            f"FROM system.parts WHERE database = '{db}' AND table = 'clicks' AND active"
         )
-        n_parts, n_rows, on_disk, compressed, uncompressed = parts[0]
+        n_parts, n_rows, on_disk, compressed, uncompressed, indexes = parts[0]
         _, columns = ch.query(
             "SELECT name, data_compressed_bytes, data_uncompressed_bytes FROM system.columns "
             f"WHERE database = '{db}' AND table = 'clicks' ORDER BY data_compressed_bytes DESC "
@@ -519,6 +535,7 @@ def measure_clickhouse(settings, work: Path, rows: int, seed: int, chunk: int = 
         "active_parts_after_optimize": int(n_parts),
         "bytes_on_disk_per_row": round(on_disk / n_rows, 1),
         "compressed_bytes_per_row": round(compressed / n_rows, 1),
+        "skip_index_bytes_per_row": round(indexes / n_rows, 1),  # click/visitor lookups
         "uncompressed_bytes_per_row": round(uncompressed / n_rows, 1),
         "json_bytes_per_row": round(json_bytes / rows, 1),
         "compression_ratio": round(uncompressed / compressed, 2),
@@ -557,6 +574,7 @@ def main() -> None:
         },
         "settings": {
             "lookback_days": settings.tracking.lookback_days,
+            "hot_hours": settings.tracking.hot_hours,
             "retention_days": settings.clickhouse.retention_days,
             "writer_batch_max_events": settings.writer.batch_max_events,
         },
