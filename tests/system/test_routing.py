@@ -207,7 +207,10 @@ async def test_a_change_reaches_every_edge(svc):
     assert status == 200
 
     async def all_go_to(prefix: str) -> bool:
-        async with aiohttp.ClientSession() as session:  # new connections spread over edges
+        # a connection per click (a pooled session would keep asking the same edge), so
+        # the clicks spread over both edges
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
             locations = [(await go(session, svc, "rt-live"))[0] for _ in range(40)]
         return all(loc.startswith(prefix) for loc in locations)
 
