@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -34,10 +36,13 @@ def main(argv: list[str] | None = None, clock: Clock = system_clock) -> int:
         return 1
 
 
-def service_metrics(settings: Settings) -> None:
-    """A service process pools its metrics with the others in one folder, named before
-    its modules import tracker.metrics (metrics_dir raises if it comes too late)."""
+def service_process(settings: Settings) -> None:
+    """What every service command does first: pool its metrics with the others in one
+    folder, named before its modules import tracker.metrics (metrics_dir raises if it
+    comes too late), and answer SIGUSR1 by writing every thread's stack to its log, so
+    an operator or a test can ask a process that does not stop where it is."""
     metrics_dir.use(settings.data_path / "metrics")
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 class CommandError(Exception):
@@ -260,7 +265,7 @@ def _period_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_serve(settings: Settings, args) -> int:
     from tracker.datalock import DataFolderBusy
 
-    service_metrics(settings)
+    service_process(settings)
     from tracker.supervisor import serve
 
     try:
@@ -270,7 +275,7 @@ def cmd_serve(settings: Settings, args) -> int:
 
 
 def cmd_edge(settings: Settings, args) -> int:
-    service_metrics(settings)
+    service_process(settings)
     from tracker.edge.server import run
 
     run(settings, args.worker, args.clock)
@@ -278,7 +283,7 @@ def cmd_edge(settings: Settings, args) -> int:
 
 
 def cmd_sink(settings: Settings, args) -> int:
-    service_metrics(settings)
+    service_process(settings)
     from tracker.sink.process import run
 
     run(settings)
@@ -321,7 +326,7 @@ def cmd_report_ab(settings: Settings, args) -> int:
 
 
 def cmd_deliver(settings: Settings, args) -> int:
-    service_metrics(settings)
+    service_process(settings)
     from tracker.delivery.process import run
 
     run(settings)

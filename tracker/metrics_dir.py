@@ -5,7 +5,7 @@ prometheus_client picks its storage when it is first imported: with
 PROMETHEUS_MULTIPROC_DIR set, samples go to files in that folder and `GET /metrics` on any
 process adds them all up; without it, each process keeps its own in memory. So the folder
 must be named before anything imports `tracker.metrics`. `use` is that step, run by the
-service commands (`tracker serve|edge|sink`, cli.service_metrics) before they import their
+service commands (`tracker serve|edge|sink`, cli.service_process) before they import their
 modules, and it refuses to run too late instead of leaving a process's samples silently
 out of /metrics.
 """

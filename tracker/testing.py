@@ -371,16 +371,29 @@ class Service:
         proc = self.procs[name]
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-        return proc.wait(timeout)
+        return self.wait_exit(name, timeout)
+
+    def wait_exit(self, name: str, timeout: float = 60) -> int:
+        """The process's exit code; one that has not exited in time writes its threads'
+        stacks to its log (SIGUSR1), and the failure carries that log's tail."""
+        proc = self.procs[name]
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+            tail = (self.logs / f"{name}.log").read_text(errors="replace")[-6000:]
+            raise AssertionError(f"{name} did not exit within {timeout} s:\n{tail}") from None
 
     def stop_all(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
+        for name, proc in self.procs.items():
             try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
+                self.wait_exit(name)
+            except AssertionError as stuck:
+                print(stuck)  # shown with the test's output
                 proc.kill()
 
     def log_text(self) -> str:

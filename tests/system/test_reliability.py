@@ -194,13 +194,13 @@ async def test_edge_and_sink_stop_cleanly_on_sigint(service: Service):
     task = asyncio.create_task(load.run())
     await wait_for(lambda: len(load.statuses) > 200, "clicks under load")
     service.signal("edge-0", signal.SIGINT)
-    assert await asyncio.to_thread(service.procs["edge-0"].wait, 60) == 0
+    assert await asyncio.to_thread(service.wait_exit, "edge-0") == 0
     load.stop()
     await task
     acknowledged = load.statuses.count(302)
     assert acknowledged > 200 and set(load.statuses) == {302}
     service.signal("sink", signal.SIGINT)
-    assert await asyncio.to_thread(service.procs["sink"].wait, 60) == 0
+    assert await asyncio.to_thread(service.wait_exit, "sink") == 0
     service.start_sink()
     assert service.wait_count("clicks", acknowledged, "link_slug = 'int'") == acknowledged
 
@@ -263,3 +263,15 @@ def test_a_second_serve_on_the_same_data_folder_is_refused(service: Service):
     assert run.returncode == 1
     assert "is serving from" in run.stderr and str(service.folder / "data") in run.stderr
     assert service._edge_up()  # the first one is untouched
+
+
+def test_sigusr1_writes_every_threads_stack_to_the_log_and_keeps_serving(service: Service):
+    """How an operator (and the harness, for a process that does not stop) asks a
+    process where it is: its stacks go to its log, and it goes on answering."""
+    service.start_edges(1)
+    service.signal("edge-0", signal.SIGUSR1)
+    log = service.logs / "edge-0.log"
+    wait_until(lambda: "Current thread" in log.read_text(errors="replace"), 10, "stacks")
+    assert "tracker/edge/server.py" in log.read_text(errors="replace")
+    assert service.api("GET", "/healthz")[0] == 200
+    assert service.stop("edge-0") == 0
