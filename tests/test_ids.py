@@ -97,7 +97,7 @@ def test_clock_going_backwards_still_increasing():
     [
         "018f3a2b-4c5d-7e6f-8a9b-0c1d2e3f4a5b",
         "00000000-0000-0000-0000-000000000000",
-        str(uuid.uuid4()),
+        "9f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f",  # a version 4 id
     ],
 )
 def test_is_uuid_accepts(value):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import faulthandler
-import signal
 import sys
 import urllib.error
 import urllib.request
@@ -12,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from tracker import config, logs, metrics_dir, programme_cli
+from tracker import config, logs, metrics_dir, programme_cli, stacks
 from tracker.clock import Clock, system_clock
 from tracker.config import ConfigError, Settings
 from tracker.table_format import format_rows
@@ -42,7 +40,7 @@ def service_process(settings: Settings) -> None:
     comes too late), and answer SIGUSR1 by writing every thread's stack to its log, so
     an operator or a test can ask a process that does not stop where it is."""
     metrics_dir.use(settings.data_path / "metrics")
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    stacks.on_signal_dump_threads()
 
 
 class CommandError(Exception):

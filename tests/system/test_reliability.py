@@ -271,7 +271,9 @@ def test_sigusr1_writes_every_threads_stack_to_the_log_and_keeps_serving(service
     service.start_edges(1)
     service.signal("edge-0", signal.SIGUSR1)
     log = service.logs / "edge-0.log"
-    wait_until(lambda: "Current thread" in log.read_text(errors="replace"), 10, "stacks")
-    assert "tracker/edge/server.py" in log.read_text(errors="replace")
+    wait_until(lambda: "asyncio tasks:" in log.read_text(errors="replace"), 10, "stacks")
+    dump = log.read_text(errors="replace")
+    assert "Current thread" in dump and "tracker/edge/server.py" in dump  # the threads
+    assert "tracker/edge/writer.py" in dump  # and the tasks, the writer's among them
     assert service.api("GET", "/healthz")[0] == 200
     assert service.stop("edge-0") == 0

@@ -8,6 +8,7 @@ import logging
 import signal
 import socket
 
+from tracker import stacks
 from tracker.config import Settings
 from tracker.delivery.worker import Worker
 from tracker.redis_connection import async_client
@@ -20,6 +21,7 @@ async def _main(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    stacks.on_signal_dump_tasks(loop)
     redis = async_client(settings.redis.url, timeout=5.0)
     worker = Worker(redis, settings.deliveries, consumer=f"sender-{socket.gethostname()}")
     log.info("delivery worker %s running", worker.consumer)

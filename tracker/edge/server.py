@@ -13,6 +13,7 @@ import signal
 import uvloop
 from aiohttp import web
 
+from tracker import stacks
 from tracker.clock import Clock, system_clock
 from tracker.config import Settings
 from tracker.edge import fastpath
@@ -33,6 +34,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    stacks.on_signal_dump_tasks(loop)
     app = create_app(settings, worker_index, clock)
     runner = web.AppRunner(
         app,
