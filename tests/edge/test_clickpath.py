@@ -185,12 +185,14 @@ def test_head_span_is_the_same_in_both(buffer):
 POOL = bytes(range(256)) * 16
 
 
-def run(cls, tmp: Path, raw: bytes, peer: str | None, keep_alive: bool, **ctx_args):
+def run(cls, tmp: Path, raw: bytes, peer: str | None, keep_alive: bool, ahead=0, **ctx_args):
     """One request through a fresh core with the ids' state reset: the same inputs give
-    the same ids, so every byte can be compared."""
+    the same ids, so every byte can be compared. `ahead`: the last id made was that many
+    ms ahead of the clock (the clock was set back), so the click's id is too."""
     ctx = make_ctx(tmp, **ctx_args)
     core = cls(ctx)
-    ids._last_ms, ids._seq, ids._pool, ids._pool_at = 0, 0, POOL, 0
+    last = int(NOW * 1000) + ahead if ahead else 0
+    ids._last_ms, ids._seq, ids._pool, ids._pool_at = last, 0, POOL, 0
     buffer = bytearray(raw + b"\r\n\r\n")
     assert clickpath.py_head_span(buffer) == (compiled_head_span or clickpath.py_head_span)(buffer)
     answer = core.handle(buffer, 0, len(raw), peer, keep_alive)
@@ -200,11 +202,13 @@ def run(cls, tmp: Path, raw: bytes, peer: str | None, keep_alive: bool, **ctx_ar
     return answer, batch.rows, batch.clicks, dict(ctx.counters.requests)
 
 
-def compare(tmp: Path, raw: bytes, peer: str | None = "127.0.0.1", keep_alive=True, **ctx_args):
+def compare(
+    tmp: Path, raw: bytes, peer: str | None = "127.0.0.1", keep_alive=True, ahead=0, **ctx_args
+):
     if CompiledClickPath is None:
         pytest.skip("the compiled click core is not built (python setup.py build_ext --inplace)")
-    pure = run(PyClickPath, tmp, raw, peer, keep_alive, **ctx_args)
-    compiled = run(CompiledClickPath, tmp, raw, peer, keep_alive, **ctx_args)
+    pure = run(PyClickPath, tmp, raw, peer, keep_alive, ahead, **ctx_args)
+    compiled = run(CompiledClickPath, tmp, raw, peer, keep_alive, ahead, **ctx_args)
     assert compiled == pure
     return pure
 
@@ -269,6 +273,14 @@ HOSTILE = [
 def test_hostile_requests_give_identical_bytes(tmp_path, raw, peer):
     assert llhttp_accepts(raw), raw
     compare(tmp_path, raw, peer)
+
+
+@pytest.mark.parametrize("raw", HOSTILE[:3] + HOSTILE[16:21])
+def test_an_id_ahead_of_the_clock_gives_identical_bytes(tmp_path, raw):
+    _, _, clicks, _ = compare(tmp_path, raw, ahead=7)
+    for click_id, _, ms, record in clicks:
+        assert hot.decode(click_id, record)["ts"] == ms == int(NOW * 1000)  # the click's own
+        assert ids.uuid7_time_ms(click_id) == ms + 7
 
 
 @pytest.mark.parametrize("raw", HOSTILE[:12])

@@ -239,6 +239,8 @@ cdef class _Link:
     cdef bint has_click_id
     cdef bytes campaign_q  # campaign and affiliate ids percent-encoded for the template
     cdef bytes affiliate_q
+    cdef list hot_values  # slug, campaign, affiliate, advertiser as JSON strings (hot.encode)
+    cdef int hot_last  # the last of those that is not empty, -1 if none
 
     def __init__(self, link):
         self.link = link
@@ -261,6 +263,9 @@ cdef class _Link:
         self.has_click_id = has_click_id
         self.campaign_q = _quoted(link.campaign_id)
         self.affiliate_q = _quoted(link.affiliate_id)
+        texts = [link.slug, link.campaign_id, link.affiliate_id, link.advertiser_id]
+        self.hot_values = [orjson.dumps(text or "") for text in texts]
+        self.hot_last = max((i for i, text in enumerate(texts) if text), default=-1)
 
 
 cdef bytes _quoted(str value):
@@ -677,20 +682,35 @@ cdef class ClickPath:
             b.put(b',"method":"GET"}', 16)
         row = b.take(row_start)
 
-        # the Redis record (records.click_record)
+        # the Redis record in the hot window's compact form (hot.encode of
+        # records.click_record): the visitor's 16 bytes, then a JSON array of the text
+        # fields without the empty ones at its end, led by how far the id's time is ahead
+        # of the click's when it is
         cdef Py_ssize_t record_start = b.size
-        b.put(b'{"click_id":"', 13)
-        b.put_bytes(cid)
-        b.put(b'","visitor_id":"', 16)
-        b.put_bytes(vid)
-        b.put(b'","ts":', 7)
-        b.put_int(ms)
-        b.put(b",", 1)
-        b.put_bytes(link.fields)
+        b.reserve(16)
+        _raw_id(PyBytes_AS_STRING(vid), b.data + b.size)
+        b.size += 16
+        b.put(b"[", 1)
+        cdef long long behind = _id_ms(PyBytes_AS_STRING(cid)) - ms
+        cdef bint first = True
+        if behind:
+            b.put_int(behind)
+            first = False
+        cdef int last = link.hot_last
         for k in range(5):
-            b.put(PARAM_KEY_C[k], PARAM_KEY_LEN[k])
-            _put_param(b, pv[k], pl[k], decoded[k])
-        b.put(b"}", 1)
+            if (decoded[k] is not None and PyBytes_GET_SIZE(decoded[k])) or (
+                decoded[k] is None and pl[k]
+            ):
+                last = 4 + k
+        for k in range(last + 1):
+            if not first:
+                b.put(b",", 1)
+            first = False
+            if k < 4:
+                b.put_bytes(<bytes>link.hot_values[k])
+            else:
+                _put_param(b, pv[k - 4], pl[k - 4], decoded[k - 4])
+        b.put(b"]", 1)
         record = b.take(record_start)
 
         # the answer (clickpath.encode of the reference's Reply)
@@ -711,7 +731,7 @@ cdef class ClickPath:
         b.put(b"\r\n", 2)
         answer = b.take(answer_start)
 
-        ctx.writer.add_click_json(click_id, visitor_id, ms_obj, row, record)
+        ctx.writer.add_click_encoded(click_id, visitor_id, ms_obj, row, record)
         requests = ctx.counters.requests
         cdef PyObject* count = PyDict_GetItem(requests, self.click_key)
         PyDict_SetItem(requests, self.click_key, (<object>count if count != NULL else 0) + 1)
@@ -792,6 +812,33 @@ cdef const char* _cookie(const char* header, Py_ssize_t n, bytes name):
             return header + a if _is_uuid(header + a, b - a) else NULL
         i = end + 1
     return NULL
+
+
+cdef inline int _hex(char c) noexcept nogil:
+    return c - c'0' if c <= c'9' else c - c'a' + 10
+
+
+cdef void _raw_id(const char* text, char* out) noexcept nogil:
+    """hot.raw_id: a canonical (lower-case) UUID string as its 16 bytes."""
+    cdef int i = 0
+    cdef int o = 0
+    while i < 36:
+        if text[i] == c'-':
+            i += 1
+            continue
+        out[o] = <char>((_hex(text[i]) << 4) | _hex(text[i + 1]))
+        o += 1
+        i += 2
+
+
+cdef long long _id_ms(const char* text) noexcept nogil:
+    """ids.uuid7_time_ms: the Unix ms in a UUIDv7 string's first 48 bits."""
+    cdef long long value = 0
+    cdef int i
+    for i in range(13):
+        if i != 8:
+            value = (value << 4) | _hex(text[i])
+    return value
 
 
 cdef bint _is_uuid(const char* s, Py_ssize_t n) noexcept nogil:

@@ -229,12 +229,12 @@ class EventWriter:
             row["click_id"], row["visitor_id"], ms, compact_json(row), hot.encode(record)
         )
 
-    def add_click_json(
-        self, click_id: str, visitor_id: str, ms: int, row: bytes, record: bytes
+    def add_click_encoded(
+        self, click_id: str, visitor_id: str, ms: int, row: bytes, value: bytes
     ) -> None:
-        """A click whose row and record are already JSON (the compiled click core); the
-        record is kept in the hot window's compact form (tracker/hot.py)."""
-        self._add_click(click_id, visitor_id, ms, row, hot.encode(orjson.loads(record)))
+        """A click the compiled click core encoded: its row as JSON, its record in the hot
+        window's compact form (`hot.encode`)."""
+        self._add_click(click_id, visitor_id, ms, row, value)
 
     def _add_click(self, click_id: str, visitor_id: str, ms: int, row: bytes, value: bytes) -> None:
         self._batch.rows.setdefault("clicks", []).append(row)
