@@ -92,7 +92,13 @@ def creates(statements: list[str]) -> dict[str, re.Match]:
 def alters(statements: list[str], ttl: bool = False) -> list[re.Match]:
     """The column changes (or with `ttl`, the TTL changes) among the statements."""
     found = [m for m in map(ALTER_RE.match, statements) if m]
-    return [m for m in found if ("MODIFY TTL" in m[4]) == ttl]
+    if ttl:
+        return [m for m in found if "MODIFY TTL" in m[4]]
+    return [m for m in found if COLUMN_CHANGE.match(m[4])]
+
+
+# the clauses a Distributed table must mirror; any other ALTER concerns the stored data
+COLUMN_CHANGE = re.compile(r"\s*(ADD|DROP|MODIFY|RENAME|COMMENT) COLUMN\b")
 
 
 OUTLINE_RE = re.compile(
@@ -162,9 +168,13 @@ def test_apply_runs_exactly_render_all(tmp_path, clustered):
     else:  # the single-server statements, each on the cluster, tables as local + Distributed
         expected = []
         single = legacy_all(load(tmp_path))
-        ttl = {i for i, stmt in enumerate(single) if "MODIFY TTL" in stmt}
+        data_only = {  # TTL, skip indexes: the stored data's, so the shards' tables only
+            i
+            for i, match in enumerate(map(ALTER_RE.match, single))
+            if match and not COLUMN_CHANGE.match(match[4])
+        }
         for i, (kind, db, table, _) in enumerate(outline(single)):
-            if i in ttl:  # the stored data's lifetime: the shards' tables only
+            if i in data_only:
                 expected.append((kind, db, f"{table}_local", CLUSTER))
             elif (
                 kind in ("CREATE DATABASE", "CREATE MATERIALIZED VIEW", "DROP VIEW")
@@ -258,6 +268,19 @@ def test_alters_hit_local_and_distributed_tables(tmp_path):
         assert local[3] == dist[3] == CLUSTER
         assert local[4] == dist[4] == original[4]
         assert local[4].lstrip().startswith("ADD COLUMN IF NOT EXISTS")
+
+
+def test_skip_indexes_hit_local_tables_only(tmp_path):
+    """A Distributed table holds no data to index: ADD / MATERIALIZE INDEX go to the
+    shards' tables only."""
+    single = [s for s in migrations.render_all(load(tmp_path)) if " INDEX " in s]
+    clustered = [s for s in migrations.render_all(cluster_settings(tmp_path)) if " INDEX " in s]
+    assert single and len(clustered) == len(single)
+    pairs = zip(map(ALTER_RE.match, single), map(ALTER_RE.match, clustered), strict=True)
+    for original, local in pairs:
+        assert original and local
+        assert (local[2], local[3]) == (f"{original[2]}_local", CLUSTER)
+        assert local[4] == original[4]
 
 
 def test_retention_alters_hit_local_tables_only(tmp_path):
