@@ -233,6 +233,30 @@ async def test_timeouts_and_refused_connections_are_retried(redis_server, sync_r
     assert by_target == {"hang": ["timeout", "timeout"], "closed": ["connection_error"] * 2}
 
 
+async def test_an_entry_read_again_while_in_flight_is_not_attempted_twice(redis_server, sync_redis):
+    """After a Redis error the worker reads its own pending entries again (from "0"),
+    and may claim entries back: one still in flight must not get a second attempt."""
+    async with Receiver(["hang"]) as rx:
+        hang = add_target(
+            sync_redis,
+            id="hang",
+            kind="postback",
+            affiliate_id="aff",
+            url=f"http://127.0.0.1:{rx.port}/h",
+        )
+        settings = replace(FAST, timeout_seconds=1.0, max_attempts=1)
+        queue.enqueue(sync_redis, jobs_for([row()], [hang], clicks={}, payouts={}, ms=1))
+        worker, finish = await run_worker(redis_server, settings)
+        try:
+            await wait_for(lambda: len(rx.requests) == 1, what="the first attempt in flight")
+            await worker.take(await worker.read("0"))  # as after a Redis error
+            await wait_for(lambda: sync_redis.hlen(K.DELIVERY_DEAD_HASH) == 1, what="dead")
+        finally:
+            await finish()
+    assert len(rx.requests) == 1
+    assert [r["outcome"] for r in logged(sync_redis)] == ["timeout"]
+
+
 async def test_redirects_are_not_followed(redis_server, sync_redis):
     async with Receiver(["redirect"]) as rx:
         target = add_target(

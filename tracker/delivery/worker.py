@@ -69,6 +69,9 @@ class Worker:
         self.consumer = consumer
         self.claim_idle_ms = int((settings.timeout_seconds * 3 + 10) * 1000)
         self.inflight: set[asyncio.Task] = set()
+        # the stream entries of those tasks: a pending entry is read again after a Redis
+        # error (its own, from "0") and may be claimed back; never attempt one twice at once
+        self.inflight_entries: set[bytes] = set()
         self.log_rows: list[bytes] = []
         self.targets: dict[str, Target] = {}
         self._targets_version: bytes | None = None
@@ -166,9 +169,13 @@ class Worker:
             if raw is None:  # deleted meanwhile: nothing to do
                 await self.redis.xack(K.DELIVERY_STREAM, K.DELIVERY_GROUP, entry_id)
                 continue
+            if entry_id in self.inflight_entries:
+                continue
             task = asyncio.create_task(self.attempt(entry_id, orjson.loads(raw)))
             self.inflight.add(task)
+            self.inflight_entries.add(entry_id)
             task.add_done_callback(self.inflight.discard)
+            task.add_done_callback(lambda _, e=entry_id: self.inflight_entries.discard(e))
 
     async def move_due(self) -> None:
         now_ms = int(time.time() * 1000)
