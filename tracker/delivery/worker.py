@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -174,8 +175,11 @@ class Worker:
             task = asyncio.create_task(self.attempt(entry_id, orjson.loads(raw)))
             self.inflight.add(task)
             self.inflight_entries.add(entry_id)
-            task.add_done_callback(self.inflight.discard)
-            task.add_done_callback(lambda _, e=entry_id: self.inflight_entries.discard(e))
+            task.add_done_callback(functools.partial(self._done, entry_id))
+
+    def _done(self, entry_id: bytes, task: asyncio.Task) -> None:
+        self.inflight.discard(task)
+        self.inflight_entries.discard(entry_id)
 
     async def move_due(self) -> None:
         now_ms = int(time.time() * 1000)
