@@ -133,15 +133,24 @@ async def test_named_click_in_the_middle_ends_the_path(svc):
 async def test_fifty_concurrent_identical_postbacks_accept_one(svc):
     async with browser() as session:
         click_id = await click(session, svc.base_url, "conv-a")
-        results = await asyncio.gather(
-            *(
-                postback(session, svc.base_url, click_id=click_id, txid="dup-1", amount="5")
-                for _ in range(50)
-            )
-        )
+
+        async def until_answered():
+            """As an advertiser's server does: a 503 (Redis slow to answer, on a loaded
+            machine) is sent again; whether the first try was stored or not, exactly
+            one of all the tries may be accepted."""
+            for _ in range(50):
+                code, body = await postback(
+                    session, svc.base_url, click_id=click_id, txid="dup-1", amount="5"
+                )
+                if code != 503:
+                    return code, body
+                await asyncio.sleep(0.2)
+            raise AssertionError("the postback kept answering 503")
+
+        results = await asyncio.gather(*(until_answered() for _ in range(50)))
+    assert all(code == 200 for code, _ in results), results
     statuses = [body["status"] for _, body in results]
     assert statuses.count("accepted") == 1 and statuses.count("duplicate") == 49
-    assert all(code == 200 for code, _ in results)
     assert len({body["conversion_id"] for _, body in results}) == 1
     assert svc.wait_count("conversions", 1, "txid = 'dup-1'") == 1
 
