@@ -71,11 +71,11 @@ def test_a_batch_is_grouped_by_hash_with_one_expiry_each():
     )
     assert sum(len(f) for f in writes.clicks.values()) == 2 * 201
     assert len(writes.clicks) <= hot.HOT_SHARDS
-    [(path_key, pairs)] = writes.paths.items()  # one visitor, one hour: one path field
-    assert pairs[1::2] == [hot.raw_id(c) for c in clicks]
+    [path_key] = writes.paths  # one visitor, one hour: one path field, one append
+    assert writes.path_pairs(path_key) == [hot.raw_id(visitor), b"".join(map(hot.raw_id, clicks))]
     assert set(writes.expiry) == set(writes.clicks) | {path_key}
     assert writes.oldest_ms == T
     keys, args = writes.script_args()
     assert len(keys) == len(writes.clicks) + 1 and args[0] == len(writes.clicks)
-    assert hot.split_path(b"".join(pairs[1::2])) == clicks
+    assert hot.split_path(writes.path_pairs(path_key)[1]) == clicks
     assert uuid7_time_ms(clicks[-1]) == T + 199

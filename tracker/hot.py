@@ -163,7 +163,8 @@ class HotWindow:
 
 # -- writing (Lua shared by the edge's batch script, the Cluster path and rebuild-hot) ---
 
-# Appends the click ids of each path field unless already there (a replayed batch).
+# Appends a batch's click ids to each visitor's field unless already there (a replayed
+# batch appends nothing; readers drop repeats anyway).
 # Used inside a script where `key`, and ARGV from `a`: count, then visitor/click pairs.
 APPEND_PATHS = """
 local function append_paths(key, a)
@@ -207,11 +208,11 @@ return 1
 @dataclass(slots=True)
 class HotWrites:
     """A batch of click records and path entries grouped by hash: one HSET and one
-    EXPIREAT per click hash, one append per path entry and one EXPIREAT per path hash."""
+    EXPIREAT per click hash, one append per visitor and one EXPIREAT per path hash."""
 
     hot_hours: int
     clicks: dict[str, list[bytes]]  # click hash -> field, value, field, value ...
-    paths: dict[str, list[bytes]]  # path hash -> visitor, click id, ...
+    paths: dict[str, dict[bytes, bytes]]  # path hash -> visitor -> its click ids
     expiry: dict[str, int]  # hash -> expireat
     oldest_ms: int
 
@@ -238,11 +239,16 @@ class HotWrites:
         if visitor_id == ZERO_UUID:  # a no-track click has no path
             return
         key = path_hash(hour, visitor_id)
-        pairs = self.paths.get(key)
-        if pairs is None:
-            pairs = self.paths[key] = []
+        visitors = self.paths.get(key)
+        if visitors is None:
+            visitors = self.paths[key] = {}
             self.expiry[key] = expire_at(hour, self.hot_hours)
-        pairs += (raw_id(visitor_id), cid)
+        visitor = raw_id(visitor_id)
+        visitors[visitor] = visitors.get(visitor, b"") + cid
+
+    def path_pairs(self, key: str) -> list[bytes]:
+        """visitor, click ids, visitor, click ids ... of one path hash."""
+        return [part for pair in self.paths[key].items() for part in pair]
 
     def script_args(self) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV for `WRITE_HOT` (after the caller's own keys and args)."""
@@ -251,9 +257,9 @@ class HotWrites:
         for key, fields in self.clicks.items():
             keys.append(key)
             args += [self.expiry[key], len(fields) // 2, *fields]
-        for key, pairs in self.paths.items():
+        for key, visitors in self.paths.items():
             keys.append(key)
-            args += [self.expiry[key], len(pairs) // 2, *pairs]
+            args += [self.expiry[key], len(visitors), *self.path_pairs(key)]
         return keys, args
 
 
@@ -295,8 +301,9 @@ def store(redis: SyncRedis, writes: HotWrites, since: bool = True) -> None:
     for key, fields in writes.clicks.items():
         pipe.hset(key, mapping=dict(zip(fields[::2], fields[1::2], strict=True)))
         pipe.expireat(key, writes.expiry[key])
-    for key, pairs in writes.paths.items():
-        pipe.eval(APPEND_PATHS_ONE, 1, key, writes.expiry[key], len(pairs) // 2, *pairs)
+    for key, visitors in writes.paths.items():
+        pairs = writes.path_pairs(key)
+        pipe.eval(APPEND_PATHS_ONE, 1, key, writes.expiry[key], len(visitors), *pairs)
     pipe.execute()
 
 

@@ -413,8 +413,9 @@ class EventWriter:
         for key, fields in writes.clicks.items():
             pipe.hset(key, mapping=dict(zip(fields[::2], fields[1::2], strict=True)))
             pipe.expireat(key, writes.expiry[key])
-        for key, pairs in writes.paths.items():
-            pipe.eval(hot.APPEND_PATHS_ONE, 1, key, writes.expiry[key], len(pairs) // 2, *pairs)
+        for key, visitors in writes.paths.items():
+            pairs = writes.path_pairs(key)
+            pipe.eval(hot.APPEND_PATHS_ONE, 1, key, writes.expiry[key], len(visitors), *pairs)
         await pipe.execute()
 
     # -- recovery ---------------------------------------------------------------------
