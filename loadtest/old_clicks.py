@@ -86,6 +86,7 @@ async def run(svc: Service, old: list[str], args) -> dict:
     replied: dict[str, float] = {}  # txid of an old-click postback -> reply time
     expected: dict[str, str] = {}  # txid -> the old click it named
     answers: dict[str, int] = {}
+    accepted: list[str] = []
     conn = aiohttp.TCPConnector(limit=256)
     async with aiohttp.ClientSession(connector=conn) as session:
 
@@ -102,8 +103,11 @@ async def run(svc: Service, old: list[str], args) -> dict:
             async with session.get(f"{svc.base_url}/postback", params=query) as r:
                 body = await r.json()
             timings[kind].append(time.perf_counter() - started)
-            attribution = body.get("attribution", "?")
+            attribution = body.get("attribution") or body.get("reason") or "?"
             answers[attribution] = answers.get(attribution, 0) + 1
+            if body["status"] != "accepted":  # e.g. 503 when the edge ran out of connections
+                return
+            accepted.append(txid)
             if kind == "deferred":
                 replied[txid] = time.time()
                 expected[txid] = click_id
@@ -124,7 +128,7 @@ async def run(svc: Service, old: list[str], args) -> dict:
             paced(args.rate, postback),
         )
     total = sum(len(v) for v in timings.values())
-    wait_until(lambda: svc.count("conversions") >= total, 120, "every conversion stored")
+    wait_until(lambda: svc.count("conversions") >= len(accepted), 600, "every conversion stored")
     stored = {
         row["txid"]: row
         for row in svc.sql(
@@ -138,6 +142,7 @@ async def run(svc: Service, old: list[str], args) -> dict:
     lag = [stored[t]["at"] / 1000 - replied[t] for t in expected]
     return {
         "postbacks": total,
+        "accepted": len(accepted),
         "clicks": len(fresh),
         "replies_by_attribution": answers,
         "reply_ms": {
@@ -175,6 +180,9 @@ def main() -> None:
             assert status == 201, body
             svc.add_link("now", campaign_id="camp-now", advertiser_id="shop")
             result = asyncio.run(run(svc, old, args))
+        except BaseException:
+            print(svc.log_text()[-4000:], file=sys.stderr)
+            raise
         finally:
             svc.stop_all()
             redis.stop()
