@@ -285,6 +285,8 @@ def test_bool_false_spellings(toml, env, text):
         ("", {"TRACKER_CLICKHOUSE_DSN": "ch.example:8123"}, ["clickhouse.dsn"]),
         ("", {"TRACKER_CLICKHOUSE_DATABASE": "bad-name"}, ["clickhouse.database"]),
         ("", {"TRACKER_LOOKBACK_DAYS": "0"}, ["tracking.lookback_days"]),
+        ("", {"TRACKER_HOT_HOURS": "-1"}, ["tracking.hot_hours"]),
+        ("", {"TRACKER_LOOKBACK_DAYS": "1", "TRACKER_HOT_HOURS": "25"}, ["tracking.hot_hours"]),
         (
             "",
             {"TRACKER_TRACKING_LINK_REFRESH_SECONDS": "0"},
