@@ -9,7 +9,6 @@ does not answer, so an edge (re)started during a Redis outage keeps working.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
+from tracker.background import Beat
 from tracker.redis_connection import as_text
 from tracker.types import AnyPipeline, AsyncRedis, SyncRedis
 
@@ -94,7 +94,7 @@ class HashCache(Generic[T]):
         self._snapshot = snapshot
         self._version: bytes | str | None = None
         self.items: dict[str, T] = {}
-        self._task: asyncio.Task | None = None
+        self._beat = Beat()
 
     def get(self, key: str) -> T | None:
         return self.items.get(key)
@@ -124,17 +124,13 @@ class HashCache(Generic[T]):
                 exc,
                 len(self.items),
             )
-        self._task = asyncio.create_task(self._loop())
+        self._beat.start(self._loop())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._beat.stop()
 
     async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._refresh)
+        while await self._beat.wait(self._refresh):
             try:
                 await self.reload()
             except Exception as exc:  # keep serving what we have

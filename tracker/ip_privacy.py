@@ -21,6 +21,7 @@ from functools import lru_cache
 from hashlib import blake2b
 
 from tracker import redis_keys as K
+from tracker.background import Beat
 from tracker.clock import Clock, clock_ms, system_clock
 from tracker.types import AsyncRedis
 
@@ -58,7 +59,7 @@ class IpKeys:
         self.redis = redis
         self.clock = clock
         self.secrets: dict[int, bytes] = {}
-        self._task: asyncio.Task | None = None
+        self._beat = Beat()
 
     def hour(self) -> int:
         return clock_ms(self.clock) // HOUR_MS
@@ -85,18 +86,14 @@ class IpKeys:
     async def start(self) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.refresh(), 2.0)
-        self._task = asyncio.create_task(self._run())
+        self._beat.start(self._run())
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(REFRESH_SECONDS)
+        while await self._beat.wait(REFRESH_SECONDS):
             try:
                 await asyncio.wait_for(self.refresh(), 5.0)
             except Exception as exc:  # Redis away: the secrets held stay in use
                 log.debug("ip key refresh failed: %r", exc)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._beat.stop()

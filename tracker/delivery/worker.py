@@ -26,6 +26,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from tracker import metrics
 from tracker import redis_keys as K
+from tracker.background import Beat
 from tracker.config import DeliverySettings
 from tracker.delivery.policy import backoff_seconds, parse_allowed
 from tracker.delivery.queue import JOB_FIELD, MOVE_DUE
@@ -89,7 +90,8 @@ class Worker:
             concurrency=s.concurrency,
         ) as sender:
             self.sender = sender
-            flusher = asyncio.create_task(self._flush_loop(stop))
+            flusher = Beat()
+            flusher.start(self._flush_loop(flusher))
             try:
                 await self._loop(stop)
             finally:
@@ -97,9 +99,7 @@ class Worker:
                     await asyncio.wait(self.inflight, timeout=s.timeout_seconds + 1)
                 for task in self.inflight:  # still pending in the group: taken again
                     task.cancel()
-                flusher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await flusher
+                await flusher.stop()
                 await self.flush_log()
 
     async def _loop(self, stop: asyncio.Event) -> None:
@@ -245,9 +245,8 @@ class Worker:
 
     # -- the attempt log --------------------------------------------------------------
 
-    async def _flush_loop(self, stop: asyncio.Event) -> None:
-        while True:
-            await asyncio.sleep(LOG_FLUSH_SECONDS)
+    async def _flush_loop(self, beat: Beat) -> None:
+        while await beat.wait(LOG_FLUSH_SECONDS):
             try:
                 await self.flush_log()
                 await self.report_sizes()

@@ -16,13 +16,13 @@ click only looks at this process's memory.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections import Counter
 from typing import Any
 
 from tracker import redis_keys as K
+from tracker.background import Beat
 from tracker.clock import Clock, clock_ms, system_clock
 from tracker.hashcache import HashCache
 from tracker.routing.rules import Caps
@@ -51,7 +51,7 @@ class CapCounters:
         self.interval = interval
         self.pending: Counter[tuple[str, int]] = Counter()  # (slug, day) -> clicks not sent
         self.seen: dict[str, tuple[int, int, int]] = {}  # slug -> (day, daily, total) read
-        self._task: asyncio.Task | None = None
+        self._beat = Beat()
 
     def counts(self, slug: str, day: int) -> tuple[int, int]:
         """(today's clicks, all clicks) of a capped link as this edge knows them."""
@@ -89,24 +89,21 @@ class CapCounters:
             self.seen[slug] = (day, int(replies[3 * i]), int(replies[3 * i + 2]))
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+        self._beat.start(self._loop())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._beat.stop()
         with contextlib.suppress(Exception):
             await self.sync()  # what this edge admitted is counted before it goes
 
     async def _loop(self) -> None:
-        while True:  # idle (no capped link clicked yet): a slower beat
-            await asyncio.sleep(self.interval if self.pending or self.seen else 0.05)
+        # idle (no capped link clicked yet): a slower beat
+        while await self._beat.wait(self.interval if self.pending or self.seen else 0.05):
             try:
                 await self.sync()
             except Exception as exc:  # Redis away: caps hold at the last totals read
                 log.debug("cap counters not synced: %r", exc)
-                await asyncio.sleep(0.5)
+                await self._beat.wait(0.5)
 
 
 class ConversionCounts:
@@ -127,7 +124,7 @@ class ConversionCounts:
         self.interval = interval
         self.clock = clock
         self.seen: dict[str, tuple[int, int, int]] = {}  # campaign -> (day, daily, total)
-        self._task: asyncio.Task | None = None
+        self._beat = Beat()
 
     def counts(self, campaign_id: str, day: int) -> tuple[int, int]:
         """(conversions on that UTC day, all conversions) of a campaign as last read."""
@@ -157,17 +154,13 @@ class ConversionCounts:
     async def start(self) -> None:
         with contextlib.suppress(Exception):  # Redis away at start: the loop tries again
             await self.refresh()
-        self._task = asyncio.create_task(self._loop())
+        self._beat.start(self._loop())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._beat.stop()
 
     async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
+        while await self._beat.wait(self.interval):
             try:
                 await self.refresh()
             except Exception as exc:  # Redis away: the last counts read stand

@@ -42,6 +42,7 @@ from redis.exceptions import NoScriptError
 
 from tracker import hot, metrics
 from tracker import redis_keys as K
+from tracker.background import Beat
 from tracker.edge.spool import Spool
 from tracker.ids import uuid7
 from tracker.metrics import REDIS_FLUSH
@@ -183,6 +184,7 @@ class EventWriter:
         self._closing = False
         self._task: asyncio.Task | None = None
         self._recovery: asyncio.Task | None = None
+        self._recovery_beat = Beat()  # the recovery loop's sleep and stop
         self.redis_ok = not spool.pending
         self._redis_answers = False  # the recovery task's last ping was answered
         # replayed batches whose markers wait for the replay position to reach the disk
@@ -269,9 +271,7 @@ class EventWriter:
         if self._recovery and not self._recovery.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._recovery), replay_seconds)
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovery
+            await self._recovery_beat.stop()
 
     # -- flushing ---------------------------------------------------------------------
 
@@ -422,11 +422,11 @@ class EventWriter:
 
     def _start_recovery(self) -> None:
         if self._recovery is None or self._recovery.done():
-            self._recovery = asyncio.create_task(self._recover())
+            self._recovery_beat = Beat()
+            self._recovery = self._recovery_beat.start(self._recover())
 
     async def _recover(self) -> None:
-        while True:
-            await asyncio.sleep(RECOVERY_INTERVAL)
+        while await self._recovery_beat.wait(RECOVERY_INTERVAL):
             try:
                 await asyncio.wait_for(self._redis.ping(), self._timeout)
             except Exception:
