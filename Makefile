@@ -12,11 +12,11 @@ run: setup
 # In a random order (pytest-randomly; the last line names the seed to replay it), on two
 # workers, a test file per worker at a time (its module-scoped services start once).
 test: lint
-	.venv/bin/pytest -q -n 2 --dist loadfile
+	TRACKER_REQUIRE_EXTENSIONS=1 .venv/bin/pytest -q -n 2 --dist loadfile
 
 # One process, in file order: the plainest run, to tell an ordering fault from a race.
 test-serial: lint
-	.venv/bin/pytest -q -p no:randomly
+	TRACKER_REQUIRE_EXTENSIONS=1 .venv/bin/pytest -q -p no:randomly
 
 lint: setup
 	.venv/bin/ruff check .
