@@ -12,6 +12,7 @@ from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
 from tracker.ids import uuid7
 from tracker.sink.consumer import Sink, Stopping
+from tracker.testing import wait_until
 from tracker.timefmt import format_ms, now_ms
 
 
@@ -208,3 +209,31 @@ def test_run_drains_the_stream_when_stopped(r, ch):
     stop.set()  # asked to stop before it starts: it still drains what is there
     make_sink(r, ch, stop=stop).run(drain_seconds=10)
     assert count(ch) == 27
+
+
+def test_a_flush_while_the_read_blocks_recreates_the_group(r, ch):
+    """FLUSHALL while the sink's read waits on the stream: Redis unblocks it with an
+    error (the stream is gone); the sink makes its group again and goes on."""
+    stop = threading.Event()
+    sink = make_sink(r, ch, stop=stop)
+    sink.block_ms = 60_000
+    runner = threading.Thread(target=sink.run)
+    runner.start()
+    try:
+        wait_until(
+            lambda: any(
+                c["cmd"] == "xreadgroup" and "b" in c["flags"] for c in r.client_list("normal")
+            ),
+            10,
+            "the sink's read to block",
+        )
+        r.flushall()
+        wait_until(lambda: r.exists(K.EVENTS_STREAM), 10, "the group made again")
+        add_batches(r, 2, 5)
+        wait_until(lambda: count(ch) == 10, 30, "the batches stored")
+        assert runner.is_alive()
+    finally:
+        stop.set()
+        add_batches(r, 1, 1)  # ends the blocked read
+        runner.join(30)
+    assert not runner.is_alive()

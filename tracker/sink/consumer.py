@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START = 0.2
 BACKOFF_MAX = 10.0
+# Replies saying the stream's consumer group is gone: NOGROUP to a read, UNBLOCKED to a
+# read blocked while the stream was deleted (FLUSHALL on the node).
+GROUP_GONE = ("NOGROUP", "UNBLOCKED")
 
 
 class Stopping(Exception):
@@ -147,9 +150,10 @@ class Sink:
             except Stopping:
                 return
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if not str(exc).startswith(GROUP_GONE):
                     raise
-                # Redis came back with empty memory (no persistence): the group is gone
+                # Redis came back with empty memory (no persistence), or its memory was
+                # flushed while this read was blocked (UNBLOCKED): the group is gone
                 log.warning("the sink's consumer group is gone (an emptied Redis); creating it")
                 self._drop_ahead()
                 setup = False
