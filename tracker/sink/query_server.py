@@ -91,6 +91,10 @@ def make_server(
                         answer = routes[self.path](request)
                     except PrivacyError as exc:
                         return self._fail(400, str(exc))
+                    except Exception as exc:  # our fault, not the body's: say what failed
+                        log.exception("%s failed", self.path)
+                        reason = str(exc).strip().splitlines()[0][:500] if str(exc) else ""
+                        return self._fail(500, f"{self.path} failed: {type(exc).__name__} {reason}")
                     return self._reply(200, orjson.dumps(answer, default=str))
                 return self._fail(404, "unknown path")
             except (orjson.JSONDecodeError, KeyError, TypeError):
