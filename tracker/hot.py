@@ -303,7 +303,11 @@ def store(redis: SyncRedis, writes: HotWrites, since: bool = True) -> None:
         pipe.expireat(key, writes.expiry[key])
     for key, visitors in writes.paths.items():
         pairs = writes.path_pairs(key)
-        pipe.eval(APPEND_PATHS_ONE, 1, key, writes.expiry[key], len(visitors), *pairs)
+        # EVAL as a raw command: redis-py's Cluster pipeline refuses `eval()` but routes
+        # this by its one key like any other command
+        pipe.execute_command(
+            "EVAL", APPEND_PATHS_ONE, 1, key, writes.expiry[key], len(visitors), *pairs
+        )
     pipe.execute()
 
 
