@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import sys
 from types import SimpleNamespace
 
 import aiohttp
@@ -12,9 +13,12 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from tests.system.test_postbacks import ADV_TOKEN, browser, click, postback
+from tracker import hot
 from tracker import redis_keys as K
-from tracker.redis_connection import HiredisPacking, async_client
-from tracker.testing import BROWSER_UA, Service, hit_many, wait_until
+from tracker.ids import uuid7, uuid7_time_ms
+from tracker.redis_connection import HiredisPacking, async_client, sync_client
+from tracker.testing import BROWSER_UA, ROOT, Service, hit_many, wait_until
 
 
 def cluster_port(taken: list[int]) -> int:
@@ -230,3 +234,116 @@ async def test_cluster_connections_pack_with_hiredis(redis_cluster):
         assert connections and all(isinstance(c, HiredisPacking) for c in connections)
     finally:
         await client.aclose()
+
+
+def credited(service: Service, conversion_id: str) -> list[tuple[str, str]]:
+    """(campaign, click) of a conversion's linear credits, oldest click first."""
+    rows = service.sql(
+        "SELECT campaign_id, toString(click_id) AS click FROM tracker.attribution_credits "
+        f"WHERE conversion_id = '{conversion_id}' AND model = 'linear' "
+        "ORDER BY click_time, toString(click_id)"
+    )
+    return [(r["campaign_id"], r["click"]) for r in rows]
+
+
+async def test_cluster_emptied_loses_no_attribution_and_rebuild_hot_refills_it(
+    tmp_path, redis_cluster
+):
+    """The hot window on a cluster: online attribution, every master's memory flushed
+    (conversions deferred to the sink, which reads the clicks from ClickHouse), then
+    `tracker rebuild-hot` refills the window and answers are online again, with the
+    same credits."""
+    service = Service(tmp_path / "svc", redis_cluster, TRACKER_REDIS_STREAM_SHARDS="3")
+    try:
+        service.start_sink()
+        service.start_edges(1)
+        assert service.api("POST", "/api/advertisers", {"id": "shop", "token": ADV_TOKEN})[0] == 201
+        service.add_link("hc-a", campaign_id="ca", advertiser_id="shop")
+        service.add_link("hc-b", campaign_id="cb", advertiser_id="shop")
+        async with browser() as session:
+            first = await click(session, service.base_url, "hc-a")
+            second = await click(session, service.base_url, "hc-b")
+            third = await click(session, service.base_url, "hc-a")
+            status, body = await postback(session, service.base_url, click_id=third, txid="hc-0")
+            assert (status, body["attributed"], body["attribution"]) == (200, True, "online")
+            service.wait_count(
+                "attribution_credits", 3, f"conversion_id = '{body['conversion_id']}'"
+            )
+            assert credited(service, body["conversion_id"]) == [
+                ("ca", first),
+                ("cb", second),
+                ("ca", third),
+            ]
+            service.wait_count("clicks", 3, "link_slug LIKE 'hc-%'")
+
+            # every master loses its memory
+            for port in redis_cluster.ports:
+                node = redis.Redis(port=port)
+                node.flushall()
+                assert node.dbsize() == 0
+            client = redis_cluster.client()
+            assert hot.get(client, first) is None
+            # the operator restores what is not click data (links stay cached in the edge)
+            wait_until(
+                lambda: (
+                    service.api("POST", "/api/advertisers", {"id": "shop", "token": ADV_TOKEN})[0]
+                    == 201
+                ),
+                30,
+                "the advertiser stored again",
+            )
+            status, body = await postback(session, service.base_url, click_id=second, txid="hc-1")
+            assert (status, body["status"], body["attribution"]) == (200, "accepted", "deferred")
+            service.wait_count(
+                "attribution_credits", 2, f"conversion_id = '{body['conversion_id']}'"
+            )
+            assert credited(service, body["conversion_id"]) == [("ca", first), ("cb", second)]
+            [row] = service.sql(
+                "SELECT attributed, toString(click_id) AS c, campaign_id FROM tracker.conversions "
+                "WHERE txid = 'hc-1'"
+            )
+            assert row == {"attributed": 1, "c": second, "campaign_id": "cb"}
+            # the sink made its consumer groups again and reads every shard
+            for shard in range(3):
+                groups = client.xinfo_groups(K.events_stream(shard))
+                assert any(g["name"] in (K.SINK_GROUP, K.SINK_GROUP.encode()) for g in groups)
+            assert hot.get(client, first) is None  # still not in Redis
+
+            rebuilt = subprocess.run(
+                [sys.executable, "-m", "tracker", "rebuild-hot"],
+                env=service.env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert rebuilt.returncode == 0, rebuilt.stderr
+            assert "3 clicks" in rebuilt.stdout, rebuilt.stdout
+            for click_id, campaign in ((first, "ca"), (second, "cb"), (third, "ca")):
+                assert hot.get(client, click_id)["campaign_id"] == campaign
+            assert int(client.get(K.HOT_SINCE)) <= uuid7_time_ms(first)
+
+            status, body = await postback(session, service.base_url, click_id=second, txid="hc-2")
+            assert (status, body["attributed"], body["attribution"]) == (200, True, "online")
+            service.wait_count(
+                "attribution_credits", 2, f"conversion_id = '{body['conversion_id']}'"
+            )
+            assert credited(service, body["conversion_id"]) == [("ca", first), ("cb", second)]
+    finally:
+        service.stop_all()
+
+
+def test_hot_store_writes_records_and_paths_on_a_cluster(redis_cluster):
+    """`hot.store` (rebuild-hot's writer) on a cluster: records and paths in many slots."""
+    client = sync_client(redis_cluster.url)
+    visitor = uuid7()
+    records = [
+        {"click_id": uuid7(), "visitor_id": visitor, "campaign_id": f"c{n}"} for n in range(40)
+    ]
+    hot.put(client, records)
+    for n, record in enumerate(records):
+        assert hot.get(client, record["click_id"])["campaign_id"] == f"c{n}"
+    hours = sorted({hot.hour_of(r["click_id"]) for r in records})  # one, unless at :59
+    path = [client.hget(hot.path_hash(h, visitor), hot.raw_id(visitor)) for h in hours]
+    assert hot.paths_from(path) == [r["click_id"] for r in records]
+    assert all(redis.Redis(port=p).dbsize() > 0 for p in redis_cluster.ports)
