@@ -3,11 +3,13 @@ sync (CLI, start-up) and async (admin API) clients, over a real redis-server."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import redis.asyncio as aredis
 
 from tracker import advertisers, links
 from tracker import redis_keys as K
-from tracker.hashcache import create, create_async
+from tracker.hashcache import create, create_async, write_snapshot
 
 LINK = {"slug": "spring", "destination": "https://shop.example/spring"}
 
@@ -37,3 +39,19 @@ async def test_async_create_is_the_same(redis_server):
         assert await client.xlen(K.EVENTS_STREAM) == 1
     finally:
         await client.aclose()
+
+
+def test_snapshot_writes_at_the_same_time_in_one_process(tmp_path):
+    """An admin call's reload and the refresh loop's write the snapshot at once (two
+    executor threads of one process): neither fails, and the file is one whole write."""
+    path = tmp_path / "links.snapshot.json"
+    payloads = [bytes([65 + i]) * 4096 for i in range(8)]
+
+    def writer(data: bytes) -> None:
+        for _ in range(200):
+            write_snapshot(path, data)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(writer, payloads))  # re-raises any write's error
+    assert path.read_bytes() in payloads
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +70,10 @@ async def create_async(redis: AsyncRedis, new: NewRecord) -> bool:
     return True
 
 
-def _write_snapshot(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+def write_snapshot(path: Path, data: bytes) -> None:
+    """Replace the file at once. The temporary file is each write's own: an admin call's
+    reload and the refresh loop's can write at the same time in one process."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     tmp.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -108,9 +111,12 @@ class HashCache(Generic[T]):
         self._version = version
         if self._snapshot:
             data = orjson.dumps({as_text(k): as_text(v) for k, v in raw.items()})
-            await asyncio.get_running_loop().run_in_executor(
-                None, _write_snapshot, self._snapshot, data
-            )
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, write_snapshot, self._snapshot, data
+                )
+            except OSError as exc:  # only a start-up aid when Redis is down: serve on
+                log.warning("%s snapshot not written: %r", self._hash_key, exc)
 
     async def start(self) -> None:
         try:
