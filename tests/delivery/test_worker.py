@@ -257,6 +257,31 @@ async def test_an_entry_read_again_while_in_flight_is_not_attempted_twice(redis_
     assert [r["outcome"] for r in logged(sync_redis)] == ["timeout"]
 
 
+async def test_a_conversions_events_reach_a_target_in_order(redis_server, sync_redis):
+    """Its first report and its approval, queued together: the approval waits for the
+    first to be answered, so the partner never hears "approved" before "pending"."""
+    async with Receiver(["hang", 200]) as rx:
+        target = add_target(
+            sync_redis,
+            id="pb",
+            kind="postback",
+            affiliate_id="aff",
+            url=f"http://127.0.0.1:{rx.port}/pb?st={{status}}",
+        )
+        rows = [row(), row(status="approved", previous_status="pending")]
+        queue.enqueue(sync_redis, jobs_for(rows, [target], clicks={}, payouts={}, ms=1))
+        worker, finish = await run_worker(redis_server, FAST)
+        try:
+            await wait_for(lambda: len(rx.requests) == 1, what="the first report sent")
+            await asyncio.sleep(0.3)  # time enough for a concurrent second call to arrive
+            assert len(rx.requests) == 1
+            rx.release.set()
+            await wait_for(lambda: len(rx.requests) == 2, what="the approval sent")
+        finally:
+            await finish()
+    assert [r["query"] for r in rx.requests] == ["st=pending", "st=approved"]
+
+
 async def test_redirects_are_not_followed(redis_server, sync_redis):
     async with Receiver(["redirect"]) as rx:
         target = add_target(

@@ -74,6 +74,9 @@ class Worker:
         # the stream entries of those tasks: a pending entry is read again after a Redis
         # error (its own, from "0") and may be claimed back; never attempt one twice at once
         self.inflight_entries: set[bytes] = set()
+        # the last attempt taken per (target, conversion): the next one for the same pair
+        # waits for it, so a partner hears "pending" before "approved", not at random
+        self.last_of_pair: dict[tuple[str, str], asyncio.Task] = {}
         self.log_rows: list[bytes] = []
         self.targets: dict[str, Target] = {}
         self._targets_version: bytes | None = None
@@ -172,14 +175,19 @@ class Worker:
                 continue
             if entry_id in self.inflight_entries:
                 continue
-            task = asyncio.create_task(self.attempt(entry_id, orjson.loads(raw)))
+            job = orjson.loads(raw)
+            pair = (str(job.get("target_id")), str(job.get("conversion_id")))
+            task = asyncio.create_task(self.attempt(entry_id, job, self.last_of_pair.get(pair)))
             self.inflight.add(task)
             self.inflight_entries.add(entry_id)
-            task.add_done_callback(functools.partial(self._done, entry_id))
+            self.last_of_pair[pair] = task
+            task.add_done_callback(functools.partial(self._done, entry_id, pair))
 
-    def _done(self, entry_id: bytes, task: asyncio.Task) -> None:
+    def _done(self, entry_id: bytes, pair: tuple[str, str], task: asyncio.Task) -> None:
         self.inflight.discard(task)
         self.inflight_entries.discard(entry_id)
+        if self.last_of_pair.get(pair) is task:
+            del self.last_of_pair[pair]
 
     async def move_due(self) -> None:
         now_ms = int(time.time() * 1000)
@@ -196,7 +204,9 @@ class Worker:
 
     # -- one delivery -----------------------------------------------------------------
 
-    async def attempt(self, entry_id: bytes, job: dict) -> None:
+    async def attempt(self, entry_id: bytes, job: dict, after: asyncio.Task | None = None) -> None:
+        if after is not None:  # the same target and conversion's earlier event goes first
+            await asyncio.wait([after])
         try:
             await self._attempt(entry_id, job)
         except (RedisError, OSError) as exc:  # stays pending: taken again later
