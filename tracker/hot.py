@@ -293,9 +293,16 @@ def paths_from(values: Sequence[bytes | None]) -> list[str]:
 
 
 def store(redis: SyncRedis, writes: HotWrites, since: bool = True) -> None:
-    """Write records and paths with one-key commands (Cluster-safe): `tracker rebuild-hot`
-    and tests. `since`: mark Redis as holding clicks from the oldest one written (NX)."""
+    """Write records and paths (`tracker rebuild-hot` and tests). `since`: mark Redis as
+    holding clicks from the oldest one written (NX)."""
     pipe = redis.pipeline(transaction=False)
+    stage(pipe, writes, since)
+    pipe.execute()
+
+
+def stage(pipe: Any, writes: HotWrites, since: bool = True) -> None:
+    """Queue the writes on a pipeline, sync or async, single Redis or Cluster: one-key
+    commands only, so each goes to its key's node."""
     if since and writes.clicks:
         pipe.set(K.HOT_SINCE, writes.oldest_ms, nx=True)
     for key, fields in writes.clicks.items():
@@ -308,7 +315,6 @@ def store(redis: SyncRedis, writes: HotWrites, since: bool = True) -> None:
         pipe.execute_command(
             "EVAL", APPEND_PATHS_ONE, 1, key, writes.expiry[key], len(visitors), *pairs
         )
-    pipe.execute()
 
 
 def put(redis: SyncRedis, records: Iterable[dict[str, Any]], hot_hours: int = 48) -> None:

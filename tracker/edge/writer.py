@@ -407,15 +407,8 @@ class EventWriter:
         )
         if not batch.clicks:
             return
-        writes = self._hot_writes(batch)
         pipe = self._redis.pipeline()
-        pipe.set(K.HOT_SINCE, writes.oldest_ms, nx=True)
-        for key, fields in writes.clicks.items():
-            pipe.hset(key, mapping=dict(zip(fields[::2], fields[1::2], strict=True)))
-            pipe.expireat(key, writes.expiry[key])
-        for key, visitors in writes.paths.items():
-            pairs = writes.path_pairs(key)
-            pipe.eval(hot.APPEND_PATHS_ONE, 1, key, writes.expiry[key], len(visitors), *pairs)
+        hot.stage(pipe, self._hot_writes(batch))
         await pipe.execute()
 
     # -- recovery ---------------------------------------------------------------------
