@@ -279,8 +279,9 @@ async def test_cluster_emptied_loses_no_attribution_and_rebuild_hot_refills_it(
             # every master loses its memory
             for port in redis_cluster.ports:
                 node = redis.Redis(port=port)
-                node.flushall()
-                assert node.dbsize() == 0
+                # the running edge and sink write again at once (metrics, their group),
+                # so the flush is checked by its reply and by the click records gone
+                assert node.flushall()
             client = redis_cluster.client()
             assert hot.get(client, first) is None
             # the operator restores what is not click data (links stay cached in the edge)
