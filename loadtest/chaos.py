@@ -75,7 +75,10 @@ class Load:
         self.url = url
         self.sent = 0
         self.ids: list[str] = []
-        self.times: list[float] = []  # when each id was answered
+        # when each answered click was requested: the test process's event loop may read a
+        # reply late (it blocks while a fault is switched off), so an answer's own arrival
+        # time can fall after the fault although the edge recorded the click during it
+        self.requested: list[float] = []
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -98,12 +101,13 @@ class Load:
     async def _client(self, session: aiohttp.ClientSession) -> None:
         while not self._stop.is_set():
             self.sent += 1
+            began = time.time()
             try:
                 async with session.get(self.url, allow_redirects=False) as r:
                     await r.read()
                     if r.status == 302:
                         self.ids.append(r.headers["Location"].rsplit("click_id=", 1)[1])
-                        self.times.append(time.time())
+                        self.requested.append(began)
             except (aiohttp.ClientError, ConnectionError, TimeoutError):
                 await asyncio.sleep(0.05)  # the edge is away: do not spin
             await asyncio.sleep(PAUSE)
@@ -147,7 +151,7 @@ class Chaos:
         self, fault_end: float, note: str = "", timeout: float = 120, losing: bool = False
     ) -> Result:
         """Stop the load, wait until every answered click is stored (`losing`: every click
-        answered after the fault; the others may have been dropped) or `timeout`."""
+        requested after the fault; the others may have been dropped) or `timeout`."""
         assert self.load is not None
         await asyncio.sleep(self.wait(2))  # clicks after the fault, too
         await self.load.stop()
@@ -155,7 +159,7 @@ class Chaos:
         awaited = answered
         if losing:
             awaited = {
-                i for i, t in zip(self.load.ids, self.load.times, strict=True) if t > fault_end
+                i for i, t in zip(self.load.ids, self.load.requested, strict=True) if t > fault_end
             }
         recover = None
         deadline = time.monotonic() + timeout
