@@ -5,7 +5,7 @@ bootstrap key) or an API key (tracker/access.py); the route must allow the key's
 (`POLICY`; a route not listed is admin-only, so a new route is closed until someone opens
 it). Handlers narrow further by the caller's subject (an affiliate's own links, reports
 scoped to its id). Every successful write (any method but GET/HEAD) is appended to the
-audit log with what the handler put in `request["audit"]` (target, before, after).
+audit log with what the handler put in `request[AUDIT]` (target, before, after).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from tracker import access
 from tracker import redis_keys as K
 from tracker.access import ApiKey, KeyError_, Principal, Role
 from tracker.audit import entry, matches, parse
-from tracker.edge.admin import audit, error, json_response, read_body
-from tracker.edge.keys import ADMIN_TOKEN, REDIS
+from tracker.edge.admin import audit, error, json_response, principal, read_body
+from tracker.edge.keys import ADMIN_TOKEN, AUDIT, PRINCIPAL, REDIS
 from tracker.reasons import AdminError
 
 ALL = frozenset(Role)
@@ -68,10 +68,6 @@ def allowed(
     return True
 
 
-def principal_of(request: web.Request) -> Principal:
-    return request.get("principal") or access.BOOTSTRAP
-
-
 async def authenticate(request: web.Request) -> Principal | None:
     authorization = request.headers.get("Authorization")
     token = access.bearer_token(authorization)
@@ -90,21 +86,21 @@ async def authenticate(request: web.Request) -> Principal | None:
 async def authorize(request: web.Request, handler):
     if not request.path.startswith("/api/"):
         return await handler(request)
-    principal = await authenticate(request)
-    if principal is None:
+    caller = await authenticate(request)
+    if caller is None:
         return error(401, AdminError.UNAUTHORIZED, "missing or wrong bearer token")
     resource = request.match_info.route.resource
     route = resource.canonical if resource else "unmatched"
     params = dict(request.match_info)
-    if not allowed(request.method, route, principal.role, params, principal.subject):
-        return error(403, AdminError.FORBIDDEN, f"a {principal.role} key may not do this")
-    request["principal"] = principal
+    if not allowed(request.method, route, caller.role, params, caller.subject):
+        return error(403, AdminError.FORBIDDEN, f"a {caller.role} key may not do this")
+    request[PRINCIPAL] = caller
     response = await handler(request)
     if request.method not in READ_ONLY and 200 <= response.status < 300:
-        details = request.get("audit") or {}
+        details = request.get(AUDIT) or {}
         fields = entry(
-            actor=principal.key_id,
-            role=principal.role,
+            actor=caller.key_id,
+            role=caller.role,
             action=f"{request.method} {route}",
             target=details.get("target", ""),
             before=details.get("before"),
@@ -119,7 +115,7 @@ async def authorize(request: web.Request, handler):
 
 
 async def me(request: web.Request) -> web.Response:
-    return json_response(principal_of(request).public())
+    return json_response(principal(request).public())
 
 
 async def create_key(request: web.Request) -> web.Response:

@@ -1,7 +1,7 @@
 """The admin API: `/api/links`, `/api/advertisers`. Errors are 4xx JSON with a short reason.
 
 Who may call what is decided before a handler runs (tracker/edge/access.py); handlers
-narrow what a caller sees to its own (`request["principal"]`) and say what each write
+narrow what a caller sees to its own (`request[PRINCIPAL]`) and say what each write
 changed (`audit`), which the access middleware appends to the audit log.
 """
 
@@ -20,7 +20,7 @@ from tracker.advertisers import apply_changes as change_advertiser
 from tracker.advertisers import new_record as advertiser_record
 from tracker.advertisers import stage_save as stage_advertiser
 from tracker.edge import tag
-from tracker.edge.keys import ADVERTISER_CACHE, LINK_CACHE, REDIS, SETTINGS
+from tracker.edge.keys import ADVERTISER_CACHE, AUDIT, LINK_CACHE, PRINCIPAL, REDIS, SETTINGS
 from tracker.hashcache import create_async, parse_hash
 from tracker.links import (
     SLUG_RE,
@@ -46,12 +46,12 @@ def error(status: int, code: AdminError, reason: str) -> web.Response:
 
 
 def principal(request: web.Request) -> Principal:
-    return request.get("principal") or BOOTSTRAP
+    return request.get(PRINCIPAL) or BOOTSTRAP
 
 
 def audit(request: web.Request, target: str, before: Any = None, after: Any = None) -> None:
     """What the audit entry of this write shows (the access middleware appends it)."""
-    request["audit"] = {"target": target, "before": before, "after": after}
+    request[AUDIT] = {"target": target, "before": before, "after": after}
 
 
 async def read_body(request: web.Request):

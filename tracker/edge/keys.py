@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
+from tracker.access import Principal
 from tracker.clock import Clock
 from tracker.config import Settings
 from tracker.edge.clicks import ClickContext
@@ -27,3 +30,7 @@ CLOCK: web.AppKey[Clock] = web.AppKey("clock")  # the time this process stamps e
 CLICKS = web.AppKey("clicks", ClickContext)
 INTAKE = web.AppKey("intake", ConversionIntake)  # postbacks and conversion pixels
 REPORT_STORE = web.AppKey("report_store", ReportStore)
+
+# what the access middleware and the handlers hand each other on one API request
+PRINCIPAL = web.RequestKey("principal", Principal)  # who is calling (set once authorized)
+AUDIT: web.RequestKey[dict[str, Any]] = web.RequestKey("audit")  # what a write changed

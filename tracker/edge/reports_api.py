@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, multiprocess
 from tracker import refusals
 from tracker.access import Role
 from tracker.edge.admin import error, json_response
-from tracker.edge.keys import REDIS, REPORT_STORE, SETTINGS
+from tracker.edge.keys import PRINCIPAL, REDIS, REPORT_STORE, SETTINGS
 from tracker.reasons import AdminError
 from tracker.reports import metrics, query, reconciliation
 from tracker.reports.store import ReportStore, StoreError
@@ -31,7 +31,7 @@ _FILTER_RE = re.compile(r"\Afilter\[(\w{1,32})\]\Z")
 
 def scope_of(request: web.Request) -> dict[str, tuple[str, ...]]:
     """Forced filters for the caller (set by the access middleware; none for admin)."""
-    principal = request.get("principal")
+    principal = request.get(PRINCIPAL)
     return principal.scope() if principal is not None else {}
 
 
@@ -42,7 +42,7 @@ def parse_request(request: web.Request) -> query.Report:
             filters[match[1]] = value
         elif name.startswith("filter"):
             raise query.ReportError(f"filters are written filter[field]=value, not {name[:40]}")
-    principal = request.get("principal")
+    principal = request.get(PRINCIPAL)
     report = query.parse(
         request.query,
         filters,
@@ -106,7 +106,7 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 async def get_reconciliation(request: web.Request) -> web.Response:
     """`?advertiser=&from=&to=&tz=`; an advertiser's key gets its own, whatever it asks."""
-    principal = request.get("principal")
+    principal = request.get(PRINCIPAL)
     advertiser = request.query.get("advertiser", "")
     if principal is not None and principal.role == Role.ADVERTISER:
         advertiser = advertiser or principal.subject
