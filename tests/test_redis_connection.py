@@ -18,6 +18,7 @@ ARGS = [
     ("EVALSHA", "f" * 40, 2, "k1", "k2", 1.5, -7, "välue ✓", b"\x00\xff", memoryview(b"mv")),
     ("CONFIG GET", "maxmemory"),
     (b"XADD", "s", "*", "clicks", b"x" * 100_000),
+    ("HSET", "h", bytearray(b"f"), bytearray(b"\x00v")),  # hiredis takes no bytearray as is
 ]
 
 

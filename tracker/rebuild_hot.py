@@ -52,7 +52,7 @@ def rebuild(
         )
         if not rows:
             continue
-        writes = hot.HotWrites(hot_hours, {}, {}, {}, hot.NEVER)
+        writes = hot.HotWrites(hot_hours)
         marks: dict[str, list[bytes]] = {}
         for row in rows:
             record = dict(zip(FIELDS, row[:-1], strict=True))

@@ -46,8 +46,12 @@ class HiredisPacking:
         elif b" " in args[0]:
             args = tuple(args[0].split()) + args[1:]
         try:
+            return [hiredis.pack_command(args)]  # any length
+        except TypeError:  # hiredis takes bytes, str, numbers, memoryviews: not a bytearray
+            pass
+        try:
             packed = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args)
-            return [hiredis.pack_command(packed)]  # type: ignore[arg-type]  # any length
+            return [hiredis.pack_command(packed)]  # type: ignore[arg-type]
         except TypeError as exc:  # as redis-py's own encoder answers a bad argument
             raise redis.DataError(str(exc)) from exc
 
