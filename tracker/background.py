@@ -37,6 +37,11 @@ class Beat:
     def stopped(self) -> bool:
         return self._stopped.is_set()
 
+    @property
+    def task(self) -> asyncio.Task | None:
+        """The loop's task while it runs (None before `start` and once it has ended)."""
+        return self._task if self._task is not None and not self._task.done() else None
+
     async def stop(self) -> None:
         """End the loop: wake its sleep, cancel its step, and wait until it is over."""
         self._stopped.set()

@@ -183,8 +183,7 @@ class EventWriter:
         self._spool_lock = asyncio.Lock()
         self._closing = False
         self._task: asyncio.Task | None = None
-        self._recovery: asyncio.Task | None = None
-        self._recovery_beat = Beat()  # the recovery loop's sleep and stop
+        self._recovery = Beat()  # the recovery loop: its task, sleep and stop
         self.redis_ok = not spool.pending
         self._redis_answers = False  # the recovery task's last ping was answered
         # replayed batches whose markers wait for the replay position to reach the disk
@@ -268,10 +267,10 @@ class EventWriter:
         self._full.set()
         if self._task:
             await self._task
-        if self._recovery and not self._recovery.done():
+        if task := self._recovery.task:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._recovery), replay_seconds)
-            await self._recovery_beat.stop()
+                await asyncio.wait_for(asyncio.shield(task), replay_seconds)
+            await self._recovery.stop()
 
     # -- flushing ---------------------------------------------------------------------
 
@@ -414,12 +413,12 @@ class EventWriter:
     # -- recovery ---------------------------------------------------------------------
 
     def _start_recovery(self) -> None:
-        if self._recovery is None or self._recovery.done():
-            self._recovery_beat = Beat()
-            self._recovery = self._recovery_beat.start(self._recover())
+        if self._recovery.task is None:
+            self._recovery = Beat()
+            self._recovery.start(self._recover())
 
     async def _recover(self) -> None:
-        while await self._recovery_beat.wait(RECOVERY_INTERVAL):
+        while await self._recovery.wait(RECOVERY_INTERVAL):
             try:
                 await asyncio.wait_for(self._redis.ping(), self._timeout)
             except Exception:
