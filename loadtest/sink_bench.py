@@ -104,16 +104,20 @@ def drain(settings, redis, ch, enrich: bool, geo_paths: list[str]) -> dict:
     )
     sink.ensure_group()
     redis_cpu = redis_cpu_seconds(redis)
+    sink_cpu = time.process_time()  # every thread of this process: the sink's and chDB's
     started = time.perf_counter()
     while sink.step(block=False):
         pass
     seconds = time.perf_counter() - started
+    sink_cpu = time.process_time() - sink_cpu
     redis_cpu = redis_cpu_seconds(redis) - redis_cpu
     rows = sink.rows_inserted["clicks"]
     result = {
         "rows": rows,
         "seconds": round(seconds, 2),
         "rows_per_s": round(rows / seconds),
+        "sink_cpu_us_per_row": round(sink_cpu / rows * 1e6, 1),
+        "rows_per_sink_cpu_s": round(rows / sink_cpu),
         "redis_cpu_us_per_row": round(redis_cpu / rows * 1e6, 1),
     }
     if pipeline:
@@ -158,6 +162,10 @@ def main() -> None:
             fill(redis, rows)
             results[name] = drain(settings, redis, ch, enrich, args.geo)
             print(name, json.dumps(results[name]), flush=True)
+        insert_us = results["insert_only"]["sink_cpu_us_per_row"]
+        enrich_us = results["enriched"]["sink_cpu_us_per_row"] - insert_us
+        results["enrichment_cpu_us_per_row"] = round(enrich_us, 1)  # what enriching adds
+        results["enrichment_rows_per_cpu_s"] = round(1e6 / enrich_us) if enrich_us > 0 else None
         count = ch.query("SELECT count() FROM tracker.clicks")[1][0][0]
         results["rows_in_clickhouse"] = count
         print(json.dumps(results, indent=2))

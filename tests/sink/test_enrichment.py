@@ -22,7 +22,7 @@ from tracker.sink.enrich.fraud import FraudRules, Thresholds, thresholds_from
 from tracker.sink.enrich.pipeline import Pipeline, Step, flag
 from tracker.sink.enrich.privacy import anonymize_ip
 from tracker.testing import BROWSER_UA, ROOT, Service, wait_until
-from tracker.timefmt import format_ms
+from tracker.timefmt import format_ms, parse_ms
 
 ZERO = "00000000-0000-0000-0000-000000000000"
 ADV_TOKEN = "adv-token-0123456789abcdef"
@@ -410,6 +410,81 @@ def test_counting_in_chunks_gives_the_same_verdicts_as_one_call(redis_server):
     assert run_rules(chunked, events("198.51.100.8", [uuid7() for _ in visitors])) == expected
     flagged = {f for flags in expected for f in flags}
     assert flagged == {"duplicate_click", "ip_flood", "ip_many_visitors"}
+
+
+def reference_verdicts(events: list[dict], default: Thresholds, per_campaign: dict) -> list:
+    """The click rules read literally, one click after another, with the counters in a dict:
+    what the aggregated Redis counting must reproduce click for click."""
+    minute: dict = {}
+    pairs: set = set()
+    visitors: dict = {}
+    markers: set = set()
+    out = []
+    for e in events:
+        t = per_campaign.get(e["campaign_id"], default)
+        ms, ip, visitor = parse_ms(e["event_time"]), e.get("ip_key") or e["ip"], e["visitor_id"]
+        key = (ms // 60_000, ip)
+        minute[key] = minute.get(key, 0) + 1
+        flags = ["ip_flood"] if minute[key] > t.ip_clicks_per_minute else []
+        if visitor != ZERO:
+            hour = (ms // 3_600_000, ip)
+            if (hour, visitor) not in pairs:
+                pairs.add((hour, visitor))
+                visitors[hour] = visitors.get(hour, 0) + 1
+            marker = (visitor, e["link_slug"])
+            if t.duplicate_click_seconds > 0:
+                if marker in markers:
+                    flags.append("duplicate_click")
+                markers.add(marker)
+            if visitors[hour] > t.visitors_per_ip_per_hour:
+                flags.append("ip_many_visitors")
+        out.append(flags)
+    return out
+
+
+def realistic_clicks(rng: random.Random, n: int, ip_prefix: str) -> list[dict]:
+    """Skewed IPs (a few busy ones), returning visitors, anonymous clicks, two campaigns,
+    clicks spread over three minutes across an hour boundary, some IPs keyed (anonymised)."""
+    ips = [f"{ip_prefix}.{i}" for i in range(40)]
+    visitors = [uuid7() for _ in range(150)] + [ZERO]
+    start = 1_700_002_770_000  # 30 s before an hour ends
+    events = []
+    for i in range(n):
+        ip = ips[min(int(rng.expovariate(0.15)), len(ips) - 1)]
+        slug = rng.choice(["a", "b", "c", "d"])
+        e = click(
+            ip=ip,
+            visitor=rng.choice(visitors),
+            slug=slug,
+            campaign="strict" if slug in "ab" else "lax",
+            ms=start + i * 180_000 // n,
+        )
+        if ip.endswith("7"):
+            e["ip_key"] = f"key-{ip}"
+        events.append(e)
+    return events
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["script", "pipeline"])
+def test_aggregated_counting_gives_each_click_the_verdict_of_counting_one_by_one(
+    redis_server, cluster
+):
+    """A realistic batch (busy and quiet IPs, returning and anonymous visitors, per-campaign
+    thresholds, the duplicate rule off for one campaign, an hour boundary), cut into chunks
+    of several sizes: every click gets the flags of the rules applied click by click."""
+    default = Thresholds(ip_clicks_per_minute=12, visitors_per_ip_per_hour=12)
+    per_campaign = {"lax": Thresholds(ip_clicks_per_minute=24, duplicate_click_seconds=0)}
+    rng = random.Random(13)
+    for n, chunk in [(1_500, 2_000), (1_500, 337), (400, 1)]:
+        prefix = f"198.{n % 256}.{chunk % 256}"
+        events = realistic_clicks(rng, n, prefix)
+        expected = reference_verdicts(events, default, per_campaign)
+        rules = FraudRules(redis_server.client(), default, per_campaign, frozenset(), cluster)
+        rules.chunk = chunk
+        assert run_rules(rules, events) == expected
+        flagged = {f for flags in expected for f in flags}
+        assert flagged == {"ip_flood", "duplicate_click", "ip_many_visitors"}
+        assert 0.05 < sum(map(bool, expected)) / n < 0.95  # a mix, not all or nothing
 
 
 async def test_fast_conversions_and_per_campaign_rules_from_the_settings_file(

@@ -47,6 +47,7 @@ from tracker.types import StreamEntry, SyncRedis
 log = logging.getLogger(__name__)
 
 BACKOFF_START = 0.2
+ENRICH_SLICE = 1_000  # rows enriched at a time (see Sink.enrich)
 BACKOFF_MAX = 10.0
 # Replies saying the stream's consumer group is gone: NOGROUP to a read, UNBLOCKED to a
 # read blocked while the stream was deleted (FLUSHALL on the node).
@@ -384,11 +385,15 @@ class Sink:
         for table in sorted(pipeline.tables(), key=lambda t: t != "clicks"):
             if not payloads.get(table):
                 continue
-            events = [
-                orjson.loads(line) for part in payloads[table] for line in part.split(b"\n") if line
-            ]
-            events = pipeline.process(table, events)
-            payloads[table] = [b"\n".join(orjson.dumps(e) for e in events)] if events else []
+            lines = [line for part in payloads[table] for line in part.split(b"\n") if line]
+            out: list[bytes] = []
+            # A slice at a time, decoded, enriched and encoded while its rows are still in
+            # the CPU's cache: over a whole read (up to 100,000 rows) every pass over the
+            # rows missed it, and encoding alone cost several times more.
+            for start in range(0, len(lines), ENRICH_SLICE):
+                events = [orjson.loads(line) for line in lines[start : start + ENRICH_SLICE]]
+                out += map(orjson.dumps, pipeline.process(table, events))
+            payloads[table] = [b"\n".join(out)] if out else []
 
     def _insert(
         self, table: str, payload: list[bytes], token: str, rows: int, redelivered: bool = False

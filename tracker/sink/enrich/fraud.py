@@ -16,7 +16,6 @@ the results event by event.
 from __future__ import annotations
 
 import zlib
-from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -53,42 +52,89 @@ def datacenter_asn(asn: int, datacenter_asns: frozenset[int]) -> bool:
 
 # -- state in Redis -------------------------------------------------------------------------
 
-# KEYS: per click: the hour's "IP visitor" set and IP -> visitors hash (one slot), its
-#       visitor-and-link marker; then per IP and minute: that minute's IP -> clicks hash;
-#       then every window key once (for its expiry).
-# ARGV: clicks, minute groups, per click: IP, "IP visitor", the duplicate window in
-#       seconds (0: rule off, -1: no visitor); per group: IP, increment.
-# Returns per click: distinct visitors of the IP so far, 1 if seen within the window;
-# then each group's total.
+# One call per chunk of clicks, aggregated before it is sent: each distinct "IP visitor" pair,
+# IP and duplicate marker of the chunk once, and each hash or set read and written with one
+# variadic command, so Redis runs a few commands per window shard rather than several per
+# click. The clicks' own counts are then rebuilt in stream order in Python (`_Chunk.counts`).
+#
+# KEYS: per (hour, shard) group: the "IP visitor" set, the IP -> visitors hash; then each
+#       (minute, shard) IP -> clicks hash; then each duplicate marker.
+# ARGV: expiry of the window keys, groups G, minute hashes M, marker windows W; per group:
+#       its IPs, per IP: IP, pairs P, the P pairs; per minute hash: its IPs, per IP: IP,
+#       clicks; per marker window: seconds, markers.
+# Returns per group: each IP's visitors before the chunk, then 1 per pair already known;
+# per minute hash: each IP's clicks after the chunk; per marker: 1 if it was set already.
 COUNT_CLICKS = """
-local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
-local out, a = {}, 3
-for i = 1, n do
-  local known, counts, recent = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local ip, pair, window = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  a = a + 3
-  if window < 0 then
-    out[#out + 1] = 0
-    out[#out + 1] = 0
-  else
-    if redis.call('SADD', known, pair) == 1 then
-      out[#out + 1] = redis.call('HINCRBY', counts, ip, 1)
-    else
-      out[#out + 1] = tonumber(redis.call('HGET', counts, ip) or 0)
-    end
-    if window > 0 and not redis.call('SET', recent, '1', 'NX', 'EX', window) then
-      out[#out + 1] = 1
-    else
-      out[#out + 1] = 0
+local ttl, G, M, W = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local out, a = {}, 5
+for g = 1, G do
+  local pairs_key, counts_key = KEYS[2 * g - 1], KEYS[2 * g]
+  local ips, owner, all = {}, {}, {}
+  local n_ips = tonumber(ARGV[a])
+  a = a + 1
+  for i = 1, n_ips do
+    ips[i] = ARGV[a]
+    local n = tonumber(ARGV[a + 1])
+    a = a + 2
+    for _ = 1, n do
+      all[#all + 1] = ARGV[a]
+      owner[#all] = i
+      a = a + 1
     end
   end
+  local known = redis.call('SMISMEMBER', pairs_key, unpack(all))
+  local counts = redis.call('HMGET', counts_key, unpack(ips))
+  local totals, added = {}, {}
+  for i = 1, #ips do
+    totals[i] = tonumber(counts[i]) or 0
+    out[#out + 1] = totals[i]
+  end
+  for p = 1, #all do
+    out[#out + 1] = known[p]
+    if known[p] == 0 then
+      added[#added + 1] = all[p]
+      totals[owner[p]] = totals[owner[p]] + 1
+    end
+  end
+  if #added > 0 then
+    redis.call('SADD', pairs_key, unpack(added))
+    local raised = {}
+    for i = 1, #ips do
+      if totals[i] ~= (tonumber(counts[i]) or 0) then
+        raised[#raised + 1] = ips[i]
+        raised[#raised + 1] = totals[i]
+      end
+    end
+    redis.call('HSET', counts_key, unpack(raised))
+  end
 end
-for j = 1, m do
-  out[#out + 1] = redis.call('HINCRBY', KEYS[3 * n + j], ARGV[a], ARGV[a + 1])
+for m = 1, M do
+  local key, ips, fields = KEYS[2 * G + m], {}, {}
+  local n = tonumber(ARGV[a])
+  for i = 1, n do
+    ips[i] = ARGV[a + 2 * i - 1]
+  end
+  local counts = redis.call('HMGET', key, unpack(ips))
+  for i = 1, n do
+    local total = (tonumber(counts[i]) or 0) + tonumber(ARGV[a + 2 * i])
+    out[#out + 1] = total
+    fields[2 * i - 1] = ips[i]
+    fields[2 * i] = total
+  end
+  a = a + 2 * n + 1
+  redis.call('HSET', key, unpack(fields))
+end
+for k = 1, 2 * G + M do
+  redis.call('EXPIRE', KEYS[k], ttl)
+end
+local k = 2 * G + M
+for _ = 1, W do
+  local window, n = ARGV[a], tonumber(ARGV[a + 1])
   a = a + 2
-end
-for k = 3 * n + m + 1, #KEYS do
-  redis.call('EXPIRE', KEYS[k], ARGV[a])
+  for _ = 1, n do
+    k = k + 1
+    out[#out + 1] = redis.call('SET', KEYS[k], '1', 'NX', 'EX', window) and 0 or 1
+  end
 end
 return out
 """
@@ -107,6 +153,97 @@ class ClickCounts:
     clicks_this_minute: int  # this click's ordinal among its IP's clicks this minute
     seen_recently: bool  # the visitor clicked the same link within the duplicate window
     visitors_this_hour: int  # visitor ids seen from its IP this hour
+
+
+class _Chunk:
+    """One chunk of clicks, aggregated for Redis: what to send, and how to turn what Redis
+    answers back into each click's counts in stream order."""
+
+    def __init__(self) -> None:
+        # (pairs key, counts key) -> IP -> its distinct pairs of the chunk, first seen first
+        self.groups: dict[tuple[str, str], dict[str, dict[str, None]]] = {}
+        self.minutes: dict[str, dict[str, int]] = {}  # minute key -> IP -> clicks
+        self.windows: dict[str, int] = {}  # marker key -> its window, first click's
+        self._markers: dict[int, list[str]] | None = None
+        # per click: its minute key, IP, group (None: no visitor), pair, marker key or None
+        self.clicks: list[tuple[str, str, tuple[str, str] | None, str, str | None]] = []
+
+    def add(
+        self, minute_key: str, ip: str, group: tuple[str, str] | None, pair: str,
+        marker: str | None, window: int,
+    ) -> None:  # fmt: skip
+        minute = self.minutes.setdefault(minute_key, {})
+        minute[ip] = minute.get(ip, 0) + 1
+        if group is not None:
+            self.groups.setdefault(group, {}).setdefault(ip, {})[pair] = None
+            if marker is not None and marker not in self.windows:
+                self.windows[marker] = window
+        self.clicks.append((minute_key, ip, group, pair, marker))
+
+    @property
+    def markers(self) -> dict[int, list[str]]:
+        """Window -> its markers, each marker once."""
+        if self._markers is None:
+            self._markers = {}
+            for marker, window in self.windows.items():
+                self._markers.setdefault(window, []).append(marker)
+        return self._markers
+
+    def keys(self) -> list[str]:
+        keys = [key for group in self.groups for key in group]
+        keys += self.minutes
+        for markers in self.markers.values():
+            keys += markers
+        return keys
+
+    def args(self) -> list:
+        args: list = [WINDOW_TTL, len(self.groups), len(self.minutes), len(self.markers)]
+        for ips in self.groups.values():
+            args.append(len(ips))
+            for ip, pairs in ips.items():
+                args += [ip, len(pairs), *pairs]
+        for counts in self.minutes.values():
+            args.append(len(counts))
+            for ip, n in counts.items():
+                args += [ip, n]
+        for window, markers in self.markers.items():
+            args += [window, len(markers)]
+        return args
+
+    def counts(
+        self,
+        visitors_before: dict[tuple[tuple[str, str], str], int],
+        known: dict[tuple[str, str], set[str]],
+        minute_totals: dict[tuple[str, str], int],
+        set_already: set[str],
+    ) -> list[ClickCounts]:
+        """Each click's counts, as if Redis had counted the clicks one by one in order:
+        a pair new to Redis raises its IP's visitors where it first occurs; a marker is
+        "seen" for every click of it but a first one that set it."""
+        # the minute ordinals: the chunk's clicks are the last of each IP's minute total
+        ordinal = {
+            key: total - self.minutes[key[0]][key[1]] for key, total in minute_totals.items()
+        }
+        visitors = dict(visitors_before)
+        counted: set[tuple[tuple[str, str], str]] = set()  # (group, pair) already seen
+        markers_seen: set[str] = set()
+        out = []
+        for minute_key, ip, group, pair, marker in self.clicks:
+            at = (minute_key, ip)
+            ordinal[at] += 1
+            if group is None:
+                out.append(ClickCounts(ordinal[at], False, 0))
+                continue
+            if (group, pair) not in counted:
+                counted.add((group, pair))
+                if pair not in known[group]:
+                    visitors[(group, ip)] += 1
+            seen = False
+            if marker is not None:
+                seen = marker in markers_seen or marker in set_already
+                markers_seen.add(marker)
+            out.append(ClickCounts(ordinal[at], seen, visitors[(group, ip)]))
+        return out
 
 
 class FraudRules:
@@ -149,81 +286,119 @@ class FraudRules:
             counts += self._count(events[start : start + self.chunk])
         return counts
 
-    def _count(self, events: list[Row]) -> list[ClickCounts]:
-        keys: list[str] = []
-        args: list = []
-        by_minute: dict[tuple[str, str], list[int]] = defaultdict(list)  # (key, IP) -> i
-        windows: dict[str, None] = {}  # every window key once, for its expiry
-        for i, event in enumerate(events):
-            ms = parse_ms(event["event_time"])
+    def _aggregate(self, events: list[Row]) -> _Chunk:
+        chunk = _Chunk()
+        minutes: dict[str, int] = {}  # "YYYY-MM-DD HH:MM" -> minute number (parsed once)
+        keys: dict[tuple[int, int], tuple[str, tuple[str, str]]] = {}  # (minute, shard) -> keys
+        shards: dict[str, int] = {}
+        windows: dict[str, int] = {}  # campaign -> duplicate window
+        for event in events:
+            text = event["event_time"]
+            head = text[:16]
+            minute = minutes.get(head) if len(text) == 23 and text[10] == " " else None
+            if minute is None:
+                minute = parse_ms(text) // 60_000
+                if len(text) == 23 and text[10] == " ":
+                    minutes[head] = minute
             # counted by the keyed hash of the full address when the edge anonymised it
-            ip, visitor = event.get("ip_key") or event["ip"], event["visitor_id"]
-            shard, hour = ip_shard(ip), ms // 3_600_000
-            minute_key = K.fraud_ip_minute_key(ms // 60_000, shard)
-            by_minute[(minute_key, ip)].append(i)
-            pairs_key = K.fraud_ip_visitors_key(hour, shard)
-            counts_key = K.fraud_ip_visitor_counts_key(hour, shard)
-            windows.update(dict.fromkeys((minute_key, pairs_key, counts_key)))
-            keys += [pairs_key, counts_key, K.fraud_recent_click_key(visitor, event["link_slug"])]
-            window = self.thresholds(event["campaign_id"]).duplicate_click_seconds
-            args += [ip, f"{ip} {visitor}", -1 if visitor == ZERO_UUID else window]
-        n, m = len(events), len(by_minute)
-        for (key, ip), group in by_minute.items():
-            keys.append(key)
-            args += [ip, len(group)]
-        keys += windows
-        if self.cluster:  # keys in many slots: the same counts, command by command
-            results = self._count_with_pipeline(keys, args, n, m)
-        else:
-            if self._script is None:
-                self._script = self.redis.register_script(COUNT_CLICKS)
-            results = self._script(keys=keys, args=[n, m, *args, WINDOW_TTL])
-        in_minute = [0] * n
-        position = 2 * n
-        for group in by_minute.values():
-            total = results[position]
-            position += 1
-            for ordinal, i in enumerate(group, start=total - len(group) + 1):
-                in_minute[i] = ordinal
-        return [
-            ClickCounts(in_minute[i], bool(results[2 * i + 1]), int(results[2 * i]))
-            for i in range(n)
-        ]
+            ip = event.get("ip_key") or event["ip"]
+            shard = shards.get(ip)
+            if shard is None:
+                shard = shards[ip] = ip_shard(ip)
+            window_keys = keys.get((minute, shard))
+            if window_keys is None:
+                hour = minute // 60
+                window_keys = keys[(minute, shard)] = (
+                    K.fraud_ip_minute_key(minute, shard),
+                    (
+                        K.fraud_ip_visitors_key(hour, shard),
+                        K.fraud_ip_visitor_counts_key(hour, shard),
+                    ),
+                )
+            visitor = event["visitor_id"]
+            if visitor == ZERO_UUID:  # no visitor: counted in its minute only
+                chunk.add(window_keys[0], ip, None, "", None, 0)
+                continue
+            campaign = event["campaign_id"]
+            window = windows.get(campaign)
+            if window is None:
+                window = windows[campaign] = self.thresholds(campaign).duplicate_click_seconds
+            marker = K.fraud_recent_click_key(visitor, event["link_slug"]) if window > 0 else None
+            chunk.add(window_keys[0], ip, window_keys[1], f"{ip} {visitor}", marker, window)
+        return chunk
 
-    def _count_with_pipeline(self, keys: list[str], args: list, n: int, m: int) -> list[int]:
+    def _count(self, events: list[Row]) -> list[ClickCounts]:
+        chunk = self._aggregate(events)
+        if self.cluster:  # keys in many slots: the same counts, command by command
+            return self._count_with_pipeline(chunk)
+        if self._script is None:
+            self._script = self.redis.register_script(COUNT_CLICKS)
+        results = iter(self._script(keys=chunk.keys(), args=chunk.args()))
+        visitors_before: dict[tuple[tuple[str, str], str], int] = {}
+        known: dict[tuple[str, str], set[str]] = {}
+        for group, ips in chunk.groups.items():
+            for ip in ips:
+                visitors_before[(group, ip)] = next(results)
+            known[group] = {pair for pairs in ips.values() for pair in pairs if next(results)}
+        minute_totals = {
+            (key, ip): next(results) for key, counts in chunk.minutes.items() for ip in counts
+        }
+        set_already = {
+            marker for markers in chunk.markers.values() for marker in markers if next(results)
+        }
+        return chunk.counts(visitors_before, known, minute_totals, set_already)
+
+    def _count_with_pipeline(self, chunk: _Chunk) -> list[ClickCounts]:
         """COUNT_CLICKS as two pipelines (a Redis Cluster splits each by node), with the
-        same results: first the pairs, markers and minute counts; then, in click order,
-        each IP's visitor count, raised for a new pair and read for a known one."""
+        same results: first which pairs are known, the minute counts and the markers; then
+        the new pairs added and each IP's visitors raised by its new pairs."""
         pipe = self.redis.pipeline()
-        for i in range(n):
-            pair, window = args[3 * i + 1], args[3 * i + 2]
-            if window >= 0:
-                pipe.sadd(keys[3 * i], pair)
-            if window > 0:
-                pipe.set(keys[3 * i + 2], 1, nx=True, ex=window)
-        for j in range(m):
-            pipe.hincrby(keys[3 * n + j], args[3 * n + 2 * j], args[3 * n + 2 * j + 1])
-        for key in keys[3 * n + m :]:
+        for (pairs_key, _), ips in chunk.groups.items():
+            pipe.smismember(pairs_key, [pair for pairs in ips.values() for pair in pairs])
+        for key, counts in chunk.minutes.items():
+            for ip, n in counts.items():
+                pipe.hincrby(key, ip, n)
+        for window, markers in chunk.markers.items():
+            for marker in markers:
+                pipe.set(marker, 1, nx=True, ex=window)
+        for group in chunk.groups:
+            for key in group:
+                pipe.expire(key, WINDOW_TTL)
+        for key in chunk.minutes:
             pipe.expire(key, WINDOW_TTL)
         first = iter(pipe.execute())
-        counts = self.redis.pipeline()
-        seen: list[int] = []
-        for i in range(n):
-            ip, window = args[3 * i], args[3 * i + 2]
-            if window < 0:
-                seen.append(0)
-                continue
-            if next(first):  # a new pair
-                counts.hincrby(keys[3 * i + 1], ip, 1)
-            else:
-                counts.hget(keys[3 * i + 1], ip)
-            seen.append(0 if window == 0 or next(first) else 1)
-        totals = [next(first) for _ in range(m)]
-        visitors = iter(counts.execute()) if len(counts) else iter(())
-        results: list[int] = []
-        for i in range(n):
-            results += [0 if args[3 * i + 2] < 0 else int(next(visitors) or 0), seen[i]]
-        return results + totals
+        known: dict[tuple[str, str], set[str]] = {}
+        raise_by: list[tuple[tuple[str, str], str, int]] = []
+        for group, ips in chunk.groups.items():
+            flags = iter(next(first))
+            known[group] = set()
+            for ip, pairs in ips.items():
+                new = 0
+                for pair in pairs:
+                    if next(flags):
+                        known[group].add(pair)
+                    else:
+                        new += 1
+                raise_by.append((group, ip, new))
+        minute_totals = {
+            (key, ip): next(first) for key, counts in chunk.minutes.items() for ip in counts
+        }
+        set_already = {
+            marker for markers in chunk.markers.values() for marker in markers if not next(first)
+        }
+        second = self.redis.pipeline()
+        for group, ips in chunk.groups.items():
+            added = [pair for pairs in ips.values() for pair in pairs if pair not in known[group]]
+            if added:
+                second.sadd(group[0], *added)
+        for group, ip, new in raise_by:
+            second.hincrby(group[1], ip, new)  # by 0: reads the count of an IP with no new pair
+        totals = second.execute()[-len(raise_by) :] if raise_by else []  # after the SADDs
+        visitors_before = {
+            (group, ip): total - new
+            for (group, ip, new), total in zip(raise_by, totals, strict=True)
+        }
+        return chunk.counts(visitors_before, known, minute_totals, set_already)
 
     def judge_click(self, event: Row, counts: ClickCounts) -> Row:
         t = self.thresholds(event["campaign_id"])
