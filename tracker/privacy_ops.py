@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from tracker import hot
 from tracker import redis_keys as K
-from tracker.clickhouse import ClickHouse
 from tracker.ids import ZERO_UUID, is_uuid, uuid7_time_ms
 from tracker.types import SyncRedis
+
+if TYPE_CHECKING:  # the edge checks requests here, and needs no ClickHouse client for it
+    from tracker.clickhouse import ClickHouse
 
 ERASED_TABLES = ("clicks", "impressions", "orphan_visits")
 # conversion columns that say who the visitor was, and what they become

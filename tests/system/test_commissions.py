@@ -94,6 +94,10 @@ async def test_postback_to_payout(svc):
     assert (balance["paid"], balance["available"]) == ("12.00", "0.00")
     status, body = svc.api("POST", "/api/payouts/runs", {})
     assert status == 201 and body["count"] == 0  # nothing left: a re-run pays nothing
+    status, body = svc.api("GET", "/api/payouts?status=settled")
+    assert status == 400 and body["error"] == "invalid" and "pending" in body["reason"]
+    status, body = svc.api("GET", "/api/payouts?status=paid")
+    assert status == 200 and [p["affiliate_id"] for p in body["payouts"]] == ["pub"]
     # a commission's history, newest first
     items = svc.api("GET", "/api/affiliates/pub/commissions")[1]["commissions"]
     assert [(c["status"], c["amount"]) for c in items] == [("paid", "12.00")]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -17,10 +17,19 @@ from aiohttp import web
 from tracker.config import Settings
 from tracker.edge.admin import error, json_response
 from tracker.edge.keys import SETTINGS
-from tracker.ledger import accounts, payouts, records
-from tracker.ledger.store import Store, open_store
+from tracker.lazy import lazy_import, load
 from tracker.reasons import AdminError
 from tracker.timefmt import parse_when
+
+if TYPE_CHECKING:
+    from tracker.ledger import accounts, payouts, records
+    from tracker.ledger import store as ledger_store
+    from tracker.ledger.store import Store
+else:  # loaded with the store, on the first programme request (tracker/lazy.py)
+    accounts = lazy_import("tracker.ledger.accounts")
+    payouts = lazy_import("tracker.ledger.payouts")
+    records = lazy_import("tracker.ledger.records")
+    ledger_store = lazy_import("tracker.ledger.store")
 
 LEDGER = web.AppKey("ledger", object)  # a Store, opened lazily
 _open_lock = threading.Lock()
@@ -29,7 +38,8 @@ _open_lock = threading.Lock()
 def _store(app: web.Application) -> Store:
     with _open_lock:
         if app.get(LEDGER) is None:
-            app[LEDGER] = open_store(app[SETTINGS])
+            load(ledger_store, accounts, payouts, records)
+            app[LEDGER] = ledger_store.open_store(app[SETTINGS])
         return app[LEDGER]  # type: ignore[return-value]
 
 
@@ -211,12 +221,10 @@ async def run_payouts(request: web.Request) -> web.Response:
 async def list_payouts(request: web.Request) -> web.Response:
     query = request.query
     status = query.get("status")
-    if status is not None and status not in payouts.STATUSES:
-        return error(
-            400, AdminError.INVALID, f"status must be one of {', '.join(payouts.STATUSES)}"
-        )
 
     def work(store: Store, s: Settings):
+        if status is not None and status not in payouts.STATUSES:
+            raise payouts.PayoutError(f"status must be one of {', '.join(payouts.STATUSES)}", 400)
         with store.read() as conn:
             items = payouts.listing(
                 conn,

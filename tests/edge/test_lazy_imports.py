@@ -1,0 +1,41 @@
+"""An edge does not load what only its rarely used routes need (tracker/lazy.py): the
+ledger's SQLAlchemy and Alembic, and the ClickHouse client, are about 45 MB of memory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tracker.lazy import lazy_import, load
+
+HEAVY = ("sqlalchemy", "alembic", "clickhouse_connect", "chdb")
+
+
+def loaded_after(statement: str) -> list[str]:
+    code = f"import sys\n{statement}\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_an_edge_starts_without_the_ledger_or_clickhouse_modules():
+    assert loaded_after("import tracker.edge.server") == []
+
+
+def test_the_programme_routes_load_the_ledger_on_first_use():
+    statement = "from tracker.edge import programme\nfrom tracker.lazy import load\n" + (
+        "load(programme.records)"
+    )
+    assert "sqlalchemy" in loaded_after(statement)
+
+
+def test_a_lazy_module_is_the_module_once_read():
+    module = lazy_import("tracker.ledger.plans")
+    load(module)
+    assert module is sys.modules["tracker.ledger.plans"] and callable(module.__dict__["parse_rule"])
+
+
+def test_an_unknown_module_is_refused_at_once():
+    with pytest.raises(ModuleNotFoundError):
+        lazy_import("tracker.no_such_module")
