@@ -22,6 +22,7 @@ class ConversionIntake:
     settings: Settings
     trusted: list[Network]  # proxies whose X-Forwarded-For is believed
     script: Any = None
+    new_postback: Any = None  # postback_script.NewPostback, made on first use
     clock: Clock = system_clock  # stamps conversions, judges a signature's age
     # counted on the hot path, moved to Prometheus once a second (closed sets of labels)
     rejections: Counter[PostbackRefusal] = field(default_factory=Counter)

@@ -25,7 +25,7 @@ from tracker import hot, origins, refusals, signing
 from tracker import redis_keys as K
 from tracker.advertisers import Advertiser
 from tracker.clock import Clock, clock_ms
-from tracker.edge import conversion_input
+from tracker.edge import conversion_input, postback_script
 from tracker.edge.caps import utc_day
 from tracker.edge.clicks import PIXEL, read_cookie, request_meta
 from tracker.edge.conversion_input import Rejected
@@ -36,7 +36,7 @@ from tracker.ids import uuid7, uuid7_time_ms
 from tracker.reasons import DuplicateReason, PostbackOutcome, UnattributedReason
 from tracker.reasons import PostbackRefusal as R
 from tracker.records import RequestMeta
-from tracker.redis_connection import UNREACHABLE, as_text
+from tracker.redis_connection import UNREACHABLE, as_text, is_cluster
 from tracker.types import AsyncRedis
 
 log = logging.getLogger(__name__)
@@ -363,6 +363,71 @@ async def record(
     raise Rejected(409, R.CONCURRENT_UPDATE)
 
 
+async def record_postback(
+    ctx: ConversionIntake, conv: conversion_input.ConversionInput, meta: RequestMeta
+) -> web.Response:
+    """A server-to-server postback: a new transaction in one Redis round trip
+    (tracker/edge/postback_script.py); a duplicate answered from that same trip; a status
+    change, a click record the script leaves to Python, or a Redis Cluster through
+    `record`, the reference path."""
+    if ctx.new_postback is None:
+        if is_cluster(ctx.settings.redis.url):
+            return await record(ctx, conv, visitor_id="", source="postback", meta=meta)
+        ctx.new_postback = postback_script.NewPostback(ctx.redis)
+    s = ctx.settings
+    ms = clock_ms(ctx.clock)
+    prepared = postback_script.prepare(
+        conv,
+        ms=ms,
+        meta=meta,
+        lookback_ms=s.lookback_seconds * 1000,
+        window=hot.HotWindow(s.tracking.hot_hours),
+        dedup_seconds=s.conversions.dedup_days * 86400,
+    )
+    # a click right before its postback may still be in an edge's write buffer: look
+    # again after each pause (the script answers `retry` and records nothing)
+    recent = ms - uuid7_time_ms(conv.click_id) <= RECENT_CLICK_MS
+    for pause in (*RECENT_CLICK_PAUSES, None):
+        prepared.args[postback_script.RECENT_ARG] = "1" if recent and pause else "0"
+        result = await ctx.new_postback(prepared)
+        if result[0] != b"retry" or pause is None:
+            break
+        await asyncio.sleep(pause)
+    outcome = result[0]
+    if outcome == b"ok":
+        ctx.outcomes[PostbackOutcome.ACCEPTED] += 1
+        if result[1] == postback_script.DEFERRED:
+            return reply(
+                PostbackOutcome.ACCEPTED,
+                None,
+                prepared.conversion_id,
+                attributed=None,
+                attribution="deferred",
+                transaction_status=conv.status,
+            )
+        why = postback_script.KINDS[result[1]]
+        return reply(
+            PostbackOutcome.ACCEPTED,
+            why,
+            prepared.conversion_id,
+            attributed=why is None,
+            attribution="online",
+            transaction_status=conv.status,
+        )
+    if outcome == b"missing":  # no such transaction, and this status cannot start one
+        conversion_input.transition(None, conv.status)  # raises the refusal
+    if outcome == b"exists":
+        kind = conversion_input.transition(as_text(result[1]), conv.status)
+        if kind == "duplicate":
+            ctx.outcomes[PostbackOutcome.DUPLICATE] += 1
+            return reply(
+                PostbackOutcome.DUPLICATE,
+                DuplicateReason.DUPLICATE_TRANSACTION,
+                orjson.loads(result[2])["conversion_id"],
+            )
+    return await record(ctx, conv, visitor_id="", source="postback", meta=meta)
+
+
 def reject(ctx: ConversionIntake, exc: Rejected) -> web.Response:
     ctx.rejections[exc.reason] += 1
     ctx.outcomes[PostbackOutcome.REJECTED] += 1
@@ -402,7 +467,7 @@ async def postback(request: web.Request) -> web.Response:
             ctx.clock,
         )
         meta = request_meta(hit_of(request), ctx.trusted, s.privacy.anonymize_ip)
-        return await record(ctx, conv, visitor_id="", source="postback", meta=meta)
+        return await record_postback(ctx, conv, meta)
     except Rejected as exc:
         named = conversion_input.pick(params, "advertiser")
         known = ctx.advertisers.get(named) is not None
