@@ -23,10 +23,10 @@ lint: setup
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
-# Throughput against nginx empty_gif (installs nginx-light, wrk and hey when missing).
+# Throughput against nginx empty_gif (installs nginx-light and wrk when missing).
 bench: setup
-	@command -v wrk >/dev/null && command -v hey >/dev/null && test -x /usr/sbin/nginx || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk hey >/dev/null)
+	@command -v wrk >/dev/null && test -x /usr/sbin/nginx || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null)
 	.venv/bin/python -m loadtest.bench
 	.venv/bin/python -m loadtest.sink_bench
 

@@ -8,8 +8,9 @@ Starts on loopback: nginx (empty_gif, N workers) and the full tracker (N edge pr
 its own redis-server with AOF, the sink, chDB). Runs wrk against each in turn, alternating,
 with a realistic click mix (many links, sub values, long user agents, cookies present and
 absent). Each run also gives the CPU spent per request: by wrk itself, by nginx's workers,
-and by each tracker process. Then latency at a fixed rate of half the tracker's peak (hey,
-rate-limited), CPU seconds and peak RSS per process, and, after the sink drained, clicks
+and by each tracker process. Then latency at a fixed rate of half the tracker's peak (wrk
+with the same mix, each connection waiting its share of the rate: `clicks_rate.lua`),
+CPU seconds and peak RSS per process, and, after the sink drained, clicks
 answered vs rows in ClickHouse. Then the sustained rate: the whole pipeline at 0.8 of the
 peak for 60 s (lower rates if that does not hold), holding when click -> queryable p99 is
 at most 2 s and every answered click is queryable within 5 s of the end, with each
@@ -47,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 SLUGS = 50
 
 WRK_SCRIPT = HERE / "clicks.lua"  # must create the same links as SLUGS below
+RATE_SCRIPT = HERE / "clicks_rate.lua"  # the same mix at a fixed rate
 
 NGINX_CONF = """
 worker_processes %(workers)d;
@@ -69,9 +71,8 @@ http {
 def product_settings(processes: int) -> dict[str, str]:
     """The tracker as shipped, where the test harness tunes it for tests, behind a proxy
     on loopback: wrk's clicks carry many client addresses in X-Forwarded-For
-    (`clicks.lua`), so the per-IP fraud rules keep their shipped settings. (hey's
-    fixed-rate clicks come from one address: past a hundred a minute they are flagged,
-    which is recorded like any flag and changes no count.)"""
+    (`clicks.lua`, and `clicks_rate.lua` at a fixed rate), so the per-IP fraud rules keep
+    their shipped settings."""
     fraud, redis, sink = FraudSettings(), RedisSettings(), SinkSettings()
     return {
         "TRACKER_WORKERS": str(processes),
@@ -150,32 +151,36 @@ def _wrk_ms(out: str, pct: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def hey(url: str, duration: int, rate: float, workers: int = 16) -> dict:
-    """Rate-limited load (`-q` per worker): tail latency at a fixed request rate."""
+def wrk_rate(url: str, duration: int, rate: float, tag: str, connections: int = 64) -> dict:
+    """The realistic click mix (`clicks.lua`) at a fixed rate, its clicks tagged `sub3 =
+    tag` (`clicks_rate.lua`: requests paced by a clock, sent by whichever of the
+    connections is free)."""
     out = subprocess.run(
         [
-            "hey",
-            "-z",
-            f"{duration}s",
-            "-c",
-            str(workers),
-            "-q",
-            f"{rate / workers:.1f}",
-            "-disable-redirects",
-            "-H",
-            "User-Agent: Mozilla/5.0 (bench) Chrome/131.0",
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            "-s",
+            str(RATE_SCRIPT),
             url,
+            "--",
+            str(rate),
+            tag,
         ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    refused = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
         "rate_target": round(rate),
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50_ms": float(re.search(r"50%+ in ([\d.]+) secs", out).group(1)) * 1000,
-        "p99_ms": float(re.search(r"99%+ in ([\d.]+) secs", out).group(1)) * 1000,
-        "answered": sum(int(n) for n in re.findall(r"\[\d{3}\]\s+(\d+) responses", out)),
+        "p50_ms": _wrk_ms(out, "50%"),
+        "p99_ms": _wrk_ms(out, "99%"),
+        "answered": int(re.search(r"(\d+) requests in", out).group(1))
+        - (int(refused.group(1)) if refused else 0),
     }
 
 
@@ -278,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         help="only the nginx rounds (no fixed-rate phase, no drain)",
     )
     args = p.parse_args(argv)
-    for tool in ("nginx", "wrk", "hey", "redis-server"):
+    for tool in ("nginx", "wrk", "redis-server"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             print(f"bench: {tool} is missing (make bench installs it)", file=sys.stderr)
             return 2
@@ -447,7 +452,7 @@ def after_rounds(svc: Service, args, rounds: list[dict], pids: dict[str, int], r
     # the fixed-rate phase starts with the sink caught up, so its lag is its own
     saturated = sum(r["tracker"]["requests"] for r in rounds)
     wait_until(lambda: svc.count("clicks") >= saturated, 300, "the sink to catch up", interval=0.5)
-    fixed = hey(f"{svc.base_url}/c/bench-1?sub1=fixed", args.duration, peak / 2)
+    fixed = wrk_rate(f"{svc.base_url}/", args.duration, peak / 2, "fixed")
     usage = process_usage(pids)
     answered = saturated + fixed["answered"]
     started = time.monotonic()
@@ -457,7 +462,7 @@ def after_rounds(svc: Service, args, rounds: list[dict], pids: dict[str, int], r
     lag = svc.sql(
         "SELECT quantile(0.5)(toFloat64(inserted_at - event_time)) AS p50, "
         "quantile(0.99)(toFloat64(inserted_at - event_time)) AS p99 "
-        "FROM tracker.clicks WHERE sub1 = 'fixed'"
+        "FROM tracker.clicks WHERE sub3 = 'fixed'"
     )[0]
     result.update(
         {
@@ -492,10 +497,10 @@ def sustained(svc: Service, args, peak: float, pids: dict[str, int]) -> dict:
     for attempt in range(args.sustained_tries):
         tag = f"sustained-{attempt}"
         before = cpu_seconds(pids)
-        run = hey(f"{svc.base_url}/c/bench-1?sub1={tag}", args.sustained_seconds, rate, 64)
+        run = wrk_rate(f"{svc.base_url}/", args.sustained_seconds, rate, tag)
         ended = time.monotonic()
         after = cpu_seconds(pids)
-        where = f"sub1 = '{tag}'"
+        where = f"sub3 = '{tag}'"
         wait_until(
             lambda w=where, n=run["answered"]: svc.count("clicks", w) >= n,
             300,

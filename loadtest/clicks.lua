@@ -8,12 +8,14 @@ local agents = {
   "Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.81 Mobile Safari/537.36 Instagram 357.0.0.25.101",
   "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15",
 }
+-- appended to every request's query (clicks_rate.lua tags a fixed-rate run with it)
+extra_query = extra_query or ""
 local n = 0
 request = function()
   n = n + 1
   local slug = slugs[math.random(#slugs)]
   local path = "/c/" .. slug .. "?sub1=" .. math.random(1000000) .. "&sub2=email-" ..
-    math.random(50) .. "&utm_source=newsletter&utm_medium=email&utm_campaign=spring"
+    math.random(50) .. "&utm_source=newsletter&utm_medium=email&utm_campaign=spring" .. extra_query
   local headers = { ["User-Agent"] = agents[math.random(#agents)],
                     ["Accept-Language"] = "en-GB,en;q=0.9",
                     ["Referer"] = "https://news.example/article-" .. math.random(100) }
