@@ -319,28 +319,52 @@ def _refresh(slot: _Slot) -> _Slot:
     return _Slot(slot.path, db, sig)
 
 
-def _records(dbs: Sequence[_Database], addr: str) -> list[GeoInfo]:
+BLOCK_PREFIX = 24  # an IPv4 /24: the answer of a network this wide or wider is the block's
+
+
+def _records(dbs: Sequence[_Database], addr: str) -> tuple[list[GeoInfo], int]:
+    """Each database's answer for addr, and the longest prefix among the networks they
+    answered from (0 when none did)."""
     parts = []
+    longest = 0
     ipv6 = ":" in addr
     for db in dbs:
         if db.ipv4_only and ipv6:
             continue
         try:
-            record = db.reader.get(addr)
+            record, prefix = db.reader.get_with_prefix_len(addr)
         except (ValueError, maxminddb.InvalidDatabaseError) as exc:  # closed or damaged
             log.debug("geo: lookup of %s in %s failed: %s", addr, db.path, exc)
+            longest = 128  # nothing known about the block
             continue
+        longest = max(longest, prefix)
         if record is not None:
             parts.append(parse_record(record))
-    return parts
+    return parts, longest
 
 
 def _resolver(slots: Sequence[_Slot], cache_size: int) -> Callable[[str], GeoInfo]:
     dbs = sorted((s.db for s in slots if s.db), key=lambda db: _rank(db.provides))
+    # IPv4 /24 -> the answer, kept when every database answered from a network covering the
+    # whole /24: traffic's new addresses mostly fall in blocks already seen, and a block
+    # hit skips the tree walks and the decoding of the records (exact, not approximate).
+    blocks: dict[str, GeoInfo] = {}
 
     def resolve(ip: str) -> GeoInfo:
         addr = public_address(ip)
-        return EMPTY if addr is None else merge(_records(dbs, addr))
+        if addr is None:
+            return EMPTY
+        block = None if ":" in addr else addr.rpartition(".")[0]
+        info = blocks.get(block) if block else None
+        if info is not None:
+            return info
+        parts, longest = _records(dbs, addr)
+        info = merge(parts)
+        if block and longest <= BLOCK_PREFIX and cache_size > 0:
+            if len(blocks) >= cache_size:
+                blocks.clear()
+            blocks[block] = info
+        return info
 
     # one cache per set of databases: a lookup finishing on the old set cannot refill the new
     return functools.lru_cache(maxsize=max(cache_size, 0))(resolve)

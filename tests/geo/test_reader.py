@@ -106,6 +106,26 @@ def test_ipv4_ipv6_and_ipv4_mapped(city_db: Path):
         assert geo.lookup("9.9.9.9") is EMPTY  # not in the database
 
 
+def test_a_block_answer_is_reused_only_where_the_whole_block_has_it(tmp_path: Path):
+    """Addresses of a /24 that one network covers share its answer; in a /24 split into
+    smaller networks every address still gets its own, whichever is looked up first."""
+    rows = {
+        "198.51.0.0/16": {"country": {"iso_code": "NL"}},
+        "198.51.7.0/28": {"country": {"iso_code": "BE"}},
+        "198.51.9.128/25": {"country": {"iso_code": "FR"}},
+    }
+    db = write_mmdb(tmp_path / "GeoLite2-City.mmdb", rows, "GeoLite2-City")
+    with GeoReader([db]) as geo:
+        assert geo.lookup("198.51.3.1") == GeoInfo("NL")
+        assert geo.lookup("198.51.3.2") == GeoInfo("NL")
+        assert geo.lookup("198.51.7.100") == GeoInfo("NL")  # outside the /28 first
+        assert geo.lookup("198.51.7.3") == GeoInfo("BE")
+        assert geo.lookup("198.51.7.200") == GeoInfo("NL")
+        assert geo.lookup("198.51.9.200") == GeoInfo("FR")  # inside the /25 first
+        assert geo.lookup("198.51.9.1") == GeoInfo("NL")
+        assert geo.lookup("198.51.9.129") == GeoInfo("FR")
+
+
 def test_city_and_asn_are_merged(city_db: Path, asn_db: Path):
     with GeoReader([asn_db, city_db]) as geo:
         assert geo.lookup("81.2.69.142") == GeoInfo(
