@@ -386,14 +386,17 @@ class Sink:
             if not payloads.get(table):
                 continue
             lines = [line for part in payloads[table] for line in part.split(b"\n") if line]
-            out: list[bytes] = []
-            # A slice at a time, decoded, enriched and encoded while its rows are still in
-            # the CPU's cache: over a whole read (up to 100,000 rows) every pass over the
-            # rows missed it, and encoding alone cost several times more.
+            parts: list[bytes] = []
+            # A slice at a time, decoded, enriched and encoded into one part while its rows
+            # are still in the CPU's cache, and each row's JSON freed at once for the next
+            # to reuse: encoding a whole read (up to 100,000 rows) and joining it at the
+            # end cost 5 times more, most of it the kernel handing out fresh memory.
             for start in range(0, len(lines), ENRICH_SLICE):
                 events = [orjson.loads(line) for line in lines[start : start + ENRICH_SLICE]]
-                out += map(orjson.dumps, pipeline.process(table, events))
-            payloads[table] = [b"\n".join(out)] if out else []
+                events = pipeline.process(table, events)
+                if events:
+                    parts.append(b"\n".join(map(orjson.dumps, events)))
+            payloads[table] = parts
 
     def _insert(
         self, table: str, payload: list[bytes], token: str, rows: int, redelivered: bool = False

@@ -168,18 +168,6 @@ class _Chunk:
         # per click: its minute key, IP, group (None: no visitor), pair, marker key or None
         self.clicks: list[tuple[str, str, tuple[str, str] | None, str, str | None]] = []
 
-    def add(
-        self, minute_key: str, ip: str, group: tuple[str, str] | None, pair: str,
-        marker: str | None, window: int,
-    ) -> None:  # fmt: skip
-        minute = self.minutes.setdefault(minute_key, {})
-        minute[ip] = minute.get(ip, 0) + 1
-        if group is not None:
-            self.groups.setdefault(group, {}).setdefault(ip, {})[pair] = None
-            if marker is not None and marker not in self.windows:
-                self.windows[marker] = window
-        self.clicks.append((minute_key, ip, group, pair, marker))
-
     @property
     def markers(self) -> dict[int, list[str]]:
         """Window -> its markers, each marker once."""
@@ -287,19 +275,22 @@ class FraudRules:
         return counts
 
     def _aggregate(self, events: list[Row]) -> _Chunk:
+        """The chunk's clicks grouped for Redis (a loop over every click: kept lean, with
+        what repeats across clicks - minutes, shards, keys, windows - worked out once)."""
         chunk = _Chunk()
-        minutes: dict[str, int] = {}  # "YYYY-MM-DD HH:MM" -> minute number (parsed once)
+        groups, minutes, windows, clicks = chunk.groups, chunk.minutes, chunk.windows, chunk.clicks
+        minute_of: dict[str, int] = {}  # "YYYY-MM-DD HH:MM" -> minute number (parsed once)
         keys: dict[tuple[int, int], tuple[str, tuple[str, str]]] = {}  # (minute, shard) -> keys
         shards: dict[str, int] = {}
-        windows: dict[str, int] = {}  # campaign -> duplicate window
+        window_of: dict[str, int] = {}  # campaign -> duplicate window
         for event in events:
             text = event["event_time"]
-            head = text[:16]
-            minute = minutes.get(head) if len(text) == 23 and text[10] == " " else None
+            own_format = len(text) == 23 and text[10] == " "
+            minute = minute_of.get(text[:16]) if own_format else None
             if minute is None:
                 minute = parse_ms(text) // 60_000
-                if len(text) == 23 and text[10] == " ":
-                    minutes[head] = minute
+                if own_format:
+                    minute_of[text[:16]] = minute
             # counted by the keyed hash of the full address when the edge anonymised it
             ip = event.get("ip_key") or event["ip"]
             shard = shards.get(ip)
@@ -315,16 +306,33 @@ class FraudRules:
                         K.fraud_ip_visitor_counts_key(hour, shard),
                     ),
                 )
+            minute_key, group = window_keys
+            counts = minutes.get(minute_key)
+            if counts is None:
+                counts = minutes[minute_key] = {}
+            counts[ip] = counts.get(ip, 0) + 1
             visitor = event["visitor_id"]
             if visitor == ZERO_UUID:  # no visitor: counted in its minute only
-                chunk.add(window_keys[0], ip, None, "", None, 0)
+                clicks.append((minute_key, ip, None, "", None))
                 continue
+            pair = f"{ip} {visitor}"
+            ips = groups.get(group)
+            if ips is None:
+                ips = groups[group] = {}
+            pairs = ips.get(ip)
+            if pairs is None:
+                pairs = ips[ip] = {}
+            pairs[pair] = None
             campaign = event["campaign_id"]
-            window = windows.get(campaign)
+            window = window_of.get(campaign)
             if window is None:
-                window = windows[campaign] = self.thresholds(campaign).duplicate_click_seconds
-            marker = K.fraud_recent_click_key(visitor, event["link_slug"]) if window > 0 else None
-            chunk.add(window_keys[0], ip, window_keys[1], f"{ip} {visitor}", marker, window)
+                window = window_of[campaign] = self.thresholds(campaign).duplicate_click_seconds
+            marker = None
+            if window > 0:
+                marker = K.fraud_recent_click_key(visitor, event["link_slug"])
+                if marker not in windows:
+                    windows[marker] = window
+            clicks.append((minute_key, ip, group, pair, marker))
         return chunk
 
     def _count(self, events: list[Row]) -> list[ClickCounts]:

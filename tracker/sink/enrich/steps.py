@@ -81,12 +81,20 @@ class ExclusionMarks:
         """One SADD and one EXPIREAT per hour's set (tracker/hot.py), not per click."""
         marks: dict[str, list[bytes]] = {}
         expiry: dict[str, int] = {}
+        # a set is named by the id's time (its first 13 characters) and its last two: the
+        # batch's clicks share a few, so each is worked out once
+        sets: dict[tuple[str, str], str] = {}
         for event in events:
             if event.get("is_bot") or event.get("fraud_flags"):
                 click_id = event["click_id"]
-                key = hot.excluded_set(click_id)
-                marks.setdefault(key, []).append(hot.raw_id(click_id))
-                expiry[key] = hot.expire_at(hot.hour_of(click_id), self.hot_hours)
+                at = (click_id[:13], click_id[-2:])
+                key = sets.get(at)
+                if key is None:
+                    key = sets[at] = hot.excluded_set(click_id)
+                    if key not in marks:  # several times and shards share one set
+                        marks[key] = []
+                        expiry[key] = hot.expire_at(hot.hour_of(click_id), self.hot_hours)
+                marks[key].append(hot.raw_id(click_id))
         if not marks:
             return
         pipe = self.redis.pipeline(transaction=False)
