@@ -32,6 +32,7 @@ from tracker.clickhouse import ClickHouse
 from tracker.ids import uuid7
 from tracker.links import Link
 from tracker.records import RequestMeta, click_row
+from tracker.redis_connection import sync_client
 from tracker.sink.attributor import Attributor
 from tracker.sink.consumer import Sink
 from tracker.sink.enrich import steps
@@ -154,7 +155,7 @@ def main() -> None:
     redis_server = RedisServer(work / "redis")
     redis_server.start()
     try:
-        redis = redis_server.client()
+        redis = sync_client(redis_server.url)  # as the sink process connects
         settings = config.load(
             env={
                 "TRACKER_DATA_DIR": str(work / "data"),

@@ -41,19 +41,32 @@ class HiredisPacking:
     arguments that was 4.6 µs per click, against 0.6 µs. Same bytes on the wire."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        if isinstance(args[0], str):  # "CONFIG GET" goes out as two arguments
-            args = tuple(args[0].encode().split()) + args[1:]
-        elif b" " in args[0]:
-            args = tuple(args[0].split()) + args[1:]
-        try:
-            return [hiredis.pack_command(args)]  # any length
-        except TypeError:  # hiredis takes bytes, str, numbers, memoryviews: not a bytearray
-            pass
-        try:
-            packed = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args)
-            return [hiredis.pack_command(packed)]  # type: ignore[arg-type]
-        except TypeError as exc:  # as redis-py's own encoder answers a bad argument
-            raise redis.DataError(str(exc)) from exc
+        return pack(*args)
+
+
+class HiredisPacker:
+    """The same for redis-py's sync connections (their `command_packer`): theirs copies
+    every argument in Python first, ~0.2 µs each; a sink's fraud call sends a few per click."""
+
+    def pack(self, *args: Any) -> list[bytes]:
+        return pack(*args)
+
+
+def pack(*args: Any) -> list[bytes]:
+    """One command in the Redis protocol, packed by hiredis."""
+    if isinstance(args[0], str):  # "CONFIG GET" goes out as two arguments
+        args = tuple(args[0].encode().split()) + args[1:]
+    elif b" " in args[0]:
+        args = tuple(args[0].split()) + args[1:]
+    try:
+        return [hiredis.pack_command(args)]  # any length
+    except TypeError:  # hiredis takes bytes, str, numbers, memoryviews: not a bytearray
+        pass
+    try:
+        packed = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args)
+        return [hiredis.pack_command(packed)]  # type: ignore[arg-type]
+    except TypeError as exc:  # as redis-py's own encoder answers a bad argument
+        raise redis.DataError(str(exc)) from exc
 
 
 _HIREDIS_PACKING: dict[type, type] = {
@@ -93,4 +106,9 @@ def sync_client(url: str, timeout: float = 5.0) -> SyncRedis:
         return RedisCluster.from_url(
             _plain(url), socket_timeout=timeout, socket_connect_timeout=timeout
         )
-    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        command_packer=HiredisPacker(),
+    )
