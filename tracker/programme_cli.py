@@ -4,14 +4,24 @@ same ledger store and validation as the admin API."""
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from tracker.config import Settings
-from tracker.ledger import accounts, payouts, records
-from tracker.ledger.store import Store, open_store
+from tracker.lazy import lazy_import
+from tracker.ledger.statuses import AFFILIATE_STATUSES, CAMPAIGN_STATUSES, PAYOUT_STATUSES
 from tracker.table_format import format_rows
+
+if TYPE_CHECKING:
+    from tracker.ledger import accounts, payouts, records
+    from tracker.ledger import store as ledger_store
+    from tracker.ledger.store import Store
+else:  # every `tracker` command builds this parser; only these commands need the ledger
+    accounts = lazy_import("tracker.ledger.accounts")
+    payouts = lazy_import("tracker.ledger.payouts")
+    records = lazy_import("tracker.ledger.records")
+    ledger_store = lazy_import("tracker.ledger.store")
 
 
 class ProgrammeError(Exception):
@@ -33,7 +43,7 @@ def add_parsers(sub: Any, fmt_choices: list[str]) -> None:
         s = aff.add_parser(name, help=f"{'create' if name == 'add' else 'change'} an affiliate")
         s.add_argument("id")
         s.add_argument("--name")
-        s.add_argument("--status", choices=records.AFFILIATE_STATUSES)
+        s.add_argument("--status", choices=AFFILIATE_STATUSES)
         s.add_argument("--parent", help="the referrer's id ('' for none)")
         s.add_argument("--currency", help="payout currency (ISO 4217)")
         s.add_argument("--min-payout", help="minimum payout, e.g. 50.00")
@@ -54,7 +64,7 @@ def add_parsers(sub: Any, fmt_choices: list[str]) -> None:
         s.add_argument("id")
         s.add_argument("--advertiser")
         s.add_argument("--name")
-        s.add_argument("--status", choices=records.CAMPAIGN_STATUSES)
+        s.add_argument("--status", choices=CAMPAIGN_STATUSES)
         s.add_argument("--plan", help="commission plan, JSON (see README)")
         s.add_argument("--revenue", help="revenue rule, JSON")
         s.add_argument("--pay-model", help="attribution model that splits the payout")
@@ -80,7 +90,7 @@ def add_parsers(sub: Any, fmt_choices: list[str]) -> None:
     s.add_argument("--cutoff", help="pay entries available up to this date (UTC, inclusive)")
     s.set_defaults(func=cmd_payouts_run)
     s = pay.add_parser("list", help="list payouts")
-    s.add_argument("--status", choices=payouts.STATUSES)
+    s.add_argument("--status", choices=PAYOUT_STATUSES)
     s.add_argument("--affiliate")
     s.add_argument("--run")
     s.add_argument("--format", choices=fmt_choices, default="table")
@@ -98,7 +108,7 @@ def add_parsers(sub: Any, fmt_choices: list[str]) -> None:
 
 def _store(settings: Settings) -> Store:
     try:
-        return open_store(settings)
+        return ledger_store.open_store(settings)
     except Exception as exc:
         raise ProgrammeError(f"cannot open the ledger at {settings.ledger_dsn}: {exc}") from None
 

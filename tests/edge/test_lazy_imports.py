@@ -21,6 +21,8 @@ def loaded_after(statement: str) -> list[str]:
 
 def test_an_edge_starts_without_the_ledger_or_clickhouse_modules():
     assert loaded_after("import tracker.edge.server") == []
+    # the command line (`tracker edge` starts through it) builds every command's parser
+    assert loaded_after("from tracker import cli\ncli.build_parser()") == []
 
 
 def test_the_programme_routes_load_the_ledger_on_first_use():

@@ -18,6 +18,7 @@ from tracker.config import Settings
 from tracker.edge.admin import error, json_response
 from tracker.edge.keys import SETTINGS
 from tracker.lazy import lazy_import, load
+from tracker.ledger.statuses import PAYOUT_STATUSES
 from tracker.reasons import AdminError
 from tracker.timefmt import parse_when
 
@@ -221,10 +222,10 @@ async def run_payouts(request: web.Request) -> web.Response:
 async def list_payouts(request: web.Request) -> web.Response:
     query = request.query
     status = query.get("status")
+    if status is not None and status not in PAYOUT_STATUSES:
+        return error(400, AdminError.INVALID, f"status must be one of {', '.join(PAYOUT_STATUSES)}")
 
     def work(store: Store, s: Settings):
-        if status is not None and status not in payouts.STATUSES:
-            raise payouts.PayoutError(f"status must be one of {', '.join(payouts.STATUSES)}", 400)
         with store.read() as conn:
             items = payouts.listing(
                 conn,

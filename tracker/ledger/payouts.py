@@ -23,11 +23,12 @@ from sqlalchemy.exc import OperationalError
 from attribution.money import from_minor
 from tracker.ids import uuid7
 from tracker.ledger import schema as T
+from tracker.ledger.statuses import PAYOUT_STATUSES
 from tracker.ledger.store import Store
 from tracker.timefmt import format_ms
 
 E, ITEMS, P, A = T.entries, T.payout_items, T.payouts, T.affiliates
-STATUSES = ("pending", "processing", "paid", "failed")
+STATUSES = PAYOUT_STATUSES
 # new status -> the statuses it may follow
 TRANSITIONS = {
     "processing": ("pending",),

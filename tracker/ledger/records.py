@@ -15,12 +15,11 @@ from attribution import MODELS
 from attribution.money import from_minor, is_currency, to_minor
 from tracker.ledger import plans
 from tracker.ledger import schema as T
+from tracker.ledger.statuses import AFFILIATE_STATUSES, CAMPAIGN_STATUSES
 from tracker.ledger.store import Store
 from tracker.timefmt import format_ms
 
 ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
-AFFILIATE_STATUSES = ("active", "paused", "banned")
-CAMPAIGN_STATUSES = ("active", "paused")
 
 
 class RecordError(ValueError):
