@@ -5,7 +5,9 @@ request) costs several times what recording a click does. This protocol parses w
 llhttp (httptools) and answers bodiless `GET`/`HEAD` requests for `/c/{slug}` and
 impression pixels itself: the click core (`clickpath.py`, compiled when built) reads the
 request head that llhttp validated and gives the answer bytes, with the same
-`click_reply` / `pixel_reply` as the aiohttp routes. Anything else (other paths or
+`click_reply` / `pixel_reply` as the aiohttp routes. A bodiless `GET /postback` is
+answered from a task, with the same code as aiohttp's route (`postback_fast.py`); the
+connection reads nothing more until that answer is written. Anything else (other paths or
 methods, a request with a body, a conversion pixel, an upgrade) is handed to aiohttp on
 the same connection, bytes and all, and aiohttp keeps that connection from then on.
 
@@ -18,12 +20,14 @@ percent-encoding.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import cast
 
 import httptools
 from aiohttp import web
 
+from tracker.edge import postback_fast
 from tracker.edge.clickpath import (
     HAND_OVER,
     REASONS,
@@ -32,15 +36,21 @@ from tracker.edge.clickpath import (
     date_header,
     encode,
     head_span,
+    parse_head,
 )
 from tracker.edge.clicks import ClickContext, Reply
+from tracker.edge.intake import ConversionIntake
+from tracker.edge.keys import INTAKE
 from tracker.http_limits import MAX_HEADERS, MAX_LINE
 
 __all__ = ["FastPathSite", "FastProtocol", "date_header", "encode"]
 
+log = logging.getLogger(__name__)
+
 # A request head still incomplete past this many bytes is refused (431): the limits of
 # the request line and of all header fields together, and room for the separators.
 MAX_HEAD = MAX_LINE + MAX_HEADERS + 16384
+POSTBACK_GRACE_S = 5.0  # at shutdown, for postbacks being recorded to answer
 
 
 class HandOver(Exception):
@@ -49,6 +59,10 @@ class HandOver(Exception):
 
 class TooLarge(Exception):
     """A request line or headers over the limits."""
+
+
+class Suspend(Exception):
+    """Stop parsing: a postback is being answered (what follows it waits in the buffer)."""
 
 
 class FastProtocol(asyncio.Protocol):
@@ -61,9 +75,13 @@ class FastProtocol(asyncio.Protocol):
         fallback: Callable[[], asyncio.Protocol],
         connections: set,
         core: Core | None = None,
+        intake: ConversionIntake | None = None,
+        in_flight: set[asyncio.Task] | None = None,
     ) -> None:
         self.ctx = ctx
         self.core = core if core is not None else ClickPath(ctx)
+        self.intake = intake  # None: postbacks are aiohttp's
+        self.in_flight = in_flight if in_flight is not None else set()
         self.fallback = fallback  # aiohttp's protocol factory
         self.connections = connections
         self.parser = httptools.HttpRequestParser(self)
@@ -73,6 +91,8 @@ class FastProtocol(asyncio.Protocol):
         self.head_end = 0
         self.keep_alive = True
         self.closing = False
+        self.postback: tuple[bytes, dict[str, str]] | None = None  # parsed, to be answered
+        self.waiting = False  # a postback's answer is being made
 
     # -- connection ---------------------------------------------------------------------
 
@@ -100,9 +120,17 @@ class FastProtocol(asyncio.Protocol):
             self.transport.abort()
             return
         self.buffer += data
+        if self.waiting:  # parsed once the postback before it is answered
+            self.transport.pause_reading()
+            return
+        self.feed(data)
+
+    def feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, Suspend):
+                return
             if isinstance(exc.__context__, HandOver):
                 return self.hand_over()
             if isinstance(exc.__context__, TooLarge):
@@ -150,12 +178,23 @@ class FastProtocol(asyncio.Protocol):
         if not self.ctx.accepting:
             return
         self.keep_alive = self.parser.should_keep_alive()
+        if self.intake is not None and postback_fast.is_postback(self.buffer, start):
+            parsed = parse_head(bytes(self.buffer[start:end]))
+            if isinstance(parsed, int):
+                raise TooLarge
+            _, url, headers = parsed
+            if not postback_fast.servable(url, headers):
+                raise HandOver
+            self.postback = (url, headers)
+            return
         answer = self.core.handle(self.buffer, start, end, self.peer, self.keep_alive)
         if isinstance(answer, int):
             raise HandOver if answer == HAND_OVER else TooLarge
         self.answer = answer
 
     def on_message_complete(self) -> None:
+        if self.postback is not None:
+            return self.start_postback()
         answer = self.answer
         if answer is None:  # stopping: not answered, so not acknowledged
             self.closing = True
@@ -167,13 +206,53 @@ class FastProtocol(asyncio.Protocol):
             self.closing = True
             self.transport.close()
 
+    def start_postback(self) -> None:
+        """Answer the postback from a task; parse nothing after it until that is written
+        (answers in order), then go on with a fresh parser (llhttp stops at an exception
+        raised from a callback)."""
+        assert self.intake is not None and self.postback is not None
+        url, headers = self.postback
+        self.postback = None
+        del self.buffer[: self.head_end + 4]  # bodiless
+        self.waiting = True
+        task = asyncio.ensure_future(
+            postback_fast.answer(self.intake, self.ctx, url, headers, self.peer, self.keep_alive)
+        )
+        self.in_flight.add(task)
+        task.add_done_callback(self.postback_done)
+        raise Suspend
+
+    def postback_done(self, task: asyncio.Task) -> None:
+        self.in_flight.discard(task)
+        self.waiting = False
+        if self.closing or self.transport.is_closing():
+            return
+        if task.cancelled() or task.exception() is not None:
+            # answer_postback answers every failure of its own (500, logged): a bug here
+            log.error(
+                "postback not answered", exc_info=None if task.cancelled() else task.exception()
+            )
+            self.transport.write(postback_fast.INTERNAL_ERROR)
+            self.closing = True
+            self.transport.close()
+            return
+        self.transport.write(task.result())
+        if not self.keep_alive:
+            self.closing = True
+            self.transport.close()
+            return
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport.resume_reading()
+        if self.buffer:
+            self.feed(bytes(self.buffer))
+
 
 class FastPathSite(web.BaseSite):
     """The fast path as a site of aiohttp's runner: the runner starts it, and its cleanup
     stops it (no new connections, open fast connections closed; answers in flight are
     already written) before aiohttp's own connections and the cleanup contexts."""
 
-    __slots__ = ("_ctx", "_host", "_port", "_connections")
+    __slots__ = ("_ctx", "_host", "_port", "_connections", "_in_flight")
 
     def __init__(
         self,
@@ -189,6 +268,7 @@ class FastPathSite(web.BaseSite):
         self._host = host
         self._port = port
         self._connections: set[FastProtocol] = set()
+        self._in_flight: set[asyncio.Task] = set()  # postbacks being answered
 
     @property
     def name(self) -> str:
@@ -199,8 +279,11 @@ class FastPathSite(web.BaseSite):
         fallback = self._runner.server
         assert fallback is not None  # the runner is set up before its sites start
         core = ClickPath(self._ctx)  # one per process: its per-link cache is shared
+        intake = self._runner.app.get(INTAKE) if isinstance(self._runner, web.AppRunner) else None
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: FastProtocol(self._ctx, fallback, self._connections, core),
+            lambda: FastProtocol(
+                self._ctx, fallback, self._connections, core, intake, self._in_flight
+            ),
             self._host,
             self._port,
             reuse_port=True,
@@ -210,6 +293,8 @@ class FastPathSite(web.BaseSite):
     async def stop(self) -> None:
         server = self._server
         await super().stop()  # stops accepting
+        if self._in_flight:  # postbacks being recorded: let them answer
+            await asyncio.wait(list(self._in_flight), timeout=POSTBACK_GRACE_S)
         for connection in list(self._connections):
             connection.transport.close()
         if server is not None:

@@ -27,7 +27,7 @@ from tracker.advertisers import Advertiser
 from tracker.clock import Clock, clock_ms
 from tracker.edge import conversion_input, postback_script
 from tracker.edge.caps import utc_day
-from tracker.edge.clicks import PIXEL, read_cookie, request_meta
+from tracker.edge.clicks import PIXEL, Hit, read_cookie, request_meta
 from tracker.edge.conversion_input import Rejected
 from tracker.edge.hit import hit_of
 from tracker.edge.intake import ConversionIntake
@@ -80,6 +80,9 @@ BROWSER_CLICK_PAUSES = (0.02, 0.1)
 # retry, so 503. Anything else is a bug: 500, logged with its traceback.
 UNAVAILABLE = (*UNREACHABLE, TimeoutError, OSError)
 MAX_FIELD_NAME = 64  # of an offending JSON key echoed in the reply
+# looked up by lower-case name: aiohttp's headers ignore case, the fast path's are lower
+SIGNATURE = signing.SIGNATURE_HEADER.lower()
+TIMESTAMP = signing.TIMESTAMP_HEADER.lower()
 
 
 def reply(
@@ -136,22 +139,24 @@ def json_params(body: bytes) -> dict[str, str]:
 
 
 def authenticate(
-    request: web.Request,
+    hit: Hit,
+    path: str,
     token: str,
     params: dict[str, str],
     body: bytes,
     window: int,
     clock: Clock,
 ) -> None:
-    signature = request.headers.get(signing.SIGNATURE_HEADER)
+    """A signed request (headers), or the advertiser's token among the parameters."""
+    signature = hit.headers.get(SIGNATURE)
     if signature:
         reason = signing.verify(
             token,
             signature,
-            request.headers.get(signing.TIMESTAMP_HEADER, ""),
-            request.method,
-            request.path,
-            request.rel_url.raw_query_string,
+            hit.headers.get(TIMESTAMP, ""),
+            hit.method,
+            path,
+            hit.query,
             body,
             now=clock(),
             window=window,
@@ -447,10 +452,22 @@ def failed(ctx: ConversionIntake, exc: Exception, what: str) -> web.Response:
 
 async def postback(request: web.Request) -> web.Response:
     ctx = request.app[INTAKE]
-    s = ctx.settings
-    params: dict[str, str] = {}
     try:
-        params, body = await read_params(request, s.conversions.max_body_bytes)
+        params, body = await read_params(request, ctx.settings.conversions.max_body_bytes)
+    except Rejected as exc:
+        return refuse(ctx, {}, exc)
+    except Exception as exc:
+        return failed(ctx, exc, "postback")
+    return await answer_postback(ctx, hit_of(request), request.path, params, body)
+
+
+async def answer_postback(
+    ctx: ConversionIntake, hit: Hit, path: str, params: dict[str, str], body: bytes
+) -> web.Response:
+    """A postback whose parameters (and body) are read: aiohttp's route, and the fast
+    path's for a bodiless GET (tracker/edge/postback_fast.py)."""
+    s = ctx.settings
+    try:
         conv = conversion_input.parse(
             params,
             default_currency=s.conversions.default_currency,
@@ -459,22 +476,28 @@ async def postback(request: web.Request) -> web.Response:
         )
         advertiser = active_advertiser(ctx, conv.advertiser)
         authenticate(
-            request,
+            hit,
+            path,
             advertiser.token,
             params,
             body,
             s.conversions.signature_window_seconds,
             ctx.clock,
         )
-        meta = request_meta(hit_of(request), ctx.trusted, s.privacy.anonymize_ip)
+        meta = request_meta(hit, ctx.trusted, s.privacy.anonymize_ip)
         return await record_postback(ctx, conv, meta)
     except Rejected as exc:
-        named = conversion_input.pick(params, "advertiser")
-        known = ctx.advertisers.get(named) is not None
-        refusals.note(ctx.refused, named, known, exc.reason, clock_ms(ctx.clock))
-        return reject(ctx, exc)
+        return refuse(ctx, params, exc)
     except Exception as exc:
         return failed(ctx, exc, "postback")
+
+
+def refuse(ctx: ConversionIntake, params: dict[str, str], exc: Rejected) -> web.Response:
+    """A refused postback, counted for its advertiser's reconciliation."""
+    named = conversion_input.pick(params, "advertiser")
+    known = ctx.advertisers.get(named) is not None
+    refusals.note(ctx.refused, named, known, exc.reason, clock_ms(ctx.clock))
+    return reject(ctx, exc)
 
 
 def active_advertiser(ctx: ConversionIntake, advertiser_id: str) -> Advertiser:

@@ -1,0 +1,132 @@
+"""`GET /postback` on the fast path answers exactly like aiohttp's route: the same postbacks
+sent to a service with the fast path and to one without give the same statuses, headers
+and replies (new, duplicate, status changes, refusals, signed requests), in order when
+pipelined, and the fast path's conversions are stored."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.parse
+
+import orjson
+
+from tests.edge.test_fastpath import exchange, get, statuses
+from tracker.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from tracker.testing import Service, get_status_location
+
+ADV = "fastshop"
+ADV_TOKEN = "fast-shop-token-0123456789"
+
+
+def setup(svc: Service, slug: str) -> str:
+    """The advertiser and a link on `svc`; a click's id."""
+    status, body = svc.api("POST", "/api/advertisers", {"id": ADV, "token": ADV_TOKEN})
+    assert status in (201, 409), body
+    svc.add_link(slug, "https://shop.example/?c={click_id}", campaign_id=slug)
+    status, location = get_status_location(f"{svc.base_url}/c/{slug}")
+    assert status == 302
+    return urllib.parse.parse_qs(urllib.parse.urlparse(location).query)["c"][0]
+
+
+def postback(click_id: str, **params: str) -> str:
+    query = {"advertiser": ADV, "token": ADV_TOKEN, "click_id": click_id, **params}
+    return "/postback?" + urllib.parse.urlencode({k: v for k, v in query.items() if v})
+
+
+def signed(click_id: str, txid: str, age: int) -> bytes:
+    query = urllib.parse.urlencode({"advertiser": ADV, "click_id": click_id, "txid": txid})
+    stamp = str(int(time.time()) - age)
+    signature = sign(ADV_TOKEN, stamp, "GET", "/postback", query, b"")
+    return get(
+        f"/postback?{query}", f"{TIMESTAMP_HEADER}: {stamp}\r\n{SIGNATURE_HEADER}: {signature}\r\n"
+    )
+
+
+def requests(click_id: str) -> list[bytes]:
+    made_up = "01900000-0000-7000-8000-000000000001"  # long past the lookback
+    return [
+        get(postback(click_id, txid="o-1", amount="19.90", currency="EUR", sub1="a/b")),
+        get(postback(click_id, txid="o-1", amount="19.90", currency="EUR")),  # duplicate
+        get(postback(click_id, txid="o-1", status="approved")),
+        get(postback(click_id, txid="o-1", status="pending")),  # 409 illegal_transition
+        get(postback(click_id, txid="o-2", status="reversed")),  # 409 unknown_transaction
+        get(postback(click_id, txid="o-3", token="wrong-token-0123456789")),
+        get(postback("", txid="o-4")),
+        get(postback(click_id, txid="o-5", amount="1.999", currency="USD")),
+        get(postback(click_id, txid="o-6", advertiser="nobody")),
+        get(postback(made_up, txid="o-7", payout="2.50")),
+        get(postback(click_id, txid="o-8", event="lead"), version="1.0"),
+        signed(click_id, "o-9", 10),
+        signed(click_id, "o-10", 3600),  # stale
+        b"GET /postback HTTP/1.1\r\nHost: t\r\n\r\n",  # no parameters at all
+    ]
+
+
+KEPT = (b"Content-Type", b"Content-Length")
+# An HTTP/1.0 request: aiohttp answers in HTTP/1.0 and closes, the fast path (as for clicks)
+# in HTTP/1.1 with `Connection: close`; both close the connection after the answer.
+VERSIONLESS = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
+
+
+def answers(port: int, click_id: str) -> list[tuple]:
+    out = []
+    for request in requests(click_id):
+        answer = exchange(port, request, wait_close=b"HTTP/1.0" in request)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        reply = orjson.loads(body)
+        reply.pop("conversion_id", None)
+        lines = [line for line in head.split(b"\r\n")[1:] if line != b"Connection: close"]
+        names = sorted(line.split(b":")[0] for line in lines)
+        kept = sorted(line for line in lines if line.startswith(KEPT))
+        out.append(([int(s) for s in VERSIONLESS.findall(answer)], names, kept, reply))
+    return out
+
+
+def test_the_fast_path_answers_postbacks_like_aiohttp(running, service: Service):
+    service.env["TRACKER_HTTP_FAST_PATH"] = "0"
+    service.serve()
+    fast, slow = (
+        answers(running.port, setup(running, "pbfast")),
+        answers(service.port, setup(service, "pbfast")),
+    )
+    assert fast == slow
+    served_by = [
+        re.search(rb"Server: ([^\r]*)", exchange(svc.port, get(postback("", txid="x"))))[1]
+        for svc in (running, service)
+    ]
+    assert served_by[0] == b"tracker" and b"aiohttp" in served_by[1]  # two paths compared
+    assert [s for s, *_ in fast] == [
+        [200],
+        [200],
+        [200],
+        [409],
+        [409],
+        [401],
+        [400],
+        [400],
+        [401],
+        [200],
+        [200],
+        [200],
+        [401],
+        [400],
+    ]
+    assert (fast[0][3]["status"], fast[0][3]["attributed"]) == ("accepted", True)
+    assert fast[1][3]["status"] == "duplicate"
+    running.wait_count("conversions", 5, f"advertiser_id = '{ADV}'")  # o-1 twice, 7, 8, 9
+
+
+def test_pipelined_postbacks_and_clicks_answer_in_order(running):
+    click_id = setup(running, "pbpipe")
+    three = (
+        get(postback(click_id, txid="p-1"))
+        + get("/c/pbpipe?sub1=between")
+        + get(postback(click_id, txid="p-1"))
+        + get("/healthz")
+    )
+    answer = exchange(running.port, three, expect=4)
+    assert statuses(answer) == [200, 302, 200, 200]
+    replies = re.findall(rb'\{"status":"(\w+)"', answer)
+    assert replies == [b"accepted", b"duplicate", b"ok"]
+    running.wait_count("conversions", 1, f"advertiser_id = '{ADV}' AND txid = 'p-1'")

@@ -1,0 +1,72 @@
+"""`GET /postback` on the fast path (tracker/edge/fastpath.py): the same answer as
+aiohttp's route (`postback.answer_postback`, the same code), without aiohttp's request
+and response objects, routing and middlewares, and written in one piece.
+
+Only a bodiless `GET /postback` whose request target is plain ASCII with no fragment comes
+here; anything else (a POST with its body, HEAD, bytes aiohttp would read differently) is
+aiohttp's. A postback waits for Redis, so the fast path answers it from a task.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from tracker.edge.clickpath import CLOSE, date_header
+from tracker.edge.clicks import ClickContext, Hit
+from tracker.edge.intake import ConversionIntake
+from tracker.edge.postback import answer_postback
+
+ROUTE = "/postback"  # as aiohttp's route counts its requests
+_STARTS = (b"GET /postback?", b"GET /postback ")
+INTERNAL_ERROR = (
+    b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 25\r\nConnection: close\r\n\r\n500 Internal Server Error"
+)
+
+
+def is_postback(buffer: bytes | bytearray, start: int) -> bool:
+    """Whether the request head at `start` is a `GET /postback` (cheap: first bytes)."""
+    return buffer[start : start + 14] in _STARTS
+
+
+def servable(url: bytes, headers: dict[str, str]) -> bool:
+    """Whether the fast path answers this postback exactly as aiohttp would."""
+    return (
+        url.isascii()
+        and b"#" not in url
+        and headers.get("content-length", "0") == "0"
+        and "transfer-encoding" not in headers
+    )
+
+
+def encode(response: web.Response, keep_alive: bool) -> bytes:
+    """The answer's bytes: status line, aiohttp's Content-Type, the JSON body."""
+    body = response.body
+    assert isinstance(body, bytes)
+    return (
+        f"HTTP/1.1 {response.status} {HTTPStatus(response.status).phrase}\r\n"
+        f"Content-Type: {response.headers['Content-Type']}\r\n"
+        f"Content-Length: {len(body)}\r\n{date_header()}Server: tracker\r\n"
+        f"{'' if keep_alive else CLOSE}\r\n"
+    ).encode() + body
+
+
+async def answer(
+    intake: ConversionIntake,
+    clicks: ClickContext,
+    url: bytes,
+    headers: dict[str, str],
+    peer: str | None,
+    keep_alive: bool,
+) -> bytes:
+    raw = url.decode("ascii")
+    query = raw.partition("?")[2]
+    params = dict(parse_qsl(query, keep_blank_values=True, errors="replace"))
+    response = await answer_postback(
+        intake, Hit("GET", raw, query, headers, peer), ROUTE, params, b""
+    )
+    clicks.counters.requests[(ROUTE, response.status)] += 1
+    return encode(response, keep_alive)
