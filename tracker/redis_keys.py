@@ -165,3 +165,9 @@ def conversion_cap_daily_key(campaign_id: str, day: int) -> str:
 
 def conversion_cap_total_key(campaign_id: str) -> str:
     return f"{PREFIX}:convcap:{{s0}}:{campaign_id}:t"
+
+
+def conversion_cap_counted_key(conversion_id: str) -> str:
+    """String: this deferred conversion was counted for its campaign's cap (by the sink,
+    which only then knows the campaign); CAP_DAY_TTL."""
+    return f"{PREFIX}:convcap:{{s0}}:counted:{conversion_id}"

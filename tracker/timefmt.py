@@ -52,3 +52,19 @@ def parse_when(value: str | None, *, end_of_day: bool = True) -> int | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
+
+
+def utc_day(ms: int) -> int:
+    """The UTC day of a time as YYYYMMDD (what daily counters are keyed by)."""
+    days = ms // 86_400_000
+    # civil date from days since 1970-01-01 (Howard Hinnant's algorithm), no datetime call
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    y = yoe + era * 400 + (1 if m <= 2 else 0)
+    return y * 10000 + m * 100 + d

@@ -15,7 +15,7 @@ import pytest
 
 from tracker import redis_keys as K
 from tracker.clock import FixedClock
-from tracker.edge.caps import ConversionCounts, utc_day
+from tracker.edge.caps import ConversionCounts
 from tracker.hashcache import HashCache
 from tracker.redis_connection import async_client
 from tracker.routing import campaign_caps
@@ -28,6 +28,7 @@ from tracker.routing.rules import (
     over_conversion_cap,
 )
 from tracker.testing import ROOT, Service, get_status_location, wait_until
+from tracker.timefmt import utc_day
 
 ADV_TOKEN = "adv-token-0123456789abcdef"
 

@@ -19,11 +19,11 @@ from tracker import redis_keys as K
 from tracker.ids import ZERO_UUID, uuid7_time_ms
 from tracker.reasons import UnattributedReason
 from tracker.sink.attributor import Attributor
-from tracker.sink.deferred import resolve
+from tracker.sink.deferred import resolve, resolve_payload
 from tracker.sink.enrich.steps import ExclusionMarks
 from tracker.sink.history import ClickHistory
 from tracker.testing import click_id_at as id_at
-from tracker.timefmt import format_ms
+from tracker.timefmt import format_ms, utc_day
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -227,3 +227,60 @@ def test_deferred_conversions_are_resolved_from_clickhouse(chdb_database, redis_
     ]
     assert rows[4]["click_id"] == other["click_id"]  # the last click, whoever's advertiser
     assert rows[5]["unattributed_reason"] == UnattributedReason.NO_CLICK_IN_LOOKBACK
+
+
+def test_deferred_conversions_count_towards_their_campaigns_cap_once(chdb_database, redis_server):
+    """The edge could not count them (it did not know the campaign): the sink does, for a
+    new transaction only, and not again when its batch is handled a second time."""
+    ch, redis = chdb_database, redis_server.client()
+    now = int(time.time() * 1000)
+    old = {
+        "click_id": id_at(now - 5 * DAY),
+        "visitor_id": str(uuid.uuid4()),
+        "link_slug": "old",
+        "campaign_id": "capped",
+        "affiliate_id": "aff",
+        "advertiser_id": "shop",
+    }
+    store_clicks(ch, [old])
+    redis.set(K.HOT_SINCE, 0)
+
+    def row(txid: str, previous_status: str = "", click_id: str = old["click_id"]) -> dict:
+        return {
+            "event_time": format_ms(now),
+            "conversion_id": f"conv-{txid}",
+            "txid": txid,
+            "previous_status": previous_status,
+            "advertiser_id": "shop",
+            "click_id": click_id,
+            "visitor_id": ZERO_UUID,
+            "source": "postback",
+            "attributed": 0,
+            "unattributed_reason": "",
+            "deferred": 1,
+        }
+
+    parts = [
+        b"\n".join(
+            orjson.dumps(r)
+            for r in (
+                row("a"),
+                row("b"),
+                row("a", previous_status="pending"),  # a status change: counted before
+                row("c", click_id=id_at(now - 6 * DAY)),  # unattributed: no campaign
+            )
+        )
+    ]
+    history = ClickHistory(redis, ch, 48)
+    for _ in range(2):  # the same batch again, as after a sink restart
+        resolved = resolve_payload(history, parts, LOOKBACK, redis)
+        assert [orjson.loads(line)["campaign_id"] for line in resolved[0].split(b"\n")] == [
+            "capped",
+            "capped",
+            "capped",
+            "",
+        ]
+    day = utc_day(now)
+    assert redis.get(K.conversion_cap_daily_key("capped", day)) == b"2"
+    assert redis.get(K.conversion_cap_total_key("capped")) == b"2"
+    assert 0 < redis.ttl(K.conversion_cap_daily_key("capped", day)) <= K.CAP_DAY_TTL

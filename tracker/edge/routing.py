@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from geo import GeoReader, open_geo
 from tracker import redis_keys as K
-from tracker.edge.caps import CapCounters, ConversionCounts, utc_day
+from tracker.edge.caps import CapCounters, ConversionCounts
 from tracker.links import Link
 from tracker.records import RequestMeta
 from tracker.routing.rules import (
@@ -28,6 +28,7 @@ from tracker.routing.rules import (
     over_cap,
     over_conversion_cap,
 )
+from tracker.timefmt import utc_day
 
 _routers: dict[tuple[str, int], Router] = {}
 _draw = random.Random()

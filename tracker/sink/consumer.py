@@ -316,7 +316,7 @@ class Sink:
                     log.error("entry field %r is not a known table; skipped", table)
         if self.history and payloads.get("conversions"):
             payloads["conversions"] = deferred.resolve_payload(
-                self.history, payloads["conversions"], self.lookback_ms
+                self.history, payloads["conversions"], self.lookback_ms, self.redis
             )
         if self.pipeline:
             self.enrich(payloads)
