@@ -66,8 +66,8 @@ def test_a_batch_is_grouped_by_hash_with_one_expiry_each():
     clicks = [click_id_at(T + n) for n in range(200)]
     writes = hot.HotWrites.of(
         48,
-        [(c, visitor, hot.encode({"click_id": c})) for c in clicks]
-        + [(click_id_at(T), ZERO_UUID, b"x")],
+        [(c, hot.encode({"click_id": c, "visitor_id": visitor})) for c in clicks]
+        + [(click_id_at(T), hot.encode({"click_id": click_id_at(T)}))],  # no visitor: no path
     )
     assert sum(len(f) for f in writes.clicks.values()) == 2 * 201
     assert len(writes.clicks) <= hot.HOT_SHARDS

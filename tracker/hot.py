@@ -222,14 +222,15 @@ class HotWrites:
     _path_slots: dict[int, dict[bytes, bytes]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, hot_hours: int, clicks: Iterable[tuple[str, str, bytes]]) -> HotWrites:
-        """From (click id, visitor id, encoded record) triples."""
+    def of(cls, hot_hours: int, clicks: Iterable[tuple[str, bytes]]) -> HotWrites:
+        """From (click id, encoded record) pairs."""
         writes = cls(hot_hours)
-        for click_id, visitor_id, record in clicks:
-            writes.add(click_id, visitor_id, record)
+        for click_id, record in clicks:
+            writes.add(click_id, record)
         return writes
 
-    def add(self, click_id: str, visitor_id: str, record: bytes) -> None:
+    def add(self, click_id: str, record: bytes) -> None:
+        """A click and its record as `encode` made it (its visitor's raw id first)."""
         cid = raw_id(click_id)
         ms = int.from_bytes(cid[:6])  # a UUIDv7's first 48 bits: its time (`uuid7_time_ms`)
         if ms < self.oldest_ms:
@@ -242,9 +243,9 @@ class HotWrites:
             fields = self._click_slots[slot] = self.clicks[key] = []
             self.expiry[key] = expire_at(hour, self.hot_hours)
         fields += (cid, record)
-        if visitor_id == ZERO_UUID:  # a no-track click has no path
+        visitor = record[:16]  # an encoded record starts with its visitor's raw id
+        if visitor == ZERO_BYTES:  # a no-track click has no path
             return
-        visitor = raw_id(visitor_id)
         slot = hour * HOT_SHARDS + visitor[15] % HOT_SHARDS  # `visitor_shard`
         visitors = self._path_slots.get(slot)
         if visitors is None:
@@ -330,7 +331,7 @@ def put(redis: SyncRedis, records: Iterable[dict[str, Any]], hot_hours: int = 48
         redis,
         HotWrites.of(
             hot_hours,
-            ((r["click_id"], r.get("visitor_id") or ZERO_UUID, encode(r)) for r in records),
+            ((r["click_id"], encode(r)) for r in records),
         ),
     )
 

@@ -57,7 +57,7 @@ def rebuild(
         for row in rows:
             record = dict(zip(FIELDS, row[:-1], strict=True))
             click_id = record["click_id"]
-            writes.add(click_id, record["visitor_id"], hot.encode(record))
+            writes.add(click_id, hot.encode(record))
             if row[-1]:
                 marks.setdefault(hot.excluded_set(click_id), []).append(hot.raw_id(click_id))
         hot.store(redis, writes, since=False)

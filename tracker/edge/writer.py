@@ -388,7 +388,7 @@ class EventWriter:
         await self._redis.evalsha(self._script_sha, len(keys), *keys, *args)
 
     def _hot_writes(self, batch: Batch) -> hot.HotWrites:
-        return hot.HotWrites.of(self._hot_hours, ((c, v, rec) for c, v, _, rec in batch.clicks))
+        return hot.HotWrites.of(self._hot_hours, ((c, rec) for c, _, _, rec in batch.clicks))
 
     async def _send_cluster(self, batch: Batch, marker_ttl: int) -> None:
         """On a Redis Cluster the click keys live in many slots, so one script cannot
