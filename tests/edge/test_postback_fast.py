@@ -12,6 +12,7 @@ import urllib.parse
 import orjson
 
 from tests.edge.test_fastpath import exchange, get, statuses
+from tracker.edge import postback_fast
 from tracker.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tracker.testing import Service, get_status_location
 
@@ -130,3 +131,19 @@ def test_pipelined_postbacks_and_clicks_answer_in_order(running):
     replies = re.findall(rb'\{"status":"(\w+)"', answer)
     assert replies == [b"accepted", b"duplicate", b"ok"]
     running.wait_count("conversions", 1, f"advertiser_id = '{ADV}' AND txid = 'p-1'")
+
+
+def test_query_params_read_what_aiohttps_route_reads():
+    for query in (
+        "",
+        "a=1&&b",
+        "=x&a",
+        "a=1&a=2",
+        "a=b=c&d=",
+        "sub1=%41+b&x=%zz",
+        "advertiser=shop&token=t&click_id=C&txid=o-1&amount=1.50",
+        "&&&",
+        "a;b=1",
+    ):
+        expected = dict(urllib.parse.parse_qsl(query, keep_blank_values=True, errors="replace"))
+        assert postback_fast.query_params(query) == expected, query

@@ -17,6 +17,7 @@ slots). Byte for byte the JSON it writes may differ from orjson's (cjson writes 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import orjson
@@ -109,15 +110,33 @@ DEFERRED = b"d"
 _MARK = "\x00"  # where the campaign goes in a cap key's name
 
 
-def _cap_key_parts(day: int) -> list[str]:
+@lru_cache(maxsize=4)
+def cap_key_parts(day: int) -> tuple[str, ...]:
     daily = K.conversion_cap_daily_key(_MARK, day).split(_MARK)
     total = K.conversion_cap_total_key(_MARK).split(_MARK)
-    return [*daily, *total]
+    return (*daily, *total)
 
 
 def _middle(fields: dict[str, Any]) -> bytes:
     """Object members as they sit inside a larger object (with their trailing comma)."""
     return orjson.dumps(fields)[1:-1] + b","
+
+
+# The parts that are the same for every postback without a click, made once.
+_NO_CLICK = {
+    "click_id": ZERO_UUID,
+    "visitor_id": ZERO_UUID,
+    "click_time": format_ms(0),
+    "link_slug": "",
+    "campaign_id": "",
+    "affiliate_id": "",
+    "attributed": 0,
+}
+_ROW_UNKNOWN = _middle({**_NO_CLICK, "unattributed_reason": U.UNKNOWN_OR_EXPIRED_CLICK})
+_ROW_OTHER = _middle({**_NO_CLICK, "unattributed_reason": U.CLICK_OF_OTHER_ADVERTISER})
+_UNATTRIBUTED = {"click": None, "unattributed_reason": "", "visitor_id": ""}
+_RECORD_UNKNOWN = _middle({**_UNATTRIBUTED, "unattributed_reason": U.UNKNOWN_OR_EXPIRED_CLICK})
+_RECORD_OTHER = _middle({**_UNATTRIBUTED, "unattributed_reason": U.CLICK_OF_OTHER_ADVERTISER})
 
 
 class Prepared(NamedTuple):
@@ -169,24 +188,12 @@ def prepare(
         tail["advertiser_payout"] = str(conv.payout)
     row_tail = orjson.dumps(tail)[1:]  # `"source":...}` (the middle ends with a comma)
     deferred_tail = row_tail[:-1] + b',"deferred":1}'
-    no_click = {
-        "click_id": ZERO_UUID,
-        "visitor_id": ZERO_UUID,
-        "click_time": format_ms(0),
-        "link_slug": "",
-        "campaign_id": "",
-        "affiliate_id": "",
-        "attributed": 0,
-    }
-    row_unknown = _middle({**no_click, "unattributed_reason": U.UNKNOWN_OR_EXPIRED_CLICK})
-    row_other = _middle({**no_click, "unattributed_reason": U.CLICK_OF_OTHER_ADVERTISER})
-    row_deferred = _middle({**no_click, "click_id": click_id, "unattributed_reason": ""})
+    row_deferred = _middle({**_NO_CLICK, "click_id": click_id, "unattributed_reason": ""})
     money = {"amount": str(amount), "currency": conv.currency}
     if conv.payout is not None:
         money["payout"] = str(conv.payout)
     record_tail = orjson.dumps(money)[1:]
     record_head = orjson.dumps({"conversion_id": conversion_id})[:-1] + b","
-    unattributed = {"click": None, "unattributed_reason": "", "visitor_id": ""}
     keys = [
         K.conversion_key(conv.advertiser, conv.txid),
         K.EVENTS_STREAM,
@@ -204,18 +211,18 @@ def prepare(
         conv.advertiser,  # 8
         dedup_seconds,  # 9
         K.CAP_DAY_TTL,  # 10
-        *_cap_key_parts(utc_day(ms)),  # 11-14
+        *cap_key_parts(utc_day(ms)),  # 11-14
         record_head,  # 15
         record_tail,  # 16
         head[:-1] + b",",  # 17: the row up to the click's columns
         row_tail,  # 18
         click_id,  # 19
         format_ms(at),  # 20
-        _middle({**unattributed, "unattributed_reason": U.UNKNOWN_OR_EXPIRED_CLICK}),  # 21
-        row_unknown,  # 22
-        _middle({**unattributed, "unattributed_reason": U.CLICK_OF_OTHER_ADVERTISER}),  # 23
-        row_other,  # 24
-        _middle({**unattributed, "deferred": True, "deferred_click": click_id}),  # 25
+        _RECORD_UNKNOWN,  # 21
+        _ROW_UNKNOWN,  # 22
+        _RECORD_OTHER,  # 23
+        _ROW_OTHER,  # 24
+        _middle({**_UNATTRIBUTED, "deferred": True, "deferred_click": click_id}),  # 25
         row_deferred,  # 26
         deferred_tail,  # 27
         K.BATCH_ID_FIELD,  # 28
