@@ -110,11 +110,13 @@ def drain(settings, redis, ch, pipeline: Pipeline | None) -> dict:
     sink.ensure_group()
     redis_cpu = redis_cpu_seconds(redis)
     sink_cpu = time.process_time()  # every thread of this process: the sink's and chDB's
+    main_cpu = time.thread_time()  # the sink's loop: reading results, enriching, handing over
     started = time.perf_counter()
     while sink.step(block=False):
         pass
     seconds = time.perf_counter() - started
     sink_cpu = time.process_time() - sink_cpu
+    main_cpu = time.thread_time() - main_cpu
     redis_cpu = redis_cpu_seconds(redis) - redis_cpu
     rows = sink.rows_inserted["clicks"]
     result = {
@@ -123,6 +125,7 @@ def drain(settings, redis, ch, pipeline: Pipeline | None) -> dict:
         "rows_per_s": round(rows / seconds),
         "sink_cpu_us_per_row": round(sink_cpu / rows * 1e6, 1),
         "rows_per_sink_cpu_s": round(rows / sink_cpu),
+        "sink_loop_cpu_us_per_row": round(main_cpu / rows * 1e6, 1),
         "redis_cpu_us_per_row": round(redis_cpu / rows * 1e6, 1),
     }
     if pipeline:
