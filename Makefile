@@ -24,12 +24,13 @@ lint: setup
 	.venv/bin/mypy
 
 # Throughput against nginx empty_gif and the bare 302 server, then the sustained rate and
-# the sink alone (installs nginx-light and wrk when missing).
+# the sink alone, then postbacks (installs nginx-light and wrk when missing).
 bench: setup
 	@command -v wrk >/dev/null && test -x /usr/sbin/nginx || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null)
 	.venv/bin/python -m loadtest.bench --bare
 	.venv/bin/python -m loadtest.sink_bench
+	.venv/bin/python -m loadtest.postback_bench
 
 # The fault suite on loopback (Redis, sink, edge and service kills, spool disk full and
 # read-only, ClickHouse down with TRACKER_CHAOS_CLICKHOUSE_URL); prints one table.
