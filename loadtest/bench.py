@@ -3,6 +3,7 @@
     python -m loadtest.bench [--duration 10] [--connections 64] [--processes 2] [--rounds 3]
                              [--bare] [--link-kind plain|split|geo] [--ratio-only]
                              [--sustained-seconds 60] [--sustained-tries 3]
+                             [--sustained-from 0.8]
 
 Starts on loopback: nginx (empty_gif, N workers) and the full tracker (N edge processes,
 its own redis-server with AOF, the sink, chDB). Runs wrk against each in turn, alternating,
@@ -278,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
         "--sustained-tries", type=int, default=3, help="rates tried, each 0.8 of the last"
     )
     p.add_argument(
+        "--sustained-from",
+        type=float,
+        default=0.8,
+        help="the first sustained rate, as a fraction of the burst peak",
+    )
+    p.add_argument(
         "--ratio-only",
         action="store_true",
         help="only the nginx rounds (no fixed-rate phase, no drain)",
@@ -488,12 +495,13 @@ MAX_CATCH_UP_S = 5.0  # from the end of the run until every answered click is qu
 
 def sustained(svc: Service, args, peak: float, pids: dict[str, int]) -> dict:
     """The whole pipeline (every enrichment step) at a fixed rate for
-    `--sustained-seconds`: first at 0.8 of the burst peak, then at 0.8 of the last rate
-    tried until one holds: click -> queryable p99 <= 2 s, and every answered click
-    queryable within 5 s of the end (the stream's lag back to zero). The first rate that
-    holds is the highest one tried that does. CPU µs per click of each process, too."""
+    `--sustained-seconds`: first at 0.8 of the burst peak (`--sustained-from`), then at
+    0.8 of the last rate tried until one holds: click -> queryable p99 <= 2 s, and every
+    answered click queryable within 5 s of the end (the stream's lag back to zero). The
+    first rate that holds is the highest one tried that does. CPU µs per click of each
+    process, too."""
     runs = []
-    rate = 0.8 * peak
+    rate = args.sustained_from * peak
     for attempt in range(args.sustained_tries):
         tag = f"sustained-{attempt}"
         before = cpu_seconds(pids)
