@@ -340,6 +340,17 @@ class Service:
         self.procs[name] = proc
         return proc
 
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """`tracker *args` run to its end against this service: exit code and output."""
+        return subprocess.run(
+            [sys.executable, "-m", "tracker", *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
     def serve(self) -> subprocess.Popen:
         proc = self.spawn("serve", "serve")
         self.wait_ready()

@@ -5,7 +5,6 @@ real edge processes sending the campaign's clicks to its overflow once it is rea
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 import urllib.parse
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from tracker.routing.rules import (
     over_cap,
     over_conversion_cap,
 )
-from tracker.testing import ROOT, Service, get_status_location, wait_until
+from tracker.testing import Service, get_status_location, wait_until
 from tracker.timefmt import utc_day
 
 ADV_TOKEN = "adv-token-0123456789abcdef"
@@ -146,14 +145,7 @@ def _wait_overflow(service: Service, slug: str) -> None:
 
 
 def _cli(service: Service, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "tracker", "campaign-caps", *args],
-        env=service.env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return service.cli("campaign-caps", *args)
 
 
 def _prepare(service: Service, caps: dict, via_cli: bool = False) -> None:

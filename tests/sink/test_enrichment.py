@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
-import sys
 import time
 
 import aiohttp
@@ -21,7 +19,7 @@ from tracker.sink.enrich import fraud
 from tracker.sink.enrich.fraud import FraudRules, Thresholds, thresholds_from
 from tracker.sink.enrich.pipeline import Pipeline, Step, flag
 from tracker.sink.enrich.privacy import anonymize_ip
-from tracker.testing import BROWSER_UA, ROOT, Service, wait_until
+from tracker.testing import BROWSER_UA, Service, wait_until
 from tracker.timefmt import format_ms, parse_ms
 
 ZERO = "00000000-0000-0000-0000-000000000000"
@@ -296,14 +294,7 @@ async def test_ten_thousand_mixed_clicks_give_exact_flag_counts(service: Service
         == 0
     )
 
-    report = subprocess.run(
-        [sys.executable, "-m", "tracker", "report", "fraud", "--format", "json"],
-        env=service.env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    report = service.cli("report", "fraud", "--format", "json")
     assert report.returncode == 0, report.stderr
     rows = {(r["kind"], r["rule"]): r["events"] for r in orjson.loads(report.stdout)}
     assert rows[("click", "bot:crawler")] == 100

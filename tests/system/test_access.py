@@ -3,14 +3,12 @@ every route, filter and group-by; writes land in the audit log, which no key can
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 
-from tracker.testing import ROOT, hit_many
+from tracker.testing import hit_many
 
 
 @pytest.fixture(scope="module")
@@ -197,24 +195,10 @@ def test_writes_are_audited_and_the_log_cannot_be_edited(world):
     for method in ("POST", "PUT", "PATCH", "DELETE"):
         assert service.api(method, "/api/audit", {})[0] == 405
 
-    cli = subprocess.run(
-        [sys.executable, "-m", "tracker", "keys", "create", "--role", "analyst", "--name", "cli"],
-        env=service.env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    cli = service.cli("keys", "create", "--role", "analyst", "--name", "cli")
     assert cli.returncode == 0, cli.stderr
     key_id = cli.stdout.split()[1]
-    out = subprocess.run(
-        [sys.executable, "-m", "tracker", "audit", "--action", "keys create", "--format", "json"],
-        env=service.env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = service.cli("audit", "--action", "keys create", "--format", "json")
     assert out.returncode == 0, out.stderr
     logged = orjson.loads(out.stdout)
     assert logged[0]["target"] == key_id and logged[0]["actor"].startswith("cli:")

@@ -6,8 +6,6 @@ holds up neither clicks nor the sink; dead letters are replayed from the CLI."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 
 import aiohttp
@@ -17,7 +15,7 @@ import pytest
 from tests.delivery.receiver import ThreadedReceiver
 from tests.system.test_postbacks import ADV_TOKEN, browser, postback
 from tracker import signing
-from tracker.testing import ROOT, RedisServer, Service, wait_until
+from tracker.testing import RedisServer, Service, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -183,34 +181,13 @@ async def test_dead_letters_replayed_from_the_cli(svc):
 
         await asyncio.to_thread(wait_until, lambda: len(dead()) == 1, 30, "the dead letter")
         assert len(down.requests) == 3
-        listing = subprocess.run(
-            [sys.executable, "-m", "tracker", "deliveries", "list", "--failed"],
-            env=svc.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        listing = svc.cli("deliveries", "list", "--failed")
         assert listing.returncode == 0 and dead()[0]["id"] in listing.stdout, listing.stderr
-        replay = subprocess.run(
-            [sys.executable, "-m", "tracker", "deliveries", "retry", "--failed"],
-            env=svc.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        replay = svc.cli("deliveries", "retry", "--failed")
         assert replay.returncode == 0, replay.stderr
         await asyncio.to_thread(wait_until, lambda: len(down.requests) == 4, 30, "the replay")
         assert dead() == []
-        missing = subprocess.run(
-            [sys.executable, "-m", "tracker", "deliveries", "retry", "nope"],
-            env=svc.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        missing = svc.cli("deliveries", "retry", "nope")
         assert missing.returncode == 1 and "no dead letter" in missing.stderr
     svc.wait_count("deliveries", 4, "target_id = 'dl-down'")
 

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
-import sys
 
 from tests.system.test_postbacks import ADV_TOKEN, browser, click, postback
 from tracker import hot
 from tracker import redis_keys as K
 from tracker.ids import uuid7_time_ms
-from tracker.testing import ROOT, Service, wait_until
+from tracker.testing import Service, wait_until
 
 
 def credited(svc: Service, conversion_id: str) -> list[tuple[str, str]]:
@@ -77,14 +75,7 @@ async def test_an_emptied_redis_loses_no_attribution_and_rebuild_hot_refills_it(
         assert row == {"attributed": 1, "c": second, "campaign_id": "cb"}
         assert hot.get(redis, first) is None  # still not in Redis
 
-        rebuilt = subprocess.run(
-            [sys.executable, "-m", "tracker", "rebuild-hot"],
-            env=svc.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        rebuilt = svc.cli("rebuild-hot", timeout=120)
         assert rebuilt.returncode == 0, rebuilt.stderr
         assert "2 clicks" in rebuilt.stdout
         assert hot.get(redis, first)["campaign_id"] == "ca"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -14,7 +12,7 @@ import orjson
 from tracker import hot, migrations
 from tracker.ids import is_uuid, uuid7, uuid7_time_ms
 from tracker.privacy_ops import hot_path
-from tracker.testing import ROOT, get_status_location, hit_many, wait_until
+from tracker.testing import get_status_location, hit_many, wait_until
 from tracker.timefmt import parse_ms
 
 
@@ -198,15 +196,7 @@ def test_admin_api_links_lifecycle(running):
 
 
 def test_cli_links_and_sql(running):
-    def tracker(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "tracker", *args],
-            env=running.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    tracker = running.cli
 
     added = tracker(
         "links", "add", "cli-link", "https://c.example/?c={click_id}", "--campaign", "cli"

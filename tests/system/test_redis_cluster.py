@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import sys
 from types import SimpleNamespace
 
 import aiohttp
@@ -18,7 +17,7 @@ from tracker import hot
 from tracker import redis_keys as K
 from tracker.ids import uuid7, uuid7_time_ms
 from tracker.redis_connection import HiredisPacking, async_client, sync_client
-from tracker.testing import BROWSER_UA, ROOT, Service, hit_many, wait_until
+from tracker.testing import BROWSER_UA, Service, hit_many, wait_until
 
 
 def cluster_port(taken: list[int]) -> int:
@@ -310,14 +309,7 @@ async def test_cluster_emptied_loses_no_attribution_and_rebuild_hot_refills_it(
                 assert any(g["name"] in (K.SINK_GROUP, K.SINK_GROUP.encode()) for g in groups)
             assert hot.get(client, first) is None  # still not in Redis
 
-            rebuilt = subprocess.run(
-                [sys.executable, "-m", "tracker", "rebuild-hot"],
-                env=service.env,
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+            rebuilt = service.cli("rebuild-hot", timeout=120)
             assert rebuilt.returncode == 0, rebuilt.stderr
             assert "3 clicks" in rebuilt.stdout, rebuilt.stdout
             for click_id, campaign in ((first, "ca"), (second, "cb"), (third, "ca")):
