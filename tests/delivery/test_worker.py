@@ -131,6 +131,11 @@ def add_target(redis, **data) -> T.Target:
     return target
 
 
+def postback_target(redis, id: str, url: str) -> T.Target:
+    """A postback target of affiliate `aff` (every affiliate here)."""
+    return add_target(redis, id=id, kind="postback", affiliate_id="aff", url=url)
+
+
 def logged(redis) -> list[dict]:
     rows = []
     for _, fields in redis.xrange(K.EVENTS_STREAM):
@@ -141,12 +146,8 @@ def logged(redis) -> list[dict]:
 
 async def test_500_then_200_is_retried_with_backoff_and_delivered(redis_server, sync_redis):
     async with Receiver([500, 503, 200]) as rx:
-        target = add_target(
-            sync_redis,
-            id="pb",
-            kind="postback",
-            affiliate_id="aff",
-            url=f"http://127.0.0.1:{rx.port}/pb?tx={{txid}}&s={{status}}",
+        target = postback_target(
+            sync_redis, "pb", f"http://127.0.0.1:{rx.port}/pb?tx={{txid}}&s={{status}}"
         )
         jobs = jobs_for([row()], [target], clicks={}, payouts={}, ms=1)
         assert queue.enqueue(sync_redis, jobs) == 1
@@ -174,13 +175,7 @@ async def test_500_then_200_is_retried_with_backoff_and_delivered(redis_server, 
 
 async def test_dead_letter_after_the_limit_then_replay(redis_server, sync_redis):
     async with Receiver([500, 500, 500, 200]) as rx:
-        target = add_target(
-            sync_redis,
-            id="pb",
-            kind="postback",
-            affiliate_id="aff",
-            url=f"http://127.0.0.1:{rx.port}/x",
-        )
+        target = postback_target(sync_redis, "pb", f"http://127.0.0.1:{rx.port}/x")
         jobs = jobs_for([row()], [target], clicks={}, payouts={}, ms=1)
         queue.enqueue(sync_redis, jobs)
         worker, finish = await run_worker(redis_server, FAST)
@@ -206,20 +201,8 @@ async def test_dead_letter_after_the_limit_then_replay(redis_server, sync_redis)
 async def test_timeouts_and_refused_connections_are_retried(redis_server, sync_redis):
     closed = free_port()  # nothing listens there
     async with Receiver(["hang"]) as rx:
-        hang = add_target(
-            sync_redis,
-            id="hang",
-            kind="postback",
-            affiliate_id="aff",
-            url=f"http://127.0.0.1:{rx.port}/h",
-        )
-        refused = add_target(
-            sync_redis,
-            id="closed",
-            kind="postback",
-            affiliate_id="aff",
-            url=f"http://127.0.0.1:{closed}/c",
-        )
+        hang = postback_target(sync_redis, "hang", f"http://127.0.0.1:{rx.port}/h")
+        refused = postback_target(sync_redis, "closed", f"http://127.0.0.1:{closed}/c")
         settings = replace(FAST, timeout_seconds=0.3, max_attempts=2)
         queue.enqueue(sync_redis, jobs_for([row()], [hang, refused], clicks={}, payouts={}, ms=1))
         worker, finish = await run_worker(redis_server, settings)
@@ -237,13 +220,7 @@ async def test_an_entry_read_again_while_in_flight_is_not_attempted_twice(redis_
     """After a Redis error the worker reads its own pending entries again (from "0"),
     and may claim entries back: one still in flight must not get a second attempt."""
     async with Receiver(["hang"]) as rx:
-        hang = add_target(
-            sync_redis,
-            id="hang",
-            kind="postback",
-            affiliate_id="aff",
-            url=f"http://127.0.0.1:{rx.port}/h",
-        )
+        hang = postback_target(sync_redis, "hang", f"http://127.0.0.1:{rx.port}/h")
         settings = replace(FAST, timeout_seconds=1.0, max_attempts=1)
         queue.enqueue(sync_redis, jobs_for([row()], [hang], clicks={}, payouts={}, ms=1))
         worker, finish = await run_worker(redis_server, settings)
@@ -261,13 +238,7 @@ async def test_a_conversions_events_reach_a_target_in_order(redis_server, sync_r
     """Its first report and its approval, queued together: the approval waits for the
     first to be answered, so the partner never hears "approved" before "pending"."""
     async with Receiver(["hang", 200]) as rx:
-        target = add_target(
-            sync_redis,
-            id="pb",
-            kind="postback",
-            affiliate_id="aff",
-            url=f"http://127.0.0.1:{rx.port}/pb?st={{status}}",
-        )
+        target = postback_target(sync_redis, "pb", f"http://127.0.0.1:{rx.port}/pb?st={{status}}")
         rows = [row(), row(status="approved", previous_status="pending")]
         queue.enqueue(sync_redis, jobs_for(rows, [target], clicks={}, payouts={}, ms=1))
         worker, finish = await run_worker(redis_server, FAST)
@@ -284,13 +255,7 @@ async def test_a_conversions_events_reach_a_target_in_order(redis_server, sync_r
 
 async def test_redirects_are_not_followed(redis_server, sync_redis):
     async with Receiver(["redirect"]) as rx:
-        target = add_target(
-            sync_redis,
-            id="pb",
-            kind="postback",
-            affiliate_id="aff",
-            url=f"http://127.0.0.1:{rx.port}/r",
-        )
+        target = postback_target(sync_redis, "pb", f"http://127.0.0.1:{rx.port}/r")
         queue.enqueue(sync_redis, jobs_for([row()], [target], clicks={}, payouts={}, ms=1))
         worker, finish = await run_worker(redis_server, replace(FAST, max_attempts=1))
         try:
@@ -304,27 +269,9 @@ async def test_redirects_are_not_followed(redis_server, sync_redis):
 async def test_ssrf_destinations_are_refused_unless_allowed(redis_server, sync_redis):
     async with Receiver([200]) as rx:
         targets = [
-            add_target(
-                sync_redis,
-                id="loop",
-                kind="postback",
-                affiliate_id="aff",
-                url=f"http://127.0.0.1:{rx.port}/a",
-            ),
-            add_target(
-                sync_redis,
-                id="name",
-                kind="postback",
-                affiliate_id="aff",
-                url=f"http://localhost:{rx.port}/b",
-            ),
-            add_target(
-                sync_redis,
-                id="meta",
-                kind="postback",
-                affiliate_id="aff",
-                url="http://169.254.169.254/latest/meta-data/",
-            ),
+            postback_target(sync_redis, "loop", f"http://127.0.0.1:{rx.port}/a"),
+            postback_target(sync_redis, "name", f"http://localhost:{rx.port}/b"),
+            postback_target(sync_redis, "meta", "http://169.254.169.254/latest/meta-data/"),
             add_target(sync_redis, id="v6", kind="webhook", url=f"http://[::1]:{rx.port}/c"),
         ]
         queue.enqueue(sync_redis, jobs_for([row()], targets, clicks={}, payouts={}, ms=1))
@@ -403,13 +350,7 @@ async def test_webhook_is_signed_and_idempotent(redis_server, sync_redis):
 
 async def test_a_worker_that_died_mid_delivery_leaves_it_to_the_next(redis_server, sync_redis):
     async with Receiver(["hang", 200]) as rx:
-        target = add_target(
-            sync_redis,
-            id="pb",
-            kind="postback",
-            affiliate_id="aff",
-            url=f"http://127.0.0.1:{rx.port}/p",
-        )
+        target = postback_target(sync_redis, "pb", f"http://127.0.0.1:{rx.port}/p")
         queue.enqueue(sync_redis, jobs_for([row()], [target], clicks={}, payouts={}, ms=1))
         slow = replace(FAST, timeout_seconds=30)
         worker, finish = await run_worker(redis_server, slow)
@@ -432,13 +373,7 @@ def test_enqueuer_reads_targets_subs_and_payouts(redis_server, sync_redis):
     enqueue = Enqueuer(sync_redis, refresh=0)
     rows = [orjson.dumps(row(click_id=click_id))]
     assert enqueue(rows, []) == 0  # no targets: nothing, and no Redis reads of clicks
-    add_target(
-        sync_redis,
-        id="pb",
-        kind="postback",
-        affiliate_id="aff",
-        url="https://p.example/?c={sub1}&p={payout}",
-    )
+    postback_target(sync_redis, "pb", "https://p.example/?c={sub1}&p={payout}")
     commission = {
         "conversion_id": CONV,
         "level": 1,
