@@ -42,6 +42,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from loadtest import wrk_output
 from tracker.config import FraudSettings, RedisSettings, SinkSettings, TrackingSettings
 from tracker.testing import RedisServer, Service, free_port, wait_until
 
@@ -137,19 +138,11 @@ def wrk(url: str, duration: int, connections: int, threads: int, script: Path) -
         check=True,
     ).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = wrk_output.summary(out)
     return {
         "wrk_cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
-        "errors": sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out)),
-        "p50_ms": _wrk_ms(out, "50%"),
-        "p99_ms": _wrk_ms(out, "99%"),
+        **{k: run[k] for k in ("rps", "requests", "errors", "p50_ms", "p99_ms")},
     }
-
-
-def _wrk_ms(out: str, pct: str) -> float:
-    value, unit = re.search(rf"{re.escape(pct)}\s+([\d.]+)(us|ms|s)", out).groups()
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
 def wrk_rate(url: str, duration: int, rate: float, tag: str, connections: int = 64) -> dict:
@@ -174,14 +167,11 @@ def wrk_rate(url: str, duration: int, rate: float, tag: str, connections: int = 
         text=True,
         check=True,
     ).stdout
-    refused = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    run = wrk_output.summary(out)
     return {
         "rate_target": round(rate),
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50_ms": _wrk_ms(out, "50%"),
-        "p99_ms": _wrk_ms(out, "99%"),
-        "answered": int(re.search(r"(\d+) requests in", out).group(1))
-        - (int(refused.group(1)) if refused else 0),
+        **{k: run[k] for k in ("rps", "p50_ms", "p99_ms")},
+        "answered": run["requests"] - run["refused"],
     }
 
 

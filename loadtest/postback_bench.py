@@ -35,6 +35,7 @@ from pathlib import Path
 import aiohttp
 import redis
 
+from loadtest import wrk_output
 from loadtest.bench import cpu_seconds, product_settings, tracker_pids
 from tracker.config import TrackingSettings
 from tracker.testing import RedisServer, Service
@@ -84,21 +85,11 @@ def wrk(url: str, args, ids_file: Path, token: str, tag: str) -> dict:
         text=True,
         check=True,
     ).stdout
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    run = wrk_output.summary(out)
     return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "requests": requests,
-        "ok": requests - (int(non_2xx.group(1)) if non_2xx else 0),
-        "errors": sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out)),
-        "p50_ms": _ms(out, "50%"),
-        "p99_ms": _ms(out, "99%"),
+        **{k: run[k] for k in ("rps", "requests", "errors", "p50_ms", "p99_ms")},
+        "ok": run["requests"] - run["refused"],
     }
-
-
-def _ms(out: str, pct: str) -> float:
-    value, unit = re.search(rf"{re.escape(pct)}\s+([\d.]+)(us|ms|s)", out).groups()
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
 def command_calls(client: redis.Redis) -> dict[str, int]:
