@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from attribution.money import is_currency, to_minor
 from tracker.ids import ZERO_UUID, is_uuid
@@ -155,6 +155,45 @@ def transition(current: str | None, new: str) -> str:
     raise Rejected(409, R.ILLEGAL_TRANSITION)
 
 
+def row_head(
+    conv: ConversionInput,
+    *,
+    ms: int,
+    conversion_id: str,
+    amount: Decimal,
+    currency: str,
+    previous_status: str,
+) -> dict[str, Any]:
+    """The columns of a `conversions` row before its click's (the one-script postback
+    path splices the click's columns between this and `row_tail`)."""
+    return {
+        "event_time": format_ms(ms),
+        "conversion_id": conversion_id,
+        "advertiser_id": conv.advertiser,
+        "txid": conv.txid,
+        "event": conv.event,
+        "status": conv.status,
+        "previous_status": previous_status,
+        "amount": str(amount),
+        "currency": currency,
+    }
+
+
+def row_tail(
+    conv: ConversionInput, *, source: str, meta: RequestMeta, payout: Decimal | str | None
+) -> dict[str, Any]:
+    """The columns of a `conversions` row after its click's."""
+    tail: dict[str, Any] = {
+        "source": source,
+        **conv.subs,
+        "ip": meta.ip,
+        "user_agent": meta.user_agent,
+    }
+    if payout is not None:
+        tail["advertiser_payout"] = str(payout)
+    return tail
+
+
 def conversion_row(
     *,
     ms: int,
@@ -172,16 +211,15 @@ def conversion_row(
 ) -> ConversionRow:
     """The `conversions` row for one conversion event (a first report or a status change)."""
     found: Mapping[str, Any] = click or {}  # a record read back from Redis
-    row: ConversionRow = {
-        "event_time": format_ms(ms),
-        "conversion_id": conversion_id,
-        "advertiser_id": conv.advertiser,
-        "txid": conv.txid,
-        "event": conv.event,
-        "status": conv.status,
-        "previous_status": previous_status,
-        "amount": str(amount),
-        "currency": currency,
+    row = {
+        **row_head(
+            conv,
+            ms=ms,
+            conversion_id=conversion_id,
+            amount=amount,
+            currency=currency,
+            previous_status=previous_status,
+        ),
         "click_id": found.get("click_id") or ZERO_UUID,
         "visitor_id": visitor_id or ZERO_UUID,
         "click_time": format_ms(found["ts"]) if found.get("ts") else format_ms(0),
@@ -190,14 +228,9 @@ def conversion_row(
         "affiliate_id": found.get("affiliate_id", ""),
         "attributed": int(not unattributed_reason),
         "unattributed_reason": unattributed_reason,
-        "source": source,
-        **conv.subs,
-        "ip": meta.ip,
-        "user_agent": meta.user_agent,
+        **row_tail(conv, source=source, meta=meta, payout=payout),
     }
-    if payout is not None:
-        row["advertiser_payout"] = str(payout)
-    return row
+    return cast(ConversionRow, row)
 
 
 def defer(row: ConversionRow, click_id: str) -> None:

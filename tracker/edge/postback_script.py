@@ -17,6 +17,7 @@ slots). Byte for byte the JSON it writes may differ from orjson's (cjson writes 
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -25,6 +26,7 @@ from redis.exceptions import NoScriptError
 
 from tracker import hot
 from tracker import redis_keys as K
+from tracker.edge import conversion_input
 from tracker.edge.caps import utc_day
 from tracker.edge.conversion_input import FIRST_STATUSES, ConversionInput
 from tracker.ids import ZERO_UUID, uuid7, uuid7_time_ms
@@ -159,33 +161,24 @@ def prepare(
     """KEYS and ARGV for a postback that names a click (`conv.click_id`), stamped `ms`.
     ARGV[5] (recent: answer `retry` when the click is missing) is set by the caller.
 
-    The row and the record are what `conversion_input.conversion_row` and postback.py's
-    reference path build (same keys, same order), cut where the click's columns go."""
+    The row is `conversion_input.conversion_row`'s (its head and tail, the click's
+    columns spliced in by the script); the record is what postback.py's reference path
+    stores."""
     click_id = conv.click_id
     at = uuid7_time_ms(click_id)
     conversion_id = uuid7(ms)
-    amount = conv.amount if conv.amount is not None else 0
+    amount = conv.amount if conv.amount is not None else Decimal(0)
     head = orjson.dumps(
-        {
-            "event_time": format_ms(ms),
-            "conversion_id": conversion_id,
-            "advertiser_id": conv.advertiser,
-            "txid": conv.txid,
-            "event": conv.event,
-            "status": conv.status,
-            "previous_status": "",
-            "amount": str(amount),
-            "currency": conv.currency,
-        }
+        conversion_input.row_head(
+            conv,
+            ms=ms,
+            conversion_id=conversion_id,
+            amount=amount,
+            currency=conv.currency,
+            previous_status="",
+        )
     )
-    tail = {
-        "source": "postback",
-        **conv.subs,
-        "ip": meta.ip,
-        "user_agent": meta.user_agent,
-    }
-    if conv.payout is not None:
-        tail["advertiser_payout"] = str(conv.payout)
+    tail = conversion_input.row_tail(conv, source="postback", meta=meta, payout=conv.payout)
     row_tail = orjson.dumps(tail)[1:]  # `"source":...}` (the middle ends with a comma)
     deferred_tail = row_tail[:-1] + b',"deferred":1}'
     row_deferred = _middle({**_NO_CLICK, "click_id": click_id, "unattributed_reason": ""})
