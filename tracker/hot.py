@@ -72,12 +72,17 @@ def hour_of(click_id: str) -> int:
     return uuid7_time_ms(click_id) // HOUR_MS
 
 
+def shard(raw: bytes) -> int:
+    """The shard of a click or visitor by its 16-byte id: its last byte (random bits)."""
+    return raw[15] % HOT_SHARDS
+
+
 def click_shard(click_id: str) -> int:
-    return int(click_id[-2:], 16) % HOT_SHARDS  # the id's last bits are random
+    return shard(raw_id(click_id))
 
 
 def visitor_shard(visitor_id: str) -> int:
-    return int(visitor_id[-2:], 16) % HOT_SHARDS
+    return shard(raw_id(visitor_id))
 
 
 def click_hash(click_id: str) -> str:
@@ -236,7 +241,7 @@ class HotWrites:
         if ms < self.oldest_ms:
             self.oldest_ms = ms
         hour = ms // HOUR_MS
-        slot = hour * HOT_SHARDS + cid[15] % HOT_SHARDS  # `click_shard`, from the raw id
+        slot = hour * HOT_SHARDS + shard(cid)
         fields = self._click_slots.get(slot)
         if fields is None:
             key = K.hot_clicks_key(hour, slot - hour * HOT_SHARDS)
@@ -246,7 +251,7 @@ class HotWrites:
         visitor = record[:16]  # an encoded record starts with its visitor's raw id
         if visitor == ZERO_BYTES:  # a no-track click has no path
             return
-        slot = hour * HOT_SHARDS + visitor[15] % HOT_SHARDS  # `visitor_shard`
+        slot = hour * HOT_SHARDS + shard(visitor)
         visitors = self._path_slots.get(slot)
         if visitors is None:
             key = K.hot_paths_key(hour, slot - hour * HOT_SHARDS)
