@@ -9,19 +9,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tracker.config import Settings
-from tracker.lazy import lazy_import
+from tracker.ledger import lazy as ledger
+from tracker.ledger.lazy import accounts, payouts, records
 from tracker.ledger.statuses import AFFILIATE_STATUSES, CAMPAIGN_STATUSES, PAYOUT_STATUSES
 from tracker.table_format import format_rows
 
 if TYPE_CHECKING:
-    from tracker.ledger import accounts, payouts, records
-    from tracker.ledger import store as ledger_store
     from tracker.ledger.store import Store
-else:  # every `tracker` command builds this parser; only these commands need the ledger
-    accounts = lazy_import("tracker.ledger.accounts")
-    payouts = lazy_import("tracker.ledger.payouts")
-    records = lazy_import("tracker.ledger.records")
-    ledger_store = lazy_import("tracker.ledger.store")
 
 
 class ProgrammeError(Exception):
@@ -108,7 +102,7 @@ def add_parsers(sub: Any, fmt_choices: list[str]) -> None:
 
 def _store(settings: Settings) -> Store:
     try:
-        return ledger_store.open_store(settings)
+        return ledger.store.open_store(settings)
     except Exception as exc:
         raise ProgrammeError(f"cannot open the ledger at {settings.ledger_dsn}: {exc}") from None
 

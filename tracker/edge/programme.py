@@ -17,20 +17,15 @@ from aiohttp import web
 from tracker.config import Settings
 from tracker.edge.admin import error, json_response
 from tracker.edge.keys import SETTINGS
-from tracker.lazy import lazy_import, load
+from tracker.lazy import load
+from tracker.ledger import lazy as ledger
+from tracker.ledger.lazy import accounts, payouts, records
 from tracker.ledger.statuses import PAYOUT_STATUSES
 from tracker.reasons import AdminError
 from tracker.timefmt import parse_when
 
 if TYPE_CHECKING:
-    from tracker.ledger import accounts, payouts, records
-    from tracker.ledger import store as ledger_store
     from tracker.ledger.store import Store
-else:  # loaded with the store, on the first programme request (tracker/lazy.py)
-    accounts = lazy_import("tracker.ledger.accounts")
-    payouts = lazy_import("tracker.ledger.payouts")
-    records = lazy_import("tracker.ledger.records")
-    ledger_store = lazy_import("tracker.ledger.store")
 
 LEDGER = web.AppKey("ledger", object)  # a Store, opened lazily
 _open_lock = threading.Lock()
@@ -39,8 +34,8 @@ _open_lock = threading.Lock()
 def _store(app: web.Application) -> Store:
     with _open_lock:
         if app.get(LEDGER) is None:
-            load(ledger_store, accounts, payouts, records)
-            app[LEDGER] = ledger_store.open_store(app[SETTINGS])
+            load(*ledger.MODULES)  # here, under the lock: not raced by another thread
+            app[LEDGER] = ledger.store.open_store(app[SETTINGS])
         return app[LEDGER]  # type: ignore[return-value]
 
 
