@@ -14,6 +14,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
 
+# openssl makes the self-signed certificate of the TLS Redis tests (tracker.testing)
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "setup: installing openssl (TLS tests)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+fi
+
 if [ ! -x /usr/bin/chromium ]; then
   echo "setup: installing chromium (browser tests)"
   as_root apt-get update -qq

@@ -147,14 +147,52 @@ def fill_disk(folder: Path) -> Path:
 
 
 class RedisServer:
-    """redis-server with AOF in its own folder; stop() and start() keep port and data."""
+    """redis-server with AOF in its own folder; stop() and start() keep port and data.
 
-    def __init__(self, folder: Path) -> None:
+    `password`: clients must AUTH (the URL carries it). `tls`: the port speaks TLS only,
+    with a self-signed certificate made by openssl (the URL is `rediss://`, unverified).
+    `unix_socket`: also listens on `folder/redis.sock` (`socket_path`)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        password: str | None = None,
+        tls: bool = False,
+        unix_socket: bool = False,
+    ) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        self.tls = tls
+        self.socket_path = folder / "redis.sock" if unix_socket else None
+        auth = f":{urllib.parse.quote(password, safe='')}@" if password else ""
+        if tls:
+            self.url = f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_cert_reqs=none"
+        else:
+            self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
+
+    def _options(self) -> list[str]:
+        options = ["--port", str(self.port)]
+        if self.tls:
+            cert, key = self.folder / "cert.pem", self.folder / "key.pem"
+            if not cert.exists():
+                subprocess.run(
+                    ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+                    + ["-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                    check=True,
+                    capture_output=True,
+                )
+            options = ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            options += ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+            options += ["--tls-ca-cert-file", str(cert)]
+        if self.password:
+            options += ["--requirepass", self.password]
+        if self.socket_path:
+            options += ["--unixsocket", str(self.socket_path)]
+        return options
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -162,8 +200,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 binary,
-                "--port",
-                str(self.port),
+                *self._options(),
                 "--bind",
                 "127.0.0.1",
                 "--dir",

@@ -161,6 +161,8 @@ async def advertisers_ctx(app: web.Application) -> AsyncIterator[None]:
     await cache.start()
     yield
     await cache.stop()
+    if app[INTAKE].new_postback is not None:  # its own connection (lean_redis.py)
+        app[INTAKE].new_postback.close()
 
 
 async def writer_ctx(app: web.Application) -> AsyncIterator[None]:

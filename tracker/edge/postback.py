@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 import orjson
+import redis.asyncio as aredis
 from aiohttp import web
 
 from tracker import hot, origins, refusals, signing
@@ -378,6 +379,7 @@ async def record_postback(
     if ctx.new_postback is None:
         if is_cluster(ctx.settings.redis.url):
             return await record(ctx, conv, visitor_id="", source="postback", meta=meta)
+        assert isinstance(ctx.redis, aredis.Redis)  # one server
         ctx.new_postback = postback_script.NewPostback(ctx.redis)
     s = ctx.settings
     ms = clock_ms(ctx.clock)
