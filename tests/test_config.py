@@ -295,6 +295,7 @@ def test_bool_false_spellings(toml, env, text):
         ("", {"TRACKER_TRACKING_LINK_REFRESH_SECONDS": "fast"}, ["link_refresh_seconds"]),
         ("", {"TRACKER_HTTP_MAX_QUERY_BYTES": "255"}, ["http.max_query_bytes"]),
         ("", {"TRACKER_SINK_READ_ENTRIES": "10001"}, ["sink.read_entries"]),
+        ("", {"TRACKER_SINK_INSERT_INTERVAL_MS": "-1"}, ["sink.insert_interval_ms"]),
     ],
 )
 def test_invalid_values_name_the_key(toml, env, data_dir, text, overrides, names):

@@ -35,7 +35,7 @@ def r(redis_server):
     return redis_server.client()
 
 
-def add_batches(r, batches: int, per_batch: int) -> list[str]:
+def add_batches(r, batches: int, per_batch: int, stream: str = K.EVENTS_STREAM) -> list[str]:
     """Stream entries as the edge writes them; returns the click ids."""
     ids = []
     for _ in range(batches):
@@ -55,7 +55,7 @@ def add_batches(r, batches: int, per_batch: int) -> list[str]:
                     }
                 )
             )
-        r.xadd(K.EVENTS_STREAM, {K.BATCH_ID_FIELD: uuid7(), "clicks": b"\n".join(rows)})
+        r.xadd(stream, {K.BATCH_ID_FIELD: uuid7(), "clicks": b"\n".join(rows)})
     return ids
 
 
@@ -129,6 +129,50 @@ def test_crash_between_insert_and_ack_does_not_double_count(r, ch):
     assert count(ch) == 30  # same entries -> same token -> ClickHouse skipped the repeat
     assert r.xpending(K.EVENTS_STREAM, K.SINK_GROUP)["pending"] == 0
     assert restarted.rows_inserted["clicks"] == 0  # and tracker_sink_rows_total counts none
+
+
+def test_full_reads_of_several_shards_each_keep_their_read_ahead(r, ch):
+    """Two shards, each with more than one read's worth: every entry is stored and
+    acknowledged without a restart (a second shard's read ahead must not replace the
+    first's, whose entries would stay pending for this consumer)."""
+    streams = [K.events_stream(0), K.events_stream(1)]
+    for stream in streams:
+        add_batches(r, 10, 5, stream)
+    sink = make_sink(r, ch, streams=streams)
+    while sink.step(block=False):
+        pass
+    assert count(ch) == distinct_clicks(ch) == 100
+    assert all(r.xpending(s, K.SINK_GROUP)["pending"] == 0 for s in streams)
+
+
+def test_reads_are_paced_so_what_arrives_meanwhile_goes_in_one_insert(r, ch):
+    """After a read that was not full, the next waits for the insert interval: entries
+    appended during the wait are read and inserted together."""
+    add_batches(r, 1, 5)
+    sink = make_sink(r, ch, insert_interval_ms=2_000)
+    assert sink.step() == 1
+    add_batches(r, 1, 5)
+    later = threading.Timer(0.05, add_batches, (r, 1, 5))
+    later.start()
+    assert sink.step() == 2  # both, in one read, after the pause
+    later.join()
+    assert sink.batches == 2 and count(ch) == 15
+
+
+def test_full_reads_are_not_paced_and_a_stop_ends_the_pause(r, ch):
+    add_batches(r, 10, 5)
+    stop = threading.Event()
+    sink = make_sink(r, ch, insert_interval_ms=600_000, stop=stop)
+    steps = threading.Thread(target=lambda: [sink.step() for _ in range(3)])
+    steps.start()
+    steps.join(60)  # 4 + 4 + 2: a backlog is read at once, not every ten minutes
+    assert not steps.is_alive() and count(ch) == 50
+    add_batches(r, 1, 5)
+    stop.set()  # the last read was not full: the next would wait, but not once stopping
+    stopped = threading.Thread(target=sink.step)
+    stopped.start()
+    stopped.join(60)
+    assert not stopped.is_alive() and count(ch) == 55
 
 
 def distinct_clicks(ch: ClickHouse) -> int:

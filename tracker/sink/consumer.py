@@ -68,6 +68,7 @@ class Sink:
         read_entries: int,
         block_ms: int,
         reclaim_idle_ms: int,
+        insert_interval_ms: int = 0,
         stop: threading.Event | None = None,
         attributor: Attributor | None = None,
         pipeline: Pipeline | None = None,
@@ -85,6 +86,8 @@ class Sink:
         self.read_entries = read_entries
         self.block_ms = block_ms
         self.reclaim_idle_ms = reclaim_idle_ms
+        self.insert_interval = insert_interval_ms / 1000
+        self._next_read = 0.0  # monotonic time before which a read waits (see step)
         self.stop = stop or threading.Event()
         self.attributor = attributor
         self.pipeline = pipeline
@@ -170,13 +173,25 @@ class Sink:
 
     def step(self, block: bool = True) -> int:
         """Read one batch of new entries per shard and store it; returns entries handled.
-        Waits (up to block_ms, on one shard in turn) only when every shard was empty."""
+        Waits (up to block_ms, on one shard in turn) only when every shard was empty.
+
+        Paced: after a step that read entries but filled no read, the next step waits
+        until `insert_interval` after that one began (not while stopping). An insert's
+        cost is mostly fixed, so gathering what arrives meanwhile into one read makes
+        fewer, larger inserts; a full read means a backlog, and the next read goes at once."""
+        pause = self._next_read - time.monotonic()
+        if pause > 0 and block:
+            self.stop.wait(pause)
+        began = time.monotonic()
         if len(self.streams) == 1:
-            return self._read(self.streams[0], ">", self.block_ms if block else None)
-        handled = sum(self._read(stream, ">", None) for stream in self.streams)
-        if not handled and block:
-            self._turn = (self._turn + 1) % len(self.streams)
-            handled = self._read(self.streams[self._turn], ">", self.block_ms)
+            handled = self._read(self.streams[0], ">", self.block_ms if block else None)
+        else:
+            handled = sum(self._read(stream, ">", None) for stream in self.streams)
+            if not handled and block:
+                self._turn = (self._turn + 1) % len(self.streams)
+                handled = self._read(self.streams[self._turn], ">", self.block_ms)
+        paced = handled and self._ahead is None  # no read was full
+        self._next_read = began + self.insert_interval if paced else 0.0
         return handled
 
     def _read(self, stream: str, start: str, block: int | None) -> int:
@@ -184,8 +199,10 @@ class Sink:
         if not entries:
             entries = self._fetch(stream, start, block)
         if entries:
-            if start == ">" and len(entries) == self.read_entries:
+            if start == ">" and len(entries) == self.read_entries and self._ahead is None:
                 # a full read: more is waiting, so read it while this batch is inserted
+                # (unless another shard's read ahead is still to be taken: replacing it
+                # would leave those entries pending for this consumer until a restart)
                 self._ahead = (stream, self._reader.submit(self._fetch, stream, ">", None))
             self.handle(entries, stream, redelivered=start != ">")
         return len(entries)

@@ -99,6 +99,7 @@ def run(settings: Settings) -> None:
         consumer=consumer_name(settings),
         read_entries=settings.sink.read_entries,
         block_ms=settings.sink.block_ms,
+        insert_interval_ms=settings.sink.insert_interval_ms,
         reclaim_idle_ms=settings.sink.reclaim_idle_seconds * 1000,
         stop=stop,
         attributor=attributor,
