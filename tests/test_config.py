@@ -296,6 +296,16 @@ def test_bool_false_spellings(toml, env, text):
         ("", {"TRACKER_HTTP_MAX_QUERY_BYTES": "255"}, ["http.max_query_bytes"]),
         ("", {"TRACKER_SINK_READ_ENTRIES": "10001"}, ["sink.read_entries"]),
         ("", {"TRACKER_SINK_INSERT_INTERVAL_MS": "-1"}, ["sink.insert_interval_ms"]),
+        (
+            "",
+            {"TRACKER_FRAUD_DUPLICATE_CLICK_SECONDS": "86401"},
+            ["fraud.duplicate_click_seconds", "86400"],
+        ),
+        (
+            "[fraud.campaigns.x]\nduplicate_click_seconds = 90000\n",
+            {},
+            ["fraud.campaigns.x.duplicate_click_seconds", "86400"],
+        ),
     ],
 )
 def test_invalid_values_name_the_key(toml, env, data_dir, text, overrides, names):

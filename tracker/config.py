@@ -124,6 +124,11 @@ DATACENTER_ASNS = [
 ]
 
 
+# The duplicate-click rule keeps each visitor's click times on a link for about two of the
+# longest configured windows (tracker/sink/enrich/fraud.py): a day bounds that memory.
+MAX_DUPLICATE_CLICK_SECONDS = 86_400
+
+
 @dataclass
 class FraudThresholds:
     """What the fraud rules (tracker/sink/enrich/fraud.py) count against: `fraud.<name>`,
@@ -471,6 +476,11 @@ def _validate(s: Settings) -> None:
     thresholds = [f.name for f in fields(FraudThresholds)]
     for name in thresholds:
         check(getattr(s.fraud, name) >= 0, f"fraud.{name}", "must be >= 0")
+    check(
+        s.fraud.duplicate_click_seconds <= MAX_DUPLICATE_CLICK_SECONDS,
+        "fraud.duplicate_click_seconds",
+        f"must be at most {MAX_DUPLICATE_CLICK_SECONDS} (a day)",
+    )
     for campaign, values in s.fraud.campaigns.items():
         check(
             isinstance(values, dict) and set(values) <= set(thresholds),
@@ -483,6 +493,12 @@ def _validate(s: Settings) -> None:
                 f"fraud.campaigns.{campaign}.{name}",
                 "must be a number >= 0",
             )
+            if name == "duplicate_click_seconds" and isinstance(value, (int, float)):
+                check(
+                    value <= MAX_DUPLICATE_CLICK_SECONDS,
+                    f"fraud.campaigns.{campaign}.{name}",
+                    f"must be at most {MAX_DUPLICATE_CLICK_SECONDS} (a day)",
+                )
     check(s.attribution.half_life_days > 0, "attribution.half_life_days", "must be > 0")
     check(
         s.redis.url.startswith(

@@ -109,8 +109,16 @@ def ip_key_secret(hour: int) -> str:
     return f"{PREFIX}:ipkey:{hour}"
 
 
-def fraud_recent_click_key(visitor_id: str, slug: str) -> str:
-    return f"{PREFIX}:fraud:recent:{{{visitor_id}}}:{slug}"
+def fraud_duplicates_key(bucket_seconds: int, bucket: int, shard: int) -> str:
+    """Hash: "visitor link" -> the latest event time (ms) of that visitor's clicks on that
+    link in one bucket of `bucket_seconds` (the duplicate-click rule). The bucket size is
+    in the name: a sink started with another longest window starts afresh."""
+    return f"{PREFIX}:fraud:dup:{{d{bucket_seconds}:{bucket}:{shard}}}"
+
+
+def fraud_duplicates_pattern(shard: int) -> str:
+    """SCAN pattern of every duplicate hash of one visitor shard."""
+    return f"{PREFIX}:fraud:dup:{{d*:{shard}}}"
 
 
 # Postbacks out and webhooks (tracker/delivery/). Everything shares the {dlv} hash tag, so

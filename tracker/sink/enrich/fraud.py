@@ -8,13 +8,28 @@
 | ip_many_visitors | the IP had more than `visitors_per_ip_per_hour` visitor ids this hour |
 | datacenter_asn | the IP belongs to a hosting / cloud network (an ASN in `datacenter_asns`) |
 
-Thresholds come from config, with per-campaign overrides. `FraudRules.prepare_clicks`
+Thresholds come from config, with per-campaign overrides. `FraudRules.count_clicks`
 updates the counters in one Redis script call per chunk of a batch; the checks then read
 the results event by event.
+
+Duplicate clicks are judged by the clicks' own event times, not by when the sink reads
+them: a click at `t` on a campaign with window `w` is a duplicate when a click of the
+same visitor on the same link counted before it (in stream order, on a campaign with the
+rule on) has an event time `m > t - w` and lies in `t`'s bucket or the one before
+(buckets of the longest window configured, `bucket_seconds`, so every `m` within `w`
+before `t` is found). Every such click counts, a duplicate too: a visitor clicking every
+50 s on a 60 s window is flagged from the second click on. A click arriving after a
+later one (edges' clocks differ a little, a spooled click comes late) is a duplicate
+when that later one lies in its bucket or the one before. A sink that lags, or catches
+up after an outage, so gives the verdicts it would have given on time. Redis keeps, per
+bucket and visitor shard, one hash: "visitor link" -> the latest event time (ms) counted
+in that bucket (all the rule needs); it expires `bucket_seconds + DUPLICATE_SLACK_S`
+after the sink last wrote to it.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, replace
 from typing import Any
@@ -53,20 +68,25 @@ def datacenter_asn(asn: int, datacenter_asns: frozenset[int]) -> bool:
 # -- state in Redis -------------------------------------------------------------------------
 
 # One call per chunk of clicks, aggregated before it is sent: each distinct "IP visitor" pair,
-# IP and duplicate marker of the chunk once, and each hash or set read and written with one
+# IP and "visitor link" of the chunk once, and each hash or set read and written with one
 # variadic command, so Redis runs a few commands per window shard rather than several per
 # click. The clicks' own counts are then rebuilt in stream order in Python (`_Chunk.counts`).
 #
 # KEYS: per (hour, shard) group: the "IP visitor" set, the IP -> visitors hash; then each
-#       (minute, shard) IP -> clicks hash; then each duplicate marker.
-# ARGV: expiry of the window keys, groups G, minute hashes M, marker windows W; per group:
-#       its IPs, per IP: IP, pairs P, the P pairs; per minute hash: its IPs, per IP: IP,
-#       clicks; per marker window: seconds, markers.
+#       (minute, shard) IP -> clicks hash; then per duplicate group (bucket, visitor shard):
+#       the previous bucket's hash and its own.
+# ARGV: expiry of the window keys, groups G, minute hashes M, duplicate groups D, expiry of
+#       the duplicate hashes; per group: its IPs, per IP: IP, pairs P, the P pairs; per
+#       minute hash: its IPs, per IP: IP, clicks; per duplicate group: fields F, per field:
+#       "visitor link", the latest event time (ms) of its clicks in the chunk.
 # Returns per group: each IP's visitors before the chunk, then 1 per pair already known;
-# per minute hash: each IP's clicks after the chunk; per marker: 1 if it was set already.
+# per minute hash: each IP's clicks after the chunk; per duplicate field: the latest event
+# time counted before the chunk in its bucket or the one before (0: none). Every duplicate
+# hash is read before any is written, so all reads see the state before the chunk.
 COUNT_CLICKS = """
-local ttl, G, M, W = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local out, a = {}, 5
+local ttl, G, M, D = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local duplicate_ttl = tonumber(ARGV[5])
+local out, a = {}, 6
 for g = 1, G do
   local pairs_key, counts_key = KEYS[2 * g - 1], KEYS[2 * g]
   local ips, owner, all = {}, {}, {}
@@ -127,23 +147,69 @@ end
 for k = 1, 2 * G + M do
   redis.call('EXPIRE', KEYS[k], ttl)
 end
-local k = 2 * G + M
-for _ = 1, W do
-  local window, n = ARGV[a], tonumber(ARGV[a + 1])
-  a = a + 2
-  for _ = 1, n do
-    k = k + 1
-    out[#out + 1] = redis.call('SET', KEYS[k], '1', 'NX', 'EX', window) and 0 or 1
+local k, writes = 2 * G + M, {}
+for _ = 1, D do
+  local n, fields = tonumber(ARGV[a]), {}
+  for i = 1, n do
+    fields[i] = ARGV[a + 2 * i - 1]
   end
+  local before = redis.call('HMGET', KEYS[k + 1], unpack(fields))
+  local own = redis.call('HMGET', KEYS[k + 2], unpack(fields))
+  local raised = {}
+  for i = 1, n do
+    local earlier, latest = tonumber(before[i]) or 0, tonumber(own[i]) or 0
+    out[#out + 1] = math.max(earlier, latest)
+    local t = ARGV[a + 2 * i]
+    if tonumber(t) > latest then
+      raised[#raised + 1] = fields[i]
+      raised[#raised + 1] = t
+    end
+  end
+  if #raised > 0 then
+    writes[#writes + 1] = {KEYS[k + 2], raised}
+  end
+  k = k + 2
+  a = a + 2 * n + 1
+end
+for _, write in ipairs(writes) do
+  redis.call('HSET', write[1], unpack(write[2]))
+  redis.call('EXPIRE', write[1], duplicate_ttl)
 end
 return out
 """
 WINDOW_TTL = 7200  # seconds a window's counters are kept (the longest window is an hour)
+# A duplicate hash outlives the sink's last write to it by its bucket (clicks of the next
+# bucket still read it) and this much (the sink's lag may vary meanwhile).
+DUPLICATE_SLACK_S = 60
+_HEX = "0123456789abcdefABCDEF"
+_VISITOR_SHARD = {c: int(c, 16) % K.FRAUD_SHARDS for c in _HEX}
 
 
 def ip_shard(ip: str) -> int:
     """Stable across processes: every sink counts an IP in the same shard."""
     return zlib.crc32(ip.encode()) % K.FRAUD_SHARDS
+
+
+def visitor_shard(visitor: str) -> int:
+    """The duplicate hash shard of a visitor id: its last hex digit (random bits)."""
+    shard = _VISITOR_SHARD.get(visitor[-1:])
+    return shard if shard is not None else zlib.crc32(visitor.encode()) % K.FRAUD_SHARDS
+
+
+def duplicate_field(visitor: str, slug: str) -> str:
+    return f"{visitor} {slug}"
+
+
+def erase_visitor(redis: SyncRedis, visitor: str) -> int:
+    """Delete a visitor's duplicate-click times (fields of the bucket hashes of its shard);
+    returns how many were deleted."""
+    deleted = 0
+    pattern = K.fraud_duplicates_pattern(visitor_shard(visitor))
+    for key in redis.scan_iter(match=pattern, count=1000):
+        fields = [field for field, _ in redis.hscan_iter(key, match=f"{visitor} *", count=1000)]
+        if fields:
+            deleted += int(redis.hdel(key, *fields))
+    return deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,37 +221,50 @@ class ClickCounts:
     visitors_this_hour: int  # visitor ids seen from its IP this hour
 
 
+# A click's duplicate check: its bucket, "visitor link", event time (ms), window (ms).
+Duplicate = tuple[int, str, int, int]
+
+
 class _Chunk:
     """One chunk of clicks, aggregated for Redis: what to send, and how to turn what Redis
     answers back into each click's counts in stream order."""
 
-    def __init__(self) -> None:
+    def __init__(self, bucket_seconds: int) -> None:
+        self.bucket_seconds = bucket_seconds
         # (pairs key, counts key) -> IP -> its distinct pairs of the chunk, first seen first
         self.groups: dict[tuple[str, str], dict[str, dict[str, None]]] = {}
         self.minutes: dict[str, dict[str, int]] = {}  # minute key -> IP -> clicks
-        self.windows: dict[str, int] = {}  # marker key -> its window, first click's
-        self._markers: dict[int, list[str]] | None = None
-        # per click: its minute key, IP, group (None: no visitor), pair, marker key or None
-        self.clicks: list[tuple[str, str, tuple[str, str] | None, str, str | None]] = []
+        # (bucket, visitor shard) -> "visitor link" -> its latest event time (ms) in the chunk
+        self.duplicates: dict[tuple[int, int], dict[str, int]] = {}
+        # per click: its minute key, IP, group (None: no visitor), pair, duplicate check
+        self.clicks: list[tuple[str, str, tuple[str, str] | None, str, Duplicate | None]] = []
+
+    def duplicate_keys(self, bucket: int, shard: int) -> tuple[str, str]:
+        """The previous bucket's hash and this bucket's."""
+        return (
+            K.fraud_duplicates_key(self.bucket_seconds, bucket - 1, shard),
+            K.fraud_duplicates_key(self.bucket_seconds, bucket, shard),
+        )
 
     @property
-    def markers(self) -> dict[int, list[str]]:
-        """Window -> its markers, each marker once."""
-        if self._markers is None:
-            self._markers = {}
-            for marker, window in self.windows.items():
-                self._markers.setdefault(window, []).append(marker)
-        return self._markers
+    def duplicate_ttl(self) -> int:
+        return self.bucket_seconds + DUPLICATE_SLACK_S
 
     def keys(self) -> list[str]:
         keys = [key for group in self.groups for key in group]
         keys += self.minutes
-        for markers in self.markers.values():
-            keys += markers
+        for bucket, shard in self.duplicates:
+            keys += self.duplicate_keys(bucket, shard)
         return keys
 
     def args(self) -> list:
-        args: list = [WINDOW_TTL, len(self.groups), len(self.minutes), len(self.markers)]
+        args: list = [
+            WINDOW_TTL,
+            len(self.groups),
+            len(self.minutes),
+            len(self.duplicates),
+            self.duplicate_ttl,
+        ]
         for ips in self.groups.values():
             args.append(len(ips))
             for ip, pairs in ips.items():
@@ -194,8 +273,10 @@ class _Chunk:
             args.append(len(counts))
             for ip, n in counts.items():
                 args += [ip, n]
-        for window, markers in self.markers.items():
-            args += [window, len(markers)]
+        for fields in self.duplicates.values():
+            args.append(len(fields))
+            for field, ms in fields.items():
+                args += [field, ms]
         return args
 
     def counts(
@@ -203,20 +284,22 @@ class _Chunk:
         visitors_before: dict[tuple[tuple[str, str], str], int],
         known: dict[tuple[str, str], set[str]],
         minute_totals: dict[tuple[str, str], int],
-        set_already: set[str],
+        latest_before: dict[tuple[int, str], int],
     ) -> list[ClickCounts]:
         """Each click's counts, as if Redis had counted the clicks one by one in order:
-        a pair new to Redis raises its IP's visitors where it first occurs; a marker is
-        "seen" for every click of it but a first one that set it."""
+        a pair new to Redis raises its IP's visitors where it first occurs; a click is
+        "seen" when Redis (`latest_before`: bucket, field -> the latest time in that bucket
+        or the one before, 0 for none) or an earlier click of the chunk in its bucket or
+        the one before has a time within its window before it (or after it)."""
         # the minute ordinals: the chunk's clicks are the last of each IP's minute total
         ordinal = {
             key: total - self.minutes[key[0]][key[1]] for key, total in minute_totals.items()
         }
         visitors = dict(visitors_before)
         counted: set[tuple[tuple[str, str], str]] = set()  # (group, pair) already seen
-        markers_seen: set[str] = set()
+        latest: dict[tuple[int, str], int] = {}  # (bucket, field) -> latest time in the chunk
         out = []
-        for minute_key, ip, group, pair, marker in self.clicks:
+        for minute_key, ip, group, pair, duplicate in self.clicks:
             at = (minute_key, ip)
             ordinal[at] += 1
             if group is None:
@@ -227,9 +310,13 @@ class _Chunk:
                 if pair not in known[group]:
                     visitors[(group, ip)] += 1
             seen = False
-            if marker is not None:
-                seen = marker in markers_seen or marker in set_already
-                markers_seen.add(marker)
+            if duplicate is not None:
+                bucket, field, ms, window = duplicate
+                own = latest.get((bucket, field), 0)
+                last = max(latest_before[(bucket, field)], own, latest.get((bucket - 1, field), 0))
+                seen = last > 0 and last > ms - window
+                if ms > own:
+                    latest[(bucket, field)] = ms
             out.append(ClickCounts(ordinal[at], seen, visitors[(group, ip)]))
         return out
 
@@ -252,6 +339,10 @@ class FraudRules:
         self.default = default
         self.per_campaign = per_campaign
         self.datacenter_asns = datacenter_asns
+        # duplicate buckets: the longest window configured (at least a second), so the
+        # click's bucket and the one before hold every time within any window before it
+        longest = max(t.duplicate_click_seconds for t in (default, *per_campaign.values()))
+        self.bucket_seconds = max(1, math.ceil(longest))
         self._script: Any = None
 
     def thresholds(self, campaign_id: str) -> Thresholds:
@@ -265,8 +356,8 @@ class FraudRules:
         return events
 
     def count_clicks(self, events: list[Row]) -> list[ClickCounts]:
-        """Per-IP minute counters, per-visitor-and-link markers, per-IP hourly visitor
-        sets, one script call per `chunk` clicks; the counts of each click, in order.
+        """Per-IP minute counters, per-IP hourly visitor sets, per-visitor-and-link click
+        times, one script call per `chunk` clicks; the counts of each click, in order.
         Counts follow stream order, so a click's verdict does not depend on how events
         were cut into batches or chunks. (A script holds Redis for its whole run: one
         call for a sink read of 100,000 clicks held it for ~0.8 s, and every edge's
@@ -278,21 +369,25 @@ class FraudRules:
 
     def _aggregate(self, events: list[Row]) -> _Chunk:
         """The chunk's clicks grouped for Redis (a loop over every click: kept lean, with
-        what repeats across clicks - minutes, shards, keys, windows - worked out once)."""
-        chunk = _Chunk()
-        groups, minutes, windows, clicks = chunk.groups, chunk.minutes, chunk.windows, chunk.clicks
-        minute_of: dict[str, int] = {}  # "YYYY-MM-DD HH:MM" -> minute number (parsed once)
+        what repeats across clicks - seconds, shards, keys, windows - worked out once)."""
+        chunk = _Chunk(self.bucket_seconds)
+        bucket_ms = self.bucket_seconds * 1000
+        groups, minutes, duplicates = chunk.groups, chunk.minutes, chunk.duplicates
+        clicks = chunk.clicks
+        second_of: dict[str, int] = {}  # "YYYY-MM-DD HH:MM:SS" -> Unix second (parsed once)
         keys: dict[tuple[int, int], tuple[str, tuple[str, str]]] = {}  # (minute, shard) -> keys
         shards: dict[str, int] = {}
-        window_of: dict[str, int] = {}  # campaign -> duplicate window
+        window_of: dict[str, int] = {}  # campaign -> duplicate window (ms)
         for event in events:
             text = event["event_time"]
-            own_format = len(text) == 23 and text[10] == " "
-            minute = minute_of.get(text[:16]) if own_format else None
-            if minute is None:
-                minute = parse_ms(text) // 60_000
-                if own_format:
-                    minute_of[text[:16]] = minute
+            if len(text) == 23 and text[10] == " " and text[19] == ".":
+                second = second_of.get(text[:19])
+                if second is None:
+                    second = second_of[text[:19]] = parse_ms(text) // 1000
+                ms = second * 1000 + int(text[20:])
+            else:
+                ms = parse_ms(text)
+            minute = ms // 60_000
             # counted by the keyed hash of the full address when the edge anonymised it
             ip = event.get("ip_key") or event["ip"]
             shard = shards.get(ip)
@@ -328,13 +423,20 @@ class FraudRules:
             campaign = event["campaign_id"]
             window = window_of.get(campaign)
             if window is None:
-                window = window_of[campaign] = self.thresholds(campaign).duplicate_click_seconds
-            marker = None
+                seconds = self.thresholds(campaign).duplicate_click_seconds
+                window = window_of[campaign] = round(seconds * 1000)
+            duplicate = None
             if window > 0:
-                marker = K.fraud_recent_click_key(visitor, event["link_slug"])
-                if marker not in windows:
-                    windows[marker] = window
-            clicks.append((minute_key, ip, group, pair, marker))
+                bucket = ms // bucket_ms
+                field = duplicate_field(visitor, event["link_slug"])
+                at = (bucket, visitor_shard(visitor))
+                fields = duplicates.get(at)
+                if fields is None:
+                    fields = duplicates[at] = {}
+                if fields.get(field, 0) < ms:
+                    fields[field] = ms
+                duplicate = (bucket, field, ms, window)
+            clicks.append((minute_key, ip, group, pair, duplicate))
         return chunk
 
     def _count(self, events: list[Row]) -> list[ClickCounts]:
@@ -353,24 +455,28 @@ class FraudRules:
         minute_totals = {
             (key, ip): next(results) for key, counts in chunk.minutes.items() for ip in counts
         }
-        set_already = {
-            marker for markers in chunk.markers.values() for marker in markers if next(results)
+        latest_before = {
+            (bucket, field): next(results)
+            for (bucket, _), fields in chunk.duplicates.items()
+            for field in fields
         }
-        return chunk.counts(visitors_before, known, minute_totals, set_already)
+        return chunk.counts(visitors_before, known, minute_totals, latest_before)
 
     def _count_with_pipeline(self, chunk: _Chunk) -> list[ClickCounts]:
         """COUNT_CLICKS as two pipelines (a Redis Cluster splits each by node), with the
-        same results: first which pairs are known, the minute counts and the markers; then
-        the new pairs added and each IP's visitors raised by its new pairs."""
+        same results: first which pairs are known, the minute counts and the duplicate
+        hashes' times; then the new pairs added, each IP's visitors raised by its new
+        pairs and the later times written. (Unlike the script, two sinks counting the same
+        visitor and link at once may each write its own time: the later one may be lost.)"""
         pipe = self.redis.pipeline()
         for (pairs_key, _), ips in chunk.groups.items():
             pipe.smismember(pairs_key, [pair for pairs in ips.values() for pair in pairs])
         for key, counts in chunk.minutes.items():
             for ip, n in counts.items():
                 pipe.hincrby(key, ip, n)
-        for window, markers in chunk.markers.items():
-            for marker in markers:
-                pipe.set(marker, 1, nx=True, ex=window)
+        for (bucket, shard), fields in chunk.duplicates.items():
+            for key in chunk.duplicate_keys(bucket, shard):
+                pipe.hmget(key, list(fields))
         for group in chunk.groups:
             for key in group:
                 pipe.expire(key, WINDOW_TTL)
@@ -393,10 +499,20 @@ class FraudRules:
         minute_totals = {
             (key, ip): next(first) for key, counts in chunk.minutes.items() for ip in counts
         }
-        set_already = {
-            marker for markers in chunk.markers.values() for marker in markers if not next(first)
-        }
+        latest_before: dict[tuple[int, str], int] = {}
         second = self.redis.pipeline()
+        for (bucket, shard), fields in chunk.duplicates.items():
+            before, own = next(first), next(first)
+            later: list[str | int] = []  # field, time, ...
+            for (field, ms), earlier, latest in zip(fields.items(), before, own, strict=True):
+                earlier, latest = int(earlier or 0), int(latest or 0)
+                latest_before[(bucket, field)] = max(earlier, latest)
+                if ms > latest:
+                    later += [field, ms]
+            if later:
+                key = chunk.duplicate_keys(bucket, shard)[1]
+                second.hset(key, items=later)
+                second.expire(key, chunk.duplicate_ttl)
         for group, ips in chunk.groups.items():
             added = [pair for pairs in ips.values() for pair in pairs if pair not in known[group]]
             if added:
@@ -408,7 +524,7 @@ class FraudRules:
             (group, ip): total - new
             for (group, ip, new), total in zip(raise_by, totals, strict=True)
         }
-        return chunk.counts(visitors_before, known, minute_totals, set_already)
+        return chunk.counts(visitors_before, known, minute_totals, latest_before)
 
     def judge_click(self, event: Row, counts: ClickCounts) -> Row:
         t = self.thresholds(event["campaign_id"])
