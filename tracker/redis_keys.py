@@ -81,7 +81,10 @@ def conversion_key(advertiser_id: str, txid: str) -> str:
 # Fraud rule counters (short-lived). The per-IP counters of a window live in a few hashes
 # (and one set) per window, sharded by IP, rather than in keys of their own: a field costs
 # Redis less to write than a key with its own expiry, and the whole window expires at once.
-FRAUD_SHARDS = 16  # per window; on a Cluster, the shards spread over the nodes
+# Shards per window on a Redis Cluster, spread over its nodes. One Redis takes one hash per
+# window: a new hash starts as a listpack, searched field by field until it grows past
+# `hash-max-listpack-entries`, so fewer hashes cost less, and one server has nothing to spread.
+FRAUD_SHARDS = 16
 
 
 def fraud_ip_minute_key(minute: int, shard: int) -> str:
@@ -116,9 +119,7 @@ def fraud_duplicates_key(bucket_seconds: int, bucket: int, shard: int) -> str:
     return f"{PREFIX}:fraud:dup:{{d{bucket_seconds}:{bucket}:{shard}}}"
 
 
-def fraud_duplicates_pattern(shard: int) -> str:
-    """SCAN pattern of every duplicate hash of one visitor shard."""
-    return f"{PREFIX}:fraud:dup:{{d*:{shard}}}"
+FRAUD_DUPLICATES_PATTERN = f"{PREFIX}:fraud:dup:*"  # SCAN pattern of every duplicate hash
 
 
 # Postbacks out and webhooks (tracker/delivery/). Everything shares the {dlv} hash tag, so

@@ -34,6 +34,8 @@ import zlib
 from dataclasses import dataclass, replace
 from typing import Any
 
+import msgpack
+
 from tracker import redis_keys as K
 from tracker.config import FraudThresholds as Thresholds
 from tracker.ids import ZERO_UUID
@@ -71,46 +73,38 @@ def datacenter_asn(asn: int, datacenter_asns: frozenset[int]) -> bool:
 # IP and "visitor link" of the chunk once, and each hash or set read and written with one
 # variadic command, so Redis runs a few commands per window shard rather than several per
 # click. The clicks' own counts are then rebuilt in stream order in Python (`_Chunk.counts`).
+# The arguments travel as one MessagePack value: Redis then parses one argument rather than
+# several per click, and the script hands the unpacked lists straight to the commands.
 #
 # KEYS: per (hour, shard) group: the "IP visitor" set, the IP -> visitors hash; then each
 #       (minute, shard) IP -> clicks hash; then per duplicate group (bucket, visitor shard):
 #       the previous bucket's hash and its own.
-# ARGV: expiry of the window keys, groups G, minute hashes M, duplicate groups D, expiry of
-#       the duplicate hashes; per group: its IPs, per IP: IP, pairs P, the P pairs; per
-#       minute hash: its IPs, per IP: IP, clicks; per duplicate group: fields F, per field:
-#       "visitor link", the latest event time (ms) of its clicks in the chunk.
+# ARGV[1]: [expiry of the window keys, expiry of the duplicate hashes, groups, minutes,
+#       duplicates]; a group: [its IPs, its pairs, each pair's IP (index)]; a minute hash:
+#       [its IPs, each IP's clicks]; a duplicate group: ["visitor link" fields, each one's
+#       latest event time (ms) in the chunk].
 # Returns per group: each IP's visitors before the chunk, then 1 per pair already known;
 # per minute hash: each IP's clicks after the chunk; per duplicate field: the latest event
 # time counted before the chunk in its bucket or the one before (0: none). Every duplicate
 # hash is read before any is written, so all reads see the state before the chunk.
 COUNT_CLICKS = """
-local ttl, G, M, D = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local duplicate_ttl = tonumber(ARGV[5])
-local out, a = {}, 6
-for g = 1, G do
+local arg = cmsgpack.unpack(ARGV[1])
+local ttl, duplicate_ttl, groups, minutes, duplicates = arg[1], arg[2], arg[3], arg[4], arg[5]
+local out, n_out = {}, 0
+for g = 1, #groups do
   local pairs_key, counts_key = KEYS[2 * g - 1], KEYS[2 * g]
-  local ips, owner, all = {}, {}, {}
-  local n_ips = tonumber(ARGV[a])
-  a = a + 1
-  for i = 1, n_ips do
-    ips[i] = ARGV[a]
-    local n = tonumber(ARGV[a + 1])
-    a = a + 2
-    for _ = 1, n do
-      all[#all + 1] = ARGV[a]
-      owner[#all] = i
-      a = a + 1
-    end
-  end
+  local ips, all, owner = groups[g][1], groups[g][2], groups[g][3]
   local known = redis.call('SMISMEMBER', pairs_key, unpack(all))
   local counts = redis.call('HMGET', counts_key, unpack(ips))
   local totals, added = {}, {}
   for i = 1, #ips do
     totals[i] = tonumber(counts[i]) or 0
-    out[#out + 1] = totals[i]
+    n_out = n_out + 1
+    out[n_out] = totals[i]
   end
   for p = 1, #all do
-    out[#out + 1] = known[p]
+    n_out = n_out + 1
+    out[n_out] = known[p]
     if known[p] == 0 then
       added[#added + 1] = all[p]
       totals[owner[p]] = totals[owner[p]] + 1
@@ -128,48 +122,41 @@ for g = 1, G do
     redis.call('HSET', counts_key, unpack(raised))
   end
 end
-for m = 1, M do
-  local key, ips, fields = KEYS[2 * G + m], {}, {}
-  local n = tonumber(ARGV[a])
-  for i = 1, n do
-    ips[i] = ARGV[a + 2 * i - 1]
-  end
+local G = #groups
+for m = 1, #minutes do
+  local key, ips, clicks, fields = KEYS[2 * G + m], minutes[m][1], minutes[m][2], {}
   local counts = redis.call('HMGET', key, unpack(ips))
-  for i = 1, n do
-    local total = (tonumber(counts[i]) or 0) + tonumber(ARGV[a + 2 * i])
-    out[#out + 1] = total
+  for i = 1, #ips do
+    local total = (tonumber(counts[i]) or 0) + clicks[i]
+    n_out = n_out + 1
+    out[n_out] = total
     fields[2 * i - 1] = ips[i]
     fields[2 * i] = total
   end
-  a = a + 2 * n + 1
   redis.call('HSET', key, unpack(fields))
 end
-for k = 1, 2 * G + M do
+for k = 1, 2 * G + #minutes do
   redis.call('EXPIRE', KEYS[k], ttl)
 end
-local k, writes = 2 * G + M, {}
-for _ = 1, D do
-  local n, fields = tonumber(ARGV[a]), {}
-  for i = 1, n do
-    fields[i] = ARGV[a + 2 * i - 1]
-  end
+local k, writes = 2 * G + #minutes, {}
+for d = 1, #duplicates do
+  local fields, times = duplicates[d][1], duplicates[d][2]
   local before = redis.call('HMGET', KEYS[k + 1], unpack(fields))
   local own = redis.call('HMGET', KEYS[k + 2], unpack(fields))
   local raised = {}
-  for i = 1, n do
+  for i = 1, #fields do
     local earlier, latest = tonumber(before[i]) or 0, tonumber(own[i]) or 0
-    out[#out + 1] = math.max(earlier, latest)
-    local t = ARGV[a + 2 * i]
-    if tonumber(t) > latest then
+    n_out = n_out + 1
+    out[n_out] = math.max(earlier, latest)
+    if times[i] > latest then
       raised[#raised + 1] = fields[i]
-      raised[#raised + 1] = t
+      raised[#raised + 1] = times[i]
     end
   end
   if #raised > 0 then
     writes[#writes + 1] = {KEYS[k + 2], raised}
   end
   k = k + 2
-  a = a + 2 * n + 1
 end
 for _, write in ipairs(writes) do
   redis.call('HSET', write[1], unpack(write[2]))
@@ -201,11 +188,10 @@ def duplicate_field(visitor: str, slug: str) -> str:
 
 
 def erase_visitor(redis: SyncRedis, visitor: str) -> int:
-    """Delete a visitor's duplicate-click times (fields of the bucket hashes of its shard);
-    returns how many were deleted."""
+    """Delete a visitor's duplicate-click times (fields of the bucket hashes); returns how
+    many were deleted."""
     deleted = 0
-    pattern = K.fraud_duplicates_pattern(visitor_shard(visitor))
-    for key in redis.scan_iter(match=pattern, count=1000):
+    for key in redis.scan_iter(match=K.FRAUD_DUPLICATES_PATTERN, count=1000):
         fields = [field for field, _ in redis.hscan_iter(key, match=f"{visitor} *", count=1000)]
         if fields:
             deleted += int(redis.hdel(key, *fields))
@@ -258,26 +244,19 @@ class _Chunk:
         return keys
 
     def args(self) -> list:
-        args: list = [
-            WINDOW_TTL,
-            len(self.groups),
-            len(self.minutes),
-            len(self.duplicates),
-            self.duplicate_ttl,
-        ]
+        """ARGV: the chunk as one MessagePack value (see COUNT_CLICKS)."""
+        groups = []
         for ips in self.groups.values():
-            args.append(len(ips))
-            for ip, pairs in ips.items():
-                args += [ip, len(pairs), *pairs]
-        for counts in self.minutes.values():
-            args.append(len(counts))
-            for ip, n in counts.items():
-                args += [ip, n]
-        for fields in self.duplicates.values():
-            args.append(len(fields))
-            for field, ms in fields.items():
-                args += [field, ms]
-        return args
+            pairs: list[str] = []
+            owners: list[int] = []
+            for n, ip_pairs in enumerate(ips.values(), 1):
+                pairs += ip_pairs
+                owners += [n] * len(ip_pairs)
+            groups.append([list(ips), pairs, owners])
+        minutes = [[list(counts), list(counts.values())] for counts in self.minutes.values()]
+        duplicates = [[list(fields), list(fields.values())] for fields in self.duplicates.values()]
+        value = [WINDOW_TTL, self.duplicate_ttl, groups, minutes, duplicates]
+        return [msgpack.packb(value)]
 
     def counts(
         self,
@@ -339,6 +318,7 @@ class FraudRules:
         self.default = default
         self.per_campaign = per_campaign
         self.datacenter_asns = datacenter_asns
+        self.sharded = cluster  # one Redis: one hash per window (see K.FRAUD_SHARDS)
         # duplicate buckets: the longest window configured (at least a second), so the
         # click's bucket and the one before hold every time within any window before it
         longest = max(t.duplicate_click_seconds for t in (default, *per_campaign.values()))
@@ -377,6 +357,7 @@ class FraudRules:
         second_of: dict[str, int] = {}  # "YYYY-MM-DD HH:MM:SS" -> Unix second (parsed once)
         keys: dict[tuple[int, int], tuple[str, tuple[str, str]]] = {}  # (minute, shard) -> keys
         shards: dict[str, int] = {}
+        sharded = self.sharded
         window_of: dict[str, int] = {}  # campaign -> duplicate window (ms)
         for event in events:
             text = event["event_time"]
@@ -390,9 +371,11 @@ class FraudRules:
             minute = ms // 60_000
             # counted by the keyed hash of the full address when the edge anonymised it
             ip = event.get("ip_key") or event["ip"]
-            shard = shards.get(ip)
-            if shard is None:
-                shard = shards[ip] = ip_shard(ip)
+            shard = 0
+            if sharded:
+                shard = shards.get(ip, -1)
+                if shard < 0:
+                    shard = shards[ip] = ip_shard(ip)
             window_keys = keys.get((minute, shard))
             if window_keys is None:
                 hour = minute // 60
@@ -429,7 +412,7 @@ class FraudRules:
             if window > 0:
                 bucket = ms // bucket_ms
                 field = duplicate_field(visitor, event["link_slug"])
-                at = (bucket, visitor_shard(visitor))
+                at = (bucket, visitor_shard(visitor) if sharded else 0)
                 fields = duplicates.get(at)
                 if fields is None:
                     fields = duplicates[at] = {}
