@@ -23,18 +23,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import maxminddb
-
 log = logging.getLogger(__name__)
 
 Signature = tuple[int, int, int]  # (mtime_ns, size, inode)
 
-try:
-    from maxminddb import extension as _extension
-except ImportError:  # a platform without the C extension
-    _extension = None  # type: ignore[assignment]
-# both map the file; the C extension (libmaxminddb) is several times faster per lookup
-_MODE = maxminddb.MODE_MMAP_EXT if hasattr(_extension, "Reader") else maxminddb.MODE_MMAP
+
+@functools.cache
+def _maxminddb() -> tuple[Any, int]:
+    """maxminddb and the mode to open files with, imported on the first database opened:
+    an edge with no geo database configured never needs it (1.4 MB of its memory with the
+    modules it pulls in: importlib.metadata, multiprocessing, zipfile)."""
+    import maxminddb
+
+    try:
+        from maxminddb import extension
+    except ImportError:  # a platform without the C extension
+        extension = None  # type: ignore[assignment]
+    # both map the file; the C extension (libmaxminddb) is several times faster per lookup
+    mode = maxminddb.MODE_MMAP_EXT if hasattr(extension, "Reader") else maxminddb.MODE_MMAP
+    return maxminddb, mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +287,8 @@ def _signature(path: Path) -> Signature | None:
 
 
 def _open(path: Path) -> _Database:
-    reader = maxminddb.open_database(str(path), _MODE)
+    maxminddb, mode = _maxminddb()
+    reader = maxminddb.open_database(str(path), mode)
     try:
         meta = reader.metadata()
         # a probe lookup catches a damaged tree or data section before lookups depend on it
@@ -333,7 +341,7 @@ def _records(dbs: Sequence[_Database], addr: str) -> tuple[list[GeoInfo], int]:
             continue
         try:
             record, prefix = db.reader.get_with_prefix_len(addr)
-        except (ValueError, maxminddb.InvalidDatabaseError) as exc:  # closed or damaged
+        except (ValueError, _maxminddb()[0].InvalidDatabaseError) as exc:  # closed or damaged
             log.debug("geo: lookup of %s in %s failed: %s", addr, db.path, exc)
             longest = 128  # nothing known about the block
             continue

@@ -1,5 +1,6 @@
 """An edge does not load what only its rarely used routes need (tracker/lazy.py): the
-ledger's SQLAlchemy and Alembic, and the ClickHouse client, are about 45 MB of memory."""
+ledger's SQLAlchemy and Alembic, and the ClickHouse client, are about 45 MB of memory;
+maxminddb (geo/reader.py) 1.4 MB, loaded when a geo database is opened."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from tracker.lazy import lazy_import, load
 
-HEAVY = ("sqlalchemy", "alembic", "clickhouse_connect", "chdb")
+HEAVY = ("sqlalchemy", "alembic", "clickhouse_connect", "chdb", "maxminddb")
 
 
 def loaded_after(statement: str) -> list[str]:

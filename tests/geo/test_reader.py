@@ -136,7 +136,7 @@ def test_city_and_asn_are_merged(city_db: Path, asn_db: Path):
 
 def test_pure_python_reader_gives_the_same(city_db: Path, asn_db: Path, monkeypatch):
     # where the C extension is missing, the pure-Python mmap reader is used
-    monkeypatch.setattr(geo_reader, "_MODE", maxminddb.MODE_MMAP)
+    monkeypatch.setattr(geo_reader, "_maxminddb", lambda: (maxminddb, maxminddb.MODE_MMAP))
     with GeoReader([asn_db, city_db]) as geo:
         assert geo.lookup("::ffff:81.2.69.142") == GeoInfo(
             "GB", "ENG", "London", 20712, "Andrews & Arnold Ltd"
