@@ -93,12 +93,14 @@ def fraud_ip_minute_key(minute: int, shard: int) -> str:
 
 
 def fraud_ip_visitors_key(hour: int, shard: int) -> str:
-    """Set: "IP visitor" pairs seen in that hour (same slot as the counts below)."""
+    """Set: "IP visitor" pairs seen in that hour from IPs with two visitors or more (same
+    slot as the counts below)."""
     return f"{PREFIX}:fraud:ipv:{{h{hour}:{shard}}}"
 
 
 def fraud_ip_visitor_counts_key(hour: int, shard: int) -> str:
-    """Hash: IP -> distinct visitors in that hour."""
+    """Hash: IP -> distinct visitors in that hour, or its one "IP visitor" pair while it
+    has had one visitor."""
     return f"{PREFIX}:fraud:iph:{{h{hour}:{shard}}}"
 
 

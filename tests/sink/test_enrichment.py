@@ -383,6 +383,27 @@ def test_duplicate_clicks_are_judged_by_the_clicks_own_times(redis_server, clust
     assert second == [["duplicate_click"], ["duplicate_click"], [], [], ["duplicate_click"]]
 
 
+@pytest.mark.parametrize("cluster", [False, True], ids=["script", "pipeline"])
+def test_an_ips_visitors_are_counted_across_calls(redis_server, cluster):
+    """An IP's first visitor is kept as its count's field, the second turns it into a
+    count with both pairs in the set: each repeat is known, each new visitor counted."""
+    rules = FraudRules(
+        redis_server.client(), Thresholds(visitors_per_ip_per_hour=1), {}, frozenset(), cluster
+    )
+    a, b, c = uuid7(), uuid7(), uuid7()
+    ip = "198.51.100.77"
+    verdicts = [
+        run_rules(rules, [click(ip, visitor, f"s{n}")])
+        for n, visitor in enumerate([a, a, b, a, b, c, c])
+    ]
+    many = ["ip_many_visitors"]
+    assert verdicts == [[[]], [[]], [many], [many], [many], [many], [many]]
+    counts = fraud.FraudRules(redis_server.client(), T, {}, frozenset(), cluster).count_clicks(
+        [click(ip, visitor, "t") for visitor in (a, b, c, uuid7())]
+    )
+    assert [n.visitors_this_hour for n in counts] == [3, 3, 3, 4]
+
+
 def test_pipeline_counting_gives_the_same_verdicts_as_the_script(redis_server):
     """The Redis Cluster path (command by command) and the script agree."""
     events_a = [

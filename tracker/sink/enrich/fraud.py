@@ -40,6 +40,7 @@ from tracker import redis_keys as K
 from tracker.config import FraudThresholds as Thresholds
 from tracker.ids import ZERO_UUID
 from tracker.reasons import FraudFlag
+from tracker.redis_connection import as_text
 from tracker.sink.enrich.pipeline import flag
 from tracker.timefmt import parse_ms
 from tracker.types import Row, SyncRedis
@@ -76,6 +77,11 @@ def datacenter_asn(asn: int, datacenter_asns: frozenset[int]) -> bool:
 # The arguments travel as one MessagePack value: Redis then parses one argument rather than
 # several per click, and the script hands the unpacked lists straight to the commands.
 #
+# An IP seen with one visitor in the hour (most of them) holds that "IP visitor" pair in its
+# field of the counts hash instead of a count, and nothing in the set: one field per IP
+# rather than a field and a member. Its second visitor turns the field into a count and
+# puts both pairs in the set.
+#
 # KEYS: per (hour, shard) group: the "IP visitor" set, the IP -> visitors hash; then each
 #       (minute, shard) IP -> clicks hash; then per duplicate group (bucket, visitor shard):
 #       the previous bucket's hash and its own.
@@ -94,32 +100,73 @@ local out, n_out = {}, 0
 for g = 1, #groups do
   local pairs_key, counts_key = KEYS[2 * g - 1], KEYS[2 * g]
   local ips, all, owner = groups[g][1], groups[g][2], groups[g][3]
-  local known = redis.call('SMISMEMBER', pairs_key, unpack(all))
   local counts = redis.call('HMGET', counts_key, unpack(ips))
-  local totals, added = {}, {}
+  local before, single = {}, {}
   for i = 1, #ips do
-    totals[i] = tonumber(counts[i]) or 0
-    n_out = n_out + 1
-    out[n_out] = totals[i]
-  end
-  for p = 1, #all do
-    n_out = n_out + 1
-    out[n_out] = known[p]
-    if known[p] == 0 then
-      added[#added + 1] = all[p]
-      totals[owner[p]] = totals[owner[p]] + 1
-    end
-  end
-  if #added > 0 then
-    redis.call('SADD', pairs_key, unpack(added))
-    local raised = {}
-    for i = 1, #ips do
-      if totals[i] ~= (tonumber(counts[i]) or 0) then
-        raised[#raised + 1] = ips[i]
-        raised[#raised + 1] = totals[i]
+    local value = counts[i]
+    before[i] = 0
+    if value then
+      before[i] = tonumber(value)
+      if not before[i] then  -- one visitor so far: the field holds its pair
+        before[i], single[i] = 1, value
       end
     end
-    redis.call('HSET', counts_key, unpack(raised))
+    n_out = n_out + 1
+    out[n_out] = before[i]
+  end
+  local asked = {}  -- pairs of IPs with two visitors or more: the set knows them
+  for p = 1, #all do
+    if before[owner[p]] > 1 then
+      asked[#asked + 1] = all[p]
+    end
+  end
+  local found = {}
+  if #asked > 0 then
+    found = redis.call('SMISMEMBER', pairs_key, unpack(asked))
+  end
+  local totals, first, added, f = {}, {}, {}, 0
+  for i = 1, #ips do
+    totals[i] = before[i]
+  end
+  for p = 1, #all do
+    local i, known = owner[p], 0
+    if before[i] > 1 then
+      f = f + 1
+      known = found[f]
+    elseif single[i] == all[p] then
+      known = 1
+    end
+    n_out = n_out + 1
+    out[n_out] = known
+    if known == 0 then
+      totals[i] = totals[i] + 1
+      first[i] = first[i] or all[p]
+      added[#added + 1] = p
+    end
+  end
+  local members, fields = {}, {}
+  for i = 1, #ips do
+    if totals[i] == 1 and before[i] == 0 then
+      fields[#fields + 1] = ips[i]
+      fields[#fields + 1] = first[i]
+    elseif totals[i] ~= before[i] then
+      fields[#fields + 1] = ips[i]
+      fields[#fields + 1] = totals[i]
+      if single[i] then
+        members[#members + 1] = single[i]
+      end
+    end
+  end
+  for _, p in ipairs(added) do
+    if totals[owner[p]] > 1 then
+      members[#members + 1] = all[p]
+    end
+  end
+  if #members > 0 then
+    redis.call('SADD', pairs_key, unpack(members))
+  end
+  if #fields > 0 then
+    redis.call('HSET', counts_key, unpack(fields))
   end
 end
 local G = #groups
@@ -447,12 +494,14 @@ class FraudRules:
 
     def _count_with_pipeline(self, chunk: _Chunk) -> list[ClickCounts]:
         """COUNT_CLICKS as two pipelines (a Redis Cluster splits each by node), with the
-        same results: first which pairs are known, the minute counts and the duplicate
-        hashes' times; then the new pairs added, each IP's visitors raised by its new
-        pairs and the later times written. (Unlike the script, two sinks counting the same
-        visitor and link at once may each write its own time: the later one may be lost.)"""
+        same results and the same data: first each IP's count (or pair), which pairs the
+        set knows, the minute counts and the duplicate hashes' times; then the new pairs
+        and counts and the later times written. (Unlike the script, two sinks counting the
+        same IP, or the same visitor and link, at once may each write what it counted: one
+        of the two may be lost.)"""
         pipe = self.redis.pipeline()
-        for (pairs_key, _), ips in chunk.groups.items():
+        for (pairs_key, counts_key), ips in chunk.groups.items():
+            pipe.hmget(counts_key, list(ips))
             pipe.smismember(pairs_key, [pair for pairs in ips.values() for pair in pairs])
         for key, counts in chunk.minutes.items():
             for ip, n in counts.items():
@@ -466,24 +515,40 @@ class FraudRules:
         for key in chunk.minutes:
             pipe.expire(key, WINDOW_TTL)
         first = iter(pipe.execute())
+        second = self.redis.pipeline()
+        visitors_before: dict[tuple[tuple[str, str], str], int] = {}
         known: dict[tuple[str, str], set[str]] = {}
-        raise_by: list[tuple[tuple[str, str], str, int]] = []
         for group, ips in chunk.groups.items():
-            flags = iter(next(first))
+            values, flags = next(first), iter(next(first))
             known[group] = set()
-            for ip, pairs in ips.items():
-                new = 0
-                for pair in pairs:
-                    if next(flags):
+            members: list[str] = []
+            raised: list[str | int] = []  # IP, its count (or its one pair), ...
+            for (ip, pairs), value in zip(ips.items(), values, strict=True):
+                text = as_text(value) if value is not None else ""
+                single = "" if text.isdigit() else text  # one visitor so far: its pair
+                before = 1 if single else int(text or 0)
+                visitors_before[(group, ip)] = before
+                new: list[str] = []
+                for pair, in_set in zip(pairs, flags, strict=False):
+                    seen = in_set if before > 1 else pair == single
+                    if seen:
                         known[group].add(pair)
                     else:
-                        new += 1
-                raise_by.append((group, ip, new))
+                        new.append(pair)
+                if not new:
+                    continue
+                total = before + len(new)
+                raised += [ip, new[0] if total == 1 else total]
+                if total > 1:
+                    members += new + ([single] if single else [])
+            if members:
+                second.sadd(group[0], *members)
+            if raised:
+                second.hset(group[1], items=raised)
         minute_totals = {
             (key, ip): next(first) for key, counts in chunk.minutes.items() for ip in counts
         }
         latest_before: dict[tuple[int, str], int] = {}
-        second = self.redis.pipeline()
         for (bucket, shard), fields in chunk.duplicates.items():
             before, own = next(first), next(first)
             later: list[str | int] = []  # field, time, ...
@@ -496,17 +561,7 @@ class FraudRules:
                 key = chunk.duplicate_keys(bucket, shard)[1]
                 second.hset(key, items=later)
                 second.expire(key, chunk.duplicate_ttl)
-        for group, ips in chunk.groups.items():
-            added = [pair for pairs in ips.values() for pair in pairs if pair not in known[group]]
-            if added:
-                second.sadd(group[0], *added)
-        for group, ip, new in raise_by:
-            second.hincrby(group[1], ip, new)  # by 0: reads the count of an IP with no new pair
-        totals = second.execute()[-len(raise_by) :] if raise_by else []  # after the SADDs
-        visitors_before = {
-            (group, ip): total - new
-            for (group, ip, new), total in zip(raise_by, totals, strict=True)
-        }
+        second.execute()
         return chunk.counts(visitors_before, known, minute_totals, latest_before)
 
     def judge_click(self, event: Row, counts: ClickCounts) -> Row:
