@@ -47,6 +47,10 @@ def redis_command(settings: Settings) -> list[str]:
         "yes",
         "--appendfsync",
         "everysec",
+        # an hour's click hashes expire together; freed in Redis's main thread, each one
+        # of ~650,000 fields (1B clicks/day) stopped every command for 0.3 s
+        "--lazyfree-lazy-expire",
+        "yes",
         "--save",
         "",
         "--daemonize",

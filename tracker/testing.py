@@ -207,6 +207,8 @@ class RedisServer:
                 str(self.folder),
                 "--appendonly",
                 "yes",
+                "--lazyfree-lazy-expire",  # as the service runs it (tracker/supervisor.py)
+                "yes",
                 "--save",
                 "",
                 "--loglevel",
