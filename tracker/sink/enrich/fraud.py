@@ -97,6 +97,8 @@ COUNT_CLICKS = """
 local arg = cmsgpack.unpack(ARGV[1])
 local ttl, duplicate_ttl, groups, minutes, duplicates = arg[1], arg[2], arg[3], arg[4], arg[5]
 local out, n_out = {}, 0
+-- numbers go to commands formatted as integers: Redis would format a Lua number as "%.17g"
+local fmt = string.format
 for g = 1, #groups do
   local pairs_key, counts_key = KEYS[2 * g - 1], KEYS[2 * g]
   local ips, all, owner = groups[g][1], groups[g][2], groups[g][3]
@@ -151,7 +153,7 @@ for g = 1, #groups do
       fields[#fields + 1] = first[i]
     elseif totals[i] ~= before[i] then
       fields[#fields + 1] = ips[i]
-      fields[#fields + 1] = totals[i]
+      fields[#fields + 1] = fmt('%d', totals[i])
       if single[i] then
         members[#members + 1] = single[i]
       end
@@ -178,7 +180,7 @@ for m = 1, #minutes do
     n_out = n_out + 1
     out[n_out] = total
     fields[2 * i - 1] = ips[i]
-    fields[2 * i] = total
+    fields[2 * i] = fmt('%d', total)
   end
   redis.call('HSET', key, unpack(fields))
 end
@@ -197,7 +199,7 @@ for d = 1, #duplicates do
     out[n_out] = math.max(earlier, latest)
     if times[i] > latest then
       raised[#raised + 1] = fields[i]
-      raised[#raised + 1] = times[i]
+      raised[#raised + 1] = fmt('%d', times[i])
     end
   end
   if #raised > 0 then
