@@ -15,8 +15,9 @@ by the click's own time, which its UUIDv7 id carries, in per-hour hashes:
   click hash, `trk:clicks:{h<hour>:<shard>}:x`, in the same slot.
 
 Each hash expires once, at the end of its hour plus the window plus `EXPIRY_SLACK_S` (set
-with EXPIREAT once per hash per flush, never per click), so nothing is trimmed click by
-click and a visitor path needs no sorted set. Shards spread an hour over `HOT_SHARDS`
+with EXPIREAT by an edge's first flush into it, then every few minutes: `ExpiriesSent`;
+never per click), so nothing is trimmed click by click and a visitor path needs no
+sorted set. Shards spread an hour over `HOT_SHARDS`
 hash slots, so a Redis Cluster spreads the window over its nodes.
 
 What Redis holds is exact from `hot_start`: the later of the oldest hour not yet expired
@@ -29,7 +30,7 @@ first write (then from that time) or a rebuild (then from the window's start).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +101,32 @@ def path_hash(hour: int, visitor_id: str) -> str:
 def expire_at(hour: int, hot_hours: int) -> int:
     """When the hashes of `hour` expire (Unix seconds)."""
     return (hour + 1 + hot_hours) * 3600 + EXPIRY_SLACK_S
+
+
+class ExpiriesSent:
+    """The hashes whose expiry this process set lately, left out of its next batches'
+    EXPIREATs. A batch of a few dozen clicks touches about as many of an hour's 128
+    hashes, so at moderate rates that was one or two EXPIREATs per click (3 µs of Redis
+    per click at 3,000 clicks/s). Each is sent again after `resend` seconds, so a hash
+    Redis lost and made again (a flush, a restart without persistence) is not left
+    without an expiry for longer than that."""
+
+    def __init__(self, resend: float = 300.0) -> None:
+        self.resend = resend
+        self._at: dict[str, float] = {}  # key -> when its expiry was last set (monotonic)
+
+    def recent(self, keys: Iterable[str], now: float) -> set[str]:
+        """Those of `keys` whose expiry was set less than `resend` seconds ago."""
+        at = self._at
+        return {key for key in keys if now - at.get(key, -self.resend) < self.resend}
+
+    def sent(self, keys: Iterable[str], now: float) -> None:
+        """Their expiries are set (after Redis took the batch)."""
+        at = self._at
+        for key in keys:
+            at[key] = now
+        if len(at) > 4 * 2 * HOT_SHARDS:  # a few hours' hashes: forget the stale ones
+            self._at = {key: t for key, t in at.items() if now - t < self.resend}
 
 
 # -- records ----------------------------------------------------------------------------
@@ -263,22 +290,24 @@ class HotWrites:
         """visitor, click ids, visitor, click ids ... of one path hash."""
         return [part for pair in self.paths[key].items() for part in pair]
 
-    def script_args(self) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV for `WRITE_HOT` (after the caller's own keys and args)."""
+    def script_args(self, expiring: Container[str] = ()) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV for `WRITE_HOT` (after the caller's own keys and args); the
+        hashes in `expiring` have their expiry set already (0: no EXPIREAT)."""
         keys: list[str] = []
         args: list[Any] = [len(self.clicks)]
         for key, fields in self.clicks.items():
             keys.append(key)
-            args += [self.expiry[key], len(fields) // 2, *fields]
+            args += [0 if key in expiring else self.expiry[key], len(fields) // 2, *fields]
         for key, visitors in self.paths.items():
             keys.append(key)
-            args += [self.expiry[key], len(visitors), *self.path_pairs(key)]
+            at = 0 if key in expiring else self.expiry[key]
+            args += [at, len(visitors), *self.path_pairs(key)]
         return keys, args
 
 
 # The hot part of a batch. Called with `k0` (index of the first hot key in KEYS) and `a`
-# (index of the hot part in ARGV): number of click hashes, then per hash: expireat, count,
-# field/value pairs; then per path hash: expireat, count, visitor/click pairs.
+# (index of the hot part in ARGV): number of click hashes, then per hash: expireat (0:
+# none), count, field/value pairs; then per path hash: expireat, count, visitor/click pairs.
 WRITE_HOT = (
     APPEND_PATHS
     + SET_FIELDS
@@ -293,7 +322,9 @@ local function write_hot(k0, a)
     else
       a = append_paths(KEYS[k], a + 1)
     end
-    redis.call('EXPIREAT', KEYS[k], at)
+    if at ~= '0' then
+      redis.call('EXPIREAT', KEYS[k], at)
+    end
   end
 end
 """

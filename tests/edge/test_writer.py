@@ -275,3 +275,45 @@ async def test_replayed_batch_markers_expire_once_the_position_is_saved(redis_se
     assert len(markers) == 5
     assert all(0 < client.ttl(m) <= 60 for m in markers)
     assert stream_order(redis_server) == list(range(50))
+
+
+async def test_a_hot_hash_gets_its_expiry_from_the_first_batch_then_every_few_minutes(
+    redis_server, tmp_path
+):
+    """EXPIREAT once per hash and edge, not once per batch: a hash whose expiry Redis lost
+    (here: PERSIST) gets it back when the edge sends it again (`ExpiriesSent.resend`)."""
+    client = redis_server.client()
+    writer = make_writer(redis_server, tmp_path)
+    await writer.start()
+    hour = time.time_ns() // 1_000_000 // hot.HOUR_MS
+    # clicks of this hour in one click hash (shard 0: the last byte of the id)
+    ids = iter(c for c in (uuid7() for _ in range(10_000)) if hot.shard(hot.raw_id(c)) == 0)
+    key = K.hot_clicks_key(hour, 0)
+
+    async def record_a_click() -> None:
+        row, record, ms = click(0)
+        row["click_id"] = click_id = next(ids)
+        writer.add_click(row, record, ms)
+        for _ in range(500):
+            if client.hexists(key, hot.raw_id(click_id)):
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the click was not written")
+
+    await record_a_click()
+    assert client.ttl(key) > 48 * 3600  # the hot window and then some
+    client.persist(key)
+    await record_a_click()
+    assert client.ttl(key) == -1  # not sent again so soon
+    writer._expiries.resend = 0.0
+    await record_a_click()
+    assert client.ttl(key) > 48 * 3600
+    await writer.close()
+
+
+def test_expiries_sent_are_left_out_until_resent():
+    sent = hot.ExpiriesSent(resend=300)
+    assert sent.recent(["a", "b"], now=1000) == set()
+    sent.sent(["a"], now=1000)
+    assert sent.recent(["a", "b"], now=1299) == {"a"}
+    assert sent.recent(["a", "b"], now=1300) == set()

@@ -173,6 +173,7 @@ class EventWriter:
         self._timeout = timeout_seconds
         self._dedup_ttl = dedup_ttl_seconds
         self._script_sha: str | None = None
+        self._expiries = hot.ExpiriesSent()  # the hot hashes' EXPIREATs, sent now and then
         self._shards = stream_shards
         self._cluster = cluster
         self._batch = self._new_batch()
@@ -380,12 +381,17 @@ class EventWriter:
             K.HOT_SINCE,
         ]
         args: list = [marker_ttl, len(entry), *entry]
-        if batch.clicks:
-            writes = self._hot_writes(batch)
-            hot_keys, hot_args = writes.script_args()
-            keys += hot_keys
-            args += [writes.oldest_ms, *hot_args]
+        if not batch.clicks:
+            await self._redis.evalsha(self._script_sha, len(keys), *keys, *args)
+            return
+        writes = self._hot_writes(batch)
+        now = time.monotonic()
+        expiring = self._expiries.recent(writes.expiry, now)
+        hot_keys, hot_args = writes.script_args(expiring)
+        keys += hot_keys
+        args += [writes.oldest_ms, *hot_args]
         await self._redis.evalsha(self._script_sha, len(keys), *keys, *args)
+        self._expiries.sent(writes.expiry.keys() - expiring, now)
 
     def _hot_writes(self, batch: Batch) -> hot.HotWrites:
         return hot.HotWrites.of(self._hot_hours, ((c, rec) for c, _, _, rec in batch.clicks))
