@@ -196,18 +196,20 @@ class HotWindow:
 # -- writing (Lua shared by the edge's batch script, the Cluster path and rebuild-hot) ---
 
 # Appends a batch's click ids to each visitor's field unless already there (a replayed
-# batch appends nothing; readers drop repeats anyway).
+# batch appends nothing; readers drop repeats anyway). A field is a visitor's clicks of
+# one hour, so most clicks are their visitor's first of the hour: HSETNX writes those in
+# one command, and only a field already there is read and appended to.
 # Used inside a script where `key`, and ARGV from `a`: count, then visitor/click pairs.
 APPEND_PATHS = """
 local function append_paths(key, a)
   local n = tonumber(ARGV[a])
   for i = a + 1, a + 2 * n, 2 do
     local v, c = ARGV[i], ARGV[i + 1]
-    local cur = redis.call('HGET', key, v)
-    if not cur then
-      redis.call('HSET', key, v, c)
-    elseif not string.find(cur, c, 1, true) then
-      redis.call('HSET', key, v, cur .. c)
+    if redis.call('HSETNX', key, v, c) == 0 then
+      local cur = redis.call('HGET', key, v)
+      if not string.find(cur, c, 1, true) then
+        redis.call('HSET', key, v, cur .. c)
+      end
     end
   end
   return a + 1 + 2 * n
