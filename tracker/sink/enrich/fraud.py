@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -247,9 +247,9 @@ def erase_visitor(redis: SyncRedis, visitor: str) -> int:
     return deleted
 
 
-@dataclass(frozen=True, slots=True)
-class ClickCounts:
-    """What Redis counted for one click, as the click rules read it."""
+class ClickCounts(NamedTuple):
+    """What Redis counted for one click, as the click rules read it (a tuple: one is made
+    per click, and a frozen dataclass takes twice as long to build)."""
 
     clicks_this_minute: int  # this click's ordinal among its IP's clicks this minute
     seen_recently: bool  # the visitor clicked the same link within the duplicate window
