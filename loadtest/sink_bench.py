@@ -9,8 +9,9 @@ chDB folder: once with enrichment off (the insert path alone), once as the servi
 it (all enrichment steps, after an unmeasured warm-up of the same mix, so the user-agent
 and address caches are those of a running sink). Prints rows/s, the sink's CPU per row
 (all its threads, chDB's included) and rows per CPU-second, the Redis CPU the sink caused
-per row (reads, acknowledgements, and the enrichment's counters and marks), each step's
-share of the sink's time, and what enriching adds to the sink's CPU per row. The insert
+per row (reads, acknowledgements, and the enrichment's counters and marks) and its time
+per row in each command (INFO commandstats), each step's share of the sink's time, and
+what enriching adds to the sink's CPU per row. The insert
 path gets enough rows for ten full reads, so the rate is the steady one (reading ahead
 overlaps every read but the first)."""
 
@@ -94,6 +95,15 @@ def redis_cpu_seconds(redis) -> float:
     return info["used_cpu_user"] + info["used_cpu_sys"]
 
 
+def redis_by_command(redis, rows: int) -> dict[str, float]:
+    """Redis's time per row in each command since the last CONFIG RESETSTAT (EVALSHA, the
+    fraud counters' script, includes the commands it runs, which are listed too)."""
+    stats = redis.info("commandstats")
+    spent = {name.removeprefix("cmdstat_"): value["usec"] / rows for name, value in stats.items()}
+    ranked = sorted(spent.items(), key=lambda item: -item[1])
+    return {name: round(us, 2) for name, us in ranked if us >= 0.01}
+
+
 def drain(settings, redis, ch, pipeline: Pipeline | None) -> dict:
     if pipeline:
         pipeline.stats.clear()
@@ -108,6 +118,7 @@ def drain(settings, redis, ch, pipeline: Pipeline | None) -> dict:
         attributor=Attributor(redis, ["linear"], 86_400_000, 86_400_000),
     )
     sink.ensure_group()
+    redis.config_resetstat()  # INFO commandstats from here
     redis_cpu = redis_cpu_seconds(redis)
     sink_cpu = time.process_time()  # every thread of this process: the sink's and chDB's
     main_cpu = time.thread_time()  # the sink's loop: reading results, enriching, handing over
@@ -127,6 +138,7 @@ def drain(settings, redis, ch, pipeline: Pipeline | None) -> dict:
         "rows_per_sink_cpu_s": round(rows / sink_cpu),
         "sink_loop_cpu_us_per_row": round(main_cpu / rows * 1e6, 1),
         "redis_cpu_us_per_row": round(redis_cpu / rows * 1e6, 1),
+        "redis_us_per_row_by_command": redis_by_command(redis, rows),
     }
     if pipeline:
         result["steps_share_of_sink_time"] = {
