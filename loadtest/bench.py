@@ -84,6 +84,7 @@ def product_settings(processes: int) -> dict[str, str]:
         "TRACKER_REDIS_TIMEOUT_SECONDS": str(redis.timeout_seconds),
         "TRACKER_TRACKING_LINK_REFRESH_SECONDS": str(TrackingSettings().link_refresh_seconds),
         "TRACKER_SINK_RECLAIM_IDLE_SECONDS": str(sink.reclaim_idle_seconds),
+        "TRACKER_SINK_INSERT_INTERVAL_MS": str(sink.insert_interval_ms),
         "TRACKER_FRAUD_DUPLICATE_CLICK_SECONDS": str(fraud.duplicate_click_seconds),
         "TRACKER_FRAUD_MIN_CLICK_TO_CONVERSION_SECONDS": str(fraud.min_click_to_conversion_seconds),
     }

@@ -171,10 +171,10 @@ class SinkSettings:
     read_entries: int = 200
     block_ms: int = 200
     # after a read that did not fill read_entries, the next read waits until this long
-    # after it: an insert costs chDB ~30 ms of CPU whatever its size (the rollups'
-    # materialized views), so inserting every small read spent a third of a core at 6,000
-    # clicks/s; waiting gathers each read's worth instead (adds at most this to latency)
-    insert_interval_ms: int = 250
+    # after it: an insert costs chDB 30-45 ms of CPU whatever its size (a new part per
+    # table and rollup, ~20 files each), so inserting every small read spent a third of a
+    # core at 3,000 clicks/s; waiting gathers each read's worth (adds at most this to latency)
+    insert_interval_ms: int = 500
     reclaim_idle_seconds: int = 30
     consumer: str = ""
     query_host: str = "127.0.0.1"

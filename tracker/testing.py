@@ -345,6 +345,7 @@ class Service:
             "TRACKER_TRACKING_LINK_REFRESH_SECONDS": "0.2",
             "TRACKER_REDIS_TIMEOUT_SECONDS": "0.5",
             "TRACKER_SINK_RECLAIM_IDLE_SECONDS": "2",
+            "TRACKER_SINK_INSERT_INTERVAL_MS": "50",  # tests wait for rows: insert soon
             "TRACKER_SINK_CONSUMER": "sink-test",
             # every test client shares 127.0.0.1 and clicks fast: fraud rules off unless a
             # test turns them on
