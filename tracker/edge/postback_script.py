@@ -37,8 +37,9 @@ from tracker.records import RequestMeta
 from tracker.timefmt import format_ms
 
 # KEYS: transaction, events stream, the click's hash, the hot window's `since` mark.
-# ARGV: see `Prepared.args`.
-NEW_POSTBACK = """
+# ARGV: see `Prepared.args`. The parts that are the same for every postback (@NAME@) are
+# written into the script once (`_with_constants`), not sent and parsed on every call.
+_SCRIPT = """
 local status = redis.call('HMGET', KEYS[1], 'status', 'record')
 if status[1] then
   return {'exists', status[1], status[2]}
@@ -46,7 +47,7 @@ end
 if ARGV[2] ~= '1' then
   return {'missing'}
 end
-local kind, rec_mid, row_mid, row_tail = 'u', ARGV[21], ARGV[22], ARGV[18]
+local kind, rec_mid, row_mid, row_tail = 'u', @RECORD_UNKNOWN@, @ROW_UNKNOWN@, ARGV[18]
 local campaign = ''
 if ARGV[3] == '1' then
   local raw = redis.call('HGET', KEYS[3], ARGV[4])
@@ -62,7 +63,7 @@ if ARGV[3] == '1' then
       t[i] = v
     end
     if t[4] ~= '' and t[4] ~= ARGV[8] then
-      kind, rec_mid, row_mid = 'o', ARGV[23], ARGV[24]
+      kind, rec_mid, row_mid = 'o', @RECORD_OTHER@, @ROW_OTHER@
     else
       local h = string.gsub(string.sub(raw, 1, 16), '.', function(c)
         return string.format('%02x', string.byte(c))
@@ -87,7 +88,10 @@ if ARGV[3] == '1' then
     end
     local since = redis.call('GET', KEYS[4])
     if (not since) or tonumber(ARGV[7]) < math.max(tonumber(ARGV[6]), tonumber(since)) then
-      kind, rec_mid, row_mid, row_tail = 'd', ARGV[25], ARGV[26], ARGV[27]
+      kind = 'd'
+      rec_mid = @RECORD_DEFERRED@ .. ARGV[19] .. '",'
+      row_mid = '"click_id":"' .. ARGV[19] .. '",' .. @ROW_DEFERRED@
+      row_tail = string.sub(row_tail, 1, -2) .. ',"deferred":1}'
     end
   end
 end
@@ -99,7 +103,8 @@ if campaign ~= '' then
   redis.call('EXPIRE', daily, ARGV[10])
   redis.call('INCR', ARGV[13] .. campaign .. ARGV[14])
 end
-redis.call('XADD', KEYS[2], '*', ARGV[28], ARGV[29], ARGV[30], ARGV[17] .. row_mid .. row_tail)
+redis.call('XADD', KEYS[2], '*', @BATCH_ID_FIELD@, ARGV[21], 'conversions',
+  ARGV[17] .. row_mid .. row_tail)
 return {'ok', kind}
 """
 # what the script's `ok` says of the conversion: its unattributed reason, or deferred
@@ -140,6 +145,32 @@ _ROW_OTHER = _middle({**_NO_CLICK, "unattributed_reason": U.CLICK_OF_OTHER_ADVER
 _UNATTRIBUTED = {"click": None, "unattributed_reason": "", "visitor_id": ""}
 _RECORD_UNKNOWN = _middle({**_UNATTRIBUTED, "unattributed_reason": U.UNKNOWN_OR_EXPIRED_CLICK})
 _RECORD_OTHER = _middle({**_UNATTRIBUTED, "unattributed_reason": U.CLICK_OF_OTHER_ADVERTISER})
+# a deferred conversion's: the record's members up to the click id's value, and the row's
+# after its click id (the click id is a validated UUID: nothing in it to escape)
+_RECORD_DEFERRED = _middle({**_UNATTRIBUTED, "deferred": True, "deferred_click": ""})[:-2]
+_ROW_DEFERRED = _middle({**_NO_CLICK, "unattributed_reason": ""}).split(b",", 1)[1]
+
+
+def _with_constants(script: str, **constants: bytes | str) -> str:
+    """`script` with each @NAME@ replaced by a Lua long string of the constant's text."""
+    for name, value in constants.items():
+        text = value.decode() if isinstance(value, bytes) else value
+        assert "]==]" not in text
+        script = script.replace(f"@{name}@", f"[==[{text}]==]")
+    assert "@" not in script
+    return script
+
+
+NEW_POSTBACK = _with_constants(
+    _SCRIPT,
+    RECORD_UNKNOWN=_RECORD_UNKNOWN,
+    ROW_UNKNOWN=_ROW_UNKNOWN,
+    RECORD_OTHER=_RECORD_OTHER,
+    ROW_OTHER=_ROW_OTHER,
+    RECORD_DEFERRED=_RECORD_DEFERRED,
+    ROW_DEFERRED=_ROW_DEFERRED,
+    BATCH_ID_FIELD=K.BATCH_ID_FIELD,
+)
 
 
 class Prepared(NamedTuple):
@@ -181,8 +212,6 @@ def prepare(
     )
     tail = conversion_input.row_tail(conv, source="postback", meta=meta, payout=conv.payout)
     row_tail = orjson.dumps(tail)[1:]  # `"source":...}` (the middle ends with a comma)
-    deferred_tail = row_tail[:-1] + b',"deferred":1}'
-    row_deferred = _middle({**_NO_CLICK, "click_id": click_id, "unattributed_reason": ""})
     money = {"amount": str(amount), "currency": conv.currency}
     if conv.payout is not None:
         money["payout"] = str(conv.payout)
@@ -212,16 +241,7 @@ def prepare(
         row_tail,  # 18
         click_id,  # 19
         format_ms(at),  # 20
-        _RECORD_UNKNOWN,  # 21
-        _ROW_UNKNOWN,  # 22
-        _RECORD_OTHER,  # 23
-        _ROW_OTHER,  # 24
-        _middle({**_UNATTRIBUTED, "deferred": True, "deferred_click": click_id}),  # 25
-        row_deferred,  # 26
-        deferred_tail,  # 27
-        K.BATCH_ID_FIELD,  # 28
-        uuid7(ms),  # 29
-        "conversions",  # 30
+        uuid7(ms),  # 21: the stream entry's batch id
     ]
     return Prepared(conversion_id, keys, args)
 
