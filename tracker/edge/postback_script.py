@@ -65,11 +65,9 @@ if ARGV[3] == '1' then
     if t[4] ~= '' and t[4] ~= ARGV[8] then
       kind, rec_mid, row_mid = 'o', @RECORD_OTHER@, @ROW_OTHER@
     else
-      local h = string.gsub(string.sub(raw, 1, 16), '.', function(c)
-        return string.format('%02x', string.byte(c))
-      end)
-      local v = string.sub(h, 1, 8) .. '-' .. string.sub(h, 9, 12) .. '-' ..
-        string.sub(h, 13, 16) .. '-' .. string.sub(h, 17, 20) .. '-' .. string.sub(h, 21, 32)
+      -- the visitor id's 16 bytes as a UUID, in one call (a gsub calling a function per
+      -- byte was a quarter of the script's time)
+      local v = string.format(@UUID_FORMAT@, string.byte(raw, 1, 16))
       local j = {}
       for i = 1, 9 do j[i] = cjson.encode(t[i]) end
       kind, campaign = 'a', t[2]
@@ -170,6 +168,7 @@ NEW_POSTBACK = _with_constants(
     RECORD_DEFERRED=_RECORD_DEFERRED,
     ROW_DEFERRED=_ROW_DEFERRED,
     BATCH_ID_FIELD=K.BATCH_ID_FIELD,
+    UUID_FORMAT="-".join("%02x" * n for n in (4, 2, 2, 2, 6)),
 )
 
 
