@@ -123,23 +123,8 @@ def geo_database(folder: Path) -> str:
 
 def wrk(url: str, duration: int, connections: int, threads: int, script: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(
-        [
-            "wrk",
-            f"-t{threads}",
-            f"-c{connections}",
-            f"-d{duration}s",
-            "--latency",
-            "-s",
-            str(script),
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    run = wrk_output.run(url, script, duration=duration, connections=connections, threads=threads)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    run = wrk_output.summary(out)
     return {
         "wrk_cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
         **{k: run[k] for k in ("rps", "requests", "errors", "p50_ms", "p99_ms")},
@@ -150,25 +135,9 @@ def wrk_rate(url: str, duration: int, rate: float, tag: str, connections: int = 
     """The realistic click mix (`clicks.lua`) at a fixed rate, its clicks tagged `sub3 =
     tag` (`clicks_rate.lua`: requests paced by a clock, sent by whichever of the
     connections is free)."""
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{duration}s",
-            "--latency",
-            "-s",
-            str(RATE_SCRIPT),
-            url,
-            "--",
-            str(rate),
-            tag,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    run = wrk_output.summary(out)
+    run = wrk_output.run(
+        url, RATE_SCRIPT, duration=duration, connections=connections, script_args=(str(rate), tag)
+    )
     return {
         "rate_target": round(rate),
         **{k: run[k] for k in ("rps", "p50_ms", "p99_ms")},

@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -65,27 +64,14 @@ async def make_clicks(base_url: str, count: int, concurrency: int = 32) -> list[
 
 
 def wrk(url: str, args, ids_file: Path, token: str, tag: str) -> dict:
-    out = subprocess.run(
-        [
-            "wrk",
-            f"-t{args.threads}",
-            f"-c{args.connections}",
-            f"-d{args.duration}s",
-            "--latency",
-            "-s",
-            str(WRK_SCRIPT),
-            url,
-            "--",
-            str(ids_file),
-            ADVERTISER,
-            token,
-            tag,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    run = wrk_output.summary(out)
+    run = wrk_output.run(
+        url,
+        WRK_SCRIPT,
+        duration=args.duration,
+        connections=args.connections,
+        threads=args.threads,
+        script_args=(str(ids_file), ADVERTISER, token, tag),
+    )
     return {
         **{k: run[k] for k in ("rps", "requests", "errors", "p50_ms", "p99_ms")},
         "ok": run["requests"] - run["refused"],

@@ -1,8 +1,29 @@
-"""What a `wrk --latency` run printed, as numbers (the benchmarks' one reader of it)."""
+"""`wrk --latency` runs and what they printed, as numbers (the benchmarks' one place for
+wrk's command line and its output)."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+from pathlib import Path
+
+
+def run(
+    url: str,
+    script: Path,
+    *,
+    duration: int,
+    connections: int,
+    threads: int = 1,
+    script_args: tuple[str, ...] = (),
+) -> dict:
+    """One wrk run with a Lua script (its arguments after `--`); `summary` of it."""
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    command += ["-s", str(script), url]
+    if script_args:
+        command += ["--", *script_args]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return summary(out)
 
 
 def summary(out: str) -> dict:
