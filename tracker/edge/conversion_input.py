@@ -92,7 +92,9 @@ def parse(
     txid = pick(params, "txid")
     if not txid:
         raise Rejected(400, R.MISSING_TXID)
-    if len(txid) > 128 or not txid.isprintable() or any(ch.isspace() for ch in txid):
+    # printable text has no whitespace but the ASCII space (every other is a control or
+    # separator character): one `in`, not a Python loop over the characters
+    if len(txid) > 128 or not txid.isprintable() or " " in txid:
         raise Rejected(400, R.INVALID_TXID)
 
     click_id = pick(params, "click_id").lower()
