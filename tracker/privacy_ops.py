@@ -27,7 +27,7 @@ import orjson
 from tracker import hot
 from tracker import redis_keys as K
 from tracker.ids import ZERO_UUID, is_uuid, uuid7_time_ms
-from tracker.sink.enrich import fraud
+from tracker.sink.enrich import fraud_counts
 from tracker.types import SyncRedis
 
 if TYPE_CHECKING:  # the edge checks requests here, and needs no ClickHouse client for it
@@ -155,7 +155,7 @@ def _erase_redis(
             deleted += redis.hdel(hot.click_hash(click_id), field)
             redis.srem(hot.excluded_set(click_id), field)
         deleted += redis.hdel(path_key, hot.raw_id(visitor))
-    deleted += fraud.erase_visitor(redis, visitor)  # duplicate-click times
+    deleted += fraud_counts.erase_visitor(redis, visitor)  # duplicate-click times
     pattern = f"{K.PREFIX}:pxrate:v:{{{visitor}}}:*"
     keys = [_text(k) for k in redis.scan_iter(match=pattern, count=1000)]
     deleted += sum(redis.delete(key) for key in keys)
