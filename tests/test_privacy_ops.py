@@ -9,7 +9,6 @@ from tracker import config, hot, migrations
 from tracker import redis_keys as K
 from tracker.ids import ZERO_UUID, uuid7
 from tracker.privacy_ops import erase, export, hot_path
-from tracker.sink.enrich import fraud_counts
 
 GONE, KEPT = "0190a0a0-0000-7000-8000-0000000000aa", "0190a0a0-0000-7000-8000-0000000000bb"
 DUPLICATES = K.fraud_duplicates_key(60, 28_333_333, 0)
@@ -64,7 +63,7 @@ def seed(ch, r) -> dict[str, list[str]]:
             orjson.dumps({"visitor_id": visitor, "click": {"visitor_id": visitor}}),
         )
     for visitor in (GONE, KEPT):  # a duplicate-click time of each, in one hash
-        r.hset(DUPLICATES, fraud_counts.duplicate_field(visitor, "s"), 1_700_000_000_000)
+        r.hset(DUPLICATES, K.fraud_duplicate_field(visitor, "s"), 1_700_000_000_000)
     return clicks
 
 
@@ -93,8 +92,8 @@ def test_export_then_erase_one_visitor(chdb_database, redis_server):
     assert conversions[0][:5] == (f"t-{GONE}", ZERO_UUID, "::", "", "")  # anonymised...
     assert str(conversions[0][5]) == "10.000"  # ...the money stays
     assert conversions[1][:2] == (f"t-{KEPT}", KEPT)
-    assert not r.hexists(DUPLICATES, fraud_counts.duplicate_field(GONE, "s"))
-    assert r.hexists(DUPLICATES, fraud_counts.duplicate_field(KEPT, "s"))
+    assert not r.hexists(DUPLICATES, K.fraud_duplicate_field(GONE, "s"))
+    assert r.hexists(DUPLICATES, K.fraud_duplicate_field(KEPT, "s"))
     assert hot_path(r, GONE, 48) == []
     assert not any(hot.get(r, c) for c in clicks[GONE])
     assert all(hot.get(r, c) for c in clicks[KEPT])

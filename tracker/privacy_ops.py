@@ -27,7 +27,6 @@ import orjson
 from tracker import hot
 from tracker import redis_keys as K
 from tracker.ids import ZERO_UUID, is_uuid, uuid7_time_ms
-from tracker.sink.enrich import fraud_counts
 from tracker.types import SyncRedis
 
 if TYPE_CHECKING:  # the edge checks requests here, and needs no ClickHouse client for it
@@ -145,6 +144,17 @@ def _target(db: str, table: str, cluster: str) -> str:
     return f"{db}.{table}_local ON CLUSTER {cluster}" if cluster else f"{db}.{table}"
 
 
+def _erase_duplicate_times(redis: SyncRedis, visitor: str) -> int:
+    """A visitor's duplicate-click times (the sink's fields of a few bucket hashes)."""
+    deleted = 0
+    match = K.fraud_duplicate_field(visitor, "*")
+    for key in redis.scan_iter(match=K.FRAUD_DUPLICATES_PATTERN, count=1000):
+        fields = [field for field, _ in redis.hscan_iter(key, match=match, count=1000)]
+        if fields:
+            deleted += int(redis.hdel(key, *fields))
+    return deleted
+
+
 def _erase_redis(
     redis: SyncRedis, visitor: str, transactions: Sequence[Sequence[Any]], hot_hours: int
 ) -> int:
@@ -155,7 +165,7 @@ def _erase_redis(
             deleted += redis.hdel(hot.click_hash(click_id), field)
             redis.srem(hot.excluded_set(click_id), field)
         deleted += redis.hdel(path_key, hot.raw_id(visitor))
-    deleted += fraud_counts.erase_visitor(redis, visitor)  # duplicate-click times
+    deleted += _erase_duplicate_times(redis, visitor)
     pattern = f"{K.PREFIX}:pxrate:v:{{{visitor}}}:*"
     keys = [_text(k) for k in redis.scan_iter(match=pattern, count=1000)]
     deleted += sum(redis.delete(key) for key in keys)

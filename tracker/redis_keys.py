@@ -121,6 +121,11 @@ def fraud_duplicates_key(bucket_seconds: int, bucket: int, shard: int) -> str:
     return f"{PREFIX}:fraud:dup:{{d{bucket_seconds}:{bucket}:{shard}}}"
 
 
+def fraud_duplicate_field(visitor_id: str, slug: str) -> str:
+    """The field of a visitor's clicks on a link in `fraud_duplicates_key`'s hashes."""
+    return f"{visitor_id} {slug}"
+
+
 FRAUD_DUPLICATES_PATTERN = f"{PREFIX}:fraud:dup:*"  # SCAN pattern of every duplicate hash
 
 

@@ -26,6 +26,14 @@ def test_an_edge_starts_without_the_ledger_or_clickhouse_modules():
     assert loaded_after("from tracker import cli\ncli.build_parser()") == []
 
 
+def test_an_edge_loads_nothing_of_the_sink():
+    code = "import sys\nimport tracker.edge.server\n" + (
+        "print(' '.join(m for m in sys.modules if m.startswith('tracker.sink')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == []
+
+
 def test_the_programme_routes_load_the_ledger_on_first_use():
     statement = "from tracker.edge import programme\nfrom tracker.lazy import load\n" + (
         "load(programme.records)"

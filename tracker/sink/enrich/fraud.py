@@ -43,7 +43,6 @@ from tracker.sink.enrich.fraud_counts import (
     WINDOW_TTL,
     Chunk,
     ClickCounts,
-    duplicate_field,
     ip_shard,
     visitor_shard,
 )
@@ -188,7 +187,7 @@ class FraudRules:
             duplicate = None
             if window > 0:
                 bucket = ms // bucket_ms
-                field = duplicate_field(visitor, event["link_slug"])
+                field = K.fraud_duplicate_field(visitor, event["link_slug"])
                 at = (bucket, visitor_shard(visitor) if sharded else 0)
                 fields = duplicates.get(at)
                 if fields is None:

@@ -11,7 +11,6 @@ from typing import NamedTuple
 import msgpack
 
 from tracker import redis_keys as K
-from tracker.types import SyncRedis
 
 # One call per chunk of clicks, aggregated before it is sent: each distinct "IP visitor" pair,
 # IP and "visitor link" of the chunk once, and each hash or set read and written with one
@@ -173,21 +172,6 @@ def visitor_shard(visitor: str) -> int:
     """The duplicate hash shard of a visitor id: its last hex digit (random bits)."""
     shard = _VISITOR_SHARD.get(visitor[-1:])
     return shard if shard is not None else zlib.crc32(visitor.encode()) % K.FRAUD_SHARDS
-
-
-def duplicate_field(visitor: str, slug: str) -> str:
-    return f"{visitor} {slug}"
-
-
-def erase_visitor(redis: SyncRedis, visitor: str) -> int:
-    """Delete a visitor's duplicate-click times (fields of the bucket hashes); returns how
-    many were deleted."""
-    deleted = 0
-    for key in redis.scan_iter(match=K.FRAUD_DUPLICATES_PATTERN, count=1000):
-        fields = [field for field, _ in redis.hscan_iter(key, match=f"{visitor} *", count=1000)]
-        if fields:
-            deleted += int(redis.hdel(key, *fields))
-    return deleted
 
 
 class ClickCounts(NamedTuple):
