@@ -16,13 +16,13 @@ import pytest
 from tracker import config, hot
 from tracker import redis_keys as K
 from tracker.clock import FixedClock, clock_ms
-from tracker.edge.caps import utc_day
 from tracker.edge.conversion_input import ConversionInput, Rejected
 from tracker.edge.intake import ConversionIntake
 from tracker.edge.postback import record, record_postback
 from tracker.records import RequestMeta
 from tracker.redis_connection import async_client
 from tracker.testing import click_id_at
+from tracker.timefmt import utc_day
 
 NOW = FixedClock(time.time())
 META = RequestMeta("203.0.113.9", "shop-backend/2.3", "", "", "/postback", "GET")

@@ -10,10 +10,11 @@ import aiohttp
 import pytest
 
 from tracker import redis_keys as K
-from tracker.edge.caps import CapCounters, utc_day
+from tracker.edge.caps import CapCounters
 from tracker.redis_connection import async_client
 from tracker.routing.rules import CAP_DAILY, CAP_TOTAL, RoutingError, compile_routing, over_cap
 from tracker.testing import Service
+from tracker.timefmt import utc_day
 
 
 def test_utc_day_matches_the_calendar():

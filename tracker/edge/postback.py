@@ -27,7 +27,6 @@ from tracker import redis_keys as K
 from tracker.advertisers import Advertiser
 from tracker.clock import Clock, clock_ms
 from tracker.edge import conversion_input, postback_script
-from tracker.edge.caps import utc_day
 from tracker.edge.clicks import PIXEL, Hit, read_cookie, request_meta
 from tracker.edge.conversion_input import Rejected
 from tracker.edge.hit import hit_of
@@ -38,6 +37,7 @@ from tracker.reasons import DuplicateReason, PostbackOutcome, UnattributedReason
 from tracker.reasons import PostbackRefusal as R
 from tracker.records import RequestMeta
 from tracker.redis_connection import UNREACHABLE, as_text, is_cluster
+from tracker.timefmt import utc_day
 from tracker.types import AsyncRedis
 
 log = logging.getLogger(__name__)

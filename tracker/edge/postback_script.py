@@ -28,13 +28,12 @@ from redis.exceptions import NoScriptError
 from tracker import hot
 from tracker import redis_keys as K
 from tracker.edge import conversion_input
-from tracker.edge.caps import utc_day
 from tracker.edge.conversion_input import FIRST_STATUSES, ConversionInput
 from tracker.edge.lean_redis import LeanRedis
 from tracker.ids import ZERO_UUID, uuid7, uuid7_time_ms
 from tracker.reasons import UnattributedReason as U
 from tracker.records import RequestMeta
-from tracker.timefmt import format_ms
+from tracker.timefmt import format_ms, utc_day
 
 # KEYS: transaction, events stream, the click's hash, the hot window's `since` mark.
 # ARGV: see `Prepared.args`. The parts that are the same for every postback (@NAME@) are
