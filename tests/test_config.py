@@ -261,6 +261,7 @@ def test_bool_false_spellings(toml, env, text):
         ("[http]\nport = 80.5\n", {}, ["http.port"]),
         ("[http]\nhost = 5\n", {}, ["http.host"]),
         ("", {"TRACKER_WORKERS": "257"}, ["http.workers"]),
+        ("", {"TRACKER_WRITER_MAX_WAITING_BATCHES": "0"}, ["writer.max_waiting_batches"]),
         ("", {"TRACKER_SINK_QUERY_PORT": "65536"}, ["sink.query_port"]),
         ("[http]\nbogus = 1\n", {}, ["http.bogus", "unknown"]),
         ("nope = 1\n", {}, ["nope", "unknown"]),

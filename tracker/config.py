@@ -164,6 +164,9 @@ class RedisSettings:
 class WriterSettings:
     batch_max_events: int = 500
     batch_max_delay_ms: int = 5
+    # full batches waiting for Redis beyond which the edge stops reading requests (until
+    # half are sent): bounds an edge's memory when Redis takes events slower than they come
+    max_waiting_batches: int = 4
 
 
 @dataclass
@@ -512,6 +515,7 @@ def _validate(s: Settings) -> None:
     check(s.redis.dedup_ttl_seconds >= 60, "redis.dedup_ttl_seconds", "must be >= 60")
     check(s.writer.batch_max_events >= 1, "writer.batch_max_events", "must be >= 1")
     check(s.writer.batch_max_delay_ms >= 0, "writer.batch_max_delay_ms", "must be >= 0")
+    check(s.writer.max_waiting_batches >= 1, "writer.max_waiting_batches", "must be >= 1")
     check(1 <= s.sink.read_entries <= 10000, "sink.read_entries", "must be 1 to 10000")
     check(s.sink.block_ms >= 1, "sink.block_ms", "must be >= 1")
     check(0 <= s.sink.insert_interval_ms <= 10_000, "sink.insert_interval_ms", "must be 0 to 10000")

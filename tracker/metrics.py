@@ -37,6 +37,10 @@ DROPPED = PromCounter(
     "Events an edge answered for but could not store (neither Redis nor the spool took them)",
     ["reason"],
 )
+HELD = PromCounter(
+    "tracker_edge_reads_held_total",
+    "Times an edge stopped reading requests while Redis took its events slower than they came",
+)
 SPOOL_BYTES = Gauge(
     "tracker_spool_bytes", "Bytes waiting in the spool files", multiprocess_mode="livesum"
 )

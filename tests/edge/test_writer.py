@@ -24,7 +24,9 @@ from tracker.records import click_record
 BATCH = 50
 
 
-def make_writer(redis_server, tmp_path, timeout: float = 10.0) -> EventWriter:
+def make_writer(
+    redis_server, tmp_path, timeout: float = 10.0, max_waiting_batches: int = 4
+) -> EventWriter:
     client = aioredis.Redis.from_url(redis_server.url)
     return EventWriter(
         client,
@@ -34,6 +36,7 @@ def make_writer(redis_server, tmp_path, timeout: float = 10.0) -> EventWriter:
         lookback_seconds=3600,
         timeout_seconds=timeout,
         dedup_ttl_seconds=60,
+        max_waiting_batches=max_waiting_batches,
     )
 
 
@@ -98,6 +101,28 @@ async def test_batches_stay_bounded_and_ordered_while_redis_stalls(redis_server,
     assert stream_order(redis_server) == list(range(630))
     assert max(sizes) <= BATCH
     assert len(entries) >= 630 // BATCH
+
+
+async def test_the_writer_says_when_it_falls_behind_redis_and_when_it_caught_up(
+    redis_server, tmp_path
+):
+    """More full batches waiting than `max_waiting_batches`: behind (the fast path stops
+    reading) until half of them are sent; told once each way, nothing lost."""
+    writer = make_writer(redis_server, tmp_path, max_waiting_batches=4)
+    told: list[bool] = []
+    writer.on_behind = told.append
+    await writer.start()
+    await add_clicks(writer, range(10))
+    await asyncio.sleep(0.05)
+    with frozen(redis_server):
+        await add_clicks(writer, range(10, 10 + BATCH * 4), pause_every=BATCH, pause=0.01)
+        assert told == [] and not writer.behind  # at most four full batches wait
+        await add_clicks(writer, range(10 + BATCH * 4, 10 + BATCH * 6))
+        assert told == [True] and writer.behind
+    await wait_for(lambda: told == [True, False])
+    await writer.close()
+    assert stream_order(redis_server) == list(range(10 + BATCH * 6))
+    assert writer.held_spells == 1
 
 
 def test_buffered_events_take_about_their_own_size(redis_server, tmp_path):

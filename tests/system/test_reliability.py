@@ -207,6 +207,46 @@ async def test_edge_and_sink_stop_cleanly_on_sigint(service: Service):
     assert service.wait_count("clicks", acknowledged, "link_slug = 'int'") == acknowledged
 
 
+async def test_an_edge_stops_reading_while_redis_takes_its_events_slower_than_they_come(
+    service: Service,
+):
+    """Redis answers, but later than clicks arrive (here: frozen, under a long timeout, so
+    nothing goes to the spool): the edge would pile up full batches in memory. Past
+    `writer.max_waiting_batches` it stops reading requests, so the clients wait; once
+    Redis takes the batches it reads again. Every click answered is stored."""
+    batch, waiting = 5, 2
+    service.env.update(
+        TRACKER_WRITER_BATCH_MAX_EVENTS=str(batch),
+        TRACKER_WRITER_MAX_WAITING_BATCHES=str(waiting),
+        TRACKER_REDIS_TIMEOUT_SECONDS="60",
+    )
+    service.start_edges(1)
+    service.start_sink()
+    service.add_link("held", campaign_id="held")
+    clients = 16
+    load = Load(f"{service.base_url}/c/held", clients=clients)
+    service.redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        task = asyncio.create_task(load.run())
+        await asyncio.sleep(1.0)
+        held = len(load.statuses)
+        # a batch in flight, `waiting` + 1 full ones, one being filled, and at most a
+        # request per client read meanwhile: without the hold, thousands a second
+        assert held <= batch * (waiting + 3) + clients
+        await asyncio.sleep(0.5)
+        assert len(load.statuses) == held  # not reading: nothing more answered
+    finally:
+        service.redis.proc.send_signal(signal.SIGCONT)
+    await wait_for(lambda: len(load.statuses) > held + 200, "reading again")
+    load.stop()
+    await task
+    assert set(load.statuses) == {302}
+    await asyncio.sleep(1.5)  # the edge publishes its counters once a second
+    assert value(scrape(f"{service.base_url}/metrics"), "tracker_edge_reads_held_total") >= 1
+    answered = len(load.statuses)
+    assert service.wait_count("clicks", answered, "link_slug = 'held'") == answered
+
+
 async def test_edge_killed_in_the_middle_of_a_replay_replays_the_rest_once(service: Service):
     """A spool of several chunks; Redis comes back and the replay starts; Redis freezes
     after the first chunk (so the replay is surely half-way) and the edge is killed. The

@@ -11,6 +11,10 @@ connection reads nothing more until that answer is written. Anything else (other
 methods, a request with a body, a conversion pixel, an upgrade) is handed to aiohttp on
 the same connection, bytes and all, and aiohttp keeps that connection from then on.
 
+While the event writer is behind Redis (more full batches waiting than
+`writer.max_waiting_batches`), no fast connection reads: clients wait in TCP, and the
+edge's memory stays bounded, until half of those batches are sent.
+
 HTTP details kept: keep-alive (HTTP/1.1 by default, HTTP/1.0 on request), pipelining
 (answers in order), HEAD (headers of the GET, no body), a bound on request size (431),
 400 on malformed requests, and no header value that did not pass validation or
@@ -65,6 +69,20 @@ class Suspend(Exception):
     """Stop parsing: a postback is being answered (what follows it waits in the buffer)."""
 
 
+class Readers:
+    """The fast path's open connections, and whether they are held: not reading while the
+    event writer is behind Redis (it calls `hold`)."""
+
+    def __init__(self) -> None:
+        self.open: set[FastProtocol] = set()
+        self.held = False
+
+    def hold(self, held: bool) -> None:
+        self.held = held
+        for connection in list(self.open):
+            connection.read_if_free()
+
+
 class FastProtocol(asyncio.Protocol):
     """llhttp validates each request; the click core (`ClickPath`) reads its head from the
     buffer in one call and returns the answer bytes."""
@@ -73,7 +91,7 @@ class FastProtocol(asyncio.Protocol):
         self,
         ctx: ClickContext,
         fallback: Callable[[], asyncio.Protocol],
-        connections: set,
+        readers: Readers,
         core: Core | None = None,
         intake: ConversionIntake | None = None,
         in_flight: set[asyncio.Task] | None = None,
@@ -83,7 +101,7 @@ class FastProtocol(asyncio.Protocol):
         self.intake = intake  # None: postbacks are aiohttp's
         self.in_flight = in_flight if in_flight is not None else set()
         self.fallback = fallback  # aiohttp's protocol factory
-        self.connections = connections
+        self.readers = readers
         self.parser = httptools.HttpRequestParser(self)
         self.buffer = bytearray()  # bytes of requests not yet answered
         self.peer: str | None = None
@@ -93,24 +111,40 @@ class FastProtocol(asyncio.Protocol):
         self.closing = False
         self.postback: tuple[bytes, dict[str, str]] | None = None  # parsed, to be answered
         self.waiting = False  # a postback's answer is being made
+        self.slow_reader = False  # the client is not reading its answers
+        self.reading = True
 
     # -- connection ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # set before any other callback (the protocol is only in `connections` after it)
+        # set before any other callback (the protocol is only in `readers` after it)
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else None
-        self.connections.add(self)
+        self.readers.open.add(self)
+        self.read_if_free()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.connections.discard(self)
+        self.readers.open.discard(self)
 
     def pause_writing(self) -> None:  # a slow reader: stop reading its requests meanwhile
-        self.transport.pause_reading()
+        self.slow_reader = True
+        self.read_if_free()
 
     def resume_writing(self) -> None:
-        self.transport.resume_reading()
+        self.slow_reader = False
+        self.read_if_free()
+
+    def read_if_free(self) -> None:
+        """Read requests unless something holds this connection: a postback being
+        answered, a client not reading its answers, or the event writer behind Redis."""
+        free = not (self.waiting or self.slow_reader or self.readers.held)
+        if free != self.reading and not self.transport.is_closing():
+            self.reading = free
+            if free:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -121,7 +155,7 @@ class FastProtocol(asyncio.Protocol):
             return
         self.buffer += data
         if self.waiting:  # parsed once the postback before it is answered
-            self.transport.pause_reading()
+            self.read_if_free()
             return
         self.feed(data)
 
@@ -146,7 +180,10 @@ class FastProtocol(asyncio.Protocol):
     def hand_over(self) -> None:
         """Give this connection, from the current request on, to aiohttp."""
         protocol = self.fallback()
-        self.connections.discard(self)
+        self.readers.open.discard(self)
+        if not self.reading:  # aiohttp reads this connection from now on
+            self.reading = True
+            self.transport.resume_reading()
         self.transport.set_protocol(protocol)
         protocol.connection_made(self.transport)
         data, self.buffer = bytes(self.buffer), bytearray()
@@ -242,7 +279,7 @@ class FastProtocol(asyncio.Protocol):
             self.transport.close()
             return
         self.parser = httptools.HttpRequestParser(self)
-        self.transport.resume_reading()
+        self.read_if_free()
         if self.buffer:
             self.feed(bytes(self.buffer))
 
@@ -252,7 +289,7 @@ class FastPathSite(web.BaseSite):
     stops it (no new connections, open fast connections closed; answers in flight are
     already written) before aiohttp's own connections and the cleanup contexts."""
 
-    __slots__ = ("_ctx", "_host", "_port", "_connections", "_in_flight")
+    __slots__ = ("_ctx", "_host", "_port", "_readers", "_in_flight")
 
     def __init__(
         self,
@@ -267,7 +304,7 @@ class FastPathSite(web.BaseSite):
         self._ctx = ctx
         self._host = host
         self._port = port
-        self._connections: set[FastProtocol] = set()
+        self._readers = Readers()
         self._in_flight: set[asyncio.Task] = set()  # postbacks being answered
 
     @property
@@ -279,11 +316,10 @@ class FastPathSite(web.BaseSite):
         fallback = self._runner.server
         assert fallback is not None  # the runner is set up before its sites start
         core = ClickPath(self._ctx)  # one per process: its per-link cache is shared
+        self._ctx.writer.on_behind = self._readers.hold
         intake = self._runner.app.get(INTAKE) if isinstance(self._runner, web.AppRunner) else None
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: FastProtocol(
-                self._ctx, fallback, self._connections, core, intake, self._in_flight
-            ),
+            lambda: FastProtocol(self._ctx, fallback, self._readers, core, intake, self._in_flight),
             self._host,
             self._port,
             reuse_port=True,
@@ -295,7 +331,7 @@ class FastPathSite(web.BaseSite):
         await super().stop()  # stops accepting
         if self._in_flight:  # postbacks being recorded: let them answer
             await asyncio.wait(list(self._in_flight), timeout=POSTBACK_GRACE_S)
-        for connection in list(self._connections):
+        for connection in list(self._readers.open):
             connection.transport.close()
         if server is not None:
             await server.wait_closed()

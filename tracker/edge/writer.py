@@ -5,7 +5,11 @@ Handlers call `add_*` (no await, no I/O). A single flush task sends a batch when
 holds more than `batch_max_events`: while a flush is in flight, full batches queue up in
 order, so each script call (and the memory to encode it) stays the same size however slow
 Redis gets. (Unbounded batches fed back on themselves: a slow call made a bigger batch,
-which made a slower call, and the edge's memory grew by hundreds of MB.) One batch is
+which made a slower call, and the edge's memory grew by hundreds of MB.) Nor may full
+batches pile up without end when Redis answers, only slower than clicks arrive (a busy
+machine: Redis gets too little of the CPU): past `max_waiting_batches` the writer says it
+is behind (`on_behind(True)`, the fast path stops reading requests) until half of them
+are sent (`on_behind(False)`). One batch is
 one script call: the stream entry (appended once per batch id, so a batch replayed after
 an unclear failure is not appended twice), the click records and the visitors' paths in
 the hot window's per-hour hashes (tracker/hot.py).
@@ -34,7 +38,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -163,6 +167,7 @@ class EventWriter:
         stream_shards: int = 1,
         cluster: bool = False,
         hot_hours: int = 48,
+        max_waiting_batches: int = 4,
     ) -> None:
         self._redis = redis
         self.spool = spool
@@ -179,6 +184,9 @@ class EventWriter:
         self._batch = self._new_batch()
         self._count = 0  # events in self._batch
         self._ready: deque[Batch] = deque()  # full batches waiting for the flush task
+        self._max_waiting = max_waiting_batches
+        self.behind = False  # more than that many wait: readers are held
+        self.on_behind: Callable[[bool], None] | None = None  # told when `behind` changes
         self._has_events = asyncio.Event()
         self._full = asyncio.Event()
         self._spool_lock = asyncio.Lock()
@@ -197,6 +205,7 @@ class EventWriter:
         self.spooled_batches = 0
         self.replayed_batches = 0
         self.unreadable_batches = 0
+        self.held_spells = 0  # times the writer fell behind Redis and held the readers
         self.dropped: Counter[EventDrop] = Counter()  # events, by reason
         self._published: dict[str, int] = {}  # the batch totals Prometheus has seen
         self._dropped_since = 0  # events dropped in the current losing spell
@@ -214,6 +223,8 @@ class EventWriter:
         ):  # totals the tests read too: published as differences
             metrics.SPOOL.labels(action).inc(total - self._published.get(action, 0))
             self._published[action] = total
+        metrics.HELD.inc(self.held_spells - self._published.get("held", 0))
+        self._published["held"] = self.held_spells
         for reason, n in self.dropped.items():
             metrics.DROPPED.labels(reason.value).inc(n)
         self.dropped.clear()
@@ -253,6 +264,8 @@ class EventWriter:
             self._ready.append(self._batch)
             self._batch, self._count = self._new_batch(), 0
             self._full.set()
+            if len(self._ready) > self._max_waiting and not self.behind:
+                self._set_behind(True)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -292,6 +305,12 @@ class EventWriter:
             if self._closing and not self._count and not self._ready:
                 return
 
+    def _set_behind(self, behind: bool) -> None:
+        self.behind = behind
+        self.held_spells += behind
+        if self.on_behind is not None:
+            self.on_behind(behind)
+
     def _new_batch(self) -> Batch:
         return Batch(uuid7(), random.randrange(self._shards) if self._shards > 1 else 0)
 
@@ -301,6 +320,8 @@ class EventWriter:
             batch = self._ready.popleft()
             if not self._ready:
                 self._full.clear()
+            if self.behind and len(self._ready) <= self._max_waiting // 2:
+                self._set_behind(False)
             return batch
         batch, self._batch = self._batch, self._new_batch()
         self._count = 0
