@@ -11,7 +11,7 @@ import ipaddress
 import os
 import secrets
 import tomllib
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -479,31 +479,26 @@ def _validate(s: Settings) -> None:
             f"unknown model {model!r} (known: {', '.join(sorted(MODELS))})",
         )
     thresholds = [f.name for f in fields(FraudThresholds)]
-    for name in thresholds:
-        check(getattr(s.fraud, name) >= 0, f"fraud.{name}", "must be >= 0")
-    check(
-        s.fraud.duplicate_click_seconds <= MAX_DUPLICATE_CLICK_SECONDS,
-        "fraud.duplicate_click_seconds",
-        f"must be at most {MAX_DUPLICATE_CLICK_SECONDS} (a day)",
-    )
+    fraud_levels = {"fraud": asdict(s.fraud.thresholds())}  # the defaults, then campaigns'
     for campaign, values in s.fraud.campaigns.items():
         check(
             isinstance(values, dict) and set(values) <= set(thresholds),
             f"fraud.campaigns.{campaign}",
             f"may set only {', '.join(thresholds)}",
         )
+        fraud_levels[f"fraud.campaigns.{campaign}"] = values
+    for prefix, values in fraud_levels.items():
         for name, value in values.items():
             check(
                 isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
-                f"fraud.campaigns.{campaign}.{name}",
+                f"{prefix}.{name}",
                 "must be a number >= 0",
             )
-            if name == "duplicate_click_seconds" and isinstance(value, (int, float)):
-                check(
-                    value <= MAX_DUPLICATE_CLICK_SECONDS,
-                    f"fraud.campaigns.{campaign}.{name}",
-                    f"must be at most {MAX_DUPLICATE_CLICK_SECONDS} (a day)",
-                )
+            check(
+                name != "duplicate_click_seconds" or value <= MAX_DUPLICATE_CLICK_SECONDS,
+                f"{prefix}.{name}",
+                f"must be at most {MAX_DUPLICATE_CLICK_SECONDS} (a day)",
+            )
     check(s.attribution.half_life_days > 0, "attribution.half_life_days", "must be > 0")
     check(
         s.redis.url.startswith(
