@@ -398,7 +398,7 @@ def test_an_ips_visitors_are_counted_across_calls(redis_server, cluster):
     ]
     many = ["ip_many_visitors"]
     assert verdicts == [[[]], [[]], [many], [many], [many], [many], [many]]
-    counts = fraud.FraudRules(redis_server.client(), T, {}, frozenset(), cluster).count_clicks(
+    counts = fraud.FraudRules(redis_server.client(), T, {}, frozenset(), cluster).counter.count(
         [click(ip, visitor, "t") for visitor in (a, b, c, uuid7())]
     )
     assert [n.visitors_this_hour for n in counts] == [3, 3, 3, 4]
@@ -443,7 +443,7 @@ def test_counting_in_chunks_gives_the_same_verdicts_as_one_call(redis_server):
 
     whole = FraudRules(redis_server.client(), t, {}, frozenset())
     chunked = FraudRules(redis_server.client(), t, {}, frozenset())
-    chunked.chunk = 3
+    chunked.counter.chunk = 3
     expected = run_rules(whole, events("198.51.100.7", visitors))
     assert run_rules(chunked, events("198.51.100.8", [uuid7() for _ in visitors])) == expected
     flagged = {f for flags in expected for f in flags}
@@ -523,7 +523,7 @@ def test_aggregated_counting_gives_each_click_the_verdict_of_counting_one_by_one
         events = realistic_clicks(rng, n, prefix)
         expected = reference_verdicts(events, default, per_campaign)
         rules = FraudRules(redis_server.client(), default, per_campaign, frozenset(), cluster)
-        rules.chunk = chunk
+        rules.counter.chunk = chunk
         assert run_rules(rules, events) == expected
         flagged = {f for flags in expected for f in flags}
         assert flagged == {"ip_flood", "duplicate_click", "ip_many_visitors"}
