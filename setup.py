@@ -1,6 +1,7 @@
-"""Builds the click core's Cython accelerator (tracker/edge/_clickpath.pyx); everything
-else about the package is in pyproject.toml. TRACKER_NO_EXTENSIONS=1 builds without it
-(the pure-Python core, tracker/edge/clickpath.py, is then used)."""
+"""Builds the Cython accelerators (the click core, tracker/edge/_clickpath.pyx, and the id
+generator, tracker/_ids.pyx); everything else about the package is in pyproject.toml.
+TRACKER_NO_EXTENSIONS=1 builds without them (their pure-Python references,
+tracker/edge/clickpath.py and tracker/ids.py, are then used)."""
 
 import os
 
@@ -13,7 +14,8 @@ extensions = [
         "tracker.edge._clickpath",
         ["tracker/edge/_clickpath.pyx"],
         extra_compile_args=["-O2"],
-    )
+    ),
+    Extension("tracker._ids", ["tracker/_ids.pyx"], extra_compile_args=["-O2"]),
 ]
 
 if NO_EXTENSIONS:

@@ -1,25 +1,51 @@
-"""tracker/ids.py: UUIDv7 click ids."""
+"""tracker/ids.py: UUIDv7 click ids, from the Python generator and the compiled one
+(tracker/_ids.pyx), which must make the same ids from the same state."""
 
 from __future__ import annotations
 
 import os
+import random
 import re
 import time
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
 from tracker import ids
-from tracker.ids import is_uuid, uuid7, uuid7_time_ms
+from tracker.ids import is_uuid, uuid7_time_ms
+
+try:
+    from tracker import _ids as compiled
+except ImportError:  # not built: the compiled cases say so
+    compiled = None  # type: ignore[assignment]
 
 CANONICAL = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
+PYTHON = SimpleNamespace(uuid7=ids.py_uuid7, state=ids.py_state, reset=ids.py_reset)
 
 
-@pytest.fixture(autouse=True)
-def fresh_generator(monkeypatch):
-    """Each test starts with the generator's per-process state cleared (restored after)."""
-    monkeypatch.setattr(ids, "_last_ms", 0)
-    monkeypatch.setattr(ids, "_seq", 0)
+def without_compiled() -> None:
+    why = "the compiled id generator is not built (python setup.py build_ext --inplace)"
+    if os.environ.get("TRACKER_REQUIRE_EXTENSIONS") == "1":
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+@pytest.fixture(params=["python", "compiled"])
+def generator(request):
+    """Each generator, starting with its per-process state cleared (restored after)."""
+    if request.param == "compiled" and compiled is None:
+        without_compiled()
+    gen = PYTHON if request.param == "python" else compiled
+    saved = gen.state()
+    gen.reset(0, 0, b"", 0)
+    yield gen
+    gen.reset(*saved)
+
+
+@pytest.fixture
+def uuid7(generator):
+    return generator.uuid7
 
 
 def counter(value: str) -> int:
@@ -27,7 +53,7 @@ def counter(value: str) -> int:
     return int(value[15:18], 16)
 
 
-def test_format_is_canonical_v7():
+def test_format_is_canonical_v7(uuid7):
     for _ in range(200):
         value = uuid7()
         assert CANONICAL.match(value), value
@@ -37,7 +63,7 @@ def test_format_is_canonical_v7():
         assert parsed.variant == uuid.RFC_4122
 
 
-def test_ten_thousand_ids_strictly_increasing_and_unique():
+def test_ten_thousand_ids_strictly_increasing_and_unique(uuid7):
     values = [uuid7() for _ in range(10_000)]
     assert len(set(values)) == len(values)
     assert all(a < b for a, b in zip(values, values[1:], strict=False))
@@ -47,18 +73,18 @@ def test_ten_thousand_ids_strictly_increasing_and_unique():
 
 
 @pytest.mark.parametrize("ms", [1, 1_700_000_000_000, 1_700_000_000_999, (1 << 48) - 1])
-def test_time_round_trip_given_ms(ms):
+def test_time_round_trip_given_ms(uuid7, ms):
     assert uuid7_time_ms(uuid7(ms)) == ms
 
 
-def test_time_round_trip_current_clock():
+def test_time_round_trip_current_clock(uuid7):
     before = time.time_ns() // 1_000_000
     value = uuid7()
     after = time.time_ns() // 1_000_000
     assert before <= uuid7_time_ms(value) <= after
 
 
-def test_many_ids_in_one_millisecond_keep_increasing():
+def test_many_ids_in_one_millisecond_keep_increasing(uuid7):
     ms = 1_700_000_000_000
     values = [uuid7(ms) for _ in range(10_000)]
     assert len(set(values)) == len(values)
@@ -80,12 +106,12 @@ def test_many_ids_in_one_millisecond_keep_increasing():
             assert counter(cur) == 0
 
 
-def test_first_id_of_a_millisecond_leaves_room_to_count():
+def test_first_id_of_a_millisecond_leaves_room_to_count(uuid7):
     for ms in range(1_700_000_000_000, 1_700_000_000_200):
         assert counter(uuid7(ms)) < 64
 
 
-def test_clock_going_backwards_still_increasing():
+def test_clock_going_backwards_still_increasing(uuid7):
     first = uuid7(1_700_000_000_500)
     second = uuid7(1_700_000_000_100)
     assert second > first
@@ -104,7 +130,7 @@ def test_is_uuid_accepts(value):
     assert is_uuid(value)
 
 
-def test_is_uuid_accepts_generated():
+def test_is_uuid_accepts_generated(uuid7):
     assert is_uuid(uuid7())
 
 
@@ -128,7 +154,7 @@ def test_is_uuid_rejects(value):
     assert not is_uuid(value)
 
 
-def test_a_forked_process_does_not_repeat_its_parents_random_bits():
+def test_a_forked_process_does_not_repeat_its_parents_random_bits(uuid7):
     """Random bits are read from the kernel in blocks; a fork must not share a block."""
     uuid7()  # the parent holds a block of random bytes now
     read, write = os.pipe()
@@ -142,3 +168,50 @@ def test_a_forked_process_does_not_repeat_its_parents_random_bits():
     parent = [uuid7() for _ in range(5)]
     assert len(child) == 5
     assert not {c[19:] for c in child} & {p[19:] for p in parent}  # variant + rand_b
+
+
+@pytest.mark.parametrize("ms", [-1, 1 << 48])
+def test_a_millisecond_outside_48_bits_is_refused(uuid7, ms):
+    with pytest.raises(ValueError, match="48 bits"):
+        uuid7(ms)
+
+
+def test_the_compiled_generator_makes_the_python_generators_ids():
+    """From the same state (random pools and positions, clocks going back and forth,
+    counters running out), the same ids and the same state after each. (A call that
+    draws a fresh pool from the kernel can only agree on the time and the position.)"""
+    if compiled is None:
+        without_compiled()
+    saved = compiled.state(), ids.py_state()
+    rng = random.Random(7)
+    try:
+        for _ in range(300):
+            start = (
+                rng.choice([0, 1_700_000_000_000, (1 << 48) - 2]),
+                rng.choice([0, 5, 0xFFE, 0xFFF]),
+                bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 8, 12, 24, 4096]))),
+                rng.choice([0, 3, 8, 16]),
+            )
+            compiled.reset(*start)
+            ids.py_reset(*start)
+            for _ in range(rng.randint(1, 6)):
+                ms = rng.choice([None, start[0], start[0] + 1, max(start[0] - 5, 0)])
+                _, _, pool, at = ids.py_state()
+                fresh_pool = at + 16 > len(pool)  # may draw from the kernel
+                made = compiled.uuid7(ms), ids.py_uuid7(ms)
+                after = compiled.state(), ids.py_state()
+                if ms is not None or uuid7_time_ms(made[0]) == uuid7_time_ms(made[1]):
+                    if fresh_pool:
+                        assert made[0][:14] == made[1][:14]  # the millisecond
+                        assert after[0][0] == after[1][0] and after[0][3] == after[1][3]
+                    else:
+                        assert made[0] == made[1], start
+                        assert after[0] == after[1]
+                compiled.reset(*after[1])  # (the clock ticked between the two, or a refill)
+    finally:
+        compiled.reset(*saved[0])
+        ids.py_reset(*saved[1])
+
+
+def test_ids_uses_the_compiled_generator_when_built():
+    assert ids.uuid7 is (compiled.uuid7 if compiled is not None else ids.py_uuid7)

@@ -21,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tracker import hot, ids
+from tracker import extensions, hot, ids
 from tracker.clock import FixedClock
-from tracker.edge import clickpath
+from tracker.edge import clickpath, clicks
 from tracker.edge.clickpath import HAND_OVER, TOO_LARGE, PyClickPath
 from tracker.edge.clicks import ClickContext, cookie_attributes
 from tracker.edge.spool import Spool
@@ -170,9 +170,9 @@ def test_unknown_disabled_and_head(core):
 
 def test_the_switch_selects_the_pure_core_when_asked(monkeypatch):
     monkeypatch.setenv("TRACKER_NO_EXTENSIONS", "1")
-    assert not clickpath.extensions_wanted()
+    assert not extensions.wanted()
     monkeypatch.setenv("TRACKER_NO_EXTENSIONS", "0")
-    assert clickpath.extensions_wanted()
+    assert extensions.wanted()
     assert clickpath.ClickPath is (CompiledClickPath or PyClickPath)
 
 
@@ -205,7 +205,7 @@ def run(cls, tmp: Path, raw: bytes, peer: str | None, keep_alive: bool, ahead=0,
     ctx = make_ctx(tmp, **ctx_args)
     core = cls(ctx)
     last = int(NOW * 1000) + ahead if ahead else 0
-    ids._last_ms, ids._seq, ids._pool, ids._pool_at = last, 0, POOL, 0
+    ids.reset(last, 0, POOL, 0)
     buffer = bytearray(raw + b"\r\n\r\n")
     assert clickpath.py_head_span(buffer) == (compiled_head_span or clickpath.py_head_span)(buffer)
     answer = core.handle(buffer, 0, len(raw), peer, keep_alive)
@@ -243,8 +243,16 @@ def llhttp_accepts(raw: bytes) -> bool:
 
 @pytest.fixture(autouse=True)
 def fixed_ids(monkeypatch):
-    """uuid7() without a time reads the wall clock: pinned, so a new visitor's id repeats."""
+    """uuid7() without a time reads the wall clock: pinned, so a new visitor's id repeats
+    (with the Python generator, whose clock a test can pin: the compiled one makes the
+    same ids, tests/test_ids.py)."""
     monkeypatch.setattr(ids, "time", SimpleNamespace(time_ns=lambda: int(NOW * 1e9)))
+    for module in (ids, clicks):
+        monkeypatch.setattr(module, "uuid7", ids.py_uuid7)
+    monkeypatch.setattr(ids, "reset", ids.py_reset)
+    saved = ids.py_state()
+    yield
+    ids.py_reset(*saved)
 
 
 HOSTILE = [
@@ -290,8 +298,8 @@ def test_hostile_requests_give_identical_bytes(tmp_path, raw, peer):
 
 @pytest.mark.parametrize("raw", HOSTILE[:3] + HOSTILE[16:21])
 def test_an_id_ahead_of_the_clock_gives_identical_bytes(tmp_path, raw):
-    _, _, clicks, _ = compare(tmp_path, raw, ahead=7)
-    for click_id, _, ms, record in clicks:
+    _, _, recorded, _ = compare(tmp_path, raw, ahead=7)
+    for click_id, _, ms, record in recorded:
         assert hot.decode(click_id, record)["ts"] == ms == int(NOW * 1000)  # the click's own
         assert ids.uuid7_time_ms(click_id) == ms + 7
 

@@ -15,13 +15,12 @@ built and `TRACKER_NO_EXTENSIONS` is not set; `PyClickPath` is always this one.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import unquote
 
-from tracker import records
+from tracker import extensions, records
 from tracker.edge.clicks import (
     ClickContext,
     Hit,
@@ -146,10 +145,6 @@ class PyClickPath:
         return encode(reply, method == b"HEAD", keep_alive)
 
 
-def extensions_wanted() -> bool:
-    return os.environ.get("TRACKER_NO_EXTENSIONS", "") in ("", "0")
-
-
 class Core(Protocol):
     """What the fast path calls: PyClickPath, or the compiled ClickPath."""
 
@@ -160,7 +155,7 @@ class Core(Protocol):
 
 ClickPath: Callable[[ClickContext], Core] = PyClickPath
 head_span = py_head_span
-if extensions_wanted():
+if extensions.wanted():
     try:
         from tracker.edge._clickpath import ClickPath as _Compiled
         from tracker.edge._clickpath import head_span as _compiled_head_span
