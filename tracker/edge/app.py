@@ -183,8 +183,8 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[WRITER] = writer
     ip_keys = IpKeys(app[REDIS], app[CLOCK]) if s.privacy.anonymize_ip else None
-    # synced as often as the writer flushes: a cap overshoots by at most one flush per edge
-    caps = CapCounters(app[REDIS], max(s.writer.batch_max_delay_ms, 5) / 1000)
+    # synced every 5 ms (its default): a cap overshoots by what an edge admits meanwhile
+    caps = CapCounters(app[REDIS])
     # campaigns' accepted conversions, read back as often as the campaign caps reload
     conversions = ConversionCounts(
         app[REDIS], app[CAMPAIGN_CAPS], s.tracking.link_refresh_seconds, app[CLOCK]
