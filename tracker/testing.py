@@ -60,9 +60,19 @@ def click_id_at(ms: int) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now. Under pytest-xdist each worker takes ports of its own
+    residue: an edge binds its port with SO_REUSEPORT a second or two later, and had two
+    workers been handed the same free port meanwhile, their services would share that
+    port's connections (one test's clicks answered by another's edge)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker.removeprefix("gw")) if worker.removeprefix("gw").isdigit() else 0
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port % workers == index % workers:
+            return port
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
