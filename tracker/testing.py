@@ -71,7 +71,8 @@ def free_port() -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port % workers == index % workers:
+        # Linux hands bind(0) odd ports (even ones are left to connect()): split on the rest
+        if (port >> 1) % workers == index % workers:
             return port
 
 
