@@ -13,13 +13,16 @@ import redis
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, TryAgainError
 
 from tracker.types import AsyncRedis, SyncRedis
 
 # Redis is away: a server error, or a cluster none of whose nodes answers (redis-py raises
 # RedisClusterException for that, which is not a RedisError).
 UNREACHABLE: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
+# A Redis Cluster between states (masters going away or failing over) answers these
+# errors rather than refusing connections: wait and retry, as when it is away.
+BETWEEN_STATES: tuple[type[Exception], ...] = (ClusterDownError, TryAgainError)
 
 
 def as_text(value: bytes | str) -> str:

@@ -35,7 +35,7 @@ from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
 from tracker.ledger.commissions import Engine
 from tracker.reasons import EnrichmentDrop
-from tracker.redis_connection import UNREACHABLE
+from tracker.redis_connection import BETWEEN_STATES, UNREACHABLE
 from tracker.redis_connection import as_text as _text
 from tracker.sink import deferred
 from tracker.sink.attributor import Attributor
@@ -153,15 +153,16 @@ class Sink:
                 backoff = BACKOFF_START
             except Stopping:
                 return
-            except ResponseError as exc:
-                if not str(exc).startswith(GROUP_GONE):
-                    raise
-                # Redis came back with empty memory (no persistence), or its memory was
-                # flushed while this read was blocked (UNBLOCKED): the group is gone
-                log.warning("the sink's consumer group is gone (an emptied Redis); creating it")
-                self._drop_ahead()
-                setup = False
             except UNREACHABLE as exc:
+                if isinstance(exc, ResponseError) and not isinstance(exc, BETWEEN_STATES):
+                    if not str(exc).startswith(GROUP_GONE):
+                        raise
+                    # Redis came back with empty memory (no persistence), or its memory was
+                    # flushed while this read was blocked (UNBLOCKED): the group is gone
+                    log.warning("the sink's consumer group is gone (an emptied Redis); creating it")
+                    self._drop_ahead()
+                    setup = False
+                    continue
                 self._drop_ahead()
                 if drain_until is not None:
                     return
