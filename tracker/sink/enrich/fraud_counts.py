@@ -300,8 +300,7 @@ class ClickCounter:
         self.redis = redis
         self.bucket_seconds = bucket_seconds  # of the duplicate rule's hashes
         self.window_seconds = window_seconds  # a campaign's duplicate window
-        self.cluster = cluster
-        self.sharded = cluster  # one Redis: one hash per window (see K.FRAUD_SHARDS)
+        self.cluster = cluster  # and keys sharded (one Redis: one hash per window, K.FRAUD_SHARDS)
         self._script: Any = None
 
     def count(self, events: list[Row]) -> list[ClickCounts]:
@@ -326,7 +325,7 @@ class ClickCounter:
         second_of: dict[str, int] = {}  # "YYYY-MM-DD HH:MM:SS" -> Unix second (parsed once)
         keys: dict[tuple[int, int], tuple[str, tuple[str, str]]] = {}  # (minute, shard) -> keys
         shards: dict[str, int] = {}
-        sharded = self.sharded
+        sharded = self.cluster
         window_of: dict[str, int] = {}  # campaign -> duplicate window (ms)
         for event in events:
             text = event["event_time"]
