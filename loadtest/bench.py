@@ -43,6 +43,7 @@ import urllib.request
 from pathlib import Path
 
 from loadtest import wrk_output
+from loadtest.cpu import children, cpu_seconds
 from tracker.config import FraudSettings, RedisSettings, SinkSettings, TrackingSettings
 from tracker.testing import RedisServer, Service, free_port, wait_until
 
@@ -145,19 +146,6 @@ def wrk_rate(url: str, duration: int, rate: float, tag: str, connections: int = 
     }
 
 
-def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """CPU seconds (user + system) each process has used so far."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    used = {}
-    for name, pid in pids.items():
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        used[name] = (int(stat[11]) + int(stat[12])) / ticks
-    return used
-
-
 def measured(url: str, args, script: Path, servers: dict[str, int]) -> dict:
     """One wrk run, with the CPU it cost per request: wrk's and each server process's."""
     before = cpu_seconds(servers)
@@ -188,11 +176,6 @@ def process_usage(pids: dict[str, int]) -> dict:
             "peak_rss_mb": round(hwm, 1),
         }
     return usage
-
-
-def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
 
 
 def tracker_pids(serve_pid: int) -> dict[str, int]:

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import orjson
 
+from loadtest.cpu import process_cpu
 from tracker import config, migrations, redis_connection
 from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
@@ -296,12 +297,6 @@ def memory(client) -> int:
     return reading[0] - reading[1]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, all its threads (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def write_clicks(
     settings, url: str, spool: Path, clicks: Clicks, count: int, per_visitor: int
 ) -> dict:
@@ -366,13 +361,13 @@ def redis_run(
     client.flushall()
     client.xgroup_create(K.EVENTS_STREAM, K.SINK_GROUP, id="0", mkstream=True)
     base = memory(client)
-    started, cpu_start = time.perf_counter(), cpu_seconds(server.proc.pid)
+    started, cpu_start = time.perf_counter(), process_cpu(server.proc.pid)
     wrote = asyncio.run(
         write_clicks(
             settings, server.url, work / f"edge-{per_visitor}.spool", clicks, count, per_visitor
         )
     )
-    seconds, cpu_write = time.perf_counter() - started, cpu_seconds(server.proc.pid) - cpu_start
+    seconds, cpu_write = time.perf_counter() - started, process_cpu(server.proc.pid) - cpu_start
     after_write = memory(client)
     stream_entries = client.xlen(K.EVENTS_STREAM)
     sample = [key for _, key in zip(range(2000), client.scan_iter(count=1000), strict=False)]
@@ -392,9 +387,9 @@ def redis_run(
     marker_bytes = sum(client.memory_usage(key, samples=0) for key in markers)
     client.delete(*markers)  # they expire after redis.dedup_ttl_seconds
     after_markers = memory(client)
-    cpu_start = cpu_seconds(server.proc.pid)
+    cpu_start = process_cpu(server.proc.pid)
     drained = drain_stream(client, settings.sink.read_entries)
-    cpu_drain = cpu_seconds(server.proc.pid) - cpu_start
+    cpu_drain = process_cpu(server.proc.pid) - cpu_start
     after_drain = memory(client)
     keys = client.dbsize() - 2  # the (now empty) stream key and the `since` mark stay
     return {

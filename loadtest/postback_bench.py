@@ -35,7 +35,8 @@ import aiohttp
 import redis
 
 from loadtest import wrk_output
-from loadtest.bench import cpu_seconds, product_settings, tracker_pids
+from loadtest.bench import product_settings, tracker_pids
+from loadtest.cpu import cpu_seconds
 from tracker.config import TrackingSettings
 from tracker.testing import RedisServer, Service
 

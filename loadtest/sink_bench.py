@@ -27,6 +27,7 @@ from pathlib import Path
 import orjson
 
 from geo import open_geo
+from loadtest.cpu import process_cpu
 from tracker import config, migrations
 from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
@@ -89,12 +90,6 @@ def fill(redis, rows: int, batch: int = 500, seed: int = 1) -> None:
     pipe.execute()
 
 
-def redis_cpu_seconds(redis) -> float:
-    """CPU the redis-server has used so far (its main thread and the rest)."""
-    info = redis.info("cpu")
-    return info["used_cpu_user"] + info["used_cpu_sys"]
-
-
 def redis_by_command(redis, rows: int) -> dict[str, float]:
     """Redis's time per row in each command since the last CONFIG RESETSTAT (EVALSHA, the
     fraud counters' script, includes the commands it runs, which are listed too)."""
@@ -104,7 +99,8 @@ def redis_by_command(redis, rows: int) -> dict[str, float]:
     return {name: round(us, 2) for name, us in ranked if us >= 0.01}
 
 
-def drain(settings, redis, ch, pipeline: Pipeline | None) -> dict:
+def drain(settings, redis, redis_pid: int, ch, pipeline: Pipeline | None) -> dict:
+    """Read the whole stream through a sink; its CPU and Redis's (forks included) per row."""
     if pipeline:
         pipeline.stats.clear()
     sink = Sink(
@@ -119,7 +115,7 @@ def drain(settings, redis, ch, pipeline: Pipeline | None) -> dict:
     )
     sink.ensure_group()
     redis.config_resetstat()  # INFO commandstats from here
-    redis_cpu = redis_cpu_seconds(redis)
+    redis_cpu = process_cpu(redis_pid)
     sink_cpu = time.process_time()  # every thread of this process: the sink's and chDB's
     main_cpu = time.thread_time()  # the sink's loop: reading results, enriching, handing over
     started = time.perf_counter()
@@ -128,7 +124,7 @@ def drain(settings, redis, ch, pipeline: Pipeline | None) -> dict:
     seconds = time.perf_counter() - started
     sink_cpu = time.process_time() - sink_cpu
     main_cpu = time.thread_time() - main_cpu
-    redis_cpu = redis_cpu_seconds(redis) - redis_cpu
+    redis_cpu = process_cpu(redis_pid) - redis_cpu
     rows = sink.rows_inserted["clicks"]
     result = {
         "rows": rows,
@@ -182,16 +178,16 @@ def main() -> None:
         results = {}
         redis.flushall()
         fill(redis, args.rows)
-        results["insert_only"] = drain(settings, redis, ch, None)
+        results["insert_only"] = drain(settings, redis, redis_server.proc.pid, ch, None)
         print("insert_only", json.dumps(results["insert_only"]), flush=True)
         pipeline = steps.build(settings, redis, open_geo(args.geo))
         if args.warm_rows:  # a running sink's caches (user agents, addresses) are warm
             redis.flushall()
             fill(redis, args.warm_rows, seed=2)
-            drain(settings, redis, ch, pipeline)
+            drain(settings, redis, redis_server.proc.pid, ch, pipeline)
         redis.flushall()
         fill(redis, args.enriched_rows)
-        results["enriched"] = drain(settings, redis, ch, pipeline)
+        results["enriched"] = drain(settings, redis, redis_server.proc.pid, ch, pipeline)
         results["enriched"]["after_warm_up_rows"] = args.warm_rows
         print("enriched", json.dumps(results["enriched"]), flush=True)
         insert_us = results["insert_only"]["sink_cpu_us_per_row"]

@@ -25,6 +25,9 @@ def test_the_service_redis_persists_and_frees_expired_hashes_off_its_main_thread
         assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
         # an hour's click hashes expire together (docs/scaling.md, "Redis memory")
         assert client.config_get("lazyfree-lazy-expire") == {"lazyfree-lazy-expire": "yes"}
+        # the AOF is not rewritten for every 64 MB of events the sink has long deleted
+        rewrite = client.config_get("auto-aof-rewrite-min-size")
+        assert rewrite == {"auto-aof-rewrite-min-size": str(1 << 30)}
         assert (tmp_path / "redis").is_dir()
     finally:
         proc.terminate()

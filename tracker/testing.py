@@ -30,6 +30,7 @@ import orjson
 import redis
 
 from tracker import redis_keys as K
+from tracker.supervisor import REDIS_PERSISTENCE
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 TOKEN = "test-admin-token-0123456789"
@@ -216,12 +217,7 @@ class RedisServer:
                 "127.0.0.1",
                 "--dir",
                 str(self.folder),
-                "--appendonly",
-                "yes",
-                "--lazyfree-lazy-expire",  # as the service runs it (tracker/supervisor.py)
-                "yes",
-                "--save",
-                "",
+                *REDIS_PERSISTENCE,  # as the service runs it
                 "--loglevel",
                 "warning",
             ],

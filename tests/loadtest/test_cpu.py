@@ -1,0 +1,49 @@
+"""The benchmarks' CPU count includes a process's children (Redis's AOF rewrite)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from loadtest.cpu import children, process_cpu
+
+BURN = 0.4  # CPU seconds the child spends
+# A parent that forks a child; the child burns BURN s of CPU, says so and waits for its
+# stdin to close; the parent then reaps it, says so and waits to be killed.
+PARENT = f"""
+import os, sys, time
+pid = os.fork()
+if pid == 0:
+    end = time.process_time() + {BURN}
+    while time.process_time() < end:
+        pass
+    print("burnt", flush=True)
+    sys.stdin.read()
+    os._exit(0)
+os.waitpid(pid, 0)
+print("reaped", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_childs_cpu_counts_for_its_parent_while_it_runs_and_once_reaped():
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdin and parent.stdout
+    try:
+        assert parent.stdout.readline() == "burnt\n"
+        assert len(children(parent.pid)) == 1
+        running = process_cpu(parent.pid)
+        assert running >= BURN * 0.9  # the parent itself only waits
+        parent.stdin.close()  # the child ends, the parent reaps it
+        assert parent.stdout.readline() == "reaped\n"
+        assert children(parent.pid) == []
+        reaped = process_cpu(parent.pid)
+        assert BURN * 0.9 <= reaped < running + BURN / 2  # counted once, not twice
+    finally:
+        parent.kill()
+        parent.wait()
