@@ -24,28 +24,32 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def process_cpu(pid: int) -> float:
+def process_cpu(pid: int, apart: frozenset[int] = frozenset()) -> float:
     """CPU seconds (user + system) of a process, all its threads, its children that have
-    ended (reaped: the kernel adds them to the parent) and those still running. A child's
-    CPU moves from the second kind to the first when it is reaped, so the sum never
-    counts it twice."""
+    ended (reaped: the kernel adds them to the parent) and those still running, but for
+    the running ones in `apart` (counted on their own). A child's CPU moves from the
+    second kind to the first when it is reaped, so the sum never counts it twice."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     own_and_reaped = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
     running = 0.0
     for child in children(pid):
+        if child in apart:
+            continue
         try:
-            running += process_cpu(child)
+            running += process_cpu(child, apart)
         except FileNotFoundError:  # ended and reaped meanwhile: in cutime next time
             continue
     return own_and_reaped / TICKS + running
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """`process_cpu` of each named process still running."""
+    """`process_cpu` of each named process still running; a named process's running
+    children that are named too (a server's forked workers) are counted on their own."""
+    apart = frozenset(pids.values())
     used = {}
     for name, pid in pids.items():
         try:
-            used[name] = process_cpu(pid)
+            used[name] = process_cpu(pid, apart)
         except FileNotFoundError:
             continue
     return used

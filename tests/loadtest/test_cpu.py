@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 
-from loadtest.cpu import children, process_cpu
+import pytest
+
+from loadtest.cpu import children, cpu_seconds, process_cpu
 
 BURN = 0.4  # CPU seconds the child spends
 # A parent that forks a child; the child burns BURN s of CPU, says so and waits for its
@@ -26,24 +29,33 @@ time.sleep(60)
 """
 
 
-def test_a_childs_cpu_counts_for_its_parent_while_it_runs_and_once_reaped():
-    parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+@pytest.fixture
+def parent() -> Iterator[subprocess.Popen]:
+    """The parent, once its child has burnt its CPU."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
-    assert parent.stdin and parent.stdout
     try:
-        assert parent.stdout.readline() == "burnt\n"
-        assert len(children(parent.pid)) == 1
-        running = process_cpu(parent.pid)
-        assert running >= BURN * 0.9  # the parent itself only waits
-        parent.stdin.close()  # the child ends, the parent reaps it
-        assert parent.stdout.readline() == "reaped\n"
-        assert children(parent.pid) == []
-        reaped = process_cpu(parent.pid)
-        assert BURN * 0.9 <= reaped < running + BURN / 2  # counted once, not twice
+        assert proc.stdout and proc.stdout.readline() == "burnt\n"
+        yield proc
     finally:
-        parent.kill()
-        parent.wait()
+        proc.kill()
+        proc.wait()
+
+
+def test_a_childs_cpu_counts_for_its_parent_while_it_runs_and_once_reaped(parent):
+    assert len(children(parent.pid)) == 1
+    running = process_cpu(parent.pid)
+    assert running >= BURN * 0.9  # the parent itself only waits
+    parent.stdin.close()  # the child ends, the parent reaps it
+    assert parent.stdout.readline() == "reaped\n"
+    assert children(parent.pid) == []
+    reaped = process_cpu(parent.pid)
+    assert BURN * 0.9 <= reaped < running + BURN / 2  # counted once, not twice
+
+
+def test_a_child_named_on_its_own_is_not_counted_for_its_parent_too(parent):
+    [child] = children(parent.pid)
+    used = cpu_seconds({"server": parent.pid, "worker": child})
+    assert used["worker"] >= BURN * 0.9
+    assert used["server"] < BURN / 2
