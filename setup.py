@@ -1,7 +1,8 @@
-"""Builds the Cython accelerators (the click core, tracker/edge/_clickpath.pyx, and the id
-generator, tracker/_ids.pyx); everything else about the package is in pyproject.toml.
-TRACKER_NO_EXTENSIONS=1 builds without them (their pure-Python references,
-tracker/edge/clickpath.py and tracker/ids.py, are then used)."""
+"""Builds the Cython accelerators (the click core, tracker/edge/_clickpath.pyx, the id
+generator, tracker/_ids.pyx, and the hot window's batch grouping, tracker/_hot.pyx);
+everything else about the package is in pyproject.toml. TRACKER_NO_EXTENSIONS=1 builds
+without them (their pure-Python references, tracker/edge/clickpath.py, tracker/ids.py and
+tracker/hot.py, are then used)."""
 
 import os
 
@@ -16,6 +17,7 @@ extensions = [
         extra_compile_args=["-O2"],
     ),
     Extension("tracker._ids", ["tracker/_ids.pyx"], extra_compile_args=["-O2"]),
+    Extension("tracker._hot", ["tracker/_hot.pyx"], extra_compile_args=["-O2"]),
 ]
 
 if NO_EXTENSIONS:

@@ -39,7 +39,7 @@ PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
 # gcc and the Python headers: the install compiles the Cython accelerators
-# (tracker/edge/_clickpath.pyx, tracker/_ids.pyx).
+# (tracker/edge/_clickpath.pyx, tracker/_ids.pyx, tracker/_hot.pyx).
 if ! command -v gcc >/dev/null 2>&1; then
   echo "setup: installing gcc"
   as_root apt-get update -qq
@@ -58,11 +58,12 @@ fi
 # compiles them in place)
 if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ] \
   || [ tracker/edge/_clickpath.pyx -nt .venv/.installed ] || [ tracker/_ids.pyx -nt .venv/.installed ] \
+  || [ tracker/_hot.pyx -nt .venv/.installed ] \
   || [ setup.py -nt .venv/.installed ] || ! ls tracker/edge/_clickpath.*.so >/dev/null 2>&1 \
-  || ! ls tracker/_ids.*.so >/dev/null 2>&1; then
+  || ! ls tracker/_ids.*.so >/dev/null 2>&1 || ! ls tracker/_hot.*.so >/dev/null 2>&1; then
   echo "setup: installing Python packages"
   .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import tracker, aiohttp, redis, clickhouse_connect, chdb, sqlalchemy, alembic, psycopg"
-  .venv/bin/python -c "import tracker.edge._clickpath, tracker._ids"  # the accelerators were built
+  .venv/bin/python -c "import tracker.edge._clickpath, tracker._ids, tracker._hot"  # the accelerators were built
   touch .venv/.installed
 fi

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import random
+
+import pytest
+
 from tracker import hot
 from tracker import redis_keys as K
 from tracker.ids import ZERO_UUID, uuid7_time_ms
 from tracker.testing import click_id_at
+
+try:
+    from tracker import _hot as compiled
+except ImportError:  # not built: the compiled cases say so
+    compiled = None  # type: ignore[assignment]
 
 HOUR = hot.HOUR_MS
 T = 1_796_000_000_000  # a fixed instant
@@ -61,7 +71,24 @@ def test_the_window_vouches_from_the_later_of_its_oldest_hour_and_the_since_mark
     assert hours.start == now // HOUR - 48 and hours.stop == now // HOUR + 2
 
 
-def test_a_batch_is_grouped_by_hash_with_one_expiry_each():
+def without_compiled() -> None:
+    why = "the compiled batch grouping is not built (python setup.py build_ext --inplace)"
+    if os.environ.get("TRACKER_REQUIRE_EXTENSIONS") == "1":
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+@pytest.fixture(params=["python", "compiled"])
+def group(request, monkeypatch):
+    """Each batch grouping (hot.py's reference, tracker/_hot.pyx), as `HotWrites.of`'s."""
+    if request.param == "compiled" and compiled is None:
+        without_compiled()
+    chosen = hot.py_group if request.param == "python" else compiled.group
+    monkeypatch.setattr(hot, "group", chosen)
+    return chosen
+
+
+def test_a_batch_is_grouped_by_hash_with_one_expiry_each(group):
     visitor = click_id_at(T - 5)
     clicks = [click_id_at(T + n) for n in range(200)]
     writes = hot.HotWrites.of(
@@ -79,3 +106,58 @@ def test_a_batch_is_grouped_by_hash_with_one_expiry_each():
     assert len(keys) == len(writes.clicks) + 1 and args[0] == len(writes.clicks)
     assert hot.split_path(writes.path_pairs(path_key)[1]) == clicks
     assert uuid7_time_ms(clicks[-1]) == T + 199
+
+
+def hostile_id(rng: random.Random) -> str:
+    """A click id as the writer gets them (canonical), or one no edge makes: other case,
+    no dashes, misplaced dashes, not hex, not ASCII, the wrong length."""
+    canonical = click_id_at(T + rng.randrange(-3, 4) * HOUR + rng.randrange(HOUR))
+    return rng.choice(
+        [
+            canonical,
+            canonical,
+            canonical,
+            canonical.upper(),
+            canonical.replace("-", ""),
+            canonical[:7] + "-" + canonical[7:35],
+            canonical[:-1] + "g",
+            canonical[:-1] + "\u00e9",
+            canonical[:-2],
+            canonical + "00",
+        ]
+    )
+
+
+def hostile_record(rng: random.Random, visitors: list[str]) -> bytes:
+    visitor = rng.choice([*visitors, ""])
+    record = hot.encode({"visitor_id": visitor, "link_slug": rng.choice(["a", "b", ""])})
+    return rng.choice([record, record, record, record[:16], record[:15], b""])
+
+
+def outcome(group, clicks):
+    writes = hot.HotWrites(48)
+    try:
+        group(writes, clicks)
+        error = None
+    except Exception as exc:  # the same refusal, after the same clicks
+        error = type(exc)
+    return error, writes, writes.oldest_ms
+
+
+def test_the_compiled_grouping_matches_the_reference_on_random_and_hostile_batches():
+    if compiled is None:
+        without_compiled()
+    rng = random.Random(20261130)
+    for n in range(400):
+        odd = 0.0 if n % 2 else 0.05  # every other batch all as edges make them
+        visitors = [click_id_at(T - 10) for _ in range(rng.randrange(1, 6))]
+        batch = [
+            (
+                hostile_id(rng) if rng.random() < odd else click_id_at(T + rng.randrange(HOUR)),
+                hostile_record(rng, visitors)
+                if rng.random() < odd
+                else hot.encode({"visitor_id": rng.choice([*visitors, ""]), "sub1": "x"}),
+            )
+            for _ in range(rng.randrange(1, 120))
+        ]
+        assert outcome(compiled.group, batch) == outcome(hot.py_group, batch), batch

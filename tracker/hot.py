@@ -30,12 +30,13 @@ first write (then from that time) or a rebuild (then from the window's start).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from tracker import extensions
 from tracker import redis_keys as K
 from tracker.ids import ZERO_UUID, uuid7_time_ms
 from tracker.types import ClickRecord, SyncRedis
@@ -259,8 +260,7 @@ class HotWrites:
     def of(cls, hot_hours: int, clicks: Iterable[tuple[str, bytes]]) -> HotWrites:
         """From (click id, encoded record) pairs."""
         writes = cls(hot_hours)
-        for click_id, record in clicks:
-            writes.add(click_id, record)
+        group(writes, clicks)
         return writes
 
     def add(self, click_id: str, record: bytes) -> None:
@@ -305,6 +305,23 @@ class HotWrites:
             at = 0 if key in expiring else self.expiry[key]
             args += [at, len(visitors), *self.path_pairs(key)]
         return keys, args
+
+
+def py_group(writes: HotWrites, clicks: Iterable[tuple[str, bytes]]) -> None:
+    """Add (click id, encoded record) pairs to `writes`: the reference for the compiled
+    `group` (tracker/_hot.pyx), used when that is not built or not wanted."""
+    for click_id, record in clicks:
+        writes.add(click_id, record)
+
+
+group: Callable[[HotWrites, Iterable[tuple[str, bytes]]], None] = py_group
+if extensions.wanted():
+    try:
+        from tracker import _hot
+    except ImportError:  # not built (a source checkout without a compiler): pure Python
+        pass
+    else:
+        group = _hot.group
 
 
 # The hot part of a batch. Called with `k0` (index of the first hot key in KEYS) and `a`
