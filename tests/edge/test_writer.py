@@ -107,7 +107,8 @@ async def test_the_writer_says_when_it_falls_behind_redis_and_when_it_caught_up(
     redis_server, tmp_path
 ):
     """More full batches waiting than `max_waiting_batches`: behind (the fast path stops
-    reading) until half of them are sent; told once each way, nothing lost."""
+    reading, aiohttp's handlers wait in `caught_up`) until half of them are sent; told once
+    each way, nothing lost."""
     writer = make_writer(redis_server, tmp_path, max_waiting_batches=4)
     told: list[bool] = []
     writer.on_behind = told.append
@@ -119,7 +120,12 @@ async def test_the_writer_says_when_it_falls_behind_redis_and_when_it_caught_up(
         assert told == [] and not writer.behind  # at most four full batches wait
         await add_clicks(writer, range(10 + BATCH * 4, 10 + BATCH * 6))
         assert told == [True] and writer.behind
+        waiter = asyncio.create_task(writer.caught_up())  # aiohttp's tracking handlers
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
     await wait_for(lambda: told == [True, False])
+    await asyncio.wait_for(waiter, 5)
+    await asyncio.wait_for(writer.caught_up(), 1)  # not behind: at once
     await writer.close()
     assert stream_order(redis_server) == list(range(10 + BATCH * 6))
     assert writer.held_spells == 1

@@ -207,18 +207,21 @@ async def test_edge_and_sink_stop_cleanly_on_sigint(service: Service):
     assert service.wait_count("clicks", acknowledged, "link_slug = 'int'") == acknowledged
 
 
+@pytest.mark.parametrize("fast_path", ["true", "false"])
 async def test_an_edge_stops_reading_while_redis_takes_its_events_slower_than_they_come(
-    service: Service,
+    service: Service, fast_path: str
 ):
     """Redis answers, but later than clicks arrive (here: frozen, under a long timeout, so
     nothing goes to the spool): the edge would pile up full batches in memory. Past
-    `writer.max_waiting_batches` it stops reading requests, so the clients wait; once
-    Redis takes the batches it reads again. Every click answered is stored."""
+    `writer.max_waiting_batches` it stops reading requests (aiohttp's routes: its handlers
+    wait), so the clients wait; once Redis takes the batches it reads again. Every click
+    answered is stored."""
     batch, waiting = 5, 2
     service.env.update(
         TRACKER_WRITER_BATCH_MAX_EVENTS=str(batch),
         TRACKER_WRITER_MAX_WAITING_BATCHES=str(waiting),
         TRACKER_REDIS_TIMEOUT_SECONDS="60",
+        TRACKER_HTTP_FAST_PATH=fast_path,
     )
     service.start_edges(1)
     service.start_sink()

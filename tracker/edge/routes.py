@@ -23,20 +23,23 @@ from tracker.edge.keys import CLICKS
 from tracker.edge.postback import conversion_pixel
 
 
-def refuse_when_stopping(ctx: ClickContext) -> None:
+async def admit(ctx: ClickContext) -> None:
+    """Wait while the writer is behind Redis (the fast path stops reading then; here each
+    connection's request waits, so the clients do); refuse once the edge is stopping."""
+    await ctx.writer.caught_up()
     if not ctx.accepting:
         raise web.HTTPServiceUnavailable(headers={"Connection": "close"})
 
 
 async def click(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CLICKS]
-    refuse_when_stopping(ctx)
+    await admit(ctx)
     return to_response(click_reply(ctx, hit_of(request), request.match_info["slug"]))
 
 
 async def pixel(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CLICKS]
-    refuse_when_stopping(ctx)
+    await admit(ctx)
     hit = hit_of(request)
     params = records.parse_query(hit.query, ctx.max_query_bytes)
     if is_conversion_pixel(params):  # a thank-you page: awaits Redis, so not the fast path

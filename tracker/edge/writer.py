@@ -8,8 +8,8 @@ Redis gets. (Unbounded batches fed back on themselves: a slow call made a bigger
 which made a slower call, and the edge's memory grew by hundreds of MB.) Nor may full
 batches pile up without end when Redis answers, only slower than clicks arrive (a busy
 machine: Redis gets too little of the CPU): past `max_waiting_batches` the writer says it
-is behind (`on_behind(True)`, the fast path stops reading requests) until half of them
-are sent (`on_behind(False)`). One batch is
+is behind (`on_behind(True)`, the fast path stops reading requests; aiohttp's tracking
+handlers wait in `caught_up`) until half of them are sent (`on_behind(False)`). One batch is
 one script call: the stream entry (appended once per batch id, so a batch replayed after
 an unclear failure is not appended twice), the click records and the visitors' paths in
 the hot window's per-hour hashes (tracker/hot.py).
@@ -187,6 +187,8 @@ class EventWriter:
         self._max_waiting = max_waiting_batches
         self.behind = False  # more than that many wait: readers are held
         self.on_behind: Callable[[bool], None] | None = None  # told when `behind` changes
+        self._caught_up = asyncio.Event()  # set while not behind
+        self._caught_up.set()
         self._has_events = asyncio.Event()
         self._full = asyncio.Event()
         self._spool_lock = asyncio.Lock()
@@ -305,9 +307,19 @@ class EventWriter:
             if self._closing and not self._count and not self._ready:
                 return
 
+    async def caught_up(self) -> None:
+        """Return once the writer is not behind (at once when it is not). aiohttp's
+        tracking handlers wait here before recording, as the fast path stops reading."""
+        if self.behind:
+            await self._caught_up.wait()
+
     def _set_behind(self, behind: bool) -> None:
         self.behind = behind
         self.held_spells += behind
+        if behind:
+            self._caught_up.clear()
+        else:
+            self._caught_up.set()
         if self.on_behind is not None:
             self.on_behind(behind)
 
