@@ -320,6 +320,7 @@ def test_redis_aof_health_and_storage(services, compose):
     )
     assert flag("--lazyfree-lazy-expire") == "yes", "expiring hour hashes must not block"
     assert flag("--auto-aof-rewrite-min-size") == "1gb", "rewrite the AOF as the service does"
+    assert flag("--rdbcompression") == "no", "rewrite the AOF as the service does"
     assert healthcheck(redis)[-2:] == ["redis-cli", "ping"]
     source = mounts(redis).get("/data", "")  # the official image's working dir: the AOF
     assert is_named_volume(source) and source in (compose.get("volumes") or {})

@@ -28,6 +28,7 @@ def test_the_service_redis_persists_and_frees_expired_hashes_off_its_main_thread
         # the AOF is not rewritten for every 64 MB of events the sink has long deleted
         rewrite = client.config_get("auto-aof-rewrite-min-size")
         assert rewrite == {"auto-aof-rewrite-min-size": str(1 << 30)}
+        assert client.config_get("rdbcompression") == {"rdbcompression": "no"}  # half the CPU
         assert (tmp_path / "redis").is_dir()
     finally:
         proc.terminate()
