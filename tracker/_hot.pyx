@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """`group` of tracker/hot.py in C: a batch's clicks added to a `HotWrites`, exactly as
-`HotWrites.add` adds them one by one (an edge does it for every click it flushes: 1.8 µs
+`HotWrites.add` adds them one by one (an edge does it for every click it flushes: 1.7 µs
 a click in Python on this machine).
 
 tracker/hot.py is the reference and the fallback; it uses this one when it is built and
