@@ -30,7 +30,7 @@ import orjson
 import redis
 
 from tracker import redis_keys as K
-from tracker.supervisor import REDIS_PERSISTENCE
+from tracker.redis_persistence import REDIS_PERSISTENCE
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 TOKEN = "test-admin-token-0123456789"
