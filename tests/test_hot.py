@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from tracker import hot
 from tracker import redis_keys as K
 from tracker.ids import ZERO_UUID, uuid7_time_ms
-from tracker.testing import click_id_at
+from tracker.testing import click_id_at, compiled_missing
 
 try:
     from tracker import _hot as compiled
@@ -71,18 +70,11 @@ def test_the_window_vouches_from_the_later_of_its_oldest_hour_and_the_since_mark
     assert hours.start == now // HOUR - 48 and hours.stop == now // HOUR + 2
 
 
-def without_compiled() -> None:
-    why = "the compiled batch grouping is not built (python setup.py build_ext --inplace)"
-    if os.environ.get("TRACKER_REQUIRE_EXTENSIONS") == "1":
-        pytest.fail(why)
-    pytest.skip(why)
-
-
 @pytest.fixture(params=["python", "compiled"])
 def group(request, monkeypatch):
     """Each batch grouping (hot.py's reference, tracker/_hot.pyx), as `HotWrites.of`'s."""
     if request.param == "compiled" and compiled is None:
-        without_compiled()
+        compiled_missing("the compiled batch grouping")
     chosen = hot.py_group if request.param == "python" else compiled.group
     monkeypatch.setattr(hot, "group", chosen)
     return chosen
@@ -146,7 +138,7 @@ def outcome(group, clicks):
 
 def test_the_compiled_grouping_matches_the_reference_on_random_and_hostile_batches():
     if compiled is None:
-        without_compiled()
+        compiled_missing("the compiled batch grouping")
     rng = random.Random(20261130)
     for n in range(400):
         odd = 0.0 if n % 2 else 0.05  # every other batch all as edges make them

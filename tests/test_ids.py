@@ -14,6 +14,7 @@ import pytest
 
 from tracker import ids
 from tracker.ids import is_uuid, uuid7_time_ms
+from tracker.testing import compiled_missing
 
 try:
     from tracker import _ids as compiled
@@ -24,18 +25,11 @@ CANONICAL = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3
 PYTHON = SimpleNamespace(uuid7=ids.py_uuid7, state=ids.py_state, reset=ids.py_reset)
 
 
-def without_compiled() -> None:
-    why = "the compiled id generator is not built (python setup.py build_ext --inplace)"
-    if os.environ.get("TRACKER_REQUIRE_EXTENSIONS") == "1":
-        pytest.fail(why)
-    pytest.skip(why)
-
-
 @pytest.fixture(params=["python", "compiled"])
 def generator(request):
     """Each generator, starting with its per-process state cleared (restored after)."""
     if request.param == "compiled" and compiled is None:
-        without_compiled()
+        compiled_missing("the compiled id generator")
     gen = PYTHON if request.param == "python" else compiled
     saved = gen.state()
     gen.reset(0, 0, b"", 0)
@@ -181,7 +175,7 @@ def test_the_compiled_generator_makes_the_python_generators_ids():
     counters running out), the same ids and the same state after each. (A call that
     draws a fresh pool from the kernel can only agree on the time and the position.)"""
     if compiled is None:
-        without_compiled()
+        compiled_missing("the compiled id generator")
     saved = compiled.state(), ids.py_state()
     rng = random.Random(7)
     try:

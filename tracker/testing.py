@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import aiohttp
 import orjson
@@ -75,6 +76,18 @@ def free_port() -> int:
         # Linux hands bind(0) odd ports (even ones are left to connect()): split on the rest
         if (port >> 1) % workers == index % workers:
             return port
+
+
+def compiled_missing(what: str) -> NoReturn:
+    """A compiled case whose extension is not built: skipped in a work tree that has not
+    built it, a failure where it must be (`make test` sets TRACKER_REQUIRE_EXTENSIONS, so a
+    build that silently fell back to pure Python does not pass)."""
+    import pytest  # only tests call this; the harness also serves the benchmarks
+
+    why = f"{what} is not built (python setup.py build_ext --inplace)"
+    if os.environ.get("TRACKER_REQUIRE_EXTENSIONS") == "1":
+        pytest.fail(why)
+    pytest.skip(why)
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):

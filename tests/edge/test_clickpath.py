@@ -10,7 +10,6 @@ used if llhttp accepts it, since the core reads heads that llhttp has validated.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +29,7 @@ from tracker.edge.spool import Spool
 from tracker.edge.writer import EventWriter
 from tracker.hashcache import HashCache
 from tracker.links import Link
+from tracker.testing import compiled_missing
 
 try:
     from tracker.edge._clickpath import ClickPath as CompiledClickPath
@@ -38,16 +38,6 @@ except ImportError:  # not built: the compiled cases say so below
     CompiledClickPath = compiled_head_span = None
 
 IMPLEMENTATIONS = {"python": PyClickPath, "compiled": CompiledClickPath}
-
-
-def without_compiled_core() -> None:
-    """A compiled case where the extension is not built: skipped in a work tree that has
-    not built it, a failure where it must be (`make test` sets TRACKER_REQUIRE_EXTENSIONS,
-    so a build that silently fell back to the pure core does not pass)."""
-    why = "the compiled click core is not built (python setup.py build_ext --inplace)"
-    if os.environ.get("TRACKER_REQUIRE_EXTENSIONS") == "1":
-        pytest.fail(why)
-    pytest.skip(why)
 
 
 NOW = 1_767_225_599.987  # a millisecond before a new year, UTC
@@ -94,7 +84,7 @@ def make_ctx(tmp: Path, trusted: str = "127.0.0.0/8,10.0.0.0/8", honor: bool = T
 def core(request, tmp_path):
     cls = IMPLEMENTATIONS[request.param]
     if cls is None:
-        without_compiled_core()
+        compiled_missing("the compiled click core")
     ctx = make_ctx(tmp_path)
     return cls(ctx)
 
@@ -188,7 +178,7 @@ def test_the_switch_selects_the_pure_core_when_asked(monkeypatch):
 )
 def test_head_span_is_the_same_in_both(buffer):
     if compiled_head_span is None:
-        without_compiled_core()
+        compiled_missing("the compiled click core")
     assert compiled_head_span(bytearray(buffer)) == clickpath.py_head_span(bytearray(buffer))
     assert compiled_head_span(buffer) == clickpath.py_head_span(buffer)
 
@@ -219,7 +209,7 @@ def compare(
     tmp: Path, raw: bytes, peer: str | None = "127.0.0.1", keep_alive=True, ahead=0, **ctx_args
 ):
     if CompiledClickPath is None:
-        without_compiled_core()
+        compiled_missing("the compiled click core")
     pure = run(PyClickPath, tmp, raw, peer, keep_alive, ahead, **ctx_args)
     compiled = run(CompiledClickPath, tmp, raw, peer, keep_alive, ahead, **ctx_args)
     assert compiled == pure
