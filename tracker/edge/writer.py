@@ -185,9 +185,8 @@ class EventWriter:
         self._count = 0  # events in self._batch
         self._ready: deque[Batch] = deque()  # full batches waiting for the flush task
         self._max_waiting = max_waiting_batches
-        self.behind = False  # more than that many wait: readers are held
         self.on_behind: Callable[[bool], None] | None = None  # told when `behind` changes
-        self._caught_up = asyncio.Event()  # set while not behind
+        self._caught_up = asyncio.Event()  # clear while behind
         self._caught_up.set()
         self._has_events = asyncio.Event()
         self._full = asyncio.Event()
@@ -307,6 +306,11 @@ class EventWriter:
             if self._closing and not self._count and not self._ready:
                 return
 
+    @property
+    def behind(self) -> bool:
+        """More than `max_waiting_batches` full batches wait: readers are held."""
+        return not self._caught_up.is_set()
+
     async def caught_up(self) -> None:
         """Return once the writer is not behind (at once when it is not). aiohttp's
         tracking handlers wait here before recording, as the fast path stops reading."""
@@ -314,7 +318,6 @@ class EventWriter:
             await self._caught_up.wait()
 
     def _set_behind(self, behind: bool) -> None:
-        self.behind = behind
         self.held_spells += behind
         if behind:
             self._caught_up.clear()
