@@ -42,6 +42,21 @@ def process_cpu(pid: int, apart: frozenset[int] = frozenset()) -> float:
     return own_and_reaped / TICKS + running
 
 
+def threads_cpu(pid: int, name: str) -> float:
+    """CPU seconds of a process's running threads whose name starts with `name` (chDB
+    names its pools' threads: its background merges run in "MergeMutate" threads)."""
+    used = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if not (task / "comm").read_text().startswith(name):
+                continue
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        used += int(fields[11]) + int(fields[12])  # utime stime
+    return used / TICKS
+
+
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """`process_cpu` of each named process still running; a named process's running
     children that are named too (a server's forked workers) are counted on their own."""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from loadtest.cpu import children, cpu_seconds, process_cpu
+from loadtest.cpu import children, cpu_seconds, process_cpu, threads_cpu
 
 BURN = 0.4  # CPU seconds the child spends
 # A parent that forks a child; the child burns BURN s of CPU, says so and waits for its
@@ -59,3 +63,25 @@ def test_a_child_named_on_its_own_is_not_counted_for_its_parent_too(parent):
     used = cpu_seconds({"server": parent.pid, "worker": child})
     assert used["worker"] >= BURN * 0.9
     assert used["server"] < BURN / 2
+
+
+def test_a_named_threads_cpu_is_counted_apart_from_the_others():
+    def burn() -> None:
+        # named as chDB names its pools' threads (the kernel's name, not Python's)
+        Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text("bench-burner")
+        end = time.thread_time() + BURN
+        while time.thread_time() < end:
+            pass
+        done.set()
+        stop.wait()
+
+    done, stop = threading.Event(), threading.Event()
+    thread = threading.Thread(target=burn)
+    thread.start()
+    try:
+        done.wait()
+        assert threads_cpu(os.getpid(), "bench-burn") >= BURN * 0.9
+        assert threads_cpu(os.getpid(), "no-such-thread") == 0
+    finally:
+        stop.set()
+        thread.join()
