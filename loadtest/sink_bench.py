@@ -1,6 +1,6 @@
 """Sink throughput: stream -> (enrichment) -> ClickHouse, rows per second.
 
-    python -m loadtest.sink_bench [--rows 1000000] [--enriched-rows 200000]
+    python -m loadtest.sink_bench [--rows 1000000] [--enriched-rows 200000] [--python-gc]
         [--warm-rows 100000] [--geo FILE]
 
 Fills the events stream of a fresh redis-server with realistic clicks, written as the edge
@@ -37,6 +37,7 @@ from tracker.ids import uuid7
 from tracker.links import Link
 from tracker.records import RequestMeta, click_row
 from tracker.redis_connection import sync_client
+from tracker.sink import gc_tuning
 from tracker.sink.attributor import Attributor
 from tracker.sink.consumer import Sink
 from tracker.sink.enrich import steps
@@ -174,7 +175,14 @@ def main() -> None:
         default=100_000,
         help="clicks of the same mix enriched first, unmeasured (0: measure a cold sink)",
     )
+    p.add_argument(
+        "--python-gc",
+        action="store_true",
+        help="keep Python's garbage collector at its defaults (the sink process tunes it)",
+    )
     args = p.parse_args()
+    if not args.python_gc:
+        gc_tuning.tune()  # as the sink process runs
     work = Path(tempfile.mkdtemp(prefix="sink-bench-"))
     redis_server = RedisServer(work / "redis")
     redis_server.start()

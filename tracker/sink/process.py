@@ -22,7 +22,7 @@ from tracker.ledger import auto_approve
 from tracker.ledger.commissions import Engine
 from tracker.ledger.store import open_store
 from tracker.redis_connection import sync_client
-from tracker.sink import query_server
+from tracker.sink import gc_tuning, query_server
 from tracker.sink.attributor import Attributor
 from tracker.sink.consumer import Sink
 from tracker.sink.enrich import steps as enrichment
@@ -118,6 +118,7 @@ def run(settings: Settings) -> None:
         settings.sink.query_host,
         settings.sink.query_port,
     )
+    gc_tuning.tune()
     try:
         sink.run()
     finally:
