@@ -15,11 +15,11 @@ from tests.geo.test_reader import write_mmdb
 from tracker import hot
 from tracker.ids import uuid7
 from tracker.reasons import FraudFlag
-from tracker.sink.enrich import fraud
+from tracker.sink.enrich import fraud, fraud_counts
 from tracker.sink.enrich.fraud import FraudRules, Thresholds, thresholds_from
 from tracker.sink.enrich.pipeline import Pipeline, Step, flag
 from tracker.sink.enrich.privacy import anonymize_ip
-from tracker.testing import BROWSER_UA, Service, wait_until
+from tracker.testing import BROWSER_UA, Service, compiled_missing, wait_until
 from tracker.timefmt import format_ms, parse_ms
 
 ZERO = "00000000-0000-0000-0000-000000000000"
@@ -102,10 +102,31 @@ def click(ip="198.51.100.1", visitor=None, slug="s", campaign="c", ms=1_700_000_
     }
 
 
+try:
+    from tracker.sink.enrich import _fraud_counts as compiled
+except ImportError:  # not built in this work tree
+    compiled = None
+
+
+@pytest.fixture(params=["python", "compiled"])
+def counting(request, monkeypatch):
+    """Each way of grouping a chunk and rebuilding its counts: fraud_counts.py's reference
+    and tracker/sink/enrich/_fraud_counts.pyx."""
+    if request.param == "compiled":
+        if compiled is None:
+            compiled_missing("the compiled fraud counting")
+        monkeypatch.setattr(fraud_counts, "aggregate", compiled.aggregate)
+        monkeypatch.setattr(fraud_counts, "rebuild", compiled.rebuild)
+    else:
+        monkeypatch.setattr(fraud_counts, "aggregate", fraud_counts.py_aggregate)
+        monkeypatch.setattr(fraud_counts, "rebuild", fraud_counts.py_rebuild)
+
+
 def run_rules(rules: FraudRules, events: list[dict]) -> list[list[str]]:
     return [e.get("fraud_flags", []) for e in rules.check_clicks(events)]
 
 
+@pytest.mark.usefixtures("counting")
 def test_ip_flood_counts_across_batches_with_per_campaign_thresholds(redis_server):
     rules = FraudRules(
         redis_server.client(),
@@ -128,6 +149,7 @@ def test_ip_flood_counts_across_batches_with_per_campaign_thresholds(redis_serve
     assert other_minute == [[]]
 
 
+@pytest.mark.usefixtures("counting")
 def test_duplicate_click_and_many_visitors(redis_server):
     rules = FraudRules(
         redis_server.client(), Thresholds(visitors_per_ip_per_hour=2), {}, frozenset()
@@ -357,6 +379,7 @@ def test_postbacks_get_no_device_or_geo_of_the_advertisers_server():
     assert pixel["device_type"] == "desktop" and pixel["browser"] == "Chrome"
 
 
+@pytest.mark.usefixtures("counting")
 @pytest.mark.parametrize("cluster", [False, True], ids=["script", "pipeline"])
 def test_duplicate_clicks_are_judged_by_the_clicks_own_times(redis_server, cluster):
     """Within the window after any earlier click of the visitor on the link, by event time
@@ -383,6 +406,7 @@ def test_duplicate_clicks_are_judged_by_the_clicks_own_times(redis_server, clust
     assert second == [["duplicate_click"], ["duplicate_click"], [], [], ["duplicate_click"]]
 
 
+@pytest.mark.usefixtures("counting")
 @pytest.mark.parametrize("cluster", [False, True], ids=["script", "pipeline"])
 def test_an_ips_visitors_are_counted_across_calls(redis_server, cluster):
     """An IP's first visitor is kept as its count's field, the second turns it into a
@@ -404,6 +428,7 @@ def test_an_ips_visitors_are_counted_across_calls(redis_server, cluster):
     assert [n.visitors_this_hour for n in counts] == [3, 3, 3, 4]
 
 
+@pytest.mark.usefixtures("counting")
 def test_pipeline_counting_gives_the_same_verdicts_as_the_script(redis_server):
     """The Redis Cluster path (command by command) and the script agree."""
     events_a = [
@@ -431,6 +456,7 @@ def test_pipeline_counting_gives_the_same_verdicts_as_the_script(redis_server):
     ]
 
 
+@pytest.mark.usefixtures("counting")
 def test_counting_in_chunks_gives_the_same_verdicts_as_one_call(redis_server):
     """A sink read of many clicks is counted a chunk at a time (a script holds Redis for
     its whole run); verdicts across chunk boundaries are those of one call."""
@@ -508,6 +534,7 @@ def realistic_clicks(rng: random.Random, n: int, ip_prefix: str) -> list[dict]:
     return events
 
 
+@pytest.mark.usefixtures("counting")
 @pytest.mark.parametrize("cluster", [False, True], ids=["script", "pipeline"])
 def test_aggregated_counting_gives_each_click_the_verdict_of_counting_one_by_one(
     redis_server, cluster

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from tracker import extensions
 from tracker import redis_keys as K
 from tracker.ids import ZERO_UUID
 from tracker.redis_connection import as_text
@@ -188,23 +189,35 @@ class ClickCounts(NamedTuple):
     visitors_this_hour: int  # visitor ids seen from its IP this hour
 
 
-# A click's duplicate check: its bucket, "visitor link", event time (ms), window (ms).
-Duplicate = tuple[int, str, int, int]
+# Where a chunk's counts sit in the script's answer. Each distinct IP (per hour shard),
+# "IP visitor" pair, IP per minute and "visitor link" per duplicate bucket of a chunk has
+# one cell, a small list shared by the chunk's clicks it concerns; `Chunk.place` writes into
+# each cell its position in the answer, so the clicks' counts are rebuilt (`rebuild`) by
+# position in one list, not looked up by key in several dicts.
+IpCell = list[int]  # [position: the IP's visitors before the chunk]
+PairCell = list[int]  # [position: 1 if the pair was known before the chunk]
+MinuteCell = list[int]  # [the IP's clicks in the chunk that minute, position: its total after]
+DupCell = list[int]  # [latest time (ms) in the chunk, position, the previous bucket's position]
+# A click: its minute cell, its IP and pair cells (None: no visitor), its duplicate cell
+# (None: the rule is off), its event time (ms) and its campaign's duplicate window (ms).
+Click = tuple[MinuteCell, IpCell | None, PairCell | None, DupCell | None, int, int]
+COUNTED = 2  # a pair's state once a click of the chunk has counted it (0/1: known before)
 
 
 class Chunk:
-    """One chunk of clicks, aggregated for Redis: what to send, and how to turn what Redis
-    answers back into each click's counts in stream order."""
+    """One chunk of clicks, aggregated for Redis: what to send, and where each click's
+    counts sit in what Redis answers."""
 
     def __init__(self, bucket_seconds: int) -> None:
         self.bucket_seconds = bucket_seconds
-        # (pairs key, counts key) -> IP -> its distinct pairs of the chunk, first seen first
-        self.groups: dict[tuple[str, str], dict[str, dict[str, None]]] = {}
-        self.minutes: dict[str, dict[str, int]] = {}  # minute key -> IP -> clicks
-        # (bucket, visitor shard) -> "visitor link" -> its latest event time (ms) in the chunk
-        self.duplicates: dict[tuple[int, int], dict[str, int]] = {}
-        # per click: its minute key, IP, group (None: no visitor), pair, duplicate check
-        self.clicks: list[tuple[str, str, tuple[str, str] | None, str, Duplicate | None]] = []
+        # (pairs key, counts key) -> IP -> its cell and its distinct pairs' cells, first
+        # seen first
+        self.groups: dict[tuple[str, str], dict[str, tuple[IpCell, dict[str, PairCell]]]] = {}
+        self.minutes: dict[str, dict[str, MinuteCell]] = {}  # minute key -> IP -> cell
+        # (bucket, visitor shard) -> "visitor link" -> cell
+        self.duplicates: dict[tuple[int, int], dict[str, DupCell]] = {}
+        self.clicks: list[Click] = []
+        self.size = 0  # values in the answer, once placed
 
     def duplicate_keys(self, bucket: int, shard: int) -> tuple[str, str]:
         """The previous bucket's hash and this bucket's."""
@@ -230,55 +243,179 @@ class Chunk:
         for ips in self.groups.values():
             pairs: list[str] = []
             owners: list[int] = []
-            for n, ip_pairs in enumerate(ips.values(), 1):
+            for n, (_, ip_pairs) in enumerate(ips.values(), 1):
                 pairs += ip_pairs
                 owners += [n] * len(ip_pairs)
             groups.append([list(ips), pairs, owners])
-        minutes = [[list(counts), list(counts.values())] for counts in self.minutes.values()]
-        duplicates = [[list(fields), list(fields.values())] for fields in self.duplicates.values()]
+        minutes = [
+            [list(cells), [cell[0] for cell in cells.values()]] for cells in self.minutes.values()
+        ]
+        duplicates = [
+            [list(cells), [cell[0] for cell in cells.values()]]
+            for cells in self.duplicates.values()
+        ]
         value = [WINDOW_TTL, self.duplicate_ttl, groups, minutes, duplicates]
         return [msgpack.packb(value)]
 
-    def counts(
-        self,
-        visitors_before: dict[tuple[tuple[str, str], str], int],
-        known: dict[tuple[str, str], set[str]],
-        minute_totals: dict[tuple[str, str], int],
-        latest_before: dict[tuple[int, str], int],
-    ) -> list[ClickCounts]:
-        """Each click's counts, as if Redis had counted the clicks one by one in order:
-        a pair new to Redis raises its IP's visitors where it first occurs; a click is
-        "seen" when Redis (`latest_before`: bucket, field -> the latest time in that bucket
-        or the one before, 0 for none) or an earlier click of the chunk in its bucket or
-        the one before has a time within its window before it (or after it)."""
-        # the minute ordinals: the chunk's clicks are the last of each IP's minute total
-        ordinal = {
-            key: total - self.minutes[key[0]][key[1]] for key, total in minute_totals.items()
-        }
-        visitors = dict(visitors_before)
-        counted: set[tuple[tuple[str, str], str]] = set()  # (group, pair) already seen
-        latest: dict[tuple[int, str], int] = {}  # (bucket, field) -> latest time in the chunk
-        out = []
-        for minute_key, ip, group, pair, duplicate in self.clicks:
-            at = (minute_key, ip)
-            ordinal[at] += 1
-            if group is None:
-                out.append(ClickCounts(ordinal[at], False, 0))
-                continue
-            if (group, pair) not in counted:
-                counted.add((group, pair))
-                if pair not in known[group]:
-                    visitors[(group, ip)] += 1
-            seen = False
-            if duplicate is not None:
-                bucket, field, ms, window = duplicate
-                own = latest.get((bucket, field), 0)
-                last = max(latest_before[(bucket, field)], own, latest.get((bucket - 1, field), 0))
-                seen = last > 0 and last > ms - window
-                if ms > own:
-                    latest[(bucket, field)] = ms
-            out.append(ClickCounts(ordinal[at], seen, visitors[(group, ip)]))
-        return out
+    def place(self) -> None:
+        """Write into each cell its position in the answer, in the order COUNT_CLICKS
+        answers: per group each IP, then each pair; each minute's IPs; each duplicate
+        field. A duplicate cell also gets the position of its field in the bucket before
+        (or `size`: a slot that stays 0)."""
+        at = 0
+        for ips in self.groups.values():
+            for ip_cell, _ in ips.values():
+                ip_cell[0] = at
+                at += 1
+            for _, pairs in ips.values():
+                for pair_cell in pairs.values():
+                    pair_cell[0] = at
+                    at += 1
+        for cells in self.minutes.values():
+            for minute_cell in cells.values():
+                minute_cell[1] = at
+                at += 1
+        for cells in self.duplicates.values():
+            for dup_cell in cells.values():
+                dup_cell[1] = at
+                at += 1
+        self.size = at
+        for (bucket, shard), cells in self.duplicates.items():
+            before = self.duplicates.get((bucket - 1, shard), {})
+            for field, dup_cell in cells.items():
+                earlier = before.get(field)
+                dup_cell[2] = earlier[1] if earlier is not None else at
+
+
+def py_aggregate(
+    chunk: Chunk, events: list[Row], window_ms: Callable[[str], int], sharded: bool
+) -> None:
+    """Group a chunk's clicks for Redis (a loop over every click: kept lean, with what
+    repeats across clicks - seconds, shards, keys, windows - worked out once); the
+    reference for the compiled `aggregate` (_fraud_counts.pyx)."""
+    bucket_ms = chunk.bucket_seconds * 1000
+    groups, minutes, duplicates = chunk.groups, chunk.minutes, chunk.duplicates
+    clicks = chunk.clicks
+    second_of: dict[str, int] = {}  # "YYYY-MM-DD HH:MM:SS" -> Unix second (parsed once)
+    keys: dict[tuple[int, int], tuple[str, tuple[str, str]]] = {}  # (minute, shard) -> keys
+    shards: dict[str, int] = {}
+    window_of: dict[str, int] = {}  # campaign -> duplicate window (ms)
+    for event in events:
+        text = event["event_time"]
+        if len(text) == 23 and text[10] == " " and text[19] == ".":
+            second = second_of.get(text[:19])
+            if second is None:
+                second = second_of[text[:19]] = parse_ms(text) // 1000
+            ms = second * 1000 + int(text[20:])
+        else:
+            ms = parse_ms(text)
+        minute = ms // 60_000
+        # counted by the keyed hash of the full address when the edge anonymised it
+        ip = event.get("ip_key") or event["ip"]
+        shard = 0
+        if sharded:
+            shard = shards.get(ip, -1)
+            if shard < 0:
+                shard = shards[ip] = ip_shard(ip)
+        window_keys = keys.get((minute, shard))
+        if window_keys is None:
+            hour = minute // 60
+            window_keys = keys[(minute, shard)] = (
+                K.fraud_ip_minute_key(minute, shard),
+                (
+                    K.fraud_ip_visitors_key(hour, shard),
+                    K.fraud_ip_visitor_counts_key(hour, shard),
+                ),
+            )
+        minute_key, group = window_keys
+        cells = minutes.get(minute_key)
+        if cells is None:
+            cells = minutes[minute_key] = {}
+        minute_cell = cells.get(ip)
+        if minute_cell is None:
+            minute_cell = cells[ip] = [0, 0]
+        minute_cell[0] += 1
+        visitor = event["visitor_id"]
+        if visitor == ZERO_UUID:  # no visitor: counted in its minute only
+            clicks.append((minute_cell, None, None, None, ms, 0))
+            continue
+        pair = f"{ip} {visitor}"
+        ips = groups.get(group)
+        if ips is None:
+            ips = groups[group] = {}
+        entry = ips.get(ip)
+        if entry is None:
+            entry = ips[ip] = ([0], {})
+        ip_cell, pairs = entry
+        pair_cell = pairs.get(pair)
+        if pair_cell is None:
+            pair_cell = pairs[pair] = [0]
+        campaign = event["campaign_id"]
+        window = window_of.get(campaign)
+        if window is None:
+            window = window_of[campaign] = window_ms(campaign)
+        dup_cell = None
+        if window > 0:
+            field = K.fraud_duplicate_field(visitor, event["link_slug"])
+            at = (ms // bucket_ms, visitor_shard(visitor) if sharded else 0)
+            fields = duplicates.get(at)
+            if fields is None:
+                fields = duplicates[at] = {}
+            dup_cell = fields.get(field)
+            if dup_cell is None:
+                dup_cell = fields[field] = [ms, 0, 0]
+            elif dup_cell[0] < ms:
+                dup_cell[0] = ms
+        clicks.append((minute_cell, ip_cell, pair_cell, dup_cell, ms, window))
+
+
+def py_rebuild(chunk: Chunk, answer: list[int]) -> list[ClickCounts]:
+    """Each click's counts from Redis's answer (positions: `Chunk.place`), as if Redis had
+    counted the clicks one by one in order: a pair new to Redis raises its IP's visitors
+    where it first occurs; a click is "seen" when Redis (the latest time in its bucket or
+    the one before, 0 for none) or an earlier click of the chunk in its bucket or the one
+    before has a time within its window before it (or after it). The reference for the
+    compiled `rebuild` (_fraud_counts.pyx)."""
+    # counts as they stand click by click: a minute's total starts before the chunk's
+    # clicks, an IP's visitors at Redis's count, a pair at 0/1 (known) then COUNTED
+    state = list(answer)
+    for cells in chunk.minutes.values():
+        for clicks, at in cells.values():
+            state[at] -= clicks
+    latest = [0] * (chunk.size + 1)  # the latest time of each duplicate field in the chunk
+    out = []
+    for minute_cell, ip_cell, pair_cell, dup_cell, ms, window in chunk.clicks:
+        m = minute_cell[1]
+        state[m] += 1
+        if ip_cell is None or pair_cell is None:
+            out.append(ClickCounts(state[m], False, 0))
+            continue
+        v, p = ip_cell[0], pair_cell[0]
+        if state[p] != COUNTED:
+            if state[p] == 0:
+                state[v] += 1
+            state[p] = COUNTED
+        seen = False
+        if dup_cell is not None:
+            d = dup_cell[1]
+            own = latest[d]
+            last = max(answer[d], own, latest[dup_cell[2]])
+            seen = last > 0 and last > ms - window
+            if ms > own:
+                latest[d] = ms
+        out.append(ClickCounts(state[m], seen, state[v]))
+    return out
+
+
+aggregate: Callable[[Chunk, list[Row], Callable[[str], int], bool], None] = py_aggregate
+rebuild: Callable[[Chunk, list[int]], list[ClickCounts]] = py_rebuild
+if extensions.wanted():
+    try:
+        from tracker.sink.enrich import _fraud_counts
+    except ImportError:  # not built (a source checkout without a compiler): pure Python
+        pass
+    else:
+        aggregate, rebuild = _fraud_counts.aggregate, _fraud_counts.rebuild
 
 
 class ClickCounter:
@@ -315,107 +452,25 @@ class ClickCounter:
             counts += self._count(events[start : start + self.chunk])
         return counts
 
-    def _aggregate(self, events: list[Row]) -> Chunk:
-        """The chunk's clicks grouped for Redis (a loop over every click: kept lean, with
-        what repeats across clicks - seconds, shards, keys, windows - worked out once)."""
-        chunk = Chunk(self.bucket_seconds)
-        bucket_ms = self.bucket_seconds * 1000
-        groups, minutes, duplicates = chunk.groups, chunk.minutes, chunk.duplicates
-        clicks = chunk.clicks
-        second_of: dict[str, int] = {}  # "YYYY-MM-DD HH:MM:SS" -> Unix second (parsed once)
-        keys: dict[tuple[int, int], tuple[str, tuple[str, str]]] = {}  # (minute, shard) -> keys
-        shards: dict[str, int] = {}
-        sharded = self.cluster
-        window_of: dict[str, int] = {}  # campaign -> duplicate window (ms)
-        for event in events:
-            text = event["event_time"]
-            if len(text) == 23 and text[10] == " " and text[19] == ".":
-                second = second_of.get(text[:19])
-                if second is None:
-                    second = second_of[text[:19]] = parse_ms(text) // 1000
-                ms = second * 1000 + int(text[20:])
-            else:
-                ms = parse_ms(text)
-            minute = ms // 60_000
-            # counted by the keyed hash of the full address when the edge anonymised it
-            ip = event.get("ip_key") or event["ip"]
-            shard = 0
-            if sharded:
-                shard = shards.get(ip, -1)
-                if shard < 0:
-                    shard = shards[ip] = ip_shard(ip)
-            window_keys = keys.get((minute, shard))
-            if window_keys is None:
-                hour = minute // 60
-                window_keys = keys[(minute, shard)] = (
-                    K.fraud_ip_minute_key(minute, shard),
-                    (
-                        K.fraud_ip_visitors_key(hour, shard),
-                        K.fraud_ip_visitor_counts_key(hour, shard),
-                    ),
-                )
-            minute_key, group = window_keys
-            counts = minutes.get(minute_key)
-            if counts is None:
-                counts = minutes[minute_key] = {}
-            counts[ip] = counts.get(ip, 0) + 1
-            visitor = event["visitor_id"]
-            if visitor == ZERO_UUID:  # no visitor: counted in its minute only
-                clicks.append((minute_key, ip, None, "", None))
-                continue
-            pair = f"{ip} {visitor}"
-            ips = groups.get(group)
-            if ips is None:
-                ips = groups[group] = {}
-            pairs = ips.get(ip)
-            if pairs is None:
-                pairs = ips[ip] = {}
-            pairs[pair] = None
-            campaign = event["campaign_id"]
-            window = window_of.get(campaign)
-            if window is None:
-                seconds = self.window_seconds(campaign)
-                window = window_of[campaign] = round(seconds * 1000)
-            duplicate = None
-            if window > 0:
-                bucket = ms // bucket_ms
-                field = K.fraud_duplicate_field(visitor, event["link_slug"])
-                at = (bucket, visitor_shard(visitor) if sharded else 0)
-                fields = duplicates.get(at)
-                if fields is None:
-                    fields = duplicates[at] = {}
-                if fields.get(field, 0) < ms:
-                    fields[field] = ms
-                duplicate = (bucket, field, ms, window)
-            clicks.append((minute_key, ip, group, pair, duplicate))
-        return chunk
-
     def _count(self, events: list[Row]) -> list[ClickCounts]:
-        chunk = self._aggregate(events)
+        chunk = Chunk(self.bucket_seconds)
+        aggregate(chunk, events, self._window_ms, self.cluster)
+        chunk.place()
         if self.cluster:  # keys in many slots: the same counts, command by command
-            return self._count_with_pipeline(chunk)
+            return rebuild(chunk, self._answer_with_pipeline(chunk))
         if self._script is None:
             self._script = self.redis.register_script(COUNT_CLICKS)
-        results = iter(self._script(keys=chunk.keys(), args=chunk.args()))
-        visitors_before: dict[tuple[tuple[str, str], str], int] = {}
-        known: dict[tuple[str, str], set[str]] = {}
-        for group, ips in chunk.groups.items():
-            for ip in ips:
-                visitors_before[(group, ip)] = next(results)
-            known[group] = {pair for pairs in ips.values() for pair in pairs if next(results)}
-        minute_totals = {
-            (key, ip): next(results) for key, counts in chunk.minutes.items() for ip in counts
-        }
-        latest_before = {
-            (bucket, field): next(results)
-            for (bucket, _), fields in chunk.duplicates.items()
-            for field in fields
-        }
-        return chunk.counts(visitors_before, known, minute_totals, latest_before)
+        answer = self._script(keys=chunk.keys(), args=chunk.args())
+        if len(answer) != chunk.size:  # a script of another version ran
+            raise RuntimeError(f"fraud counters answered {len(answer)} values, not {chunk.size}")
+        return rebuild(chunk, answer)
 
-    def _count_with_pipeline(self, chunk: Chunk) -> list[ClickCounts]:
+    def _window_ms(self, campaign: str) -> int:
+        return round(self.window_seconds(campaign) * 1000)
+
+    def _answer_with_pipeline(self, chunk: Chunk) -> list[int]:
         """COUNT_CLICKS as two pipelines (a Redis Cluster splits each by node), with the
-        same results and the same data: first each IP's count (or pair), which pairs the
+        same answer and the same data: first each IP's count (or pair), which pairs the
         set knows, the minute counts and the duplicate hashes' times; then the new pairs
         and counts and the later times written. (Unlike the script, two sinks counting the
         same IP, or the same visitor and link, at once may each write what it counted: one
@@ -423,13 +478,13 @@ class ClickCounter:
         pipe = self.redis.pipeline()
         for (pairs_key, counts_key), ips in chunk.groups.items():
             pipe.hmget(counts_key, list(ips))
-            pipe.smismember(pairs_key, [pair for pairs in ips.values() for pair in pairs])
-        for key, counts in chunk.minutes.items():
-            for ip, n in counts.items():
+            pipe.smismember(pairs_key, [pair for _, pairs in ips.values() for pair in pairs])
+        for key, cells in chunk.minutes.items():
+            for ip, (n, _) in cells.items():
                 pipe.hincrby(key, ip, n)
-        for (bucket, shard), fields in chunk.duplicates.items():
+        for (bucket, shard), cells in chunk.duplicates.items():
             for key in chunk.duplicate_keys(bucket, shard):
-                pipe.hmget(key, list(fields))
+                pipe.hmget(key, list(cells))
         for group in chunk.groups:
             for key in group:
                 pipe.expire(key, WINDOW_TTL)
@@ -437,24 +492,22 @@ class ClickCounter:
             pipe.expire(key, WINDOW_TTL)
         first = iter(pipe.execute())
         second = self.redis.pipeline()
-        visitors_before: dict[tuple[tuple[str, str], str], int] = {}
-        known: dict[tuple[str, str], set[str]] = {}
+        answer: list[int] = []  # in COUNT_CLICKS's order
         for group, ips in chunk.groups.items():
             values, flags = next(first), iter(next(first))
-            known[group] = set()
+            known: list[int] = []
             members: list[str] = []
             raised: list[str | int] = []  # IP, its count (or its one pair), ...
-            for (ip, pairs), value in zip(ips.items(), values, strict=True):
+            for (ip, (_, pairs)), value in zip(ips.items(), values, strict=True):
                 text = as_text(value) if value is not None else ""
                 single = "" if text.isdigit() else text  # one visitor so far: its pair
                 before = 1 if single else int(text or 0)
-                visitors_before[(group, ip)] = before
+                answer.append(before)
                 new: list[str] = []
                 for pair, in_set in zip(pairs, flags, strict=False):
                     seen = in_set if before > 1 else pair == single
-                    if seen:
-                        known[group].add(pair)
-                    else:
+                    known.append(1 if seen else 0)
+                    if not seen:
                         new.append(pair)
                 if not new:
                     continue
@@ -462,20 +515,20 @@ class ClickCounter:
                 raised += [ip, new[0] if total == 1 else total]
                 if total > 1:
                     members += new + ([single] if single else [])
+            answer += known
             if members:
                 second.sadd(group[0], *members)
             if raised:
                 second.hset(group[1], items=raised)
-        minute_totals = {
-            (key, ip): next(first) for key, counts in chunk.minutes.items() for ip in counts
-        }
-        latest_before: dict[tuple[int, str], int] = {}
-        for (bucket, shard), fields in chunk.duplicates.items():
+        answer += [next(first) for cells in chunk.minutes.values() for _ in cells]
+        for (bucket, shard), cells in chunk.duplicates.items():
             before, own = next(first), next(first)
             later: list[str | int] = []  # field, time, ...
-            for (field, ms), earlier, latest in zip(fields.items(), before, own, strict=True):
+            for (field, (ms, _, _)), earlier, latest in zip(
+                cells.items(), before, own, strict=True
+            ):
                 earlier, latest = int(earlier or 0), int(latest or 0)
-                latest_before[(bucket, field)] = max(earlier, latest)
+                answer.append(max(earlier, latest))
                 if ms > latest:
                     later += [field, ms]
             if later:
@@ -483,4 +536,4 @@ class ClickCounter:
                 second.hset(key, items=later)
                 second.expire(key, chunk.duplicate_ttl)
         second.execute()
-        return chunk.counts(visitors_before, known, minute_totals, latest_before)
+        return answer

@@ -1,0 +1,118 @@
+"""The compiled fraud counting (tracker/sink/enrich/_fraud_counts.pyx) against its reference
+in fraud_counts.py, on random and hostile chunks: the same grouping for Redis, the same
+error after the same clicks, the same counts from the same answer. (Both against real
+Redis: tests/sink/test_enrichment.py, under the `counting` fixture.)"""
+
+from __future__ import annotations
+
+import random
+
+from tracker.ids import ZERO_UUID, uuid7
+from tracker.sink.enrich import fraud_counts
+from tracker.sink.enrich.fraud_counts import Chunk
+from tracker.testing import compiled_missing
+from tracker.timefmt import format_ms
+
+try:
+    from tracker.sink.enrich import _fraud_counts as compiled
+except ImportError:  # not built in this work tree
+    compiled = None
+
+T = 1_700_002_770_000  # 30 s before an hour ends
+
+
+def event_time(rng: random.Random, odd: bool) -> object:
+    """As edges write it, or a text no edge writes: ISO with a 'T' and an offset, odd
+    milliseconds (signed, spaced, non-ASCII digits), a bad month, another layout, none."""
+    text = format_ms(T + rng.randrange(-90_000, 90_000))
+    if not odd:
+        return text
+    return rng.choice(
+        [
+            text,
+            text.replace(" ", "T") + "+00:00",
+            text[:20] + "-42",
+            text[:20] + " 42",
+            text[:20] + "\u0665\u0667\u0667",
+            text[:20] + "4x2",
+            text[:5] + "13" + text[7:],
+            text[:4] + "/" + text[5:],
+            "\u0662" + text[1:],
+            text[:19],
+            None,
+            17,
+        ]
+    )
+
+
+def hostile_event(rng: random.Random, visitors: list[str], odd: float) -> dict:
+    is_odd = rng.random() < odd
+    event: dict = {
+        "event_time": event_time(rng, is_odd),
+        "ip": rng.choice(["203.0.113.1", "203.0.113.2", "198.51.100.9", "2001:db8::1"]),
+        "visitor_id": rng.choice(visitors),
+        "link_slug": rng.choice(["a", "b", "c"]),
+        "campaign_id": rng.choice(["strict", "lax", "off"]),
+    }
+    if rng.random() < 0.2:
+        event["ip_key"] = rng.choice(["k1", "k2", ""])  # "" falls back to the address
+    if is_odd:
+        spoil = rng.choice(["ip", "visitor_id", "link_slug", "campaign_id", "none"])
+        if spoil != "none":
+            if rng.random() < 0.5:
+                del event[spoil]
+            else:
+                event[spoil] = rng.choice([None, 7, "", "x" * 40])
+    return event
+
+
+WINDOWS = {"strict": 60_000, "lax": 1_500, "off": 0}
+
+
+def aggregated(aggregate, events: list[dict], sharded: bool) -> tuple:
+    chunk = Chunk(60)
+    try:
+        aggregate(chunk, events, lambda campaign: WINDOWS.get(campaign, 30_000), sharded)
+        error = None
+    except Exception as exc:  # the same refusal, after the same clicks
+        error = type(exc)
+    if error is None:
+        chunk.place()
+    state = (chunk.groups, chunk.minutes, chunk.duplicates, chunk.clicks, chunk.size)
+    return error, state, chunk
+
+
+def test_the_compiled_grouping_matches_the_reference_on_random_and_hostile_chunks():
+    if compiled is None:
+        compiled_missing("the compiled fraud counting")
+    rng = random.Random(20261201)
+    errors = 0
+    for n in range(400):
+        odd = 0.0 if n % 2 else 0.05  # every other chunk all as edges write it
+        visitors = [uuid7() for _ in range(rng.randrange(1, 8))] + [ZERO_UUID]
+        events = [hostile_event(rng, visitors, odd) for _ in range(rng.randrange(1, 150))]
+        sharded = n % 3 == 0
+        error, state, _ = aggregated(compiled.aggregate, events, sharded)
+        expected_error, expected_state, _ = aggregated(fraud_counts.py_aggregate, events, sharded)
+        assert (error, state) == (expected_error, expected_state), events
+        errors += error is not None
+    assert 20 < errors < 200  # the hostile chunks did reach the refusals, not all of them
+
+
+def test_the_compiled_rebuild_matches_the_reference_on_random_answers():
+    if compiled is None:
+        compiled_missing("the compiled fraud counting")
+    rng = random.Random(20261202)
+    for n in range(300):
+        visitors = [uuid7() for _ in range(rng.randrange(1, 8))] + [ZERO_UUID]
+        events = [hostile_event(rng, visitors, 0.0) for _ in range(rng.randrange(1, 150))]
+        _, _, chunk = aggregated(fraud_counts.py_aggregate, events, n % 2 == 0)
+        # Redis's answer: small counts and known flags, duplicate times near the clicks',
+        # and on a window's edge (a click's time less its window: not within it)
+        times = [ms for *_, ms, _ in chunk.clicks]
+        edges = [ms - window for *_, ms, window in chunk.clicks if window]
+        answer = [
+            rng.choice([0, 0, 1, 2, 5, 40, rng.choice(times), rng.choice(edges or times)])
+            for _ in range(chunk.size)
+        ]
+        assert compiled.rebuild(chunk, answer) == fraud_counts.py_rebuild(chunk, answer)

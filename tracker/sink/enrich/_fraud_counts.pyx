@@ -1,0 +1,236 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""`aggregate` and `rebuild` of tracker/sink/enrich/fraud_counts.py in C: a chunk's clicks
+grouped for the fraud counters' script, and each click's counts rebuilt from its answer
+(the sink does both for every click it enriches).
+
+fraud_counts.py's `py_aggregate` and `py_rebuild` are the reference and the fallback; it
+uses these when they are built and TRACKER_NO_EXTENSIONS is not set. They follow the
+reference line by line; what they add is kept in C: the event time read from its digits
+(the reference's per-second cache, keyed by the digits' value instead of a new substring),
+the last click's minute and bucket remembered (a chunk's clicks share a few), and the
+counts as they stand kept in C arrays instead of a copied list. Anything that is not the
+edge's "YYYY-MM-DD HH:MM:SS.mmm" goes through the reference's own steps, so it is read,
+or refused, the same way.
+"""
+
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.stdint cimport int64_t
+
+cdef object _fc = None  # fraud_counts, imported on first use (it imports this module)
+
+
+cdef inline int64_t _digits(const char *s, int start, int n):
+    """The value of n decimal digits, or -1 if one is not a digit."""
+    cdef int64_t value = 0
+    cdef int i
+    for i in range(start, start + n):
+        if s[i] < c'0' or s[i] > c'9':
+            return -1
+        value = value * 10 + (s[i] - c'0')
+    return value
+
+
+cdef inline int64_t _stamp(str text):
+    """YYYYMMDDhhmmss as one number when the text has the edge's layout up to its
+    milliseconds, else -1 (then the reference's steps read it). Only the first 20
+    characters are looked at, so a text takes the same path whatever its milliseconds."""
+    cdef Py_ssize_t n
+    cdef const char *s
+    cdef int64_t year, month, day, hour, minute, second
+    if len(text) != 23:
+        return -1
+    if not text.isascii():  # in its milliseconds (the reference reads those) or before
+        text = text[:20]
+        if not text.isascii():
+            return -1
+    s = PyUnicode_AsUTF8AndSize(text, &n)
+    if s[4] != c'-' or s[7] != c'-' or s[10] != c' ' or s[13] != c':' or s[16] != c':':
+        return -1
+    if s[19] != c'.':
+        return -1
+    year, month, day = _digits(s, 0, 4), _digits(s, 5, 2), _digits(s, 8, 2)
+    hour, minute, second = _digits(s, 11, 2), _digits(s, 14, 2), _digits(s, 17, 2)
+    if year < 0 or month < 0 or day < 0 or hour < 0 or minute < 0 or second < 0:
+        return -1
+    return ((((year * 100 + month) * 100 + day) * 100 + hour) * 100 + minute) * 100 + second
+
+
+def aggregate(chunk, list events, window_ms, bint sharded):
+    """Group a chunk's clicks for Redis, as fraud_counts.py's `py_aggregate`."""
+    global _fc
+    if _fc is None:
+        from tracker.sink.enrich import fraud_counts as module
+
+        _fc = module
+    K = _fc.K
+    parse_ms = _fc.parse_ms
+    zero = _fc.ZERO_UUID
+    duplicate_field = K.fraud_duplicate_field
+    cdef int64_t bucket_ms = chunk.bucket_seconds * 1000
+    cdef dict groups = chunk.groups, minutes = chunk.minutes, duplicates = chunk.duplicates
+    cdef list clicks = chunk.clicks
+    cdef dict second_of = {}  # the reference's cache: "YYYY-MM-DD HH:MM:SS" -> second
+    cdef dict second_at = {}  # the same, keyed by the digits' value (`_stamp`)
+    cdef dict keys = {}, shards = {}, window_of = {}
+    cdef int64_t ms, minute, second, stamp, milli, bucket
+    cdef int64_t last_stamp = -1, last_second = 0
+    cdef int64_t last_minute = -1, last_bucket = -1
+    cdef long shard, dup_shard, last_shard = -1, last_dup_shard = -1, window
+    cdef str text, minute_key = None
+    cdef dict cells = None, ips, fields = None
+    cdef tuple group = None, window_keys, entry
+    cdef list minute_cell, ip_cell, pair_cell, dup_cell
+    cdef dict pairs
+    cdef Py_ssize_t n
+    cdef const char *s
+    for event in events:
+        text = event["event_time"]
+        stamp = _stamp(text)
+        if stamp >= 0:
+            if stamp != last_stamp:
+                value = second_at.get(stamp)
+                if value is None:
+                    value = second_at[stamp] = parse_ms(text) // 1000
+                last_stamp, last_second = stamp, value
+            milli = -1
+            if text.isascii():
+                s = PyUnicode_AsUTF8AndSize(text, &n)
+                milli = _digits(s, 20, 3)
+            ms = last_second * 1000 + (milli if milli >= 0 else int(text[20:]))
+        elif len(text) == 23 and text[10] == " " and text[19] == ".":
+            value = second_of.get(text[:19])
+            if value is None:
+                value = second_of[text[:19]] = parse_ms(text) // 1000
+            ms = value * 1000 + int(text[20:])
+        else:
+            ms = parse_ms(text)
+        minute = ms // 60_000
+        # counted by the keyed hash of the full address when the edge anonymised it
+        ip = event.get("ip_key") or event["ip"]
+        shard = 0
+        if sharded:
+            shard = shards.get(ip, -1)
+            if shard < 0:
+                shard = shards[ip] = _fc.ip_shard(ip)
+        if minute != last_minute or shard != last_shard:
+            window_keys = keys.get((minute, shard))
+            if window_keys is None:
+                hour = minute // 60
+                window_keys = keys[(minute, shard)] = (
+                    K.fraud_ip_minute_key(minute, shard),
+                    (
+                        K.fraud_ip_visitors_key(hour, shard),
+                        K.fraud_ip_visitor_counts_key(hour, shard),
+                    ),
+                )
+            minute_key, group = window_keys
+            cells = minutes.get(minute_key)
+            if cells is None:
+                cells = minutes[minute_key] = {}
+            last_minute, last_shard = minute, shard
+        minute_cell = cells.get(ip)
+        if minute_cell is None:
+            minute_cell = cells[ip] = [0, 0]
+        minute_cell[0] += 1
+        visitor = event["visitor_id"]
+        if visitor == zero:  # no visitor: counted in its minute only
+            clicks.append((minute_cell, None, None, None, ms, 0))
+            continue
+        pair = f"{ip} {visitor}"
+        ips = groups.get(group)
+        if ips is None:
+            ips = groups[group] = {}
+        entry = ips.get(ip)
+        if entry is None:
+            entry = ips[ip] = ([0], {})
+        ip_cell, pairs = entry
+        pair_cell = pairs.get(pair)
+        if pair_cell is None:
+            pair_cell = pairs[pair] = [0]
+        campaign = event["campaign_id"]
+        value = window_of.get(campaign)
+        if value is None:
+            value = window_of[campaign] = window_ms(campaign)
+        window = value
+        dup_cell = None
+        if window > 0:
+            field = duplicate_field(visitor, event["link_slug"])
+            bucket = ms // bucket_ms
+            dup_shard = _fc.visitor_shard(visitor) if sharded else 0
+            if bucket != last_bucket or dup_shard != last_dup_shard:
+                at = (bucket, dup_shard)
+                fields = duplicates.get(at)
+                if fields is None:
+                    fields = duplicates[at] = {}
+                last_bucket, last_dup_shard = bucket, dup_shard
+            dup_cell = fields.get(field)
+            if dup_cell is None:
+                dup_cell = fields[field] = [ms, 0, 0]
+            elif dup_cell[0] < ms:
+                dup_cell[0] = ms
+        clicks.append((minute_cell, ip_cell, pair_cell, dup_cell, ms, window))
+
+
+def rebuild(chunk, answer):
+    """Each click's counts from Redis's answer, as fraud_counts.py's `py_rebuild`."""
+    global _fc
+    if _fc is None:
+        from tracker.sink.enrich import fraud_counts as module
+
+        _fc = module
+    ClickCounts = _fc.ClickCounts
+    cdef int64_t counted = _fc.COUNTED
+    cdef Py_ssize_t size = chunk.size, i
+    if len(answer) < size:  # as the reference's list would fail
+        raise IndexError("list index out of range")
+    cdef int64_t *given = <int64_t *>PyMem_Malloc((size + 1) * sizeof(int64_t))
+    cdef int64_t *state = <int64_t *>PyMem_Malloc((size + 1) * sizeof(int64_t))
+    cdef int64_t *latest = <int64_t *>PyMem_Malloc((size + 1) * sizeof(int64_t))
+    cdef list out = []
+    cdef Py_ssize_t m, v, p, d
+    cdef int64_t ms, window, own, last
+    cdef bint seen
+    if given is NULL or state is NULL or latest is NULL:
+        PyMem_Free(given)
+        PyMem_Free(state)
+        PyMem_Free(latest)
+        raise MemoryError()
+    try:
+        for i in range(size):
+            given[i] = answer[i]
+            state[i] = given[i]
+            latest[i] = 0
+        given[size] = state[size] = latest[size] = 0
+        for cells in chunk.minutes.values():
+            for clicks_at in cells.values():
+                state[<Py_ssize_t>clicks_at[1]] -= <int64_t>clicks_at[0]
+        for minute_cell, ip_cell, pair_cell, dup_cell, ms, window in chunk.clicks:
+            m = minute_cell[1]
+            state[m] += 1
+            if ip_cell is None or pair_cell is None:
+                out.append(tuple.__new__(ClickCounts, (state[m], False, 0)))
+                continue
+            v, p = ip_cell[0], pair_cell[0]
+            if state[p] != counted:
+                if state[p] == 0:
+                    state[v] += 1
+                state[p] = counted
+            seen = False
+            if dup_cell is not None:
+                d = dup_cell[1]
+                own = latest[d]
+                last = given[d]
+                if own > last:
+                    last = own
+                if latest[<Py_ssize_t>dup_cell[2]] > last:
+                    last = latest[<Py_ssize_t>dup_cell[2]]
+                seen = last > 0 and last > ms - window
+                if ms > own:
+                    latest[d] = ms
+            out.append(tuple.__new__(ClickCounts, (state[m], seen, state[v])))
+    finally:
+        PyMem_Free(given)
+        PyMem_Free(state)
+        PyMem_Free(latest)
+    return out
