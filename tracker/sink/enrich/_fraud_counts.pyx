@@ -17,7 +17,16 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int64_t
 
-cdef object _fc = None  # fraud_counts, imported on first use (it imports this module)
+cdef object _module = None  # fraud_counts, imported on first use (it imports this module)
+
+
+cdef object _reference():
+    global _module
+    if _module is None:
+        from tracker.sink.enrich import fraud_counts
+
+        _module = fraud_counts
+    return _module
 
 
 cdef inline int64_t _digits(const char *s, int start, int n):
@@ -58,14 +67,10 @@ cdef inline int64_t _stamp(str text):
 
 def aggregate(chunk, list events, window_ms, bint sharded):
     """Group a chunk's clicks for Redis, as fraud_counts.py's `py_aggregate`."""
-    global _fc
-    if _fc is None:
-        from tracker.sink.enrich import fraud_counts as module
-
-        _fc = module
-    K = _fc.K
-    parse_ms = _fc.parse_ms
-    zero = _fc.ZERO_UUID
+    fc = _reference()
+    K = fc.K
+    parse_ms = fc.parse_ms
+    zero = fc.ZERO_UUID
     duplicate_field = K.fraud_duplicate_field
     cdef int64_t bucket_ms = chunk.bucket_seconds * 1000
     cdef dict groups = chunk.groups, minutes = chunk.minutes, duplicates = chunk.duplicates
@@ -112,7 +117,7 @@ def aggregate(chunk, list events, window_ms, bint sharded):
         if sharded:
             shard = shards.get(ip, -1)
             if shard < 0:
-                shard = shards[ip] = _fc.ip_shard(ip)
+                shard = shards[ip] = fc.ip_shard(ip)
         if minute != last_minute or shard != last_shard:
             window_keys = keys.get((minute, shard))
             if window_keys is None:
@@ -157,7 +162,7 @@ def aggregate(chunk, list events, window_ms, bint sharded):
         if window > 0:
             field = duplicate_field(visitor, event["link_slug"])
             bucket = ms // bucket_ms
-            dup_shard = _fc.visitor_shard(visitor) if sharded else 0
+            dup_shard = fc.visitor_shard(visitor) if sharded else 0
             if bucket != last_bucket or dup_shard != last_dup_shard:
                 at = (bucket, dup_shard)
                 fields = duplicates.get(at)
@@ -174,13 +179,9 @@ def aggregate(chunk, list events, window_ms, bint sharded):
 
 def rebuild(chunk, answer):
     """Each click's counts from Redis's answer, as fraud_counts.py's `py_rebuild`."""
-    global _fc
-    if _fc is None:
-        from tracker.sink.enrich import fraud_counts as module
-
-        _fc = module
-    ClickCounts = _fc.ClickCounts
-    cdef int64_t counted = _fc.COUNTED
+    fc = _reference()
+    ClickCounts = fc.ClickCounts
+    cdef int64_t counted = fc.COUNTED
     cdef Py_ssize_t size = chunk.size, i
     if len(answer) < size:  # as the reference's list would fail
         raise IndexError("list index out of range")

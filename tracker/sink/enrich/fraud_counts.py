@@ -21,7 +21,7 @@ from tracker.types import Row, SyncRedis
 # One call per chunk of clicks, aggregated before it is sent: each distinct "IP visitor" pair,
 # IP and "visitor link" of the chunk once, and each hash or set read and written with one
 # variadic command, so Redis runs a few commands per window shard rather than several per
-# click. The clicks' own counts are then rebuilt in stream order in Python (`Chunk.counts`).
+# click. The clicks' own counts are then rebuilt in stream order (`rebuild`).
 # The arguments travel as one MessagePack value: Redis then parses one argument rather than
 # several per click, and the script hands the unpacked lists straight to the commands.
 #
