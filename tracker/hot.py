@@ -315,13 +315,9 @@ def py_group(writes: HotWrites, clicks: Iterable[tuple[str, bytes]]) -> None:
 
 
 group: Callable[[HotWrites, Iterable[tuple[str, bytes]]], None] = py_group
-if extensions.wanted():
-    try:
-        from tracker import _hot
-    except ImportError:  # not built (a source checkout without a compiler): pure Python
-        pass
-    else:
-        group = _hot.group
+_hot = extensions.load("tracker._hot")
+if _hot is not None:
+    group = _hot.group
 
 
 # The hot part of a batch. Called with `k0` (index of the first hot key in KEYS) and `a`

@@ -88,13 +88,9 @@ def py_reset(last_ms: int, seq: int, pool: bytes, pool_at: int) -> None:
 uuid7: Callable[..., str] = py_uuid7
 state: Callable[[], tuple[int, int, bytes, int]] = py_state
 reset: Callable[[int, int, bytes, int], None] = py_reset
-if extensions.wanted():
-    try:
-        from tracker import _ids
-    except ImportError:  # not built (a source checkout without a compiler): pure Python
-        pass
-    else:
-        uuid7, state, reset = _ids.uuid7, _ids.state, _ids.reset
+_ids = extensions.load("tracker._ids")
+if _ids is not None:
+    uuid7, state, reset = _ids.uuid7, _ids.state, _ids.reset
 
 
 def is_uuid(value: str) -> bool:

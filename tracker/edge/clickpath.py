@@ -155,12 +155,6 @@ class Core(Protocol):
 
 ClickPath: Callable[[ClickContext], Core] = PyClickPath
 head_span = py_head_span
-if extensions.wanted():
-    try:
-        from tracker.edge._clickpath import ClickPath as _Compiled
-        from tracker.edge._clickpath import head_span as _compiled_head_span
-    except ImportError:  # not built (a source checkout without a compiler): pure Python
-        pass
-    else:
-        ClickPath = _Compiled
-        head_span = _compiled_head_span
+_compiled = extensions.load("tracker.edge._clickpath")
+if _compiled is not None:
+    ClickPath, head_span = _compiled.ClickPath, _compiled.head_span

@@ -409,13 +409,9 @@ def py_rebuild(chunk: Chunk, answer: list[int]) -> list[ClickCounts]:
 
 aggregate: Callable[[Chunk, list[Row], Callable[[str], int], bool], None] = py_aggregate
 rebuild: Callable[[Chunk, list[int]], list[ClickCounts]] = py_rebuild
-if extensions.wanted():
-    try:
-        from tracker.sink.enrich import _fraud_counts
-    except ImportError:  # not built (a source checkout without a compiler): pure Python
-        pass
-    else:
-        aggregate, rebuild = _fraud_counts.aggregate, _fraud_counts.rebuild
+_compiled = extensions.load("tracker.sink.enrich._fraud_counts")
+if _compiled is not None:
+    aggregate, rebuild = _compiled.aggregate, _compiled.rebuild
 
 
 class ClickCounter:
