@@ -105,12 +105,12 @@ def expire_at(hour: int, hot_hours: int) -> int:
 
 
 class ExpiriesSent:
-    """The hashes whose expiry this process set lately, left out of its next batches'
-    EXPIREATs. A batch of a few dozen clicks touches about as many of an hour's 128
-    hashes, so at moderate rates that was one or two EXPIREATs per click (3 µs of Redis
-    per click at 3,000 clicks/s). Each is sent again after `resend` seconds, so a hash
-    Redis lost and made again (a flush, a restart without persistence) is not left
-    without an expiry for longer than that."""
+    """The hashes (or the sink's exclusion sets) whose expiry this process set lately,
+    left out of its next batches' EXPIREATs. A batch of a few dozen clicks touches about
+    as many of an hour's 128 hashes, so at moderate rates that was one or two EXPIREATs
+    per click (3 µs of Redis per click at 3,000 clicks/s). Each is sent again after
+    `resend` seconds, so a hash Redis lost and made again (a flush, a restart without
+    persistence) is not left without an expiry for longer than that."""
 
     def __init__(self, resend: float = 300.0) -> None:
         self.resend = resend

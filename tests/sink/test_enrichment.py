@@ -15,7 +15,7 @@ from tests.geo.test_reader import write_mmdb
 from tracker import hot
 from tracker.ids import uuid7
 from tracker.reasons import FraudFlag
-from tracker.sink.enrich import fraud, fraud_counts
+from tracker.sink.enrich import fraud, fraud_counts, steps
 from tracker.sink.enrich.fraud import FraudRules, Thresholds, thresholds_from
 from tracker.sink.enrich.pipeline import Pipeline, Step, flag
 from tracker.sink.enrich.privacy import anonymize_ip
@@ -147,6 +147,38 @@ def test_ip_flood_counts_across_batches_with_per_campaign_thresholds(redis_serve
         rules, [click(visitor=visitor, slug="late", ms=1_700_000_000_000 + 60_000)]
     )
     assert other_minute == [[]]
+
+
+def click_id_at(ms: int, rng: random.Random) -> str:
+    """A UUIDv7 of that millisecond (uuid7() never goes back in time within a process)."""
+    tail = f"{rng.getrandbits(72):018x}"
+    text = f"{ms:012x}7{tail[:3]}{8 + rng.getrandbits(2):x}{tail[3:]}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def test_exclusion_marks_put_each_flagged_click_in_its_hours_set(redis_server):
+    redis = redis_server.client()
+    marks = steps.ExclusionMarks(redis, hot_hours=48)
+    rng = random.Random(7)
+    now = int(time.time() * 1000)
+    ids = [click_id_at(now - hours * hot.HOUR_MS - i, rng) for hours in (0, 1) for i in range(300)]
+    events = [
+        {"click_id": c, "is_bot": i % 3 == 0, "fraud_flags": ["ip_flood"] if i % 3 == 1 else []}
+        for i, c in enumerate(ids)
+    ]
+    for start in range(0, len(events), 200):  # batches that share sets
+        marks.prepare(events[start : start + 200])
+    for event in events:
+        c = event["click_id"]
+        flagged = bool(event["is_bot"] or event["fraud_flags"])
+        assert redis.sismember(hot.excluded_set(c), hot.raw_id(c)) == flagged, c
+    flagged = [e["click_id"] for e in events if e["is_bot"] or e["fraud_flags"]]
+    sets = {hot.excluded_set(c): hot.hour_of(c) for c in flagged}
+    assert len(sets) > 2 * hot.HOT_SHARDS * 0.9  # both hours, (nearly) every shard
+    for key, hour in sets.items():
+        expected = hot.expire_at(hour, 48) - time.time()
+        assert expected - 5 < redis.ttl(key) <= expected + 1, key
+    assert sum(redis.scard(key) for key in sets) == len(flagged) == 400
 
 
 @pytest.mark.usefixtures("counting")

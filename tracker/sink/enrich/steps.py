@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from tracker import hot
+from tracker import redis_keys as K
 from tracker.config import Settings
 from tracker.redis_connection import is_cluster
 from tracker.sink.enrich.bots import bot_reason
@@ -76,32 +77,35 @@ class ExclusionMarks:
     def __init__(self, redis: SyncRedis, hot_hours: int) -> None:
         self.redis = redis
         self.hot_hours = hot_hours
+        self._expiries = hot.ExpiriesSent()  # as the edge's writer: EXPIREAT now and then
 
     def prepare(self, events: list[Row]) -> None:
-        """One SADD and one EXPIREAT per hour's set (tracker/hot.py), not per click."""
-        marks: dict[str, list[bytes]] = {}
-        expiry: dict[str, int] = {}
-        # a set is named by the id's time (its first 13 characters) and its last two: the
-        # batch's clicks share a few, so each is worked out once
-        sets: dict[tuple[str, str], str] = {}
+        """One SADD per set the batch marks (tracker/hot.py), not per click; each set's
+        EXPIREAT now and then (`hot.ExpiriesSent`), not per batch."""
+        # sets by hour * HOT_SHARDS + shard, worked out from the id's bytes (its time is
+        # its first 48 bits): naming each flagged click's set from its text took 1.4 µs
+        marks: dict[int, list[bytes]] = {}
         for event in events:
             if event.get("is_bot") or event.get("fraud_flags"):
-                click_id = event["click_id"]
-                at = (click_id[:13], click_id[-2:])
-                key = sets.get(at)
-                if key is None:
-                    key = sets[at] = hot.excluded_set(click_id)
-                    if key not in marks:  # several times and shards share one set
-                        marks[key] = []
-                        expiry[key] = hot.expire_at(hot.hour_of(click_id), self.hot_hours)
-                marks[key].append(hot.raw_id(click_id))
+                raw = hot.raw_id(event["click_id"])
+                slot = int.from_bytes(raw[:6]) // hot.HOUR_MS * hot.HOT_SHARDS + hot.shard(raw)
+                members = marks.get(slot)
+                if members is None:
+                    members = marks[slot] = []
+                members.append(raw)
         if not marks:
             return
+        keys = {slot: K.hot_excluded_key(*divmod(slot, hot.HOT_SHARDS)) for slot in marks}
+        now = time.monotonic()
+        recent = self._expiries.recent(keys.values(), now)
         pipe = self.redis.pipeline(transaction=False)
-        for key, members in marks.items():
+        for slot, members in marks.items():
+            key = keys[slot]
             pipe.sadd(key, *members)
-            pipe.expireat(key, expiry[key])
+            if key not in recent:
+                pipe.expireat(key, hot.expire_at(slot // hot.HOT_SHARDS, self.hot_hours))
         pipe.execute()
+        self._expiries.sent(set(keys.values()) - recent, now)
 
     @staticmethod
     def run(event: Row) -> Row:
