@@ -88,6 +88,27 @@ def test_pipeline_runs_steps_in_order_counts_and_times_them():
     assert pipeline.tables() == {"clicks", "impressions"}
 
 
+def test_pipeline_counts_each_flag_and_bot_reason_per_table():
+    pipeline = Pipeline([Step("bots", steps.mark_bot, ("clicks",))])
+    events = [
+        {"user_agent": "curl/8.5.0", "fraud_flags": [FraudFlag.IP_FLOOD]},
+        {"user_agent": "curl/8.5.0"},
+        {"user_agent": GOOGLEBOT, "fraud_flags": [FraudFlag.IP_FLOOD, FraudFlag.DUPLICATE_CLICK]},
+        {"user_agent": BROWSER_UA, "method": "HEAD"},
+        {"user_agent": BROWSER_UA, "fraud_flags": []},
+    ]
+    pipeline.process("clicks", events)
+    pipeline.process("clicks", [{"user_agent": ""}])
+    assert pipeline.flags == {
+        ("clicks", "ip_flood"): 2,
+        ("clicks", "duplicate_click"): 1,
+        ("clicks", "bot:library"): 2,
+        ("clicks", "bot:crawler"): 1,
+        ("clicks", "bot:head_request"): 1,
+        ("clicks", "bot:empty_user_agent"): 1,
+    }
+
+
 # -- fraud counters in Redis ----------------------------------------------------------------
 
 
