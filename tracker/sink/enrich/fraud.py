@@ -35,7 +35,7 @@ from dataclasses import replace
 from tracker.config import FraudThresholds as Thresholds
 from tracker.ids import ZERO_UUID
 from tracker.reasons import FraudFlag
-from tracker.sink.enrich.fraud_counts import ClickCounter, ClickCounts
+from tracker.sink.enrich.fraud_counts import ClickCounter
 from tracker.sink.enrich.pipeline import flag
 from tracker.timefmt import parse_ms
 from tracker.types import Row, SyncRedis
@@ -97,21 +97,19 @@ class FraudRules:
     def check_clicks(self, events: list[Row]) -> list[Row]:
         """The click rules over a batch: count it in Redis, then judge each click by its
         own counts (handed over by position: no state kept between the two)."""
-        for event, counts in zip(events, self.counter.count(events), strict=True):
-            self.judge_click(event, counts)
+        counts = self.counter.count(events)
+        thresholds, default, asns = self.per_campaign.get, self.default, self.datacenter_asns
+        for event, (minute, seen, visitors) in zip(events, counts, strict=True):
+            t = thresholds(event["campaign_id"], default)
+            if ip_flood(minute, t):
+                flag(event, FraudFlag.IP_FLOOD)
+            if duplicate_click(seen):
+                flag(event, FraudFlag.DUPLICATE_CLICK)
+            if ip_many_visitors(visitors, t):
+                flag(event, FraudFlag.IP_MANY_VISITORS)
+            if datacenter_asn(event.get("asn", 0), asns):
+                flag(event, FraudFlag.DATACENTER_ASN)
         return events
-
-    def judge_click(self, event: Row, counts: ClickCounts) -> Row:
-        t = self.thresholds(event["campaign_id"])
-        if ip_flood(counts.clicks_this_minute, t):
-            flag(event, FraudFlag.IP_FLOOD)
-        if duplicate_click(counts.seen_recently):
-            flag(event, FraudFlag.DUPLICATE_CLICK)
-        if ip_many_visitors(counts.visitors_this_hour, t):
-            flag(event, FraudFlag.IP_MANY_VISITORS)
-        if datacenter_asn(event.get("asn", 0), self.datacenter_asns):
-            flag(event, FraudFlag.DATACENTER_ASN)
-        return event
 
     def check_conversion(self, event: Row) -> Row:
         if event.get("previous_status"):
