@@ -11,10 +11,10 @@ and address caches are those of a running sink). Prints rows/s, the sink's CPU p
 (all its threads, chDB's included; chDB's background merges also on their own) and rows
 per CPU-second, the Redis CPU the sink caused per row (reads, acknowledgements, and the
 enrichment's counters and marks) and its time per row in each command (INFO
-commandstats), each step's share of the sink's time, and what enriching adds to the
-sink's CPU per row, merges left out (they merge whatever is stored, whenever chDB picks).
-The insert path gets enough rows for ten full reads, so the rate is the steady one (reading ahead
-overlaps every read but the first)."""
+commandstats), each step's share of the sink's time and its own CPU per row, and what
+enriching adds to the sink's CPU per row, merges left out (they merge whatever is stored,
+whenever chDB picks). The insert path gets enough rows for ten full reads, so the rate is
+the steady one (reading ahead overlaps every read but the first)."""
 
 from __future__ import annotations
 
@@ -154,6 +154,10 @@ def drain(settings, redis, redis_pid: int, ch, pipeline: Pipeline | None) -> dic
     if pipeline:
         result["steps_share_of_sink_time"] = {
             name: f"{100 * stat.seconds / seconds:.1f}%" for name, stat in pipeline.stats.items()
+        }
+        # the steps' own CPU (the sink's loop thread; Redis's time in their calls is not in it)
+        result["steps_cpu_us_per_row"] = {
+            name: round(stat.cpu_seconds / rows * 1e6, 2) for name, stat in pipeline.stats.items()
         }
     return result
 

@@ -64,6 +64,7 @@ def test_pipeline_runs_steps_in_order_counts_and_times_them():
 
     def second(event):
         seen.append(("second", event["n"]))
+        sum(range(100_000))  # CPU time to show
         if event["n"] == 3:
             flag(event, FraudFlag.IP_FLOOD)
             flag(event, FraudFlag.IP_FLOOD)
@@ -83,6 +84,7 @@ def test_pipeline_runs_steps_in_order_counts_and_times_them():
     assert len(prepared) == 1 and [e["n"] for e in prepared[0]] == [1, 3]
     assert pipeline.stats["first"].events == 3 and pipeline.stats["first"].dropped == 1
     assert pipeline.stats["second"].events == 2 and pipeline.stats["second"].seconds > 0
+    assert 0 < pipeline.stats["second"].cpu_seconds <= pipeline.stats["second"].seconds * 1.5
     assert "other" not in pipeline.stats
     assert pipeline.flags[("clicks", "ip_flood")] == 1
     assert pipeline.tables() == {"clicks", "impressions"}
