@@ -133,16 +133,16 @@ except ImportError:  # not built in this work tree
 
 @pytest.fixture(params=["python", "compiled"])
 def counting(request, monkeypatch):
-    """Each way of grouping a chunk and rebuilding its counts: fraud_counts.py's reference
-    and tracker/sink/enrich/_fraud_counts.pyx."""
-    if request.param == "compiled":
-        if compiled is None:
-            compiled_missing("the compiled fraud counting")
-        monkeypatch.setattr(fraud_counts, "aggregate", compiled.aggregate)
-        monkeypatch.setattr(fraud_counts, "rebuild", compiled.rebuild)
-    else:
-        monkeypatch.setattr(fraud_counts, "aggregate", fraud_counts.py_aggregate)
-        monkeypatch.setattr(fraud_counts, "rebuild", fraud_counts.py_rebuild)
+    """Each way of grouping a chunk, placing and sending it and rebuilding its counts:
+    fraud_counts.py's reference and tracker/sink/enrich/_fraud_counts.pyx."""
+    if request.param == "compiled" and compiled is None:
+        compiled_missing("the compiled fraud counting")
+    for name in ("aggregate", "place", "arg_lists", "rebuild"):
+        if request.param == "compiled":
+            chosen = getattr(compiled, name)
+        else:
+            chosen = getattr(fraud_counts, f"py_{name}")
+        monkeypatch.setattr(fraud_counts, name, chosen)
 
 
 def run_rules(rules: FraudRules, events: list[dict]) -> list[list[str]]:

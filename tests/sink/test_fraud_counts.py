@@ -1,7 +1,7 @@
 """The compiled fraud counting (tracker/sink/enrich/_fraud_counts.pyx) against its reference
-in fraud_counts.py, on random and hostile chunks: the same grouping for Redis, the same
-error after the same clicks, the same counts from the same answer. (Both against real
-Redis: tests/sink/test_enrichment.py, under the `counting` fixture.)"""
+in fraud_counts.py, on random and hostile chunks: the same grouping, places and arguments
+for Redis, the same error after the same clicks, the same counts from the same answer.
+(Both against real Redis: tests/sink/test_enrichment.py, under the `counting` fixture.)"""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def hostile_event(rng: random.Random, visitors: list[str], odd: float) -> dict:
 WINDOWS = {"strict": 60_000, "lax": 1_500, "off": 0}
 
 
-def aggregated(aggregate, events: list[dict], sharded: bool) -> tuple:
+def aggregated(aggregate, place, events: list[dict], sharded: bool) -> tuple:
     chunk = Chunk(60)
     try:
         aggregate(chunk, events, lambda campaign: WINDOWS.get(campaign, 30_000), sharded)
@@ -77,12 +77,15 @@ def aggregated(aggregate, events: list[dict], sharded: bool) -> tuple:
     except Exception as exc:  # the same refusal, after the same clicks
         error = type(exc)
     if error is None:
-        chunk.place()
+        place(chunk)
     state = (chunk.groups, chunk.minutes, chunk.duplicates, chunk.clicks, chunk.size)
     return error, state, chunk
 
 
-def test_the_compiled_grouping_matches_the_reference_on_random_and_hostile_chunks():
+REFERENCE = (fraud_counts.py_aggregate, fraud_counts.py_place)
+
+
+def test_the_compiled_grouping_places_and_arguments_match_the_reference():
     if compiled is None:
         compiled_missing("the compiled fraud counting")
     rng = random.Random(20261201)
@@ -92,10 +95,13 @@ def test_the_compiled_grouping_matches_the_reference_on_random_and_hostile_chunk
         visitors = [uuid7() for _ in range(rng.randrange(1, 8))] + [ZERO_UUID]
         events = [hostile_event(rng, visitors, odd) for _ in range(rng.randrange(1, 150))]
         sharded = n % 3 == 0
-        error, state, _ = aggregated(compiled.aggregate, events, sharded)
-        expected_error, expected_state, _ = aggregated(fraud_counts.py_aggregate, events, sharded)
+        error, state, chunk = aggregated(compiled.aggregate, compiled.place, events, sharded)
+        expected_error, expected_state, expected = aggregated(*REFERENCE, events, sharded)
         assert (error, state) == (expected_error, expected_state), events
         errors += error is not None
+        if error is None:
+            assert compiled.arg_lists(chunk) == fraud_counts.py_arg_lists(expected)
+            assert chunk.args() == expected.args()  # the one value the script gets
     assert 20 < errors < 200  # the hostile chunks did reach the refusals, not all of them
 
 
@@ -106,7 +112,7 @@ def test_the_compiled_rebuild_matches_the_reference_on_random_answers():
     for n in range(300):
         visitors = [uuid7() for _ in range(rng.randrange(1, 8))] + [ZERO_UUID]
         events = [hostile_event(rng, visitors, 0.0) for _ in range(rng.randrange(1, 150))]
-        _, _, chunk = aggregated(fraud_counts.py_aggregate, events, n % 2 == 0)
+        _, _, chunk = aggregated(*REFERENCE, events, n % 2 == 0)
         # Redis's answer: small counts and known flags, duplicate times near the clicks',
         # and on a window's edge (a click's time less its window: not within it)
         times = [ms for *_, ms, _ in chunk.clicks]

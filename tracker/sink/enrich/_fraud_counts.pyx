@@ -1,10 +1,12 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""`aggregate` and `rebuild` of tracker/sink/enrich/fraud_counts.py in C: a chunk's clicks
-grouped for the fraud counters' script, and each click's counts rebuilt from its answer
-(the sink does both for every click it enriches).
+"""`aggregate`, `place`, `arg_lists` and `rebuild` of tracker/sink/enrich/fraud_counts.py in
+C: a chunk's clicks grouped for the fraud counters' script, each group's place in its
+answer and its arguments, and each click's counts rebuilt from the answer (the sink does
+all four for every chunk it enriches).
 
-fraud_counts.py's `py_aggregate` and `py_rebuild` are the reference and the fallback; it
-uses these when they are built and TRACKER_NO_EXTENSIONS is not set. They follow the
+fraud_counts.py's `py_aggregate`, `py_place`, `py_arg_lists` and `py_rebuild` are the
+reference and the fallback; it uses these when they are built and TRACKER_NO_EXTENSIONS
+is not set. They follow the
 reference line by line; what they add is kept in C: the event time read from its digits
 (the reference's per-second cache, keyed by the digits' value instead of a new substring),
 the last click's minute and bucket remembered (a chunk's clicks share a few), and the
@@ -175,6 +177,66 @@ def aggregate(chunk, list events, window_ms, bint sharded):
             elif dup_cell[0] < ms:
                 dup_cell[0] = ms
         clicks.append((minute_cell, ip_cell, pair_cell, dup_cell, ms, window))
+
+
+def place(chunk):
+    """Each cell's position in the answer, as fraud_counts.py's `py_place`."""
+    cdef Py_ssize_t at = 0
+    cdef dict ips, pairs, cells, before
+    cdef dict duplicates = chunk.duplicates
+    cdef list cell
+    cdef tuple entry
+    for ips in chunk.groups.values():
+        for entry in ips.values():
+            cell = entry[0]
+            cell[0] = at
+            at += 1
+        for entry in ips.values():
+            pairs = entry[1]
+            for cell in pairs.values():
+                cell[0] = at
+                at += 1
+    for cells in chunk.minutes.values():
+        for cell in cells.values():
+            cell[1] = at
+            at += 1
+    for cells in duplicates.values():
+        for cell in cells.values():
+            cell[1] = at
+            at += 1
+    chunk.size = at
+    for (bucket, shard), cells in duplicates.items():
+        before = duplicates.get((bucket - 1, shard), {})
+        for field, cell in cells.items():
+            earlier = before.get(field)
+            cell[2] = (<list>earlier)[1] if earlier is not None else at
+
+
+def arg_lists(chunk):
+    """The groups, minutes and duplicates for the script, as fraud_counts.py's
+    `py_arg_lists`."""
+    cdef list groups = [], minutes = [], duplicates = []
+    cdef list ip_list, pairs, owners, counts
+    cdef dict ips, cells
+    cdef tuple entry
+    cdef Py_ssize_t n
+    for ips in chunk.groups.values():
+        ip_list, pairs, owners = [], [], []
+        n = 0
+        for ip, entry in ips.items():
+            n += 1
+            ip_list.append(ip)
+            for pair in <dict>entry[1]:
+                pairs.append(pair)
+                owners.append(n)
+        groups.append([ip_list, pairs, owners])
+    for cells in chunk.minutes.values():
+        counts = [(<list>cell)[0] for cell in cells.values()]
+        minutes.append([list(cells), counts])
+    for cells in chunk.duplicates.values():
+        counts = [(<list>cell)[0] for cell in cells.values()]
+        duplicates.append([list(cells), counts])
+    return [groups, minutes, duplicates]
 
 
 def rebuild(chunk, answer):

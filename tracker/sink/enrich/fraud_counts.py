@@ -191,7 +191,7 @@ class ClickCounts(NamedTuple):
 
 # Where a chunk's counts sit in the script's answer. Each distinct IP (per hour shard),
 # "IP visitor" pair, IP per minute and "visitor link" per duplicate bucket of a chunk has
-# one cell, a small list shared by the chunk's clicks it concerns; `Chunk.place` writes into
+# one cell, a small list shared by the chunk's clicks it concerns; `place` writes into
 # each cell its position in the answer, so the clicks' counts are rebuilt (`rebuild`) by
 # position in one list, not looked up by key in several dicts.
 IpCell = list[int]  # [position: the IP's visitors before the chunk]
@@ -239,52 +239,58 @@ class Chunk:
 
     def args(self) -> list:
         """ARGV: the chunk as one MessagePack value (see COUNT_CLICKS)."""
-        groups = []
-        for ips in self.groups.values():
-            pairs: list[str] = []
-            owners: list[int] = []
-            for n, (_, ip_pairs) in enumerate(ips.values(), 1):
-                pairs += ip_pairs
-                owners += [n] * len(ip_pairs)
-            groups.append([list(ips), pairs, owners])
-        minutes = [
-            [list(cells), [cell[0] for cell in cells.values()]] for cells in self.minutes.values()
-        ]
-        duplicates = [
-            [list(cells), [cell[0] for cell in cells.values()]]
-            for cells in self.duplicates.values()
-        ]
-        value = [WINDOW_TTL, self.duplicate_ttl, groups, minutes, duplicates]
+        value = [WINDOW_TTL, self.duplicate_ttl, *arg_lists(self)]
         return [msgpack.packb(value)]
 
-    def place(self) -> None:
-        """Write into each cell its position in the answer, in the order COUNT_CLICKS
-        answers: per group each IP, then each pair; each minute's IPs; each duplicate
-        field. A duplicate cell also gets the position of its field in the bucket before
-        (or `size`: a slot that stays 0)."""
-        at = 0
-        for ips in self.groups.values():
-            for ip_cell, _ in ips.values():
-                ip_cell[0] = at
+
+def py_place(chunk: Chunk) -> None:
+    """Write into each cell its position in the answer, in the order COUNT_CLICKS
+    answers: per group each IP, then each pair; each minute's IPs; each duplicate
+    field. A duplicate cell also gets the position of its field in the bucket before
+    (or `size`: a slot that stays 0). The reference for the compiled `place`."""
+    at = 0
+    for ips in chunk.groups.values():
+        for ip_cell, _ in ips.values():
+            ip_cell[0] = at
+            at += 1
+        for _, pairs in ips.values():
+            for pair_cell in pairs.values():
+                pair_cell[0] = at
                 at += 1
-            for _, pairs in ips.values():
-                for pair_cell in pairs.values():
-                    pair_cell[0] = at
-                    at += 1
-        for cells in self.minutes.values():
-            for minute_cell in cells.values():
-                minute_cell[1] = at
-                at += 1
-        for cells in self.duplicates.values():
-            for dup_cell in cells.values():
-                dup_cell[1] = at
-                at += 1
-        self.size = at
-        for (bucket, shard), cells in self.duplicates.items():
-            before = self.duplicates.get((bucket - 1, shard), {})
-            for field, dup_cell in cells.items():
-                earlier = before.get(field)
-                dup_cell[2] = earlier[1] if earlier is not None else at
+    for cells in chunk.minutes.values():
+        for minute_cell in cells.values():
+            minute_cell[1] = at
+            at += 1
+    for cells in chunk.duplicates.values():
+        for dup_cell in cells.values():
+            dup_cell[1] = at
+            at += 1
+    chunk.size = at
+    for (bucket, shard), cells in chunk.duplicates.items():
+        before = chunk.duplicates.get((bucket - 1, shard), {})
+        for field, dup_cell in cells.items():
+            earlier = before.get(field)
+            dup_cell[2] = earlier[1] if earlier is not None else at
+
+
+def py_arg_lists(chunk: Chunk) -> list:
+    """The chunk's groups, minutes and duplicates as COUNT_CLICKS reads them (the rest of
+    its ARGV: `Chunk.args`). The reference for the compiled `arg_lists`."""
+    groups = []
+    for ips in chunk.groups.values():
+        pairs: list[str] = []
+        owners: list[int] = []
+        for n, (_, ip_pairs) in enumerate(ips.values(), 1):
+            pairs += ip_pairs
+            owners += [n] * len(ip_pairs)
+        groups.append([list(ips), pairs, owners])
+    minutes = [
+        [list(cells), [cell[0] for cell in cells.values()]] for cells in chunk.minutes.values()
+    ]
+    duplicates = [
+        [list(cells), [cell[0] for cell in cells.values()]] for cells in chunk.duplicates.values()
+    ]
+    return [groups, minutes, duplicates]
 
 
 def py_aggregate(
@@ -370,7 +376,7 @@ def py_aggregate(
 
 
 def py_rebuild(chunk: Chunk, answer: list[int]) -> list[ClickCounts]:
-    """Each click's counts from Redis's answer (positions: `Chunk.place`), as if Redis had
+    """Each click's counts from Redis's answer (positions: `place`), as if Redis had
     counted the clicks one by one in order: a pair new to Redis raises its IP's visitors
     where it first occurs; a click is "seen" when Redis (the latest time in its bucket or
     the one before, 0 for none) or an earlier click of the chunk in its bucket or the one
@@ -408,10 +414,13 @@ def py_rebuild(chunk: Chunk, answer: list[int]) -> list[ClickCounts]:
 
 
 aggregate: Callable[[Chunk, list[Row], Callable[[str], int], bool], None] = py_aggregate
+place: Callable[[Chunk], None] = py_place
+arg_lists: Callable[[Chunk], list] = py_arg_lists
 rebuild: Callable[[Chunk, list[int]], list[ClickCounts]] = py_rebuild
 _compiled = extensions.load("tracker.sink.enrich._fraud_counts")
 if _compiled is not None:
-    aggregate, rebuild = _compiled.aggregate, _compiled.rebuild
+    aggregate, place, rebuild = _compiled.aggregate, _compiled.place, _compiled.rebuild
+    arg_lists = _compiled.arg_lists
 
 
 class ClickCounter:
@@ -451,7 +460,7 @@ class ClickCounter:
     def _count(self, events: list[Row]) -> list[ClickCounts]:
         chunk = Chunk(self.bucket_seconds)
         aggregate(chunk, events, self._window_ms, self.cluster)
-        chunk.place()
+        place(chunk)
         if self.cluster:  # keys in many slots: the same counts, command by command
             return rebuild(chunk, self._answer_with_pipeline(chunk))
         if self._script is None:
