@@ -27,7 +27,7 @@ GEO_RELOAD_SECONDS = 10.0
 
 def mark_bot(event: Row) -> Row:
     reason = bot_reason(event.get("user_agent", ""), event.get("method", "GET"))
-    event["is_bot"] = int(bool(reason))
+    event["is_bot"] = 1 if reason else 0
     event["bot_reason"] = reason
     return event
 
