@@ -79,6 +79,12 @@ def shard(raw: bytes) -> int:
     return raw[15] % HOT_SHARDS
 
 
+def slot(raw: bytes) -> int:
+    """A click's hour and shard as one number, hour * HOT_SHARDS + shard, from its id's 16
+    bytes (a UUIDv7's first 48 bits are its time): cheaper than naming its hash."""
+    return int.from_bytes(raw[:6]) // HOUR_MS * HOT_SHARDS + shard(raw)
+
+
 def click_shard(click_id: str) -> int:
     return shard(raw_id(click_id))
 

@@ -6,11 +6,11 @@ all four for every chunk it enriches).
 
 fraud_counts.py's `py_aggregate`, `py_place`, `py_arg_lists` and `py_rebuild` are the
 reference and the fallback; it uses these when they are built and TRACKER_NO_EXTENSIONS
-is not set. They follow the
-reference line by line; what they add is kept in C: the event time read from its digits
-(the reference's per-second cache, keyed by the digits' value instead of a new substring),
-the last click's minute and bucket remembered (a chunk's clicks share a few), and the
-counts as they stand kept in C arrays instead of a copied list. Anything that is not the
+is not set. They follow the reference line by line; what they add is kept in C: the event
+time read from its digits (the reference's per-second cache, keyed by the digits' value
+instead of a new substring), the last click's minute and bucket remembered (a chunk's
+clicks share a few), and the counts as they stand kept in C arrays instead of a copied
+list. Anything that is not the
 edge's "YYYY-MM-DD HH:MM:SS.mmm" goes through the reference's own steps, so it is read,
 or refused, the same way.
 """

@@ -98,9 +98,9 @@ class FraudRules:
         """The click rules over a batch: count it in Redis, then judge each click by its
         own counts (handed over by position: no state kept between the two)."""
         counts = self.counter.count(events)
-        thresholds, default, asns = self.per_campaign.get, self.default, self.datacenter_asns
+        thresholds, asns = self.thresholds, self.datacenter_asns
         for event, (minute, seen, visitors) in zip(events, counts, strict=True):
-            t = thresholds(event["campaign_id"], default)
+            t = thresholds(event["campaign_id"])
             if ip_flood(minute, t):
                 flag(event, FraudFlag.IP_FLOOD)
             if duplicate_click(seen):
