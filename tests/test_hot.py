@@ -1,4 +1,5 @@
-"""The hot window's layout (tracker/hot.py): pure functions, no I/O."""
+"""The hot window's layout (tracker/hot.py): pure functions, and its writes against a real
+Redis."""
 
 from __future__ import annotations
 
@@ -153,3 +154,26 @@ def test_the_compiled_grouping_matches_the_reference_on_random_and_hostile_batch
             for _ in range(rng.randrange(1, 120))
         ]
         assert outcome(compiled.group, batch) == outcome(hot.py_group, batch), batch
+
+
+def test_paths_hold_each_click_once_over_batches_replays_and_crowded_hashes(redis_server):
+    """A batch's visitors are read and written per hash in a few commands: returning
+    visitors get their click appended, a replayed batch appends nothing, and a hash with
+    more of a batch's visitors than one command takes (1,000) misses none."""
+    redis = redis_server.client()
+    visitors = [click_id_at(T - 10 - n) for n in range(10_000)]  # ~1,250 per path hash
+    first = {v: click_id_at(T + n) for n, v in enumerate(visitors)}
+    again = {v: click_id_at(T + 20_000 + n) for n, v in enumerate(visitors[::3])}
+
+    def store(clicks: dict[str, str]) -> None:
+        pairs = [(c, hot.encode({"click_id": c, "visitor_id": v})) for v, c in clicks.items()]
+        hot.store(redis, hot.HotWrites.of(48, pairs))
+
+    store(first)
+    store(again)
+    store(again)  # replayed
+    pipe = redis.pipeline()
+    for v in visitors:
+        pipe.hget(hot.path_hash(T // HOUR, v), hot.raw_id(v))
+    paths = [hot.split_path(value) for value in pipe.execute()]
+    assert paths == [[first[v], *([again[v]] if v in again else [])] for v in visitors]

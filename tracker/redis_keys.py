@@ -48,23 +48,28 @@ BATCH_ID_FIELD = "b"
 
 # The hot window of click records, visitor paths and exclusion marks (tracker/hot.py):
 # per-hour hashes addressed by the click's own time, each shard its own Cluster slot.
-HOT_SHARDS = 64
-HOT_SINCE = f"{PREFIX}:hot:{{hot}}:since"  # ms from which this Redis holds every click
+# Few shards, so an edge's batch of a hundred clicks writes each hash a dozen clicks at a
+# time (64 shards: one or two, a command per click). The count is in every hot key's name
+# and the since mark's: a Redis holding another count's hashes is read as holding none of
+# them (readers go to ClickHouse; `tracker rebuild-hot` refills the window), never with
+# the wrong shards.
+HOT_SHARDS = 8
+HOT_SINCE = f"{PREFIX}:hot:{{hot}}:since:{HOT_SHARDS}"  # ms from which Redis holds every click
 
 
 def hot_clicks_key(hour: int, shard: int) -> str:
     """Hash: click id (16 bytes) -> compact click record, for the clicks of one hour."""
-    return f"{PREFIX}:clicks:{{h{hour}:{shard}}}"
+    return f"{PREFIX}:clicks:{{h{hour}:{shard}/{HOT_SHARDS}}}"
 
 
 def hot_excluded_key(hour: int, shard: int) -> str:
     """Set: the bot- or fraud-flagged click ids of that hash (same slot)."""
-    return f"{PREFIX}:clicks:{{h{hour}:{shard}}}:x"
+    return f"{PREFIX}:clicks:{{h{hour}:{shard}/{HOT_SHARDS}}}:x"
 
 
 def hot_paths_key(hour: int, shard: int) -> str:
     """Hash: visitor id (16 bytes) -> that visitor's click ids in that hour (16 bytes each)."""
-    return f"{PREFIX}:paths:{{p{hour}:{shard}}}"
+    return f"{PREFIX}:paths:{{p{hour}:{shard}/{HOT_SHARDS}}}"
 
 
 def batch_marker_key(batch_id: str, shard: int = 0) -> str:
