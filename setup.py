@@ -1,8 +1,9 @@
 """Builds the Cython accelerators (the click core, tracker/edge/_clickpath.pyx, the id
-generator, tracker/_ids.pyx, the hot window's batch grouping, tracker/_hot.pyx, and the
-sink's fraud counting, tracker/sink/enrich/_fraud_counts.pyx); everything else about the
-package is in pyproject.toml. TRACKER_NO_EXTENSIONS=1 builds without them (their
-pure-Python references, tracker/edge/clickpath.py, tracker/ids.py, tracker/hot.py and
+generator, tracker/_ids.pyx, the hot window's batch grouping, tracker/_hot.pyx, the
+Redis command packer, tracker/_resp.pyx, and the sink's fraud counting,
+tracker/sink/enrich/_fraud_counts.pyx); everything else about the package is in
+pyproject.toml. TRACKER_NO_EXTENSIONS=1 builds without them (their references,
+tracker/edge/clickpath.py, tracker/ids.py, tracker/hot.py, hiredis's packer and
 tracker/sink/enrich/fraud_counts.py, are then used)."""
 
 import os
@@ -19,6 +20,7 @@ extensions = [
     ),
     Extension("tracker._ids", ["tracker/_ids.pyx"], extra_compile_args=["-O2"]),
     Extension("tracker._hot", ["tracker/_hot.pyx"], extra_compile_args=["-O2"]),
+    Extension("tracker._resp", ["tracker/_resp.pyx"], extra_compile_args=["-O2"]),
     Extension(
         "tracker.sink.enrich._fraud_counts",
         ["tracker/sink/enrich/_fraud_counts.pyx"],

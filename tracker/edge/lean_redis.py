@@ -3,7 +3,7 @@ EVALSHA (tracker/edge/postback_script.py).
 
 Through redis-py's asyncio client that call cost ~97 µs of the edge's CPU (a pool
 checkout, a connection per concurrent call, its reader and response callbacks); on a
-bare hiredis connection ~27 µs. This is the bare connection: requests packed by hiredis,
+bare hiredis connection ~27 µs. This is the bare connection: requests packed in C,
 replies parsed by hiredis.Reader, and any number of calls in flight on one socket, answered
 in the order they were sent (Redis answers a connection's commands in order), so
 concurrent postbacks share one connection and Redis reads them together.
@@ -28,6 +28,8 @@ from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from tracker.redis_connection import pack_command
 
 _LOST = "Connection closed by server."
 
@@ -168,7 +170,7 @@ class LeanRedis:
         conn = self._conn
         if conn is None or conn.broken is not None:
             conn = await self._connected()
-        return await conn.call(hiredis.pack_command(args), self.timeout)
+        return await conn.call(pack_command(args), self.timeout)
 
     async def script_load(self, script: str) -> str:
         sha = await self.execute("SCRIPT", "LOAD", script)
@@ -224,7 +226,7 @@ class LeanRedis:
             hello.append(("AUTH", *user, self.password))
         if self.db:
             hello.append(("SELECT", self.db))
-        replies = [conn.call(hiredis.pack_command(args), self.timeout) for args in hello]
+        replies = [conn.call(pack_command(args), self.timeout) for args in hello]
         for reply in await asyncio.gather(*replies, return_exceptions=True):
             if isinstance(reply, BaseException):  # a wrong password: AuthenticationError
                 conn.fail(RedisConnectionError, "Connection set-up failed.")
