@@ -9,8 +9,10 @@ used if llhttp accepts it, since the core reads heads that llhttp has validated.
 
 from __future__ import annotations
 
+import calendar
 import ipaddress
 import re
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -124,6 +126,19 @@ def test_plain_click_redirects_and_records(core):
     assert click_id == row["click_id"]  # the record: the hot window's compact form
     assert hot.decode(click_id, record)["visitor_id"] == visitor_id == row["visitor_id"]
     assert ms == 1_767_225_599_987 and core.ctx.counters.requests[("/c/{slug}", 302)] == 1
+
+
+def test_the_date_header_is_the_wall_clocks_second(core):
+    """The Date line follows the wall clock, not the clicks' clock (fixed here); the
+    compiled core reads the clock in C and formats the line once a second."""
+    for _ in range(3):
+        before = time.time()
+        answer = ask(core, head("/c/plain"))
+        after = time.time()
+        [date] = re.findall(rb"\r\nDate: ([^\r]*)\r\n", answer)
+        shown = calendar.timegm(time.strptime(date.decode(), "%a, %d %b %Y %H:%M:%S GMT"))
+        assert int(before) <= shown <= int(after)
+        time.sleep(0.6)
 
 
 def test_returning_visitor_keeps_id_and_gets_no_cookie(core):

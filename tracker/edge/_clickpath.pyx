@@ -20,6 +20,7 @@ from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.stdint cimport uint32_t
 from libc.string cimport memcmp, memcpy
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
 import ipaddress
 from urllib.parse import unquote_plus
@@ -346,6 +347,8 @@ cdef class ClickPath:
     cdef object py  # the reference, for every request not served here
     cdef object uuid7
     cdef object date_header
+    cdef long date_second  # the second `date_line` was made for (time.time()'s clock)
+    cdef bytes date_line
     cdef object click_key  # ("/c/{slug}", 302): the request counter's key
     cdef dict links_seen  # slug -> _Link
     cdef object links_items  # the link cache's dict those were prepared from
@@ -367,6 +370,8 @@ cdef class ClickPath:
         self.py = clickpath.PyClickPath(ctx)
         self.uuid7 = ids.uuid7
         self.date_header = clickpath.date_header
+        self.date_second = -1
+        self.date_line = b""
         self.click_key = (clickpath.CLICK_ROUTE, 302)
         self.links_seen = {}
         self.links_items = None
@@ -384,6 +389,16 @@ cdef class ClickPath:
                 self.nnets += 1
             elif isinstance(net, ipaddress.IPv4Network):  # more than fit: the reference's
                 self.ips_in_python = True
+
+    cdef bytes _date_line(self):
+        """The reference's Date header, asked for once a second: the clock read in C
+        (time.time()'s, CLOCK_REALTIME) instead of a Python call per click."""
+        cdef timespec now
+        clock_gettime(CLOCK_REALTIME, &now)
+        if now.tv_sec != self.date_second:
+            self.date_line = (<str>self.date_header()).encode()
+            self.date_second = now.tv_sec
+        return self.date_line
 
     def handle(self, buffer, Py_ssize_t start, Py_ssize_t end, peer, bint keep_alive):
         """The answer to the request head buffer[start:end], or HAND_OVER / TOO_LARGE."""
@@ -724,7 +739,7 @@ cdef class ClickPath:
             b.put_bytes(self.cookie_attrs)
             b.put(b"\r\n", 2)
         b.put(b"Content-Length: 0\r\n", 19)
-        b.put_bytes((<str>self.date_header()).encode())
+        b.put_bytes(self._date_line())
         b.put(b"Server: tracker\r\n", 17)
         if not keep_alive:
             b.put(b"Connection: close\r\n", 19)
