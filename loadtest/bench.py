@@ -86,6 +86,7 @@ def product_settings(processes: int) -> dict[str, str]:
         "TRACKER_TRACKING_LINK_REFRESH_SECONDS": str(TrackingSettings().link_refresh_seconds),
         "TRACKER_SINK_RECLAIM_IDLE_SECONDS": str(sink.reclaim_idle_seconds),
         "TRACKER_SINK_INSERT_INTERVAL_MS": str(sink.insert_interval_ms),
+        "TRACKER_SINK_IDLE_PRIORITY": str(sink.idle_priority).lower(),
         "TRACKER_FRAUD_DUPLICATE_CLICK_SECONDS": str(fraud.duplicate_click_seconds),
         "TRACKER_FRAUD_MIN_CLICK_TO_CONVERSION_SECONDS": str(fraud.min_click_to_conversion_seconds),
     }
@@ -306,22 +307,37 @@ def main(argv: list[str] | None = None) -> int:
             }
 
         rounds = []
+        answered = 0
         for n in range(args.rounds):
             load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
             nginx_run = measured(nginx_url, args, script, nginx_workers)
+            before = cpu_seconds(pids)
             tracker_run = measured(tracker_url, args, script, pids)
+            # The sink enriches a burst's clicks after it (it yields the CPU to the edges):
+            # the next run starts once it has caught up, so it does not compete with it,
+            # and the CPU per click counts that catching up too.
+            answered += tracker_run["requests"]
+            started = time.monotonic()
+            wait_until(lambda n=answered: svc.count("clicks") >= n, 300, "the sink", interval=0.2)
+            after = cpu_seconds(pids)
+            tracker_run["cpu_us_per_click_caught_up"] = {
+                name: round((after[name] - before[name]) * 1e6 / tracker_run["requests"], 1)
+                for name in ("sink", "redis")
+                if name in before and name in after
+            }
             rounds.append(
                 {
                     "nginx": nginx_run,
                     "tracker": tracker_run,
                     "ratio": tracker_run["rps"] / nginx_run["rps"],
                     "load_average_1m": load,
+                    "sink_caught_up_s": round(time.monotonic() - started, 1),
                 }
             )
             line = (
                 f"round {n + 1}: nginx {nginx_run['rps']:,.0f} rps, tracker "
                 f"{tracker_run['rps']:,.0f} rps, ratio {rounds[-1]['ratio']:.3f}, "
-                f"load {load:.1f}"
+                f"load {load:.1f}, sink caught up {rounds[-1]['sink_caught_up_s']} s after"
             )
             if args.bare:
                 bare_run = measured(bare_url, args, script, bare_pids)
@@ -330,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
         peak = statistics.median(r["tracker"]["rps"] for r in rounds)
         result = {
+            "sink_caught_up_s": [r["sink_caught_up_s"] for r in rounds],
             "machine": {
                 "cores": os.cpu_count(),
                 "processes": args.processes,
@@ -347,6 +364,14 @@ def main(argv: list[str] | None = None) -> int:
                 contender: median_cpu([r[contender] for r in rounds])
                 for contender in ("nginx", "tracker", "bare")
                 if contender in rounds[0]
+            },
+            # the sink's and Redis's CPU per click from the run's start until the sink has
+            # caught up (the sink's count queries included)
+            "cpu_us_per_click_caught_up": {
+                name: statistics.median(
+                    r["tracker"]["cpu_us_per_click_caught_up"][name] for r in rounds
+                )
+                for name in rounds[0]["tracker"]["cpu_us_per_click_caught_up"]
             },
             "saturation_latency_ms": {
                 "p50": statistics.median(r["tracker"]["p50_ms"] for r in rounds),
@@ -378,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
                     "tracker_rps",
                     "ratio",
                     "load_average_1m",
+                    "sink_caught_up_s",
                     "cpu_us_per_request",
+                    "cpu_us_per_click_caught_up",
                     "saturation_latency_ms",
                     "fixed_rate",
                     "sustained",

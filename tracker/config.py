@@ -189,6 +189,9 @@ class SinkSettings:
     query_port: int = 8124
     max_lag_entries: int = 2000  # stream entries (edge batches) behind
     nice: int = 10  # the sink yields the CPU to the edges under load, and catches up after
+    # and more: on Linux it runs only on CPU time nothing else asks for (SCHED_IDLE), so a
+    # burst's clicks are answered first and enriched after it
+    idle_priority: bool = True
 
 
 # raw event tables whose rows expire (rollups keep clickhouse.retention_days)

@@ -36,8 +36,16 @@ def consumer_name(settings: Settings) -> str:
     return settings.sink.consumer or f"sink-{socket.gethostname()}"
 
 
+def yield_cpu(settings: Settings) -> None:
+    """Answering clicks comes first: the sink runs below the edges (and the threads it
+    starts after this, chDB's too) and catches up after a burst."""
+    os.nice(settings.sink.nice)
+    if settings.sink.idle_priority and hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def run(settings: Settings) -> None:
-    os.nice(settings.sink.nice)  # answering clicks comes first; the sink catches up
+    yield_cpu(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
