@@ -1,5 +1,8 @@
 """UTC millisecond timestamps: formatting, parsing, and the dates operators type."""
 
+import random
+from datetime import UTC, datetime
+
 import pytest
 
 from tracker.timefmt import format_ms, parse_ms, parse_when
@@ -30,3 +33,14 @@ def test_an_iso_time_without_offset_is_utc_and_blank_is_none():
 def test_junk_is_a_value_error_with_a_reason(junk):
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         parse_when(junk)
+
+
+def test_times_of_many_seconds_format_right_in_any_order():
+    rng = random.Random(5)
+    times = [0, 1_796_000_000_123, 0, 1_796_000_000_999, 999] + [
+        rng.randrange(0, 4_102_444_800_000)
+        for _ in range(10_000)  # more than the cache holds
+    ]
+    for ms in times + times[::-1]:
+        expected = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        assert format_ms(ms) == f"{expected}.{ms % 1000:03d}"
