@@ -239,20 +239,21 @@ class EventWriter:
         self._added()
 
     def add_click(self, row: ClickRow, record: ClickRecord, ms: int) -> None:
-        self._add_click(
+        self.add_click_encoded(
             row["click_id"], row["visitor_id"], ms, compact_json(row), hot.encode(record)
         )
 
     def add_click_encoded(
         self, click_id: str, visitor_id: str, ms: int, row: bytes, value: bytes
     ) -> None:
-        """A click the compiled click core encoded: its row as JSON, its record in the hot
-        window's compact form (`hot.encode`)."""
-        self._add_click(click_id, visitor_id, ms, row, value)
-
-    def _add_click(self, click_id: str, visitor_id: str, ms: int, row: bytes, value: bytes) -> None:
-        self._batch.rows.setdefault("clicks", []).append(row)
-        self._batch.clicks.append((click_id, visitor_id, ms, value))
+        """A click encoded: its row as JSON, its record in the hot window's compact form
+        (`hot.encode`). The compiled click core calls this for every click it answers."""
+        batch = self._batch
+        rows = batch.rows.get("clicks")
+        if rows is None:
+            rows = batch.rows["clicks"] = []
+        rows.append(row)
+        batch.clicks.append((click_id, visitor_id, ms, value))
         self.recorded_by_table["clicks"] += 1
         self._added()
 
