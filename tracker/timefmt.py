@@ -10,19 +10,16 @@ def now_ms() -> int:
 
 
 def format_ms(ms: int) -> str:
-    """'YYYY-MM-DD HH:MM:SS.mmm' in UTC; each second formatted once while it is recent."""
+    """'YYYY-MM-DD HH:MM:SS.mmm' in UTC."""
     second, milli = divmod(ms, 1000)
-    text = _seconds.get(second)
-    if text is None:
-        if len(_seconds) >= 4096:
-            _seconds.clear()
-        text = _seconds[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
-    return f"{text}.{milli:03d}"
+    return f"{_second_text(second)}.{milli:03d}"
 
 
-# A postback formats its own time and its click's: a cache of the last second only
-# formatted both every time (2 µs each).
-_seconds: dict[int, str] = {}
+@lru_cache(maxsize=4096)
+def _second_text(second: int) -> str:
+    """Each second formatted once while it is recent: a postback formats its own time and
+    its click's, and a cache of the last second only formatted both every time (2 µs each)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
 
 
 def parse_ms(text: str) -> int:

@@ -249,10 +249,7 @@ class EventWriter:
         """A click encoded: its row as JSON, its record in the hot window's compact form
         (`hot.encode`). The compiled click core calls this for every click it answers."""
         batch = self._batch
-        rows = batch.rows.get("clicks")
-        if rows is None:
-            rows = batch.rows["clicks"] = []
-        rows.append(row)
+        batch.rows.setdefault("clicks", []).append(row)
         batch.clicks.append((click_id, visitor_id, ms, value))
         self.recorded_by_table["clicks"] += 1
         self._added()

@@ -10,9 +10,8 @@ is not set. They follow the reference line by line; what they add is kept in C: 
 time read from its digits (the reference's per-second cache, keyed by the digits' value
 instead of a new substring), the last click's minute and bucket remembered (a chunk's
 clicks share a few), and the counts as they stand kept in C arrays instead of a copied
-list. Anything that is not the
-edge's "YYYY-MM-DD HH:MM:SS.mmm" goes through the reference's own steps, so it is read,
-or refused, the same way.
+list. Anything that is not the edge's "YYYY-MM-DD HH:MM:SS.mmm" goes through the
+reference's own steps, so it is read, or refused, the same way.
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
