@@ -86,15 +86,27 @@ SIGNATURE = signing.SIGNATURE_HEADER.lower()
 TIMESTAMP = signing.TIMESTAMP_HEADER.lower()
 
 
+class Answer(NamedTuple):
+    """A conversion route's JSON reply. aiohttp's routes send it as a Response
+    (`as_response`); the fast path writes it as it is (tracker/edge/postback_fast.py)."""
+
+    status: int
+    body: bytes
+
+
 def reply(
     status: PostbackOutcome,
     reason: str | None,
     conversion_id: str | None,
     http: int = 200,
     **extra: object,
-) -> web.Response:
+) -> Answer:
     body = {"status": status, "reason": reason, "conversion_id": conversion_id, **extra}
-    return web.Response(body=orjson.dumps(body), status=http, content_type="application/json")
+    return Answer(http, orjson.dumps(body))
+
+
+def as_response(answer: Answer) -> web.Response:
+    return web.Response(body=answer.body, status=answer.status, content_type="application/json")
 
 
 async def read_params(request: web.Request, max_body: int) -> tuple[dict[str, str], bytes]:
@@ -259,7 +271,7 @@ async def record(
     source: str,
     meta: RequestMeta,
     first_only: bool = False,
-) -> web.Response:
+) -> Answer:
     """Store a conversion report (new, or a status change) and say what happened.
 
     `first_only`: the report can only create the transaction (a browser's, which cannot
@@ -371,7 +383,7 @@ async def record(
 
 async def record_postback(
     ctx: ConversionIntake, conv: conversion_input.ConversionInput, meta: RequestMeta
-) -> web.Response:
+) -> Answer:
     """A server-to-server postback: a new transaction in one Redis round trip
     (tracker/edge/postback_script.py); a duplicate answered from that same trip; a status
     change, a click record the script leaves to Python, or a Redis Cluster through
@@ -435,14 +447,14 @@ async def record_postback(
     return await record(ctx, conv, visitor_id="", source="postback", meta=meta)
 
 
-def reject(ctx: ConversionIntake, exc: Rejected) -> web.Response:
+def reject(ctx: ConversionIntake, exc: Rejected) -> Answer:
     ctx.rejections[exc.reason] += 1
     ctx.outcomes[PostbackOutcome.REJECTED] += 1
     extra = {} if exc.field is None else {"field": exc.field}
     return reply(PostbackOutcome.REJECTED, exc.reason, None, exc.status, **extra)
 
 
-def failed(ctx: ConversionIntake, exc: Exception, what: str) -> web.Response:
+def failed(ctx: ConversionIntake, exc: Exception, what: str) -> Answer:
     """The reply to an exception that is not a refusal: 503 when our side is away for a
     while (retry later), else 500 with the traceback logged (a bug to fix)."""
     if isinstance(exc, UNAVAILABLE):
@@ -457,15 +469,15 @@ async def postback(request: web.Request) -> web.Response:
     try:
         params, body = await read_params(request, ctx.settings.conversions.max_body_bytes)
     except Rejected as exc:
-        return refuse(ctx, {}, exc)
+        return as_response(refuse(ctx, {}, exc))
     except Exception as exc:
-        return failed(ctx, exc, "postback")
-    return await answer_postback(ctx, hit_of(request), request.path, params, body)
+        return as_response(failed(ctx, exc, "postback"))
+    return as_response(await answer_postback(ctx, hit_of(request), request.path, params, body))
 
 
 async def answer_postback(
     ctx: ConversionIntake, hit: Hit, path: str, params: dict[str, str], body: bytes
-) -> web.Response:
+) -> Answer:
     """A postback whose parameters (and body) are read: aiohttp's route, and the fast
     path's for a bodiless GET (tracker/edge/postback_fast.py)."""
     s = ctx.settings
@@ -494,7 +506,7 @@ async def answer_postback(
         return failed(ctx, exc, "postback")
 
 
-def refuse(ctx: ConversionIntake, params: dict[str, str], exc: Rejected) -> web.Response:
+def refuse(ctx: ConversionIntake, params: dict[str, str], exc: Rejected) -> Answer:
     """A refused postback, counted for its advertiser's reconciliation."""
     named = conversion_input.pick(params, "advertiser")
     known = ctx.advertisers.get(named) is not None
@@ -606,16 +618,18 @@ async def browser_conversion(request: web.Request) -> web.StreamResponse:
         # Without the tracker's cookie (the usual case), the click id stands for the visitor:
         # one click cannot be credited with a flood of made-up orders.
         await within_pixel_limits(ctx, visitor_id or conv.click_id or None, meta)
-        response = await record(
+        answer = await record(
             ctx, conv, visitor_id=visitor_id or "", source="browser", meta=meta, first_only=True
         )
     except Rejected as exc:
         readable = exc.reason not in ORIGIN_REFUSALS
-        response = reject(ctx, exc)
+        answer = reject(ctx, exc)
     except Exception as exc:
-        response = failed(ctx, exc, "browser conversion")
+        answer = failed(ctx, exc, "browser conversion")
     if request.method == "GET":
         response = web.Response(body=PIXEL, content_type="image/gif")
+    else:
+        response = as_response(answer)
     response.headers["Cache-Control"] = "no-store"
     if readable and origin:
         allow_origin(response, origin)

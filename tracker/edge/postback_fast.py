@@ -9,15 +9,14 @@ aiohttp's. A postback waits for Redis, so the fast path answers it from a task.
 
 from __future__ import annotations
 
+from functools import cache
 from http import HTTPStatus
 from urllib.parse import parse_qsl
-
-from aiohttp import web
 
 from tracker.edge.clickpath import CLOSE, date_header
 from tracker.edge.clicks import ClickContext, Hit
 from tracker.edge.intake import ConversionIntake
-from tracker.edge.postback import answer_postback
+from tracker.edge.postback import Answer, answer_postback
 
 ROUTE = "/postback"  # as aiohttp's route counts its requests
 _STARTS = (b"GET /postback?", b"GET /postback ")
@@ -43,15 +42,17 @@ def servable(url: bytes, headers: dict[str, str]) -> bool:
     )
 
 
-def encode(response: web.Response, keep_alive: bool) -> bytes:
-    """The answer's bytes: status line, aiohttp's Content-Type, the JSON body."""
-    body = response.body
-    assert isinstance(body, bytes)
+@cache  # the statuses are the routes' own few
+def _status_lines(status: int) -> str:
+    return f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+
+
+def encode(answer: Answer, keep_alive: bool) -> bytes:
+    """The answer's bytes: status line, the Content-Type aiohttp sends, the JSON body."""
+    body = answer.body
     return (
-        f"HTTP/1.1 {response.status} {HTTPStatus(response.status).phrase}\r\n"
-        f"Content-Type: {response.headers['Content-Type']}\r\n"
-        f"Content-Length: {len(body)}\r\n{date_header()}Server: tracker\r\n"
-        f"{'' if keep_alive else CLOSE}\r\n"
+        f"{_status_lines(answer.status)}Content-Length: {len(body)}\r\n"
+        f"{date_header()}Server: tracker\r\n{'' if keep_alive else CLOSE}\r\n"
     ).encode() + body
 
 
@@ -79,8 +80,7 @@ async def answer(
     raw = url.decode("ascii")
     query = raw.partition("?")[2]
     params = query_params(query)
-    response = await answer_postback(
-        intake, Hit("GET", raw, query, headers, peer), ROUTE, params, b""
-    )
-    clicks.counters.requests[(ROUTE, response.status)] += 1
-    return encode(response, keep_alive)
+    hit = Hit("GET", raw, query, headers, peer)
+    answer = await answer_postback(intake, hit, ROUTE, params, b"")
+    clicks.counters.requests[(ROUTE, answer.status)] += 1
+    return encode(answer, keep_alive)
