@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from decimal import Decimal
 
 import pytest
 
+from attribution.money import to_minor
 from tracker import signing
 from tracker.edge import conversion_input
 from tracker.edge.conversion_input import Rejected
@@ -75,6 +77,22 @@ def test_bad_amounts(amount, currency, reason):
     with pytest.raises(Rejected) as exc:
         parse(advertiser="shop", click_id=CLICK, txid="t", amount=amount, currency=currency)
     assert (exc.value.status, exc.value.reason) == (400, reason)
+
+
+def test_decimals_read_off_the_text_agree_with_minor_units():
+    """The refusal of too many decimals, read off the text, is exactly `to_minor`'s."""
+    rng = random.Random(7)
+    for _ in range(5000):
+        whole = str(rng.randrange(10 ** rng.randrange(1, 8)))
+        fraction = "".join(rng.choice("0000123456789") for _ in range(rng.randrange(0, 7)))
+        text = f"{whole}.{fraction}" if fraction else whole
+        for currency in ("JPY", "EUR", "KWD", "CLF"):
+            try:
+                to_minor(Decimal(text), currency)
+                expected = True
+            except ValueError:
+                expected = False
+            assert conversion_input.in_minor_units(text, currency) is expected, (text, currency)
 
 
 def test_good_amounts_stay_exact():
