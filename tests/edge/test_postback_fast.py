@@ -133,6 +133,27 @@ def test_pipelined_postbacks_and_clicks_answer_in_order(running):
     running.wait_count("conversions", 1, f"advertiser_id = '{ADV}' AND txid = 'p-1'")
 
 
+def test_postbacks_one_after_another_on_a_kept_connection(running):
+    """Without pipelining, llhttp reads on after a postback with the same parser: a
+    request split over two writes, clicks and postbacks in turn, all answered in order."""
+    click_id = setup(running, "pbkept")
+    second = get(postback(click_id, txid="k-2", amount="5.00"))
+    writes = [
+        get(postback(click_id, txid="k-1")),
+        get("/c/pbkept?sub1=kept"),
+        second[:40],
+        second[40:],
+        get(postback(click_id, txid="k-1")),
+        get(postback(click_id, txid="k-3", status="reversed")),  # 409
+        get("/healthz"),
+    ]
+    answer = exchange(running.port, writes, expect=6)
+    assert statuses(answer) == [200, 302, 200, 200, 409, 200]
+    replies = re.findall(rb'\{"status":"(\w+)"', answer)
+    assert replies == [b"accepted", b"accepted", b"duplicate", b"rejected", b"ok"]
+    running.wait_count("conversions", 2, f"advertiser_id = '{ADV}' AND txid IN ('k-1', 'k-2')")
+
+
 def test_query_params_read_what_aiohttps_route_reads():
     for query in (
         "",

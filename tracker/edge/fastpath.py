@@ -111,6 +111,7 @@ class FastProtocol(asyncio.Protocol):
         self.closing = False
         self.postback: tuple[bytes, dict[str, str]] | None = None  # parsed, to be answered
         self.waiting = False  # a postback's answer is being made
+        self.suspended = False  # llhttp stopped mid-read for it: a new parser goes on
         self.slow_reader = False  # the client is not reading its answers
         self.reading = True
 
@@ -245,8 +246,10 @@ class FastProtocol(asyncio.Protocol):
 
     def start_postback(self) -> None:
         """Answer the postback from a task; parse nothing after it until that is written
-        (answers in order), then go on with a fresh parser (llhttp stops at an exception
-        raised from a callback)."""
+        (answers in order). Requests sent right behind it (pipelined) stop llhttp with an
+        exception raised here, and a fresh parser reads them once the answer is written;
+        without them (the usual case) llhttp has nothing more to read and goes on as it
+        is: no exception, no new parser."""
         assert self.intake is not None and self.postback is not None
         url, headers = self.postback
         self.postback = None
@@ -257,7 +260,9 @@ class FastProtocol(asyncio.Protocol):
         )
         self.in_flight.add(task)
         task.add_done_callback(self.postback_done)
-        raise Suspend
+        if self.buffer:  # the rest of what llhttp is reading
+            self.suspended = True
+            raise Suspend
 
     def postback_done(self, task: asyncio.Task) -> None:
         self.in_flight.discard(task)
@@ -278,9 +283,11 @@ class FastProtocol(asyncio.Protocol):
             self.closing = True
             self.transport.close()
             return
-        self.parser = httptools.HttpRequestParser(self)
+        if self.suspended:
+            self.suspended = False
+            self.parser = httptools.HttpRequestParser(self)
         self.read_if_free()
-        if self.buffer:
+        if self.buffer:  # received while the answer was made: not read by llhttp yet
             self.feed(bytes(self.buffer))
 
 
