@@ -4,6 +4,7 @@ Redis."""
 from __future__ import annotations
 
 import random
+import uuid
 
 import pytest
 
@@ -57,6 +58,16 @@ def test_hashes_are_addressed_by_the_click_ids_own_hour_and_expire_after_the_win
     assert hot.click_hash(click_id) == K.hot_clicks_key(hour, hot.click_shard(click_id))
     assert hot.excluded_set(click_id).startswith(hot.click_hash(click_id))  # same slot
     assert hot.expire_at(hour, 48) == (hour + 49) * 3600 + hot.EXPIRY_SLACK_S
+
+
+def test_a_shard_read_off_the_text_is_the_shard_of_the_ids_bytes():
+    """The edge's compiled writer and the sink shard by the id's 16 bytes (`slot`); the
+    postback and reader paths by its text: the same shard, for every last byte."""
+    rng = random.Random(3)
+    for last in range(256):
+        value = str(uuid.UUID(bytes=rng.randbytes(15) + bytes([last])))
+        assert hot.id_shard(value) == hot.shard(hot.raw_id(value)), value
+        assert hot.click_shard(value) == hot.visitor_shard(value) == last % hot.HOT_SHARDS
 
 
 def test_the_window_vouches_from_the_later_of_its_oldest_hour_and_the_since_mark():

@@ -86,11 +86,16 @@ def slot(raw: bytes) -> int:
 
 
 def click_shard(click_id: str) -> int:
-    return shard(raw_id(click_id))
+    return id_shard(click_id)
 
 
 def visitor_shard(visitor_id: str) -> int:
-    return shard(raw_id(visitor_id))
+    return id_shard(visitor_id)
+
+
+def id_shard(value: str) -> int:
+    """`shard` of a canonical UUID string, from its last two hex digits (its last byte)."""
+    return int(value[34:], 16) % HOT_SHARDS
 
 
 def click_hash(click_id: str) -> str:

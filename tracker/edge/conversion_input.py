@@ -28,6 +28,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "amount": ("amount", "revenue", "sum"),
     "payout": ("payout",),
     "advertiser": ("advertiser", "advertiser_id", "adv"),
+    "currency": ("currency",),
+    "status": ("status",),
+    "event": ("event",),
 }
 STATUSES = ("pending", "approved", "rejected", "reversed")
 # new status -> the statuses it may follow
@@ -72,9 +75,10 @@ class ConversionInput:
 
 
 def pick(params: Mapping[str, str], name: str) -> str:
-    for alias in ALIASES.get(name, (name,)):
+    """The first non-empty value of the parameter's names, stripped."""
+    for alias in ALIASES[name]:
         value = params.get(alias)
-        if value not in (None, ""):
+        if value:
             return value.strip()
     return ""
 

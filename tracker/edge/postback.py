@@ -75,6 +75,7 @@ RECENT_CLICK_MS = 10_000
 # A postback right after its click may find the click still in an edge's write buffer (a
 # few ms, or a Redis timeout): look again after these pauses, 7 reads and 0.63 s at most.
 RECENT_CLICK_PAUSES = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32)
+_PAUSES_THEN_NONE = (*RECENT_CLICK_PAUSES, None)
 # A browser's report (pixel, tag) is unauthenticated: 3 reads and 0.12 s at most.
 BROWSER_CLICK_PAUSES = (0.02, 0.1)
 # Our side failing for a while (Redis away or slow, a socket error): the advertiser should
@@ -406,7 +407,7 @@ async def record_postback(
     # a click right before its postback may still be in an edge's write buffer: look
     # again after each pause (the script answers `retry` and records nothing)
     recent = ms - uuid7_time_ms(conv.click_id) <= RECENT_CLICK_MS
-    for pause in (*RECENT_CLICK_PAUSES, None):
+    for pause in _PAUSES_THEN_NONE:
         prepared.args[postback_script.RECENT_ARG] = "1" if recent and pause else "0"
         result = await ctx.new_postback(prepared)
         if result[0] != b"retry" or pause is None:

@@ -215,6 +215,7 @@ def prepare(
         money["payout"] = str(conv.payout)
     record_tail = orjson.dumps(money)[1:]
     record_head = orjson.dumps({"conversion_id": conversion_id})[:-1] + b","
+    raw = hot.raw_id(click_id)
     keys = [
         K.conversion_key(conv.advertiser, conv.txid),
         K.EVENTS_STREAM,
@@ -225,7 +226,7 @@ def prepare(
         conv.status,  # 1
         "1" if conv.status in FIRST_STATUSES else "0",  # 2: may start a transaction
         "1" if ms - at <= lookback_ms else "0",  # 3: look the click up
-        hot.raw_id(click_id),  # 4
+        raw,  # 4
         "0",  # 5: recent (set by the caller)
         window.oldest_hour(ms) * hot.HOUR_MS,  # 6
         at,  # 7
@@ -260,14 +261,11 @@ class NewPostback:
         self._redis.close()
 
     async def __call__(self, prepared: Prepared) -> list[Any]:
-        try:
-            return await self._call(prepared)
-        except NoScriptError:  # Redis restarted or flushed its scripts: load it again
-            self._sha = None
-            return await self._call(prepared)
-
-    async def _call(self, prepared: Prepared) -> list[Any]:
-        if self._sha is None:
-            self._sha = await self._redis.script_load(NEW_POSTBACK)
         keys = prepared.keys
+        if self._sha is not None:
+            try:
+                return await self._redis.evalsha(self._sha, len(keys), *keys, *prepared.args)
+            except NoScriptError:  # Redis restarted or flushed its scripts: load it again
+                pass
+        self._sha = await self._redis.script_load(NEW_POSTBACK)
         return await self._redis.evalsha(self._sha, len(keys), *keys, *prepared.args)
