@@ -94,7 +94,7 @@ class FastProtocol(asyncio.Protocol):
         readers: Readers,
         core: Core | None = None,
         intake: ConversionIntake | None = None,
-        in_flight: set[asyncio.Task] | None = None,
+        in_flight: set[asyncio.Future[bytes]] | None = None,
     ) -> None:
         self.ctx = ctx
         self.core = core if core is not None else ClickPath(ctx)
@@ -245,26 +245,32 @@ class FastProtocol(asyncio.Protocol):
             self.transport.close()
 
     def start_postback(self) -> None:
-        """Answer the postback from a task; parse nothing after it until that is written
-        (answers in order). Requests sent right behind it (pipelined) stop llhttp with an
-        exception raised here, and a fresh parser reads them once the answer is written;
-        without them (the usual case) llhttp has nothing more to read and goes on as it
-        is: no exception, no new parser."""
+        """Answer the postback: at once (a refusal), or when its answer is settled; parse
+        nothing after it until that is written (answers in order). Requests sent right
+        behind it (pipelined) stop llhttp with an exception raised here, and a fresh
+        parser reads them once the answer is written; without them (the usual case) llhttp
+        has nothing more to read and goes on as it is: no exception, no new parser."""
         assert self.intake is not None and self.postback is not None
         url, headers = self.postback
         self.postback = None
         del self.buffer[: self.head_end + 4]  # bodiless
-        self.waiting = True
-        task = asyncio.ensure_future(
-            postback_fast.answer(self.intake, self.ctx, url, headers, self.peer, self.keep_alive)
+        answer = postback_fast.start(
+            self.intake, self.ctx, url, headers, self.peer, self.keep_alive
         )
-        self.in_flight.add(task)
-        task.add_done_callback(self.postback_done)
+        if isinstance(answer, bytes):
+            self.transport.write(answer)
+            if not self.keep_alive:
+                self.closing = True
+                self.transport.close()
+            return
+        self.waiting = True
+        self.in_flight.add(answer)
+        answer.add_done_callback(self.postback_done)
         if self.buffer:  # the rest of what llhttp is reading
             self.suspended = True
             raise Suspend
 
-    def postback_done(self, task: asyncio.Task) -> None:
+    def postback_done(self, task: asyncio.Future[bytes]) -> None:
         self.in_flight.discard(task)
         self.waiting = False
         if self.closing or self.transport.is_closing():
@@ -312,7 +318,7 @@ class FastPathSite(web.BaseSite):
         self._host = host
         self._port = port
         self._readers = Readers()
-        self._in_flight: set[asyncio.Task] = set()  # postbacks being answered
+        self._in_flight: set[asyncio.Future[bytes]] = set()  # postbacks being answered
 
     @property
     def name(self) -> str:

@@ -172,6 +172,14 @@ class LeanRedis:
             conn = await self._connected()
         return await conn.call(pack_command(args), self.timeout)
 
+    def send(self, *args: Any) -> asyncio.Future[Any] | None:
+        """The command sent at once, on the open connection: its reply's future (failed
+        as `execute` raises). None when no connection is open: `execute` opens one."""
+        conn = self._conn
+        if conn is None or conn.broken is not None:
+            return None
+        return conn.call(pack_command(args), self.timeout)
+
     async def script_load(self, script: str) -> str:
         sha = await self.execute("SCRIPT", "LOAD", script)
         return sha.decode()

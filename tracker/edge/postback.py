@@ -382,16 +382,27 @@ async def record(
     raise Rejected(409, R.CONCURRENT_UPDATE)
 
 
-async def record_postback(
-    ctx: ConversionIntake, conv: conversion_input.ConversionInput, meta: RequestMeta
-) -> Answer:
-    """A server-to-server postback: a new transaction in one Redis round trip
-    (tracker/edge/postback_script.py); a duplicate answered from that same trip; a status
-    change, a click record the script leaves to Python, or a Redis Cluster through
-    `record`, the reference path."""
+class Pending(NamedTuple):
+    """A postback checked and ready for its Redis round trip."""
+
+    params: dict[str, str]
+    conv: conversion_input.ConversionInput
+    meta: RequestMeta
+    prepared: postback_script.Prepared | None  # None: a Redis Cluster (the reference path)
+    recent: bool  # its click is seconds old: it may still be in an edge's write buffer
+
+
+def pending_postback(
+    ctx: ConversionIntake,
+    params: dict[str, str],
+    conv: conversion_input.ConversionInput,
+    meta: RequestMeta,
+) -> Pending:
+    """The one-script call of a new postback (tracker/edge/postback_script.py), made
+    ready: everything that does not depend on the click."""
     if ctx.new_postback is None:
         if is_cluster(ctx.settings.redis.url):
-            return await record(ctx, conv, visitor_id="", source="postback", meta=meta)
+            return Pending(params, conv, meta, None, False)
         assert isinstance(ctx.redis, aredis.Redis)  # one server
         ctx.new_postback = postback_script.NewPostback(ctx.redis)
     s = ctx.settings
@@ -404,23 +415,49 @@ async def record_postback(
         window=hot.HotWindow(s.tracking.hot_hours),
         dedup_seconds=s.conversions.dedup_days * 86400,
     )
+    recent = ms - uuid7_time_ms(conv.click_id) <= RECENT_CLICK_MS
+    return Pending(params, conv, meta, prepared, recent)
+
+
+async def record_postback(
+    ctx: ConversionIntake, conv: conversion_input.ConversionInput, meta: RequestMeta
+) -> Answer:
+    return await record_pending(ctx, pending_postback(ctx, {}, conv, meta))
+
+
+async def record_pending(ctx: ConversionIntake, pending: Pending) -> Answer:
+    """A server-to-server postback: a new transaction in one Redis round trip; a
+    duplicate answered from that same trip; a status change, a click record the script
+    leaves to Python, or a Redis Cluster through `record`, the reference path."""
+    conv, prepared = pending.conv, pending.prepared
+    if prepared is None:
+        return await record(ctx, conv, visitor_id="", source="postback", meta=pending.meta)
     # a click right before its postback may still be in an edge's write buffer: look
     # again after each pause (the script answers `retry` and records nothing)
-    recent = ms - uuid7_time_ms(conv.click_id) <= RECENT_CLICK_MS
     for pause in _PAUSES_THEN_NONE:
-        prepared.args[postback_script.RECENT_ARG] = "1" if recent and pause else "0"
+        prepared.args[postback_script.RECENT_ARG] = "1" if pending.recent and pause else "0"
         result = await ctx.new_postback(prepared)
         if result[0] != b"retry" or pause is None:
             break
         await asyncio.sleep(pause)
-    outcome = result[0]
+    answer = settle(ctx, pending, result)
+    if answer is None:
+        answer = await record(ctx, conv, visitor_id="", source="postback", meta=pending.meta)
+    return answer
+
+
+def settle(ctx: ConversionIntake, pending: Pending, result: list[Any]) -> Answer | None:
+    """The answer to what the script did; None when the reference path decides (a status
+    change, a click record left to Python). Raises Rejected for a refused transition."""
+    outcome, conv = result[0], pending.conv
+    assert pending.prepared is not None
     if outcome == b"ok":
         ctx.outcomes[PostbackOutcome.ACCEPTED] += 1
         if result[1] == postback_script.DEFERRED:
             return reply(
                 PostbackOutcome.ACCEPTED,
                 None,
-                prepared.conversion_id,
+                pending.prepared.conversion_id,
                 attributed=None,
                 attribution="deferred",
                 transaction_status=conv.status,
@@ -429,7 +466,7 @@ async def record_postback(
         return reply(
             PostbackOutcome.ACCEPTED,
             why,
-            prepared.conversion_id,
+            pending.prepared.conversion_id,
             attributed=why is None,
             attribution="online",
             transaction_status=conv.status,
@@ -445,7 +482,7 @@ async def record_postback(
                 DuplicateReason.DUPLICATE_TRANSACTION,
                 orjson.loads(result[2])["conversion_id"],
             )
-    return await record(ctx, conv, visitor_id="", source="postback", meta=meta)
+    return None
 
 
 def reject(ctx: ConversionIntake, exc: Rejected) -> Answer:
@@ -481,6 +518,16 @@ async def answer_postback(
 ) -> Answer:
     """A postback whose parameters (and body) are read: aiohttp's route, and the fast
     path's for a bodiless GET (tracker/edge/postback_fast.py)."""
+    pending = check_postback(ctx, hit, path, params, body)
+    if isinstance(pending, Answer):
+        return pending
+    return await finish_postback(ctx, pending)
+
+
+def check_postback(
+    ctx: ConversionIntake, hit: Hit, path: str, params: dict[str, str], body: bytes
+) -> Answer | Pending:
+    """The steps before Redis: validate, authenticate, prepare; a refusal's answer."""
     s = ctx.settings
     try:
         conv = conversion_input.parse(
@@ -500,9 +547,19 @@ async def answer_postback(
             ctx.clock,
         )
         meta = request_meta(hit, ctx.trusted, s.privacy.anonymize_ip)
-        return await record_postback(ctx, conv, meta)
+        return pending_postback(ctx, params, conv, meta)
     except Rejected as exc:
         return refuse(ctx, params, exc)
+    except Exception as exc:
+        return failed(ctx, exc, "postback")
+
+
+async def finish_postback(ctx: ConversionIntake, pending: Pending) -> Answer:
+    """Record a checked postback and answer it, whatever happens."""
+    try:
+        return await record_pending(ctx, pending)
+    except Rejected as exc:
+        return refuse(ctx, pending.params, exc)
     except Exception as exc:
         return failed(ctx, exc, "postback")
 

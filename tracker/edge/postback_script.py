@@ -17,6 +17,7 @@ slots). Byte for byte the JSON it writes may differ from orjson's (cjson writes 
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -259,6 +260,14 @@ class NewPostback:
 
     def close(self) -> None:
         self._redis.close()
+
+    def send(self, prepared: Prepared) -> asyncio.Future[list[Any]] | None:
+        """The script called without a coroutine: its reply's future. None before the
+        script is loaded or while no connection is open (`__call__` does both)."""
+        if self._sha is None:
+            return None
+        keys = prepared.keys
+        return self._redis.send("EVALSHA", self._sha, len(keys), *keys, *prepared.args)
 
     async def __call__(self, prepared: Prepared) -> list[Any]:
         keys = prepared.keys
