@@ -125,7 +125,7 @@ def settled(
     call: asyncio.Future[list[Any]],
 ) -> None:
     """The script's reply is in: settle the answer, or leave it to `finish_postback`."""
-    if answer.done():  # its connection was closed meanwhile
+    if answer.done():  # cancelled meanwhile
         return
     if call.cancelled():
         answer.cancel()
