@@ -16,9 +16,10 @@ import pytest
 from tracker import config, hot
 from tracker import redis_keys as K
 from tracker.clock import FixedClock, clock_ms
+from tracker.edge import postback
 from tracker.edge.conversion_input import ConversionInput, Rejected
 from tracker.edge.intake import ConversionIntake
-from tracker.edge.postback import record, record_postback
+from tracker.edge.postback import pending_postback, record, record_pending
 from tracker.records import RequestMeta
 from tracker.redis_connection import async_client
 from tracker.testing import click_id_at
@@ -52,6 +53,13 @@ async def intake(tmp_path, redis_server):
     redis = async_client(redis_server.url, 2.0)
     yield ConversionIntake(redis, None, settings, [], clock=NOW)
     await redis.aclose()
+
+
+async def record_postback(
+    intake: ConversionIntake, c: ConversionInput, meta: RequestMeta
+) -> postback.Answer:
+    """A new postback through the one-script path, as the routes record it."""
+    return await record_pending(intake, pending_postback(intake, {}, c, meta))
 
 
 def state(redis_server, c: ConversionInput) -> dict:

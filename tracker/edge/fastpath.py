@@ -238,8 +238,12 @@ class FastProtocol(asyncio.Protocol):
             self.closing = True
             self.transport.abort()
             return
-        self.transport.write(answer)
         del self.buffer[: self.head_end + 4]  # bodiless: the request ends with its head
+        self.send(answer)
+
+    def send(self, answer: bytes) -> None:
+        """Write an answer; close the connection after it unless it is kept alive."""
+        self.transport.write(answer)
         if not self.keep_alive:
             self.closing = True
             self.transport.close()
@@ -258,11 +262,7 @@ class FastProtocol(asyncio.Protocol):
             self.intake, self.ctx, url, headers, self.peer, self.keep_alive
         )
         if isinstance(answer, bytes):
-            self.transport.write(answer)
-            if not self.keep_alive:
-                self.closing = True
-                self.transport.close()
-            return
+            return self.send(answer)
         self.waiting = True
         self.in_flight.add(answer)
         answer.add_done_callback(self.postback_done)
@@ -284,10 +284,8 @@ class FastProtocol(asyncio.Protocol):
             self.closing = True
             self.transport.close()
             return
-        self.transport.write(task.result())
-        if not self.keep_alive:
-            self.closing = True
-            self.transport.close()
+        self.send(task.result())
+        if self.closing:
             return
         if self.suspended:
             self.suspended = False

@@ -419,19 +419,13 @@ def pending_postback(
     return Pending(params, conv, meta, prepared, recent)
 
 
-async def record_postback(
-    ctx: ConversionIntake, conv: conversion_input.ConversionInput, meta: RequestMeta
-) -> Answer:
-    return await record_pending(ctx, pending_postback(ctx, {}, conv, meta))
-
-
 async def record_pending(ctx: ConversionIntake, pending: Pending) -> Answer:
     """A server-to-server postback: a new transaction in one Redis round trip; a
     duplicate answered from that same trip; a status change, a click record the script
-    leaves to Python, or a Redis Cluster through `record`, the reference path."""
-    conv, prepared = pending.conv, pending.prepared
+    leaves to Python, or a Redis Cluster through `record_reference`."""
+    prepared = pending.prepared
     if prepared is None:
-        return await record(ctx, conv, visitor_id="", source="postback", meta=pending.meta)
+        return await record_reference(ctx, pending)
     # a click right before its postback may still be in an edge's write buffer: look
     # again after each pause (the script answers `retry` and records nothing)
     for pause in _PAUSES_THEN_NONE:
@@ -441,9 +435,12 @@ async def record_pending(ctx: ConversionIntake, pending: Pending) -> Answer:
             break
         await asyncio.sleep(pause)
     answer = settle(ctx, pending, result)
-    if answer is None:
-        answer = await record(ctx, conv, visitor_id="", source="postback", meta=pending.meta)
-    return answer
+    return answer if answer is not None else await record_reference(ctx, pending)
+
+
+async def record_reference(ctx: ConversionIntake, pending: Pending) -> Answer:
+    """The postback through `record`, the reference path (its own Redis round trips)."""
+    return await record(ctx, pending.conv, visitor_id="", source="postback", meta=pending.meta)
 
 
 def settle(ctx: ConversionIntake, pending: Pending, result: list[Any]) -> Answer | None:
@@ -554,9 +551,14 @@ def check_postback(
         return failed(ctx, exc, "postback")
 
 
-async def finish_postback(ctx: ConversionIntake, pending: Pending) -> Answer:
-    """Record a checked postback and answer it, whatever happens."""
+async def finish_postback(
+    ctx: ConversionIntake, pending: Pending, *, script_settled: bool = False
+) -> Answer:
+    """Record a checked postback and answer it, whatever happens. `script_settled`: the
+    one-script call already ran and left it to the reference path (`settle`)."""
     try:
+        if script_settled:
+            return await record_reference(ctx, pending)
         return await record_pending(ctx, pending)
     except Rejected as exc:
         return refuse(ctx, pending.params, exc)

@@ -125,30 +125,27 @@ def settled(
     call: asyncio.Future[list[Any]],
 ) -> None:
     """The script's reply is in: settle the answer, or leave it to `finish_postback`."""
-    if answer.done():  # cancelled meanwhile
-        return
     if call.cancelled():
         answer.cancel()
         return
+    script_settled = True
     settled_answer: Answer | None
     try:
         settled_answer = settle(intake, pending, call.result())
     except Rejected as exc:
         settled_answer = refuse(intake, pending.params, exc)
     except NoScriptError:  # Redis lost its scripts: nothing was recorded; load it again
-        settled_answer = None
+        settled_answer, script_settled = None, False
     except Exception as exc:  # Redis away or slow: 503, as the coroutine answers
         settled_answer = failed(intake, exc, "postback")
     if settled_answer is not None:
         answer.set_result(respond(clicks, settled_answer, keep_alive))
         return
-    task = asyncio.ensure_future(finish(intake, clicks, pending, keep_alive))
+    task = asyncio.ensure_future(finish(intake, clicks, pending, keep_alive, script_settled))
     task.add_done_callback(partial(_copy, answer))
 
 
 def _copy(answer: asyncio.Future[bytes], task: asyncio.Future[bytes]) -> None:
-    if answer.done():
-        return
     if task.cancelled():
         answer.cancel()
     elif (exc := task.exception()) is not None:
@@ -158,9 +155,14 @@ def _copy(answer: asyncio.Future[bytes], task: asyncio.Future[bytes]) -> None:
 
 
 async def finish(
-    intake: ConversionIntake, clicks: ClickContext, pending: Pending, keep_alive: bool
+    intake: ConversionIntake,
+    clicks: ClickContext,
+    pending: Pending,
+    keep_alive: bool,
+    script_settled: bool = False,
 ) -> bytes:
-    return respond(clicks, await finish_postback(intake, pending), keep_alive)
+    answer = await finish_postback(intake, pending, script_settled=script_settled)
+    return respond(clicks, answer, keep_alive)
 
 
 def respond(clicks: ClickContext, answer: Answer, keep_alive: bool) -> bytes:

@@ -216,7 +216,6 @@ def prepare(
         money["payout"] = str(conv.payout)
     record_tail = orjson.dumps(money)[1:]
     record_head = orjson.dumps({"conversion_id": conversion_id})[:-1] + b","
-    raw = hot.raw_id(click_id)
     keys = [
         K.conversion_key(conv.advertiser, conv.txid),
         K.EVENTS_STREAM,
@@ -227,7 +226,7 @@ def prepare(
         conv.status,  # 1
         "1" if conv.status in FIRST_STATUSES else "0",  # 2: may start a transaction
         "1" if ms - at <= lookback_ms else "0",  # 3: look the click up
-        raw,  # 4
+        hot.raw_id(click_id),  # 4
         "0",  # 5: recent (set by the caller)
         window.oldest_hour(ms) * hot.HOUR_MS,  # 6
         at,  # 7
