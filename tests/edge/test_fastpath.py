@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import time
+from collections.abc import Callable
 
+import orjson
 import pytest
+import uvloop
 
+from tests.edge.test_clickpath import make_ctx
+from tracker.edge.clickpath import PyClickPath
+from tracker.edge.fastpath import FastProtocol, Readers
 from tracker.testing import BROWSER_UA, Service
 
 
@@ -151,3 +158,63 @@ def test_same_answers_as_the_aiohttp_routes(svc, service: Service, path):
         )
 
     assert parts(svc.port) == parts(service.port)
+
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+@pytest.mark.parametrize("loop", list(LOOPS))
+def test_held_connections_read_nothing_until_released(tmp_path, loop):
+    """While the event writer is behind Redis the fast path reads no request: on the
+    connections open when it is held and on those opened meanwhile (uvloop starts reading
+    a connection after `connection_made`, whatever that did)."""
+
+    async def scenario() -> None:
+        ctx = make_ctx(tmp_path)
+        readers = Readers()
+
+        def fallback() -> asyncio.Protocol:
+            raise AssertionError("every request here is the fast path's")
+
+        server = await asyncio.get_running_loop().create_server(
+            lambda: FastProtocol(ctx, fallback, readers, PyClickPath(ctx)), "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        before = await asyncio.open_connection("127.0.0.1", port)
+        assert await answer(before, "before") == 302
+        readers.hold(True)
+        during = await asyncio.open_connection("127.0.0.1", port)
+        for client in (before, during):
+            client[1].write(get("/c/plain?sub1=held"))
+        for client in (before, during):
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client[0].readuntil(b"\r\n\r\n"), 0.3)
+        assert stored(ctx, "held") == 0
+        readers.hold(False)
+        for client in (before, during):
+            head = await asyncio.wait_for(client[0].readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 302 ")
+            client[1].close()
+        assert stored(ctx, "held") == 2
+        server.close()
+        await server.wait_closed()
+
+    event_loop = LOOPS[loop]()
+    try:
+        event_loop.run_until_complete(scenario())
+    finally:
+        event_loop.close()
+
+
+async def answer(client: tuple[asyncio.StreamReader, asyncio.StreamWriter], sub1: str) -> int:
+    client[1].write(get(f"/c/plain?sub1={sub1}"))
+    head = await asyncio.wait_for(client[0].readuntil(b"\r\n\r\n"), 5)
+    return int(head.split(b" ", 2)[1])
+
+
+def stored(ctx, sub1: str) -> int:
+    rows = ctx.writer._batch.rows.get("clicks", [])
+    return sum(orjson.loads(row)["sub1"] == sub1 for row in rows)

@@ -113,7 +113,6 @@ class FastProtocol(asyncio.Protocol):
         self.waiting = False  # a postback's answer is being made
         self.suspended = False  # llhttp stopped mid-read for it: a new parser goes on
         self.slow_reader = False  # the client is not reading its answers
-        self.reading = True
 
     # -- connection ---------------------------------------------------------------------
 
@@ -123,7 +122,10 @@ class FastProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else None
         self.readers.open.add(self)
-        self.read_if_free()
+        if self.readers.held:
+            # The loop starts reading once this returns (uvloop does, whatever was paused
+            # here): pause it right after.
+            asyncio.get_running_loop().call_soon(self.read_if_free)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.readers.open.discard(self)
@@ -140,12 +142,12 @@ class FastProtocol(asyncio.Protocol):
         """Read requests unless something holds this connection: a postback being
         answered, a client not reading its answers, or the event writer behind Redis."""
         free = not (self.waiting or self.slow_reader or self.readers.held)
-        if free != self.reading and not self.transport.is_closing():
-            self.reading = free
+        transport = self.transport
+        if free != transport.is_reading() and not transport.is_closing():
             if free:
-                self.transport.resume_reading()
+                transport.resume_reading()
             else:
-                self.transport.pause_reading()
+                transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -182,8 +184,7 @@ class FastProtocol(asyncio.Protocol):
         """Give this connection, from the current request on, to aiohttp."""
         protocol = self.fallback()
         self.readers.open.discard(self)
-        if not self.reading:  # aiohttp reads this connection from now on
-            self.reading = True
+        if not self.transport.is_reading():  # aiohttp reads this connection from now on
             self.transport.resume_reading()
         self.transport.set_protocol(protocol)
         protocol.connection_made(self.transport)
