@@ -316,6 +316,21 @@ def test_identical_with_other_settings(tmp_path, raw):
     compare(tmp_path, raw, "127.0.0.1", trusted="::/0,127.0.0.1/32")
 
 
+# Bytes the compiled core tests eight at a time (JSON escapes, bytes that are not
+# printable ASCII) at every place in a word, so none slips through a word's test (llhttp
+# refuses DEL and the other controls in a header).
+WORD_PROBES = [b'"', b"\\", b"\x80", b"\xff", b"\t"]
+
+
+@pytest.mark.parametrize("probe", WORD_PROBES)
+def test_a_byte_at_any_place_of_a_word_gives_identical_bytes(tmp_path, probe):
+    for offset in range(17):
+        value = b"a" * offset + probe + b"b" * (16 - offset)
+        raw = head("/c/plain?sub1=" + "q" * offset, b"User-Agent: " + value, b"Referer: " + value)
+        assert llhttp_accepts(raw)
+        compare(tmp_path / str(offset), raw)
+
+
 TEXT = st.one_of(
     st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40),
     st.sampled_from(["%", "%2", "%zz", "%ff", "+", "%E2%82%AC", "a=b", "&", "#", '"', "\\"]),

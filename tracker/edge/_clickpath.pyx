@@ -18,8 +18,8 @@ from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeASCII
-from libc.stdint cimport uint32_t
-from libc.string cimport memcmp, memcpy
+from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memchr, memcmp, memcpy
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
 import ipaddress
@@ -106,6 +106,42 @@ cdef inline unsigned char lower(unsigned char c) nogil:
     return c + 32 if c >= c'A' and c <= c'Z' else c
 
 
+# Eight bytes at a time (SWAR): whether a word holds a byte that needs a closer look. Each
+# test is exact as a yes/no (the counts it would give may be off, never the answer).
+cdef extern from *:
+    """
+    #define TRACKER_ONES 0x0101010101010101ULL
+    #define TRACKER_HIGHS 0x8080808080808080ULL
+    """
+    const uint64_t ONES "TRACKER_ONES"
+    const uint64_t HIGHS "TRACKER_HIGHS"
+
+
+cdef inline uint64_t _load8(const char* p) noexcept nogil:
+    cdef uint64_t w
+    memcpy(&w, p, 8)
+    return w
+
+
+cdef inline uint64_t _has_zero(uint64_t w) noexcept nogil:
+    return (w - ONES) & ~w & HIGHS
+
+
+cdef inline uint64_t _has_control(uint64_t w) noexcept nogil:
+    """A byte under 0x20."""
+    return (w - ONES * 0x20) & ~w & HIGHS
+
+
+cdef inline bint _json_plain8(uint64_t w) noexcept nogil:
+    """No byte JSON escapes (`"`, `\\`, controls) among these eight."""
+    return not (_has_control(w) | _has_zero(w ^ (ONES * 0x22)) | _has_zero(w ^ (ONES * 0x5C)))
+
+
+cdef inline bint _printable8(uint64_t w) noexcept nogil:
+    """All eight are printable ASCII (0x20-0x7E)."""
+    return not (_has_control(w) | (w & HIGHS) | _has_zero(w ^ (ONES * 0x7F)))
+
+
 cdef class _Buffer:
     """A growable byte buffer: the destination, row, record and answer are written in turn."""
 
@@ -171,8 +207,15 @@ cdef class _Buffer:
         out = self.data + self.size
         out[0] = c'"'
         out += 1
-        for i in range(n):
+        i = 0
+        while i < n:
+            if i + 8 <= n and _json_plain8(_load8(src + i)):  # the usual case: copied
+                memcpy(out, src + i, 8)
+                out += 8
+                i += 8
+                continue
             c = <unsigned char>src[i]
+            i += 1
             if c == c'"' or c == c'\\':
                 out[0] = c'\\'
                 out[1] = c
@@ -451,10 +494,15 @@ cdef class ClickPath:
         cdef unsigned char c
 
         # printable ASCII only (lines end in CRLF): decoding and cleaning change nothing
-        for i in range(n):
+        i = 0
+        while i < n:
+            if i + 8 <= n and _printable8(_load8(h + i)):
+                i += 8
+                continue
             c = <unsigned char>h[i]
             if (c < 0x20 or c > 0x7E) and c != c'\r' and c != c'\n':
                 return None
+            i += 1
 
         # request line: METHOD SP+ target SP ...
         i = 0
@@ -932,11 +980,16 @@ def head_span(buffer):
     else:
         p = PyBytes_AS_STRING(buffer)
         n = PyBytes_GET_SIZE(buffer)
+    cdef const char* cr
     while start + 1 < n and p[start] == c'\r' and p[start + 1] == c'\n':
         start += 2
     i = start
     while i + 3 < n:
-        if p[i] == c'\r' and p[i + 1] == c'\n' and p[i + 2] == c'\r' and p[i + 3] == c'\n':
+        cr = <const char*>memchr(p + i, c'\r', n - 3 - i)  # libc's: many bytes a step
+        if cr == NULL:
+            break
+        i = cr - p
+        if p[i + 1] == c'\n' and p[i + 2] == c'\r' and p[i + 3] == c'\n':
             return start, i
         i += 1
     return start, -1

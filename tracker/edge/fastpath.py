@@ -105,11 +105,8 @@ class FastProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.buffer = bytearray()  # bytes of requests not yet answered
         self.peer: str | None = None
-        self.answer: bytes | None = None  # of the request being parsed
-        self.head_end = 0
-        self.keep_alive = True
+        self.keep_alive = True  # of the request being answered
         self.closing = False
-        self.postback: tuple[bytes, dict[str, str]] | None = None  # parsed, to be answered
         self.waiting = False  # a postback's answer is being made
         self.suspended = False  # llhttp stopped mid-read for it: a new parser goes on
         self.slow_reader = False  # the client is not reading its answers
@@ -207,39 +204,24 @@ class FastProtocol(asyncio.Protocol):
     # -- llhttp callbacks ---------------------------------------------------------------
 
     def on_headers_complete(self) -> None:
-        # A request that reaches here has no body to wait for, or is handed over: its
-        # answer is made now and written when llhttp says the message is complete.
-        start, end = head_span(self.buffer)
+        # A request that reaches here has no body to wait for (llhttp's message-complete
+        # callback would follow at once, so this protocol has none), or is handed over:
+        # it is answered now.
+        buffer = self.buffer
+        start, end = head_span(buffer)
         if end < 0:  # not a head this parser reads the same way: aiohttp's
             raise HandOver
-        self.head_end = end
-        self.answer = None
-        if not self.ctx.accepting:
-            return
-        self.keep_alive = self.parser.should_keep_alive()
-        if self.intake is not None and postback_fast.is_postback(self.buffer, start):
-            parsed = parse_head(bytes(self.buffer[start:end]))
-            if isinstance(parsed, int):
-                raise TooLarge
-            _, url, headers = parsed
-            if not postback_fast.servable(url, headers):
-                raise HandOver
-            self.postback = (url, headers)
-            return
-        answer = self.core.handle(self.buffer, start, end, self.peer, self.keep_alive)
-        if isinstance(answer, int):
-            raise HandOver if answer == HAND_OVER else TooLarge
-        self.answer = answer
-
-    def on_message_complete(self) -> None:
-        if self.postback is not None:
-            return self.start_postback()
-        answer = self.answer
-        if answer is None:  # stopping: not answered, so not acknowledged
+        if not self.ctx.accepting:  # stopping: not answered, so not acknowledged
             self.closing = True
             self.transport.abort()
-            return
-        del self.buffer[: self.head_end + 4]  # bodiless: the request ends with its head
+            raise Suspend
+        self.keep_alive = keep_alive = self.parser.should_keep_alive()
+        if self.intake is not None and buffer.startswith(postback_fast.STARTS, start):
+            return self.start_postback(start, end)
+        answer = self.core.handle(buffer, start, end, self.peer, keep_alive)
+        if isinstance(answer, int):
+            raise HandOver if answer == HAND_OVER else TooLarge
+        del buffer[: end + 4]  # bodiless: the request ends with its head
         self.send(answer)
 
     def send(self, answer: bytes) -> None:
@@ -249,16 +231,20 @@ class FastProtocol(asyncio.Protocol):
             self.closing = True
             self.transport.close()
 
-    def start_postback(self) -> None:
+    def start_postback(self, start: int, end: int) -> None:
         """Answer the postback: at once (a refusal), or when its answer is settled; parse
         nothing after it until that is written (answers in order). Requests sent right
         behind it (pipelined) stop llhttp with an exception raised here, and a fresh
         parser reads them once the answer is written; without them (the usual case) llhttp
         has nothing more to read and goes on as it is: no exception, no new parser."""
-        assert self.intake is not None and self.postback is not None
-        url, headers = self.postback
-        self.postback = None
-        del self.buffer[: self.head_end + 4]  # bodiless
+        assert self.intake is not None
+        parsed = parse_head(bytes(self.buffer[start:end]))
+        if isinstance(parsed, int):
+            raise TooLarge
+        _, url, headers = parsed
+        if not postback_fast.servable(url, headers):
+            raise HandOver
+        del self.buffer[: end + 4]  # bodiless
         answer = postback_fast.start(
             self.intake, self.ctx, url, headers, self.peer, self.keep_alive
         )

@@ -34,17 +34,13 @@ from tracker.edge.postback import (
 )
 
 ROUTE = "/postback"  # as aiohttp's route counts its requests
-_STARTS = (b"GET /postback?", b"GET /postback ")
+# How the head of a postback the fast path answers starts (a test of the buffer's first
+# bytes, no copy: every request on the fast path asks).
+STARTS = (b"GET /postback?", b"GET /postback ")
 INTERNAL_ERROR = (
     b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n"
     b"Content-Length: 25\r\nConnection: close\r\n\r\n500 Internal Server Error"
 )
-
-
-def is_postback(buffer: bytes | bytearray, start: int) -> bool:
-    """Whether the request head at `start` is a `GET /postback` (cheap: first bytes, no
-    copy: every request on the fast path asks)."""
-    return buffer.startswith(_STARTS, start)
 
 
 def servable(url: bytes, headers: dict[str, str]) -> bool:

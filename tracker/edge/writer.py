@@ -200,8 +200,9 @@ class EventWriter:
         self._unsaved: list[tuple[str, int]] = []
         self.losing = False  # neither Redis nor the spool takes batches: events are dropped
         # counters (read by /metrics and tests)
-        self.recorded = 0
-        self.recorded_by_table: Counter[str] = Counter()
+        self.clicks_recorded = 0
+        self.events_recorded = 0  # of the other tables
+        self.recorded_by_table: Counter[str] = Counter()  # the other tables, until published
         self.flushed_batches = 0
         self.spooled_batches = 0
         self.replayed_batches = 0
@@ -213,10 +214,12 @@ class EventWriter:
 
     def publish_metrics(self) -> None:
         """Move this writer's counts into Prometheus (the app does it once a second)."""
+        clicks = self.clicks_recorded - self._published.get("clicks", 0)
+        metrics.EVENTS.labels("clicks").inc(clicks)
+        metrics.CLICKS.inc(clicks)
+        self._published["clicks"] = self.clicks_recorded
         for table, n in self.recorded_by_table.items():
             metrics.EVENTS.labels(table).inc(n)
-            if table == "clicks":
-                metrics.CLICKS.inc(n)
         self.recorded_by_table.clear()
         for action, total in (
             ("spooled", self.spooled_batches),
@@ -236,6 +239,8 @@ class EventWriter:
     def add(self, table: str, row: Mapping[str, object]) -> None:
         self._batch.rows.setdefault(table, []).append(compact_json(row))
         self.recorded_by_table[table] += 1
+        self.events_recorded += 1
+        self._count += 1
         self._added()
 
     def add_click(self, row: ClickRow, record: ClickRecord, ms: int) -> None:
@@ -247,16 +252,28 @@ class EventWriter:
         self, click_id: str, visitor_id: str, ms: int, row: bytes, value: bytes
     ) -> None:
         """A click encoded: its row as JSON, its record in the hot window's compact form
-        (`hot.encode`). The compiled click core calls this for every click it answers."""
+        (`hot.encode`). The compiled click core calls this for every click it answers,
+        so it does the least it can (plain int counts, one call more only at a batch's
+        first and last event)."""
         batch = self._batch
-        batch.rows.setdefault("clicks", []).append(row)
+        rows = batch.rows.get("clicks")
+        if rows is None:
+            rows = batch.rows["clicks"] = []
+        rows.append(row)
         batch.clicks.append((click_id, visitor_id, ms, value))
-        self.recorded_by_table["clicks"] += 1
-        self._added()
+        self.clicks_recorded += 1
+        self._count = count = self._count + 1
+        if count == 1 or count >= self._max_events:
+            self._added()
+
+    @property
+    def recorded(self) -> int:
+        """Events recorded so far, of every table."""
+        return self.events_recorded + self.clicks_recorded
 
     def _added(self) -> None:
-        self.recorded += 1
-        self._count += 1
+        """After `_count` went up: a batch that has its first event wakes the flush task,
+        and a full one waits for it in `_ready`."""
         if self._count == 1:
             self._has_events.set()
         if self._count >= self._max_events:
