@@ -23,11 +23,13 @@ lint: setup
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
-# Throughput against nginx empty_gif and the bare 302 server, then the sustained rate and
-# the sink alone, then postbacks (installs nginx-light and wrk when missing).
+# Throughput against nginx empty_gif and the bare 302 server (one edge against one worker,
+# then two against two, with the sustained rate), then the sink alone, then postbacks
+# (installs nginx-light and wrk when missing).
 bench: setup
 	@command -v wrk >/dev/null && test -x /usr/sbin/nginx || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null)
+	.venv/bin/python -m loadtest.bench --processes 1 --threads 1 --bare --ratio-only
 	.venv/bin/python -m loadtest.bench --bare
 	.venv/bin/python -m loadtest.sink_bench
 	.venv/bin/python -m loadtest.postback_bench
