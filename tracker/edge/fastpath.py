@@ -66,7 +66,8 @@ class TooLarge(Exception):
 
 
 class Suspend(Exception):
-    """Stop parsing: a postback is being answered (what follows it waits in the buffer)."""
+    """Stop parsing: a postback is being answered (what follows it waits in the buffer),
+    or the connection was dropped (the process is stopping)."""
 
 
 class Readers:
