@@ -1,10 +1,11 @@
 """Builds the Cython accelerators (the click core, tracker/edge/_clickpath.pyx, the id
 generator, tracker/_ids.pyx, the hot window's batch grouping, tracker/_hot.pyx, the
-Redis command packer, tracker/_resp.pyx, and the sink's fraud counting,
-tracker/sink/enrich/_fraud_counts.pyx); everything else about the package is in
-pyproject.toml. TRACKER_NO_EXTENSIONS=1 builds without them (their references,
-tracker/edge/clickpath.py, tracker/ids.py, tracker/hot.py, hiredis's packer and
-tracker/sink/enrich/fraud_counts.py, are then used)."""
+Redis command packer, tracker/_resp.pyx, the sink's fraud counting,
+tracker/sink/enrich/_fraud_counts.pyx, and its click rows read and written in place,
+tracker/sink/enrich/_rows.pyx); everything else about the package is in pyproject.toml.
+TRACKER_NO_EXTENSIONS=1 builds without them (their references, tracker/edge/clickpath.py,
+tracker/ids.py, tracker/hot.py, hiredis's packer, tracker/sink/enrich/fraud_counts.py and
+tracker/sink/enrich/rows.py, are then used)."""
 
 import os
 
@@ -25,6 +26,9 @@ extensions = [
         "tracker.sink.enrich._fraud_counts",
         ["tracker/sink/enrich/_fraud_counts.pyx"],
         extra_compile_args=["-O2"],
+    ),
+    Extension(
+        "tracker.sink.enrich._rows", ["tracker/sink/enrich/_rows.pyx"], extra_compile_args=["-O2"]
     ),
 ]
 

@@ -41,6 +41,9 @@ class StepStats:
 class Pipeline:
     steps: list[Step]
     stats: dict[str, StepStats] = field(default_factory=dict)
+    # table -> every field its steps read or write: its rows are enriched where they lie
+    # (rows.py); a table not here is decoded and encoded whole
+    fields: dict[str, tuple[str, ...]] = field(default_factory=dict)
     flags: Counter = field(default_factory=Counter)  # (table, flag) -> events flagged
 
     def process(self, table: str, events: list[Row]) -> list[Row]:

@@ -23,6 +23,32 @@ from tracker.sink.enrich.privacy import anonymize_ip
 from tracker.types import Row, SyncRedis
 
 GEO_RELOAD_SECONDS = 10.0
+# Every field a click step reads or writes: the sink reads just these off a click row and
+# writes back what the steps changed (rows.py). A click step that uses another field adds
+# it here (tests/sink/test_rows.py runs the steps both ways and compares).
+CLICK_FIELDS = (
+    "event_time",
+    "click_id",
+    "visitor_id",
+    "campaign_id",
+    "link_slug",
+    "ip",
+    "ip_key",
+    "user_agent",
+    "method",
+    "source",
+    "is_bot",
+    "bot_reason",
+    "device_type",
+    "os",
+    "browser",
+    "country",
+    "region",
+    "city",
+    "asn",
+    "as_org",
+    "fraud_flags",
+)
 
 
 def mark_bot(event: Row) -> Row:
@@ -146,4 +172,4 @@ def build(settings: Settings, redis: SyncRedis, geo_reader: Any | None) -> Pipel
                 "anonymize_ip", anonymize, ("clicks", "conversions", "impressions", "orphan_visits")
             )
         )
-    return Pipeline(steps)
+    return Pipeline(steps, fields={"clicks": CLICK_FIELDS})
