@@ -137,7 +137,7 @@ def counting(request, monkeypatch):
     fraud_counts.py's reference and tracker/sink/enrich/_fraud_counts.pyx."""
     if request.param == "compiled" and compiled is None:
         compiled_missing("the compiled fraud counting")
-    for name in ("aggregate", "place", "arg_lists", "rebuild"):
+    for name in ("aggregate", "place", "arg_lists", "pack_args", "rebuild"):
         if request.param == "compiled":
             chosen = getattr(compiled, name)
         else:

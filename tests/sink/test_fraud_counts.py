@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import random
 
+import msgpack
+
 from tracker.ids import ZERO_UUID, uuid7
 from tracker.sink.enrich import fraud_counts
 from tracker.sink.enrich.fraud_counts import Chunk
@@ -102,7 +104,32 @@ def test_the_compiled_grouping_places_and_arguments_match_the_reference():
         if error is None:
             assert compiled.arg_lists(chunk) == fraud_counts.py_arg_lists(expected)
             assert chunk.args() == expected.args()  # the one value the script gets
+            # written straight from the chunk: the bytes msgpack makes of the lists
+            for ttl, duplicate_ttl in [(7200, 120), (0, 2**40), (-5, -(2**33))]:
+                assert compiled.pack_args(chunk, ttl, duplicate_ttl) == msgpack.packb(
+                    [ttl, duplicate_ttl, *fraud_counts.py_arg_lists(expected)]
+                )
     assert 20 < errors < 200  # the hostile chunks did reach the refusals, not all of them
+
+
+def test_the_compiled_arguments_take_every_messagepack_width():
+    """Ints and texts of every size MessagePack sizes differently, arrays of 16 and
+    65,536 entries, and a value the packer leaves to msgpack (a float)."""
+    if compiled is None:
+        compiled_missing("the compiled fraud counting")
+    ints = [0, 127, 128, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32, 2**63 - 1]
+    ints += [-1, -32, -33, -128, -129, -32_768, -32_769, -(2**31), -(2**31) - 1, -(2**63)]
+    texts = ["", "a" * 31, "a" * 32, "ü" * 127, "b" * 256, "c" * 65_536, "✓𝄞"]
+    chunk = Chunk(60)
+    chunk.groups[("p", "c")] = {
+        text: ([0], {f"{text} v{i}": [0] for i in range(17)}) for text in texts
+    }
+    chunk.minutes["m"] = {f"ip{i}": [value, 0] for i, value in enumerate(ints)}
+    chunk.duplicates[(1, 0)] = {f"f{i}": [i, 0, 0] for i in range(65_536)}
+    for ttl in ints:
+        assert compiled.pack_args(chunk, ttl, 60) == fraud_counts.py_pack_args(chunk, ttl, 60)
+    chunk.minutes["m"]["odd"] = [1.5, 0]
+    assert compiled.pack_args(chunk, 1, 2) == fraud_counts.py_pack_args(chunk, 1, 2)
 
 
 def test_the_compiled_rebuild_matches_the_reference_on_random_answers():

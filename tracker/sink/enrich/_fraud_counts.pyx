@@ -14,9 +14,11 @@ list. Anything that is not the edge's "YYYY-MM-DD HH:MM:SS.mmm" goes through the
 reference's own steps, so it is read, or refused, the same way.
 """
 
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memcpy
 
 cdef object _module = None  # fraud_counts, imported on first use (it imports this module)
 
@@ -296,3 +298,152 @@ def rebuild(chunk, answer):
         PyMem_Free(state)
         PyMem_Free(latest)
     return out
+
+
+# -- the script's argument as MessagePack, written straight from the chunk -------------
+
+cdef struct Buffer:
+    char *data
+    Py_ssize_t size
+    Py_ssize_t capacity
+
+
+cdef int _reserve(Buffer *buf, Py_ssize_t n) except -1:
+    cdef Py_ssize_t capacity
+    cdef char *grown
+    if buf.size + n <= buf.capacity:
+        return 0
+    capacity = max(buf.capacity * 2, buf.size + n)
+    grown = <char *>PyMem_Realloc(buf.data, capacity)
+    if grown == NULL:
+        raise MemoryError()
+    buf.data, buf.capacity = grown, capacity
+    return 0
+
+
+cdef int _head(Buffer *buf, unsigned char code, uint64_t value, int width) except -1:
+    """A type byte then `width` bytes of value, big-endian (MessagePack's order)."""
+    cdef int i
+    _reserve(buf, 1 + width)
+    buf.data[buf.size] = <char>code
+    for i in range(width):
+        buf.data[buf.size + 1 + i] = <char>(value >> (8 * (width - 1 - i)) & 0xFF)
+    buf.size += 1 + width
+    return 0
+
+
+cdef int _array(Buffer *buf, Py_ssize_t n) except -1:
+    if n < 16:
+        return _head(buf, 0x90 | n, 0, 0)
+    if n < 0x10000:
+        return _head(buf, 0xDC, n, 2)
+    return _head(buf, 0xDD, n, 4)
+
+
+cdef int _int(Buffer *buf, int64_t value) except -1:
+    """The smallest form, as msgpack's packer picks it."""
+    if value >= 0:
+        if value < 0x80:
+            return _head(buf, <unsigned char>value, 0, 0)
+        if value <= 0xFF:
+            return _head(buf, 0xCC, value, 1)
+        if value <= 0xFFFF:
+            return _head(buf, 0xCD, value, 2)
+        if value <= 0xFFFFFFFF:
+            return _head(buf, 0xCE, value, 4)
+        return _head(buf, 0xCF, value, 8)
+    if value >= -32:
+        return _head(buf, <unsigned char>(value & 0xFF), 0, 0)
+    if value >= -0x80:
+        return _head(buf, 0xD0, <uint64_t>value & 0xFF, 1)
+    if value >= -0x8000:
+        return _head(buf, 0xD1, <uint64_t>value & 0xFFFF, 2)
+    if value >= -0x80000000:
+        return _head(buf, 0xD2, <uint64_t>value & 0xFFFFFFFF, 4)
+    return _head(buf, 0xD3, <uint64_t>value, 8)
+
+
+cdef int _str(Buffer *buf, str text) except -1:
+    cdef Py_ssize_t n
+    cdef const char *s = PyUnicode_AsUTF8AndSize(text, &n)
+    if n < 32:
+        _head(buf, 0xA0 | n, 0, 0)
+    elif n < 0x100:
+        _head(buf, 0xD9, n, 1)
+    elif n < 0x10000:
+        _head(buf, 0xDA, n, 2)
+    else:
+        _head(buf, 0xDB, n, 4)
+    _reserve(buf, n)
+    memcpy(buf.data + buf.size, s, n)
+    buf.size += n
+    return 0
+
+
+cdef inline bint _packable(object value):
+    """A str, or an int of int64 (what edges' clicks give); else msgpack packs the lists."""
+    if type(value) is str:
+        return True
+    return type(value) is int and -0x8000000000000000 <= value <= 0x7FFFFFFFFFFFFFFF
+
+
+def pack_args(chunk, int64_t ttl, int64_t duplicate_ttl):
+    """`msgpack.packb([ttl, duplicate_ttl, *arg_lists(chunk)])`, the bytes written as
+    the chunk is walked (no lists built and walked again); any value that is not a str or
+    an int64 sends the chunk through `arg_lists` and msgpack instead."""
+    cdef Buffer buf
+    cdef dict groups = chunk.groups, minutes = chunk.minutes, duplicates = chunk.duplicates
+    cdef dict ips, cells, pairs
+    cdef Py_ssize_t n, owner
+    buf.data, buf.size, buf.capacity = NULL, 0, 0
+    try:
+        _reserve(&buf, 4096)
+        _array(&buf, 5)
+        _int(&buf, ttl)
+        _int(&buf, duplicate_ttl)
+        _array(&buf, len(groups))
+        for ips in groups.values():
+            _array(&buf, 3)
+            _array(&buf, len(ips))
+            n = 0
+            for ip in ips:
+                if not _packable(ip):
+                    return _packed_by_msgpack(chunk, ttl, duplicate_ttl)
+                _str(&buf, ip) if type(ip) is str else _int(&buf, ip)
+                n += len(<dict>(<tuple>ips[ip])[1])
+            _array(&buf, n)
+            for entry in ips.values():
+                for pair in <dict>(<tuple>entry)[1]:
+                    if type(pair) is not str:
+                        return _packed_by_msgpack(chunk, ttl, duplicate_ttl)
+                    _str(&buf, pair)
+            _array(&buf, n)
+            owner = 0
+            for entry in ips.values():
+                owner += 1
+                for _ in range(len(<dict>(<tuple>entry)[1])):
+                    _int(&buf, owner)
+        for section in (minutes, duplicates):
+            _array(&buf, len(<dict>section))
+            for cells in (<dict>section).values():
+                _array(&buf, 2)
+                _array(&buf, len(cells))
+                for key in cells:
+                    if not _packable(key):
+                        return _packed_by_msgpack(chunk, ttl, duplicate_ttl)
+                    _str(&buf, key) if type(key) is str else _int(&buf, key)
+                _array(&buf, len(cells))
+                for cell in cells.values():
+                    value = (<list>cell)[0]
+                    if not _packable(value) or type(value) is str:
+                        return _packed_by_msgpack(chunk, ttl, duplicate_ttl)
+                    _int(&buf, value)
+        return PyBytes_FromStringAndSize(buf.data, buf.size)
+    finally:
+        PyMem_Free(buf.data)
+
+
+cdef object _packed_by_msgpack(chunk, ttl, duplicate_ttl):
+    import msgpack
+
+    return msgpack.packb([ttl, duplicate_ttl, *arg_lists(chunk)])

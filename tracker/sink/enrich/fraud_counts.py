@@ -239,8 +239,7 @@ class Chunk:
 
     def args(self) -> list:
         """ARGV: the chunk as one MessagePack value (see COUNT_CLICKS)."""
-        value = [WINDOW_TTL, self.duplicate_ttl, *arg_lists(self)]
-        return [msgpack.packb(value)]
+        return [pack_args(self, WINDOW_TTL, self.duplicate_ttl)]
 
 
 def py_place(chunk: Chunk) -> None:
@@ -291,6 +290,12 @@ def py_arg_lists(chunk: Chunk) -> list:
         [list(cells), [cell[0] for cell in cells.values()]] for cells in chunk.duplicates.values()
     ]
     return [groups, minutes, duplicates]
+
+
+def py_pack_args(chunk: Chunk, ttl: int, duplicate_ttl: int) -> bytes:
+    """The script's ARGV[1]: the expiries and `arg_lists`, as MessagePack. The reference
+    for the compiled `pack_args`, which writes the same bytes as it walks the chunk."""
+    return msgpack.packb([ttl, duplicate_ttl, *arg_lists(chunk)])
 
 
 def py_aggregate(
@@ -416,11 +421,12 @@ def py_rebuild(chunk: Chunk, answer: list[int]) -> list[ClickCounts]:
 aggregate: Callable[[Chunk, list[Row], Callable[[str], int], bool], None] = py_aggregate
 place: Callable[[Chunk], None] = py_place
 arg_lists: Callable[[Chunk], list] = py_arg_lists
+pack_args: Callable[[Chunk, int, int], bytes] = py_pack_args
 rebuild: Callable[[Chunk, list[int]], list[ClickCounts]] = py_rebuild
 _compiled = extensions.load("tracker.sink.enrich._fraud_counts")
 if _compiled is not None:
     aggregate, place, rebuild = _compiled.aggregate, _compiled.place, _compiled.rebuild
-    arg_lists = _compiled.arg_lists
+    arg_lists, pack_args = _compiled.arg_lists, _compiled.pack_args
 
 
 class ClickCounter:
