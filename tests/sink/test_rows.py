@@ -82,7 +82,7 @@ def with_enrichment(rng: random.Random, row: dict) -> dict:
 
 def hostile(rng: random.Random, line: bytes) -> bytes:
     """The row's bytes spoiled: cut, padded, nested, re-keyed, broken."""
-    k = rng.randrange(12)
+    k = rng.randrange(13)
     if k == 0:
         return line[: rng.randrange(len(line))]
     if k == 1:
@@ -105,6 +105,8 @@ def hostile(rng: random.Random, line: bytes) -> bytes:
         return b"{}"
     if k == 10:
         return line.replace(b'"event_time":"', b'"event_time":', 1)
+    if k == 11:
+        return line.replace(b"curl", b"cu\x01rl")  # a raw control character: not JSON
     return line + b" "
 
 
@@ -158,6 +160,25 @@ def test_hostile_rows_are_read_right_or_refused(impl):
         whole = orjson.loads(line)  # read: it is valid JSON, and the same fields
         assert got[0] == {name: whole[name] for name in whole if name in FIELDS}, line
     assert 500 < refused < 2_500  # both kinds were seen
+
+
+def test_an_escape_or_control_character_at_any_place_of_a_value_is_seen(impl):
+    """The compiled reader looks at a value 8 bytes at a time: a backslash (an escape)
+    or a raw control character (not JSON) in any of the places of a word, or in the
+    bytes after the last whole word, is found."""
+    Fields, scan, _, _ = impl
+    fields = Fields(FIELDS)
+    for length in range(1, 26):
+        for at in range(length):
+            for odd, readable in [(b"\\n", True), (b"\x01", False), (b"\x1f", False)]:
+                value = b"a" * at + odd + b"b" * (length - at - 1)
+                line = b'{"user_agent":"' + value + b'","sub1":"x"}'
+                got = scan(line, fields)
+                if readable:
+                    assert got is not None
+                    assert got[0] == {"user_agent": orjson.loads(line)["user_agent"]}
+                else:
+                    assert got is None, line
 
 
 def test_both_implementations_read_and_write_the_same_bytes():

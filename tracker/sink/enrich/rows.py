@@ -8,7 +8,9 @@ add a dozen. `scan` reads just the fields of `steps.CLICK_FIELDS` (every field a
 step reads or writes) with each value's place in the row; `splice` copies the row with
 the values a step changed replaced in place and the new ones appended. A row `scan` does
 not read plainly (not a flat JSON object, an escaped key, a field twice, bytes that are
-not UTF-8) is decoded and encoded whole, as before; so is every row when the compiled
+not UTF-8, a read value that is not JSON) is decoded and encoded whole, as before (the
+fields not read are left to ClickHouse, which parses every row it is given); so is every
+row when the compiled
 `_rows` is not built (the dict path is the fallback: `py_scan` is the reference the
 compiled code is held to, and a Python loop over bytes would be slower than orjson).
 """
