@@ -14,6 +14,18 @@ from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.stdint cimport int64_t, uint64_t
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
+# 64-bit masks as C constants: Cython keeps an integer literal over 32 bits as a Python
+# int, and each `&` with one was Python arithmetic (most of an id's cost)
+cdef extern from *:
+    """
+    #define TRACKER_IDS_LOW62 0x3FFFFFFFFFFFFFFFULL
+    #define TRACKER_IDS_LOW48 0xFFFFFFFFFFFFULL
+    #define TRACKER_IDS_VARIANT 0x8000000000000000ULL
+    """
+    const uint64_t LOW62 "TRACKER_IDS_LOW62"
+    const uint64_t LOW48 "TRACKER_IDS_LOW48"
+    const uint64_t VARIANT "TRACKER_IDS_VARIANT"
+
 cdef Py_ssize_t POOL_BYTES = 4096
 cdef int64_t MAX_MS = (<int64_t>1) << 48
 cdef const char *HEX = b"0123456789abcdef"
@@ -39,7 +51,7 @@ cdef inline uint64_t _random64() except? 0:
     return value
 
 
-cdef inline void _hex(char *out, uint64_t value, int digits):
+cdef inline void _hex(char *out, uint64_t value, int digits) noexcept:
     cdef int i
     for i in range(digits - 1, -1, -1):
         out[i] = HEX[value & 0xF]
@@ -66,8 +78,8 @@ def uuid7(now_ms=None):
         ms = _last_ms
     else:
         _last_ms = ms
-        _seq = _random64() & 0x3F  # random start, room to count
-    cdef uint64_t rand_b = (_random64() & 0x3FFFFFFFFFFFFFFF) | (<uint64_t>0b10 << 62)
+        _seq = <int>(_random64() & 0x3F)  # random start, room to count
+    cdef uint64_t rand_b = (_random64() & LOW62) | VARIANT  # variant 0b10
     cdef char out[36]
     _hex(out, <uint64_t>ms >> 16, 8)
     out[8] = b"-"
@@ -77,7 +89,7 @@ def uuid7(now_ms=None):
     out[18] = b"-"
     _hex(out + 19, rand_b >> 48, 4)
     out[23] = b"-"
-    _hex(out + 24, rand_b & 0xFFFFFFFFFFFF, 12)
+    _hex(out + 24, rand_b & LOW48, 12)
     return PyUnicode_DecodeASCII(out, 36, NULL)
 
 

@@ -505,10 +505,8 @@ cdef class ClickPath:
             i += 1
 
         # request line: METHOD SP+ target SP ...
-        i = 0
-        while i < n and h[i] != c'\r':
-            i += 1
-        line_end = i
+        cdef const char* found = <const char*>memchr(h, c'\r', n)
+        line_end = n if found == NULL else found - h
         cdef bint is_head
         if line_end >= 4 and memcmp(h, b"GET ", 4) == 0:
             is_head = False
@@ -521,8 +519,8 @@ cdef class ClickPath:
         while i < line_end and h[i] == c' ':
             i += 1
         cdef Py_ssize_t url_start = i
-        while i < line_end and h[i] != c' ':
-            i += 1
+        found = <const char*>memchr(h + i, c' ', line_end - i)
+        i = line_end if found == NULL else found - h
         cdef Py_ssize_t url_len = i - url_start
         if url_len > C_MAX_LINE or url_len < 4:
             return None
@@ -549,14 +547,14 @@ cdef class ClickPath:
         cdef Py_ssize_t name_len, value_start
         i = line_end + 2
         while i < n:
-            j = i
-            colon = -1
-            while j < n and h[j] != c'\r':
-                if colon < 0 and h[j] == c':':
-                    colon = j
-                j += 1
-            if colon < 0:
+            # the line's end, then its first colon (memchr: a byte loop over the head
+            # was 2,000 instructions a click)
+            found = <const char*>memchr(h + i, c'\r', n - i)
+            j = n if found == NULL else found - h
+            found = <const char*>memchr(h + i, c':', j - i)
+            if found == NULL:
                 return None
+            colon = found - h
             name_len = colon - i
             value_start = colon + 1
             while value_start < j and h[value_start] == c' ':
@@ -596,9 +594,8 @@ cdef class ClickPath:
         if query_len and query_len <= ctx.max_query_bytes:
             part = 0
             while part <= query_len:
-                part_end = part
-                while part_end < query_len and query[part_end] != c'&':
-                    part_end += 1
+                found = <const char*>memchr(query + part, c'&', query_len - part)
+                part_end = query_len if found == NULL else found - query
                 if part_end > part:
                     key_end = part
                     while key_end < part_end and query[key_end] != c'=':
