@@ -17,7 +17,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
-from cpython.unicode cimport PyUnicode_DecodeASCII
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeASCII
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
@@ -678,8 +678,10 @@ cdef class ClickPath:
         ms_obj = int(ctx.clock() * 1000)
         cdef long long ms = ms_obj
         click_id = self.uuid7(ms_obj)
-        cdef bytes cid = (<str>click_id).encode()
-        cdef bytes vid = (<str>visitor_id).encode()
+        # the ids' ASCII text as the str objects hold it (no bytes made of them)
+        cdef Py_ssize_t id_len
+        cdef const char* cid = PyUnicode_AsUTF8AndSize(click_id, &id_len)
+        cdef const char* vid = PyUnicode_AsUTF8AndSize(visitor_id, &id_len)
 
         cdef _Buffer b = self.buf
         b.size = 0
@@ -690,9 +692,9 @@ cdef class ClickPath:
         for m in range(len(link.macros)):
             macro = <int>link.macros[m]
             if macro == M_CLICK:
-                b.put_bytes(cid)
+                b.put(cid, 36)
             elif macro == M_VISITOR:
-                b.put_bytes(vid)
+                b.put(vid, 36)
             elif macro == M_CAMPAIGN:
                 b.put_bytes(link.campaign_q)
             elif macro == M_AFFILIATE:
@@ -712,11 +714,11 @@ cdef class ClickPath:
         # the row (records.click_row, as orjson writes it)
         cdef Py_ssize_t row_start = b.size
         b.put(b'{"event_time":"', 15)
-        b.put_bytes(_event_time(ms))
+        _put_event_time(b, ms)
         b.put(b'","click_id":"', 14)
-        b.put_bytes(cid)
+        b.put(cid, 36)
         b.put(b'","visitor_id":"', 16)
-        b.put_bytes(vid)
+        b.put(vid, 36)
         b.put(b'","new_visitor":', 16)
         b.put(b"1" if new else b"0", 1)
         b.put(b",", 1)
@@ -748,10 +750,10 @@ cdef class ClickPath:
         # of the click's when it is
         cdef Py_ssize_t record_start = b.size
         b.reserve(16)
-        _raw_id(PyBytes_AS_STRING(vid), b.data + b.size)
+        _raw_id(vid, b.data + b.size)
         b.size += 16
         b.put(b"[", 1)
-        cdef long long behind = _id_ms(PyBytes_AS_STRING(cid)) - ms
+        cdef long long behind = _id_ms(cid) - ms
         cdef bint first = True
         if behind:
             b.put_int(behind)
@@ -780,7 +782,7 @@ cdef class ClickPath:
         b.put(b"\r\nCache-Control: no-store\r\n", 27)
         if new:
             b.put_bytes(self.cookie_prefix)
-            b.put_bytes(vid)
+            b.put(vid, 36)
             b.put_bytes(self.cookie_attrs)
             b.put(b"\r\n", 2)
         b.put(b"Content-Length: 0\r\n", 19)
@@ -916,7 +918,7 @@ cdef bint _is_uuid(const char* s, Py_ssize_t n) noexcept nogil:
     return True
 
 
-cdef int _append_click_id(_Buffer b, bytes cid) except -1:
+cdef int _append_click_id(_Buffer b, const char* cid) except -1:
     """macros.append_param(url, "click_id", id) on the destination in the buffer."""
     cdef char* url = b.data
     cdef Py_ssize_t n = b.size
@@ -940,17 +942,18 @@ cdef int _append_click_id(_Buffer b, bytes cid) except -1:
     b.size = hash_at
     b.put_bytes(sep)
     b.put(b"click_id=", 9)
-    b.put_bytes(cid)
+    b.put(cid, 36)
     b.put_bytes(fragment)
     return 0
 
 
-_time_second = -1
-_time_prefix = b""
+cdef long long _time_second = -1
+cdef bytes _time_prefix = b""
 
 
-cdef bytes _event_time(long long ms):
-    """timefmt.format_ms: the second's text once a second, then the milliseconds."""
+cdef int _put_event_time(_Buffer b, long long ms) except -1:
+    """timefmt.format_ms into the buffer: the second's text made once a second, then
+    the milliseconds."""
     global _time_second, _time_prefix
     cdef long long second = ms // 1000
     cdef int milli = ms % 1000
@@ -960,11 +963,12 @@ cdef bytes _event_time(long long ms):
         text = format_ms(second * 1000)
         _time_prefix = text[: len(text) - 3].encode()  # without the milliseconds
         _time_second = second
+    b.put_bytes(_time_prefix)
     cdef char tail[3]
     tail[0] = <char>(c'0' + milli // 100)
     tail[1] = <char>(c'0' + milli // 10 % 10)
     tail[2] = <char>(c'0' + milli % 10)
-    return <bytes>_time_prefix + PyBytes_FromStringAndSize(tail, 3)
+    return b.put(tail, 3)
 
 
 def head_span(buffer):
