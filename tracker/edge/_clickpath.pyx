@@ -12,6 +12,7 @@ this code does not handle itself, goes to the reference implementation before an
 is recorded, so both give the same bytes.
 """
 
+cimport cython
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
@@ -108,6 +109,9 @@ cdef inline unsigned char lower(unsigned char c) nogil:
 
 # Eight bytes at a time (SWAR): whether a word holds a byte that needs a closer look. Each
 # test is exact as a yes/no (the counts it would give may be off, never the answer).
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object text)
+
 cdef extern from *:
     """
     #define TRACKER_ONES 0x0101010101010101ULL
@@ -142,6 +146,7 @@ cdef inline bint _printable8(uint64_t w) noexcept nogil:
     return not (_has_control(w) | (w & HIGHS) | _has_zero(w ^ (ONES * 0x7F)))
 
 
+@cython.final  # its methods called directly, so the C compiler inlines put and reserve
 cdef class _Buffer:
     """A growable byte buffer: the destination, row, record and answer are written in turn."""
 
@@ -159,11 +164,13 @@ cdef class _Buffer:
     def __dealloc__(self):
         PyMem_Free(self.data)
 
-    cdef int reserve(self, Py_ssize_t more) except -1:
-        cdef Py_ssize_t need = self.size + more
-        cdef char* grown
-        if need <= self.cap:
+    cdef inline int reserve(self, Py_ssize_t more) except -1:
+        if self.size + more <= self.cap:
             return 0
+        return self._grow(self.size + more)
+
+    cdef int _grow(self, Py_ssize_t need) except -1:
+        cdef char* grown
         while self.cap < need:
             self.cap *= 2
         grown = <char*>PyMem_Realloc(self.data, self.cap)
@@ -640,15 +647,16 @@ cdef class ClickPath:
         cdef uint32_t ip4
         cdef Py_ssize_t ip_start = 0, ip_len = 0
         cdef const char* ip_src = NULL
-        cdef bytes peer_bytes = None
         cdef int kind
         ip_text = None
-        if self.ips_in_python or not isinstance(peer, str) or not (<str>peer).isascii():
+        cdef const char* peer_c
+        cdef Py_ssize_t peer_len
+        if self.ips_in_python or type(peer) is not str or not PyUnicode_IS_ASCII(peer):
             kind = OTHER
-        else:
-            peer_bytes = (<str>peer).encode()
-            kind = _hop(PyBytes_AS_STRING(peer_bytes), PyBytes_GET_SIZE(peer_bytes), &ip4, &ip_start, &ip_len)
-            ip_src = PyBytes_AS_STRING(peer_bytes) + ip_start
+        else:  # an ASCII str holds its text as bytes: read there
+            peer_c = PyUnicode_AsUTF8AndSize(peer, &peer_len)
+            kind = _hop(peer_c, peer_len, &ip4, &ip_start, &ip_len)
+            ip_src = peer_c + ip_start
         if kind == IP4:
             if hl[H_XFF] and self.any_trusted and self._trusted(ip4):
                 kind = _walk(self, hv[H_XFF], hl[H_XFF], &ip4, &ip_src, &ip_len)
