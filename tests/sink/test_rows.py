@@ -269,6 +269,17 @@ def test_a_step_that_removes_a_field_is_refused(impl):
         splice(line, event, spans)
 
 
+def test_a_field_removed_and_set_again_is_refused(impl):
+    """Set again, it would come after fields that lie after it in the row."""
+    Fields, scan, splice, _ = impl
+    line = b'{"ip":"1.2.3.4","is_bot":0,"user_agent":"x"}'
+    event, spans = scan(line, Fields(FIELDS))
+    event["is_bot"] = 1
+    event["ip"] = event.pop("ip")
+    with pytest.raises(ValueError, match="removed a field"):
+        splice(line, event, spans)
+
+
 def test_an_empty_row_gets_the_new_fields_alone(impl):
     Fields, scan, splice, _ = impl
     event, spans = scan(b"{}", Fields(FIELDS))

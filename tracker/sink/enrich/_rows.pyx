@@ -275,6 +275,8 @@ def splice(bytes line, dict event, Spans spans):
             extra[<object>key] = <object>value
             continue
         kept |= (<uint64_t>1) << found
+        if spans.start[found] < at:  # removed and set again: out of the row's order
+            raise ValueError("a step removed a field of a click row")
         if value == spans.value[found] and not PyList_CheckExact(<object>value):
             continue  # as read (a list may have been changed in place: written again)
         out.append(line[at : spans.start[found]])

@@ -150,6 +150,8 @@ def py_splice(line: bytes, event: Row, spans: Spans) -> bytes:
             extra[name] = value
             continue
         kept += 1
+        if span[0] < at:  # removed and set again: out of the row's order
+            raise ValueError("a step removed a field of a click row")
         if value is span[2] and type(value) is not list:
             continue  # as read (a list may have been changed in place: written again)
         start, end, _ = span
