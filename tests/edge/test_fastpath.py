@@ -209,6 +209,48 @@ def test_held_connections_read_nothing_until_released(tmp_path, loop):
         event_loop.close()
 
 
+@pytest.mark.parametrize(
+    "first",
+    [
+        get("/c/plain?sub1=first", "Connection: close\r\n"),
+        get("/c/plain?sub1=first", version="1.0"),  # HTTP/1.0 closes unless asked not to
+    ],
+    ids=["connection-close", "http-1.0"],
+)
+@pytest.mark.parametrize("loop", list(LOOPS))
+def test_a_request_pipelined_after_connection_close_is_neither_answered_nor_recorded(
+    tmp_path, loop, first
+):
+    """HTTP/1.1: nothing after a request that asks to close is served; a click recorded
+    there would be one no visitor was sent on (counted, never answered)."""
+
+    async def scenario() -> None:
+        ctx = make_ctx(tmp_path)
+        core = PyClickPath(ctx)
+
+        def fallback() -> asyncio.Protocol:
+            raise AssertionError("every request here is the fast path's")
+
+        server = await asyncio.get_running_loop().create_server(
+            lambda: FastProtocol(ctx, fallback, Readers(), core), "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(first + get("/c/plain?sub1=after") + get("/c/plain?sub1=after", version="1.0"))
+        answers = await asyncio.wait_for(reader.read(), 5)  # to the server's close
+        assert statuses(answers) == [302] and b"Connection: close" in answers
+        assert [row["sub1"] for row in rows(core)] == ["first"]
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    event_loop = LOOPS[loop]()
+    try:
+        event_loop.run_until_complete(scenario())
+    finally:
+        event_loop.close()
+
+
 async def answer(client: tuple[asyncio.StreamReader, asyncio.StreamWriter], sub1: str) -> int:
     client[1].write(get(f"/c/plain?sub1={sub1}"))
     head = await asyncio.wait_for(client[0].readuntil(b"\r\n\r\n"), 5)

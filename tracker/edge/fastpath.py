@@ -208,6 +208,8 @@ class FastProtocol(asyncio.Protocol):
         # A request that reaches here has no body to wait for (llhttp's message-complete
         # callback would follow at once, so this protocol has none), or is handed over:
         # it is answered now.
+        if self.closing:  # after an answer that closed the connection (llhttp refuses
+            raise Suspend  # what follows one anyway): not answered, so not recorded
         buffer = self.buffer
         start, end = head_span(buffer)
         if end < 0:  # not a head this parser reads the same way: aiohttp's
