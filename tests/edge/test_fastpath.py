@@ -6,7 +6,7 @@ import asyncio
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 import uvloop
@@ -165,6 +165,26 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 }
 
 
+def run_in(loop: str, scenario: Callable[[], Awaitable[None]]) -> None:
+    event_loop = LOOPS[loop]()
+    try:
+        event_loop.run_until_complete(scenario())
+    finally:
+        event_loop.close()
+
+
+async def fast_server(ctx, core, readers: Readers) -> tuple[asyncio.Server, int]:
+    """The fast path alone on a loopback port (every request here is its own)."""
+
+    def fallback() -> asyncio.Protocol:
+        raise AssertionError("every request here is the fast path's")
+
+    server = await asyncio.get_running_loop().create_server(
+        lambda: FastProtocol(ctx, fallback, readers, core), "127.0.0.1", 0
+    )
+    return server, server.sockets[0].getsockname()[1]
+
+
 @pytest.mark.parametrize("loop", list(LOOPS))
 def test_held_connections_read_nothing_until_released(tmp_path, loop):
     """While the event writer is behind Redis the fast path reads no request: on the
@@ -175,14 +195,7 @@ def test_held_connections_read_nothing_until_released(tmp_path, loop):
         ctx = make_ctx(tmp_path)
         core = PyClickPath(ctx)  # one for every connection, as the fast path's site has
         readers = Readers()
-
-        def fallback() -> asyncio.Protocol:
-            raise AssertionError("every request here is the fast path's")
-
-        server = await asyncio.get_running_loop().create_server(
-            lambda: FastProtocol(ctx, fallback, readers, core), "127.0.0.1", 0
-        )
-        port = server.sockets[0].getsockname()[1]
+        server, port = await fast_server(ctx, core, readers)
         before = await asyncio.open_connection("127.0.0.1", port)
         assert await answer(before, "before") == 302
         readers.hold(True)
@@ -202,11 +215,7 @@ def test_held_connections_read_nothing_until_released(tmp_path, loop):
         server.close()
         await server.wait_closed()
 
-    event_loop = LOOPS[loop]()
-    try:
-        event_loop.run_until_complete(scenario())
-    finally:
-        event_loop.close()
+    run_in(loop, scenario)
 
 
 @pytest.mark.parametrize(
@@ -227,16 +236,9 @@ def test_a_request_pipelined_after_connection_close_is_neither_answered_nor_reco
     async def scenario() -> None:
         ctx = make_ctx(tmp_path)
         core = PyClickPath(ctx)
-
-        def fallback() -> asyncio.Protocol:
-            raise AssertionError("every request here is the fast path's")
-
-        server = await asyncio.get_running_loop().create_server(
-            lambda: FastProtocol(ctx, fallback, Readers(), core), "127.0.0.1", 0
-        )
-        port = server.sockets[0].getsockname()[1]
+        server, port = await fast_server(ctx, core, Readers())
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(first + get("/c/plain?sub1=after") + get("/c/plain?sub1=after", version="1.0"))
+        writer.write(first + get("/c/plain?sub1=after") + get("/c/plain?sub1=after", "", "1.0"))
         answers = await asyncio.wait_for(reader.read(), 5)  # to the server's close
         assert statuses(answers) == [302] and b"Connection: close" in answers
         assert [row["sub1"] for row in rows(core)] == ["first"]
@@ -244,11 +246,7 @@ def test_a_request_pipelined_after_connection_close_is_neither_answered_nor_reco
         server.close()
         await server.wait_closed()
 
-    event_loop = LOOPS[loop]()
-    try:
-        event_loop.run_until_complete(scenario())
-    finally:
-        event_loop.close()
+    run_in(loop, scenario)
 
 
 async def answer(client: tuple[asyncio.StreamReader, asyncio.StreamWriter], sub1: str) -> int:
