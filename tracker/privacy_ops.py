@@ -4,7 +4,10 @@
 conversions and those conversions' attribution credits) and their Redis records (the
 click records and the visitor's path), as one JSON-ready dict.
 
-`erase` removes the visitor's clicks, impressions and orphan visits from ClickHouse,
+`erase` first marks the visitor erased in Redis (`mark_erased`): events of theirs still on
+the way (in the events stream, or in an edge's spool while Redis was away) are dropped by
+the sink when they arrive (tracker/sink/erasures.py). Then it removes the visitor's
+clicks, impressions and orphan visits from ClickHouse,
 blanks the identifying fields of their conversions (visitor id, address, user agent, geo;
 the conversion and its money stay, as the advertiser's and affiliate's records), and
 deletes their Redis records (click records, path, short-lived fraud and rate counters),
@@ -33,6 +36,9 @@ if TYPE_CHECKING:  # the edge checks requests here, and needs no ClickHouse clie
     from tracker.clickhouse import ClickHouse
 
 ERASED_TABLES = ("clicks", "impressions", "orphan_visits")
+# How long an erasure mark is kept: longer than any event can be on its way (an edge
+# spools while Redis is away, and sends its spool when Redis is back).
+ERASED_KEEP_MS = 7 * 86_400_000
 # conversion columns that say who the visitor was, and what they become
 CONVERSION_IDENTITY = {
     "visitor_id": f"toUUID('{ZERO_UUID}')",
@@ -43,6 +49,19 @@ CONVERSION_IDENTITY = {
     "city": "''",
     "asn": "0",
     "as_org": "''",
+}
+
+
+# the same, as a row's JSON values (the sink blanks conversions still on the way)
+CONVERSION_BLANKS: dict[str, object] = {
+    "visitor_id": ZERO_UUID,
+    "ip": "::",
+    "user_agent": "",
+    "country": "",
+    "region": "",
+    "city": "",
+    "asn": 0,
+    "as_org": "",
 }
 
 
@@ -102,11 +121,28 @@ def export(ch: ClickHouse, redis: Any, visitor_id: Any, hot_hours: int = 48) -> 
     return data
 
 
+def mark_erased(redis: SyncRedis, visitor: str, at_ms: int) -> None:
+    """Mark the visitor erased at `at_ms` (before their stored rows are erased, so that
+    the sink drops what is still on the way); marks older than `ERASED_KEEP_MS` go."""
+    stale = [v for v, at in erased_marks(redis).items() if at < at_ms - ERASED_KEEP_MS]
+    pipe = redis.pipeline(transaction=False)
+    pipe.hset(K.ERASED_VISITORS, visitor, at_ms)
+    if stale:
+        pipe.hdel(K.ERASED_VISITORS, *stale)
+    pipe.execute()
+
+
+def erased_marks(redis: SyncRedis) -> dict[str, int]:
+    """Erased visitors -> when (ms)."""
+    return {_text(v): int(at) for v, at in redis.hgetall(K.ERASED_VISITORS).items()}
+
+
 def erase(
     ch: ClickHouse, redis: Any, visitor_id: Any, cluster: str = "", hot_hours: int = 48
 ) -> dict[str, int]:
     """Erase the visitor; what was found, by kind (for the audit entry)."""
     visitor = checked(visitor_id)
+    mark_erased(redis, visitor, int(time.time() * 1000))
     db = ch.database
     where = f"visitor_id = toUUID('{visitor}')"
     counts: dict[str, int] = {}
@@ -117,10 +153,19 @@ def erase(
     transactions = ch.query(
         f"SELECT DISTINCT advertiser_id, txid FROM {db}.conversions WHERE {where}", False
     )[1]
+    erase_rows(ch, where, cluster, {table for table, n in counts.items() if n})
+    counts["redis_keys"] = _erase_redis(redis, visitor, transactions, hot_hours)
+    return counts
+
+
+def erase_rows(ch: ClickHouse, where: str, cluster: str, tables: set[str]) -> None:
+    """Delete the rows `where` selects from `tables` among ERASED_TABLES, and blank the
+    identity of those among conversions (mutations finished before this returns)."""
+    db = ch.database
     for table in ERASED_TABLES:
-        if counts[table]:
+        if table in tables:
             ch.command(f"ALTER TABLE {_target(db, table, cluster)} DELETE WHERE {where}{SYNC}")
-    if counts["conversions"]:
+    if "conversions" in tables:
         columns = {
             name
             for (name,) in ch.query(
@@ -133,8 +178,6 @@ def erase(
         ch.command(
             f"ALTER TABLE {_target(db, 'conversions', cluster)} UPDATE {sets} WHERE {where}{SYNC}"
         )
-    counts["redis_keys"] = _erase_redis(redis, visitor, transactions, hot_hours)
-    return counts
 
 
 SYNC = " SETTINGS mutations_sync = 2"  # done (on every replica) before the call returns

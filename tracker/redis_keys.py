@@ -77,6 +77,11 @@ def batch_marker_key(batch_id: str, shard: int = 0) -> str:
     return f"{PREFIX}:batch:{{s{shard}}}:{batch_id}"
 
 
+# Visitors erased, and when (ms): the sink drops their events still on the way when they
+# arrive (in the stream, or in an edge's spool while Redis was away; tracker/privacy_ops.py)
+ERASED_VISITORS = f"{PREFIX}:privacy:erased"
+
+
 def conversion_key(advertiser_id: str, txid: str) -> str:
     """A conversion's dedup and status record. It shares the events stream's hash tag:
     the status change and its stream entry are written by one script, in one slot."""

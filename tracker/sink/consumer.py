@@ -42,6 +42,7 @@ from tracker.sink import deferred
 from tracker.sink.attributor import Attributor
 from tracker.sink.enrich import rows
 from tracker.sink.enrich.pipeline import Pipeline
+from tracker.sink.erasures import Erasures
 from tracker.sink.history import ClickHistory
 from tracker.stream_lag import stream_lag
 from tracker.types import StreamEntry, SyncRedis
@@ -81,6 +82,7 @@ class Sink:
         deliveries: Callable[[list[bytes], list[bytes]], int] | None = None,
         history: ClickHistory | None = None,
         lookback_ms: int = 30 * 86_400_000,
+        erasures: Erasures | None = None,
     ) -> None:
         self.redis = redis
         self.ch = ch
@@ -100,6 +102,7 @@ class Sink:
         self.deliveries = deliveries  # postbacks out / webhooks onto their queue
         self.history = history  # finds the clicks of deferred conversions
         self.lookback_ms = lookback_ms
+        self.erasures = erasures  # events of visitors erased while on their way
         self.streams = streams or [K.EVENTS_STREAM]  # every shard of the events stream
         self._turn = 0
         self._last_reclaim = 0.0
@@ -338,6 +341,8 @@ class Sink:
             payloads["conversions"] = deferred.resolve_payload(
                 self.history, payloads["conversions"], self.lookback_ms, self.redis
             )
+        marks = self.erasures.marks() if self.erasures else {}
+        dropped = self.erasures.drop(payloads, marks) if self.erasures else {}
         if self.pipeline:
             self.enrich(payloads)
         if self.attributor and payloads.get("conversions"):
@@ -355,6 +360,8 @@ class Sink:
             self.rows_inserted[table] += count
             metrics.SINK_ROWS.labels(table).inc(count)
             rows += count
+        if self.erasures:
+            self.erasures.sweep(payloads, marks, dropped, redelivered)
         commission_lines: list[bytes] = []
         if self.commissions and payloads.get("conversions"):
             commission_lines = self.commission(payloads["conversions"], token)

@@ -26,6 +26,7 @@ from tracker.sink import gc_tuning, query_server
 from tracker.sink.attributor import Attributor
 from tracker.sink.consumer import Sink
 from tracker.sink.enrich import steps as enrichment
+from tracker.sink.erasures import Erasures
 from tracker.sink.history import ClickHistory
 from tracker.timefmt import now_ms
 
@@ -119,6 +120,7 @@ def run(settings: Settings) -> None:
         deliveries=Enqueuer(redis, history),
         history=history,
         lookback_ms=settings.lookback_seconds * 1000,
+        erasures=Erasures(redis, ch, settings.clickhouse.cluster),
     )
     log.info(
         "sink %s running; SQL endpoint on %s:%d",
