@@ -14,6 +14,8 @@ second as a duplicate): their rows in the batch are erased in ClickHouse.
 
 from __future__ import annotations
 
+import re
+
 import orjson
 
 from tracker import privacy_ops
@@ -24,7 +26,10 @@ from tracker.types import SyncRedis
 
 TABLES = (*privacy_ops.ERASED_TABLES, "conversions")
 KEY = b'"visitor_id":"'  # how a row names its visitor (rows are flat JSON objects)
-FEW = 16  # up to this many marks, a part is searched for each visitor before it is split
+VISITORS = re.compile(rb'"visitor_id":"([^"]{36})"')
+# Up to this many marks, a part is searched for each marked visitor; with more, every
+# visitor it names is listed at once (0.05 µs per row and mark against 0.2 per row).
+FEW = 4
 
 
 def visitor_of(line: bytes) -> str | None:
@@ -52,14 +57,19 @@ class Erasures:
         found: dict[str, set] = {}
         if not marks:
             return found
-        needles = [KEY + v.encode() for v in marks] if len(marks) <= FEW else None
+        needles = [KEY + v.encode() for v in marks]
+        named = {v.encode() for v in marks}
         for table in TABLES:
             parts = payloads.get(table)
             if not parts:
                 continue
             kept: list[bytes] = []
             for part in parts:
-                if needles is not None and not any(n in part for n in needles):
+                if len(needles) <= FEW:
+                    anyone = any(n in part for n in needles)
+                else:
+                    anyone = not named.isdisjoint(VISITORS.findall(part))
+                if not anyone:
                     kept.append(part)
                     continue
                 lines, touched = [], False
