@@ -154,7 +154,7 @@ def erase(
         f"SELECT DISTINCT advertiser_id, txid FROM {db}.conversions WHERE {where}", False
     )[1]
     erase_rows(ch, where, cluster, {table for table, n in counts.items() if n})
-    counts["redis_keys"] = _erase_redis(redis, visitor, transactions, hot_hours)
+    counts["redis_keys"] = erase_redis(redis, visitor, transactions, hot_hours)
     return counts
 
 
@@ -198,9 +198,12 @@ def _erase_duplicate_times(redis: SyncRedis, visitor: str) -> int:
     return deleted
 
 
-def _erase_redis(
+def erase_redis(
     redis: SyncRedis, visitor: str, transactions: Sequence[Sequence[Any]], hot_hours: int
 ) -> int:
+    """The visitor's Redis records: click records, exclusion marks and path in the hot
+    window, duplicate-click times, pixel rate counters, and the visitor in the records
+    of `transactions` ((advertiser, txid) pairs); how many were deleted or blanked."""
     deleted = 0
     for path_key, ids in hot_path(redis, visitor, hot_hours):
         for click_id in ids:  # its record and exclusion mark (fields of per-hour hashes)

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from tests.sink.test_consumer import make_sink
-from tracker import privacy_ops
+from tracker import hot, privacy_ops
 from tracker import redis_keys as K
 from tracker.ids import ZERO_UUID, uuid7
 from tracker.sink.erasures import Erasures
@@ -105,15 +105,22 @@ def add(r, *lines: bytes, table: str = "clicks") -> None:
 def test_a_visitor_erased_while_their_clicks_wait_in_the_stream(chdb_database, redis_server):
     ch, r = chdb_database, redis_server.client()
     t = now_ms()
-    add(r, click(GONE, t - 2), click(KEPT, t - 2))
+    gone, kept = click(GONE, t - 2), click(KEPT, t - 2)
+    add(r, gone, kept)
     add(r, conversion(GONE, t - 1), table="conversions")
     privacy_ops.erase(ch, r, GONE)  # nothing stored yet: only the mark does anything
+    # what the edges' batch script writes with the stream entry, so after the erasure
+    hot.put(r, [orjson.loads(line) for line in (gone, kept)])
     sink = make_sink(r, ch, erasures=Erasures(r, ch))
     while sink.step(block=False):
         pass
     assert (stored(ch, "clicks", GONE), stored(ch, "clicks", KEPT)) == (0, 1)
     assert stored(ch, "conversions", GONE) == 0
     assert stored(ch, "conversions", ZERO_UUID) == 1  # the conversion and its money stay
+    assert privacy_ops.hot_path(r, GONE, 48) == []  # its Redis records went again
+    assert [ids for _, ids in privacy_ops.hot_path(r, KEPT, 48)] == [
+        [orjson.loads(kept)["click_id"]]
+    ]
 
 
 class MarkedMeanwhile(Erasures):

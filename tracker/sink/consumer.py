@@ -343,6 +343,8 @@ class Sink:
             )
         marks = self.erasures.marks() if self.erasures else {}
         dropped = self.erasures.drop(payloads, marks) if self.erasures else {}
+        if dropped and self.erasures:
+            self.erasures.forget_hot(dropped)
         if self.pipeline:
             self.enrich(payloads)
         if self.attributor and payloads.get("conversions"):

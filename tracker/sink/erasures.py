@@ -5,7 +5,8 @@ before it deletes what is stored. An event of theirs still in the events stream 
 in an edge's spool while Redis was away, would otherwise be stored after that delete. The
 sink reads the marks with each batch (one HGETALL of a hash that is usually empty) and
 drops such events (clicks, impressions and orphan visits from before the mark) and blanks
-the identity of such conversions, as `erase` does to stored ones. Two cases are caught
+the identity of such conversions, as `erase` does to stored ones, and the Redis records
+the edges wrote with those clicks (the hot window) go again. Two cases are caught
 after the insert instead: a visitor marked while the batch was being stored (the marks
 were read before the mark, the insert came after the delete), and a batch read again
 after a crash whose first insert, made before the mark, ClickHouse keeps (it skips the
@@ -43,10 +44,13 @@ def visitor_of(line: bytes) -> str | None:
 
 
 class Erasures:
-    def __init__(self, redis: SyncRedis, ch: ClickHouse, cluster: str = "") -> None:
+    def __init__(
+        self, redis: SyncRedis, ch: ClickHouse, cluster: str = "", hot_hours: int = 48
+    ) -> None:
         self.redis = redis
         self.ch = ch
         self.cluster = cluster
+        self.hot_hours = hot_hours
 
     def marks(self) -> dict[str, int]:
         return privacy_ops.erased_marks(self.redis)
@@ -90,6 +94,14 @@ class Erasures:
                     kept.append(b"\n".join(lines))
             payloads[table] = kept
         return found
+
+    def forget_hot(self, dropped: dict[str, set]) -> None:
+        """The Redis records the edges wrote with the clicks just dropped (their batch
+        script writes the hot window as it appends to the stream, so after the erasure
+        ran): the visitors' records go again, as `erase` removes them."""
+        for visitor, tables in dropped.items():
+            if "clicks" in tables:
+                privacy_ops.erase_redis(self.redis, visitor, (), self.hot_hours)
 
     @staticmethod
     def _erased(line: bytes, marks: dict[str, int]) -> dict | None:

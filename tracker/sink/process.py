@@ -120,7 +120,7 @@ def run(settings: Settings) -> None:
         deliveries=Enqueuer(redis, history),
         history=history,
         lookback_ms=settings.lookback_seconds * 1000,
-        erasures=Erasures(redis, ch, settings.clickhouse.cluster),
+        erasures=Erasures(redis, ch, settings.clickhouse.cluster, settings.tracking.hot_hours),
     )
     log.info(
         "sink %s running; SQL endpoint on %s:%d",
