@@ -341,9 +341,11 @@ class Sink:
             payloads["conversions"] = deferred.resolve_payload(
                 self.history, payloads["conversions"], self.lookback_ms, self.redis
             )
-        marks = self.erasures.marks() if self.erasures else {}
-        dropped = self.erasures.drop(payloads, marks) if self.erasures else {}
-        if dropped and self.erasures:
+        marks: dict[str, int] = {}
+        dropped: dict[str, set] = {}
+        if self.erasures:
+            marks = self.erasures.marks()
+            dropped = self.erasures.drop(payloads, marks)
             self.erasures.forget_hot(dropped)
         if self.pipeline:
             self.enrich(payloads)
