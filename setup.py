@@ -1,11 +1,12 @@
 """Builds the Cython accelerators (the click core, tracker/edge/_clickpath.pyx, the id
 generator, tracker/_ids.pyx, the hot window's batch grouping, tracker/_hot.pyx, the
 Redis command packer, tracker/_resp.pyx, the sink's fraud counting,
-tracker/sink/enrich/_fraud_counts.pyx, and its click rows read and written in place,
+tracker/sink/enrich/_fraud_counts.pyx, and in its memory,
+tracker/sink/enrich/_fraud_memory.pyx, and its click rows read and written in place,
 tracker/sink/enrich/_rows.pyx); everything else about the package is in pyproject.toml.
 TRACKER_NO_EXTENSIONS=1 builds without them (their references, tracker/edge/clickpath.py,
-tracker/ids.py, tracker/hot.py, hiredis's packer, tracker/sink/enrich/fraud_counts.py and
-tracker/sink/enrich/rows.py, are then used)."""
+tracker/ids.py, tracker/hot.py, hiredis's packer, tracker/sink/enrich/fraud_counts.py,
+tracker/sink/enrich/fraud_memory.py and tracker/sink/enrich/rows.py, are then used)."""
 
 import os
 
@@ -29,6 +30,11 @@ extensions = [
     ),
     Extension(
         "tracker.sink.enrich._rows", ["tracker/sink/enrich/_rows.pyx"], extra_compile_args=["-O2"]
+    ),
+    Extension(
+        "tracker.sink.enrich._fraud_memory",
+        ["tracker/sink/enrich/_fraud_memory.pyx"],
+        extra_compile_args=["-O2"],
     ),
 ]
 

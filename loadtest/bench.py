@@ -43,7 +43,7 @@ import urllib.request
 from pathlib import Path
 
 from loadtest import wrk_output
-from loadtest.cpu import children, cpu_seconds
+from loadtest.cpu import children, cpu_seconds, redis_by_command
 from tracker.config import FraudSettings, RedisSettings, SinkSettings, TrackingSettings
 from tracker.testing import RedisServer, Service, free_port, wait_until
 
@@ -311,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
 
         rounds = []
         answered = 0
+        redis_client = redis.client()
+        redis_client.config_resetstat()  # the rounds' commands only (links created above)
         for n in range(args.rounds):
             load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
             nginx_run = measured(nginx_url, args, script, nginx_workers)
@@ -380,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                 "p50": statistics.median(r["tracker"]["p50_ms"] for r in rounds),
                 "p99": statistics.median(r["tracker"]["p99_ms"] for r in rounds),
             },
+            "redis_us_per_click_by_command": redis_by_command(redis_client, answered),
         }
         rows = answered = 0
         if not args.ratio_only:
@@ -409,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                     "sink_caught_up_s",
                     "cpu_us_per_request",
                     "cpu_us_per_click_caught_up",
+                    "redis_us_per_click_by_command",
                     "saturation_latency_ms",
                     "fixed_rate",
                     "sustained",

@@ -30,7 +30,7 @@ from pathlib import Path
 import orjson
 
 from geo import open_geo
-from loadtest.cpu import process_cpu, threads_cpu
+from loadtest.cpu import process_cpu, redis_by_command, threads_cpu
 from tracker import config, migrations
 from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
@@ -92,15 +92,6 @@ def fill(redis, rows: int, batch: int = 500, seed: int = 1) -> None:
         if len(pipe) >= 50:
             pipe.execute()
     pipe.execute()
-
-
-def redis_by_command(redis, rows: int) -> dict[str, float]:
-    """Redis's time per row in each command since the last CONFIG RESETSTAT (EVALSHA, the
-    fraud counters' script, includes the commands it runs, which are listed too)."""
-    stats = redis.info("commandstats")
-    spent = {name.removeprefix("cmdstat_"): value["usec"] / rows for name, value in stats.items()}
-    ranked = sorted(spent.items(), key=lambda item: -item[1])
-    return {name: round(us, 2) for name, us in ranked if us >= 0.01}
 
 
 # chDB's background merges (its "MergeMutate" threads) combine the parts of everything

@@ -40,7 +40,8 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
 # gcc and the Python headers: the install compiles the Cython accelerators
 # (tracker/edge/_clickpath.pyx, tracker/_ids.pyx, tracker/_hot.pyx,
-# tracker/sink/enrich/_fraud_counts.pyx, tracker/sink/enrich/_rows.pyx).
+# tracker/sink/enrich/_fraud_counts.pyx, tracker/sink/enrich/_rows.pyx,
+# tracker/sink/enrich/_fraud_memory.pyx).
 if ! command -v gcc >/dev/null 2>&1; then
   echo "setup: installing gcc"
   as_root apt-get update -qq
@@ -62,14 +63,16 @@ if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ] \
   || [ tracker/_hot.pyx -nt .venv/.installed ] \
   || [ tracker/sink/enrich/_fraud_counts.pyx -nt .venv/.installed ] \
   || [ tracker/sink/enrich/_rows.pyx -nt .venv/.installed ] \
+  || [ tracker/sink/enrich/_fraud_memory.pyx -nt .venv/.installed ] \
   || [ setup.py -nt .venv/.installed ] || ! ls tracker/edge/_clickpath.*.so >/dev/null 2>&1 \
   || ! ls tracker/_ids.*.so >/dev/null 2>&1 || ! ls tracker/_hot.*.so >/dev/null 2>&1 \
   || ! ls tracker/sink/enrich/_fraud_counts.*.so >/dev/null 2>&1 \
-  || ! ls tracker/sink/enrich/_rows.*.so >/dev/null 2>&1; then
+  || ! ls tracker/sink/enrich/_rows.*.so >/dev/null 2>&1 \
+  || ! ls tracker/sink/enrich/_fraud_memory.*.so >/dev/null 2>&1; then
   echo "setup: installing Python packages"
   .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import tracker, aiohttp, redis, clickhouse_connect, chdb, sqlalchemy, alembic, psycopg"
   # the accelerators were built
-  .venv/bin/python -c "import tracker.edge._clickpath, tracker._ids, tracker._hot, tracker.sink.enrich._fraud_counts, tracker.sink.enrich._rows"
+  .venv/bin/python -c "import tracker.edge._clickpath, tracker._ids, tracker._hot, tracker.sink.enrich._fraud_counts, tracker.sink.enrich._rows, tracker.sink.enrich._fraud_memory"
   touch .venv/.installed
 fi

@@ -58,6 +58,7 @@ def test_defaults_from_empty_file(toml, env, data_dir):
     assert s.redis.url == "redis://127.0.0.1:6379/0"
     assert s.redis.manage is False
     assert (s.sink.query_host, s.sink.query_port) == ("127.0.0.1", 8124)
+    assert s.fraud.counters == "memory"  # one sink keeps the fraud counts itself
     assert s.clickhouse.database == "tracker"
 
 
@@ -307,6 +308,7 @@ def test_bool_false_spellings(toml, env, text):
             {},
             ["fraud.campaigns.x.duplicate_click_seconds", "86400"],
         ),
+        ("", {"TRACKER_FRAUD_COUNTERS": "disk"}, ["fraud.counters", "memory, redis", "'disk'"]),
     ],
 )
 def test_invalid_values_name_the_key(toml, env, data_dir, text, overrides, names):

@@ -144,8 +144,14 @@ class FraudThresholds:
         return FraudThresholds(**{f.name: getattr(self, f.name) for f in fields(FraudThresholds)})
 
 
+FRAUD_COUNTERS = ("memory", "redis")
+
+
 @dataclass
 class FraudSettings(FraudThresholds):
+    # where the click rules' counts live: "memory", the sink's (journaled in the data
+    # folder; one sink reads the events stream), or "redis" (several sinks share them)
+    counters: str = "memory"
     datacenter_asns: list[int] = field(default_factory=lambda: list(DATACENTER_ASNS))
     credit_flagged_conversions: bool = False
     campaigns: dict = field(default_factory=dict)  # campaign id -> thresholds to override
@@ -484,6 +490,11 @@ def _validate(s: Settings) -> None:
             "attribution.models",
             f"unknown model {model!r} (known: {', '.join(sorted(MODELS))})",
         )
+    check(
+        s.fraud.counters in FRAUD_COUNTERS,
+        "fraud.counters",
+        f"must be one of {', '.join(FRAUD_COUNTERS)} (got {s.fraud.counters!r})",
+    )
     thresholds = [f.name for f in fields(FraudThresholds)]
     fraud_levels = {"fraud": asdict(s.fraud.thresholds())}  # the defaults, then campaigns'
     for campaign, values in s.fraud.campaigns.items():

@@ -15,7 +15,7 @@ from tests.geo.test_reader import write_mmdb
 from tracker import hot
 from tracker.ids import uuid7
 from tracker.reasons import FraudFlag
-from tracker.sink.enrich import fraud, fraud_counts, steps
+from tracker.sink.enrich import fraud, fraud_counts, fraud_memory, steps
 from tracker.sink.enrich.fraud import FraudRules, Thresholds, thresholds_from
 from tracker.sink.enrich.pipeline import Pipeline, Step, flag
 from tracker.sink.enrich.privacy import anonymize_ip
@@ -129,33 +129,59 @@ try:
     from tracker.sink.enrich import _fraud_counts as compiled
 except ImportError:  # not built in this work tree
     compiled = None
+try:
+    from tracker.sink.enrich import _fraud_memory as compiled_memory
+except ImportError:
+    compiled_memory = None
+
+
+def use_counting(way: str, monkeypatch) -> None:
+    """Count in Redis with fraud_counts.py's reference ("python") or
+    tracker/sink/enrich/_fraud_counts.pyx ("compiled") grouping a chunk, placing and
+    sending it and rebuilding its counts."""
+    if way == "compiled" and compiled is None:
+        compiled_missing("the compiled fraud counting")
+    for name in ("aggregate", "place", "arg_lists", "pack_args", "rebuild"):
+        chosen = (
+            getattr(compiled, name) if way == "compiled" else getattr(fraud_counts, f"py_{name}")
+        )
+        monkeypatch.setattr(fraud_counts, name, chosen)
+
+
+def use_memory_counting(compiled_: bool, monkeypatch) -> None:
+    if compiled_ and compiled_memory is None:
+        compiled_missing("the compiled fraud counting in memory")
+    chosen = compiled_memory.count if compiled_ else fraud_memory.py_count
+    monkeypatch.setattr(fraud_memory, "count_clicks", chosen)
 
 
 @pytest.fixture(params=["python", "compiled"])
-def counting(request, monkeypatch):
-    """Each way of grouping a chunk, placing and sending it and rebuilding its counts:
-    fraud_counts.py's reference and tracker/sink/enrich/_fraud_counts.pyx."""
-    if request.param == "compiled" and compiled is None:
-        compiled_missing("the compiled fraud counting")
-    for name in ("aggregate", "place", "arg_lists", "pack_args", "rebuild"):
-        if request.param == "compiled":
-            chosen = getattr(compiled, name)
-        else:
-            chosen = getattr(fraud_counts, f"py_{name}")
-        monkeypatch.setattr(fraud_counts, name, chosen)
+def redis_counting(request, monkeypatch) -> None:
+    use_counting(request.param, monkeypatch)
+
+
+@pytest.fixture(params=["python", "compiled", "memory", "memory-compiled"])
+def counting(request, monkeypatch) -> bool:
+    """Each way of counting: in Redis (`use_counting`), or in the sink's memory
+    (fraud_memory.py's `py_count` or tracker/sink/enrich/_fraud_memory.pyx). True for memory."""
+    if request.param.startswith("memory"):
+        use_memory_counting(request.param == "memory-compiled", monkeypatch)
+        return True
+    use_counting(request.param, monkeypatch)
+    return False
 
 
 def run_rules(rules: FraudRules, events: list[dict]) -> list[list[str]]:
     return [e.get("fraud_flags", []) for e in rules.check_clicks(events)]
 
 
-@pytest.mark.usefixtures("counting")
-def test_ip_flood_counts_across_batches_with_per_campaign_thresholds(redis_server):
+def test_ip_flood_counts_across_batches_with_per_campaign_thresholds(redis_server, counting):
     rules = FraudRules(
         redis_server.client(),
         Thresholds(ip_clicks_per_minute=3),
         {"vip": Thresholds(ip_clicks_per_minute=5)},
         frozenset(),
+        memory=counting,
     )
     visitor = uuid7()
     first = run_rules(rules, [click(visitor=visitor, slug=f"s{i}") for i in range(2)])
@@ -204,10 +230,13 @@ def test_exclusion_marks_put_each_flagged_click_in_its_hours_set(redis_server):
     assert sum(redis.scard(key) for key in sets) == len(flagged) == 400
 
 
-@pytest.mark.usefixtures("counting")
-def test_duplicate_click_and_many_visitors(redis_server):
+def test_duplicate_click_and_many_visitors(redis_server, counting):
     rules = FraudRules(
-        redis_server.client(), Thresholds(visitors_per_ip_per_hour=2), {}, frozenset()
+        redis_server.client(),
+        Thresholds(visitors_per_ip_per_hour=2),
+        {},
+        frozenset(),
+        memory=counting,
     )
     v1, v2, v3 = uuid7(), uuid7(), uuid7()
     flags = run_rules(
@@ -434,9 +463,8 @@ def test_postbacks_get_no_device_or_geo_of_the_advertisers_server():
     assert pixel["device_type"] == "desktop" and pixel["browser"] == "Chrome"
 
 
-@pytest.mark.usefixtures("counting")
 @pytest.mark.parametrize("cluster", [False, True], ids=["script", "pipeline"])
-def test_duplicate_clicks_are_judged_by_the_clicks_own_times(redis_server, cluster):
+def test_duplicate_clicks_are_judged_by_the_clicks_own_times(redis_server, cluster, counting):
     """Within the window after any earlier click of the visitor on the link, by event time
     (not by when the sink reads them): a sink catching up judges as one on time would."""
     rules = FraudRules(
@@ -445,6 +473,7 @@ def test_duplicate_clicks_are_judged_by_the_clicks_own_times(redis_server, clust
         {"off": Thresholds(duplicate_click_seconds=0)},
         frozenset(),
         cluster,
+        memory=counting,
     )
     visitor, start = uuid7(), 1_700_000_010_000  # a 60 s bucket starts at start + 30 s
 
@@ -461,13 +490,17 @@ def test_duplicate_clicks_are_judged_by_the_clicks_own_times(redis_server, clust
     assert second == [["duplicate_click"], ["duplicate_click"], [], [], ["duplicate_click"]]
 
 
-@pytest.mark.usefixtures("counting")
 @pytest.mark.parametrize("cluster", [False, True], ids=["script", "pipeline"])
-def test_an_ips_visitors_are_counted_across_calls(redis_server, cluster):
+def test_an_ips_visitors_are_counted_across_calls(redis_server, cluster, counting):
     """An IP's first visitor is kept as its count's field, the second turns it into a
     count with both pairs in the set: each repeat is known, each new visitor counted."""
     rules = FraudRules(
-        redis_server.client(), Thresholds(visitors_per_ip_per_hour=1), {}, frozenset(), cluster
+        redis_server.client(),
+        Thresholds(visitors_per_ip_per_hour=1),
+        {},
+        frozenset(),
+        cluster,
+        memory=counting,
     )
     a, b, c = uuid7(), uuid7(), uuid7()
     ip = "198.51.100.77"
@@ -477,13 +510,11 @@ def test_an_ips_visitors_are_counted_across_calls(redis_server, cluster):
     ]
     many = ["ip_many_visitors"]
     assert verdicts == [[[]], [[]], [many], [many], [many], [many], [many]]
-    counts = fraud.FraudRules(redis_server.client(), T, {}, frozenset(), cluster).counter.count(
-        [click(ip, visitor, "t") for visitor in (a, b, c, uuid7())]
-    )
+    counts = rules.counter.count([click(ip, visitor, "t") for visitor in (a, b, c, uuid7())])
     assert [n.visitors_this_hour for n in counts] == [3, 3, 3, 4]
 
 
-@pytest.mark.usefixtures("counting")
+@pytest.mark.usefixtures("redis_counting")
 def test_pipeline_counting_gives_the_same_verdicts_as_the_script(redis_server):
     """The Redis Cluster path (command by command) and the script agree."""
     events_a = [
@@ -511,8 +542,7 @@ def test_pipeline_counting_gives_the_same_verdicts_as_the_script(redis_server):
     ]
 
 
-@pytest.mark.usefixtures("counting")
-def test_counting_in_chunks_gives_the_same_verdicts_as_one_call(redis_server):
+def test_counting_in_chunks_gives_the_same_verdicts_as_one_call(redis_server, counting):
     """A sink read of many clicks is counted a chunk at a time (a script holds Redis for
     its whole run); verdicts across chunk boundaries are those of one call."""
     t = Thresholds(ip_clicks_per_minute=4, visitors_per_ip_per_hour=3)
@@ -522,9 +552,10 @@ def test_counting_in_chunks_gives_the_same_verdicts_as_one_call(redis_server):
     def events(ip: str, own: list[str]) -> list[dict]:
         return [click(ip=ip, visitor=own[v], slug=s) for v, s in pattern]
 
-    whole = FraudRules(redis_server.client(), t, {}, frozenset())
-    chunked = FraudRules(redis_server.client(), t, {}, frozenset())
-    chunked.counter.chunk = 3
+    whole = FraudRules(redis_server.client(), t, {}, frozenset(), memory=counting)
+    chunked = FraudRules(redis_server.client(), t, {}, frozenset(), memory=counting)
+    if isinstance(chunked.counter, fraud_counts.ClickCounter):
+        chunked.counter.chunk = 3
     expected = run_rules(whole, events("198.51.100.7", visitors))
     assert run_rules(chunked, events("198.51.100.8", [uuid7() for _ in visitors])) == expected
     flagged = {f for flags in expected for f in flags}
@@ -589,10 +620,9 @@ def realistic_clicks(rng: random.Random, n: int, ip_prefix: str) -> list[dict]:
     return events
 
 
-@pytest.mark.usefixtures("counting")
 @pytest.mark.parametrize("cluster", [False, True], ids=["script", "pipeline"])
 def test_aggregated_counting_gives_each_click_the_verdict_of_counting_one_by_one(
-    redis_server, cluster
+    redis_server, cluster, counting
 ):
     """A realistic batch (busy and quiet IPs, returning and anonymous visitors, per-campaign
     thresholds, the duplicate rule off for one campaign, an hour boundary), cut into chunks
@@ -604,8 +634,11 @@ def test_aggregated_counting_gives_each_click_the_verdict_of_counting_one_by_one
         prefix = f"198.{n % 256}.{chunk % 256}"
         events = realistic_clicks(rng, n, prefix)
         expected = reference_verdicts(events, default, per_campaign)
-        rules = FraudRules(redis_server.client(), default, per_campaign, frozenset(), cluster)
-        rules.counter.chunk = chunk
+        rules = FraudRules(
+            redis_server.client(), default, per_campaign, frozenset(), cluster, memory=counting
+        )
+        if isinstance(rules.counter, fraud_counts.ClickCounter):
+            rules.counter.chunk = chunk
         assert run_rules(rules, events) == expected
         flagged = {f for flags in expected for f in flags}
         assert flagged == {"ip_flood", "duplicate_click", "ip_many_visitors"}

@@ -343,10 +343,14 @@ class Sink:
             )
         marks: dict[str, int] = {}
         dropped: dict[str, set] = {}
+        if self.pipeline:  # what its steps count from here is kept once the batch is stored
+            self.pipeline.begin(stream, ids[-1], redelivered)
         if self.erasures:
             marks = self.erasures.marks()
             dropped = self.erasures.drop(payloads, marks)
             self.erasures.forget_hot(dropped)
+            if marks and self.pipeline:
+                self.pipeline.forget(marks)
         if self.pipeline:
             self.enrich(payloads)
         if self.attributor and payloads.get("conversions"):
@@ -372,6 +376,8 @@ class Sink:
             rows += len(commission_lines)
         if self.deliveries and payloads.get("conversions"):
             self.deliveries(payloads["conversions"], commission_lines)
+        if self.pipeline:
+            self.pipeline.stored()
         pipe = self.redis.pipeline(transaction=False)
         pipe.xack(stream, K.SINK_GROUP, *ids)
         pipe.xdel(stream, *ids)

@@ -1,4 +1,5 @@
-"""Fraud rules: each a small pure function; their counters live in Redis.
+"""Fraud rules: each a small pure function; their counters live in the sink's memory
+(fraud_memory.py, the default) or in Redis (fraud_counts.py, for several sinks).
 
 | rule | flags when |
 | --- | --- |
@@ -8,9 +9,9 @@
 | ip_many_visitors | the IP had more than `visitors_per_ip_per_hour` visitor ids this hour |
 | datacenter_asn | the IP belongs to a hosting / cloud network (an ASN in `datacenter_asns`) |
 
-Thresholds come from config, with per-campaign overrides. `ClickCounter.count`
-(fraud_counts.py) updates the counters in one Redis script call per chunk of a batch; the
-checks then read the results event by event.
+Thresholds come from config, with per-campaign overrides. The counter (`MemoryCounter` or
+`ClickCounter`, one Redis script call per chunk) counts a batch's clicks in stream order;
+the checks then read the results event by event.
 
 Duplicate clicks are judged by the clicks' own event times, not by when the sink reads
 them: a click at `t` on a campaign with window `w` is a duplicate when a click of the
@@ -24,18 +25,20 @@ when that later one lies in its bucket or the one before. A sink that lags, or c
 up after an outage, so gives the verdicts it would have given on time. Redis keeps, per
 bucket and visitor shard, one hash: "visitor link" -> the latest event time (ms) counted
 in that bucket (all the rule needs); it expires `bucket_seconds + fraud_counts.DUPLICATE_SLACK_S`
-after the sink last wrote to it.
+after the sink last wrote to it; the sink's memory keeps the same, a bucket until the next ends.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import replace
+from pathlib import Path
 
 from tracker.config import FraudThresholds as Thresholds
 from tracker.ids import ZERO_UUID
 from tracker.reasons import FraudFlag
 from tracker.sink.enrich.fraud_counts import ClickCounter
+from tracker.sink.enrich.fraud_memory import MemoryCounter
 from tracker.sink.enrich.pipeline import flag
 from tracker.timefmt import parse_ms
 from tracker.types import Row, SyncRedis
@@ -63,12 +66,13 @@ def datacenter_asn(asn: int, datacenter_asns: frozenset[int]) -> bool:
     return asn in datacenter_asns
 
 
-# -- the rules applied to a batch (counted in Redis: fraud_counts.py) ----------------------
+# -- the rules applied to a batch (counted in memory or in Redis) ---------------------------
 
 
 class FraudRules:
     """The click and conversion rules with each campaign's thresholds; a batch's clicks are
-    counted by `counter` (fraud_counts.py), then judged one by one."""
+    counted by `counter`, then judged one by one. `memory`: counted in this process
+    (fraud_memory.py), journaled in `journal_dir` when given; else in Redis (fraud_counts.py)."""
 
     def __init__(
         self,
@@ -77,6 +81,8 @@ class FraudRules:
         per_campaign: dict[str, Thresholds],
         datacenter_asns: frozenset[int],
         cluster: bool = False,
+        memory: bool = False,
+        journal_dir: Path | None = None,
     ) -> None:
         self.default = default
         self.per_campaign = per_campaign
@@ -84,18 +90,19 @@ class FraudRules:
         # duplicate buckets: the longest window configured (at least a second), so the
         # click's bucket and the one before hold every time within any window before it
         longest = max(t.duplicate_click_seconds for t in (default, *per_campaign.values()))
-        self.counter = ClickCounter(
-            redis,
-            max(1, math.ceil(longest)),
-            lambda campaign: self.thresholds(campaign).duplicate_click_seconds,
-            cluster,
-        )
+        bucket_seconds = max(1, math.ceil(longest))
+        window = lambda campaign: self.thresholds(campaign).duplicate_click_seconds  # noqa: E731
+        self.counter: MemoryCounter | ClickCounter
+        if memory:
+            self.counter = MemoryCounter(bucket_seconds, window, journal_dir)
+        else:
+            self.counter = ClickCounter(redis, bucket_seconds, window, cluster)
 
     def thresholds(self, campaign_id: str) -> Thresholds:
         return self.per_campaign.get(campaign_id, self.default)
 
     def check_clicks(self, events: list[Row]) -> list[Row]:
-        """The click rules over a batch: count it in Redis, then judge each click by its
+        """The click rules over a batch: count it, then judge each click by its
         own counts (handed over by position: no state kept between the two)."""
         counts = self.counter.count(events)
         thresholds, asns = self.thresholds, self.datacenter_asns

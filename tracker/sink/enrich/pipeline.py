@@ -6,14 +6,19 @@ the whole batch, so it costs one round trip per batch, not per event: `prepare` 
 batch before `run` sees each event (reloads, marks), and a `batch` step (the fraud
 counters) takes the batch and returns it whole, so what it counted for each event never
 has to be kept between two calls. Every step is timed and counted by name.
+
+A step that keeps state across batches (the fraud counters in the sink's memory) hears
+of each batch's life through `Pipeline.begin`, `stored` and `forget` (a `BatchState`):
+the sink calls them around a batch, so what the step kept is what was stored.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tracker import metrics
 from tracker.reasons import BotReason, FraudFlag, flag_label
@@ -27,6 +32,17 @@ class Step:
     tables: tuple[str, ...] = ("clicks",)
     prepare: Callable[[list[Row]], None] | None = None
     batch: Callable[[list[Row]], list[Row]] | None = None  # the whole batch at once
+
+
+class BatchState(Protocol):
+    def begin(self, stream: str, last_id: str, redelivered: bool) -> None:
+        """A batch of `stream` up to entry `last_id` is about to be enriched."""
+
+    def stored(self) -> None:
+        """The batch is stored (before it is acknowledged): keep what it changed."""
+
+    def forget(self, visitors: Iterable[str]) -> None:
+        """These visitors were erased: keep nothing of them."""
 
 
 @dataclass
@@ -45,6 +61,19 @@ class Pipeline:
     # (rows.py); a table not here is decoded and encoded whole
     fields: dict[str, tuple[str, ...]] = field(default_factory=dict)
     flags: Counter = field(default_factory=Counter)  # (table, flag) -> events flagged
+    states: list[BatchState] = field(default_factory=list)  # steps' state across batches
+
+    def begin(self, stream: str, last_id: str, redelivered: bool) -> None:
+        for state in self.states:
+            state.begin(stream, last_id, redelivered)
+
+    def stored(self) -> None:
+        for state in self.states:
+            state.stored()
+
+    def forget(self, visitors: Iterable[str]) -> None:
+        for state in self.states:
+            state.forget(visitors)
 
     def process(self, table: str, events: list[Row]) -> list[Row]:
         for step in self.steps:

@@ -18,11 +18,13 @@ from tracker.redis_connection import is_cluster
 from tracker.sink.enrich.bots import bot_reason
 from tracker.sink.enrich.device import parse_device
 from tracker.sink.enrich.fraud import FraudRules, thresholds_from
-from tracker.sink.enrich.pipeline import Pipeline, Step
+from tracker.sink.enrich.fraud_memory import MemoryCounter
+from tracker.sink.enrich.pipeline import BatchState, Pipeline, Step
 from tracker.sink.enrich.privacy import anonymize_ip
 from tracker.types import Row, SyncRedis
 
 GEO_RELOAD_SECONDS = 10.0
+FRAUD_JOURNAL_DIR = "fraud-counts"  # in the data folder: the in-memory counters' journal
 # Every field a click step reads or writes: the sink reads just these off a click row and
 # writes back what the steps changed (rows.py). A click step that uses another field adds
 # it here (tests/sink/test_rows.py runs the steps both ways and compares).
@@ -146,12 +148,15 @@ def anonymize(event: Row) -> Row:
 def build(settings: Settings, redis: SyncRedis, geo_reader: Any | None) -> Pipeline:
     f = settings.fraud
     default = f.thresholds()
+    memory = f.counters == "memory"
     rules = FraudRules(
         redis,
         default,
         thresholds_from(default, f.campaigns),
         frozenset(f.datacenter_asns),
         cluster=is_cluster(settings.redis.url),
+        memory=memory,
+        journal_dir=settings.data_path / FRAUD_JOURNAL_DIR if memory else None,
     )
     marks = ExclusionMarks(redis, settings.tracking.hot_hours)
     steps = [
@@ -172,4 +177,7 @@ def build(settings: Settings, redis: SyncRedis, geo_reader: Any | None) -> Pipel
                 "anonymize_ip", anonymize, ("clicks", "conversions", "impressions", "orphan_visits")
             )
         )
-    return Pipeline(steps, fields={"clicks": CLICK_FIELDS})
+    states: list[BatchState] = []
+    if isinstance(rules.counter, MemoryCounter):
+        states.append(rules.counter)
+    return Pipeline(steps, fields={"clicks": CLICK_FIELDS}, states=states)
