@@ -3,11 +3,11 @@
 `py_count` and `MemoryCounter._count` in one loop, on the counter's own dicts, with the
 event time read as C integers and no Python call per click. The same counts, undo entries
 and journaled clicks as the reference (tests/sink/test_enrichment.py and
-tests/sink/test_fraud_memory.py run both)."""
+tests/sink/test_fraud_memory.py run both). It imports nothing of fraud_memory.py, which
+loads it."""
 
 from tracker.ids import ZERO_UUID
 from tracker.sink.enrich.fraud_counts import ClickCounts
-from tracker.sink.enrich.fraud_memory import _ABSENT, _ADDED
 from tracker.timefmt import parse_ms
 
 
@@ -42,7 +42,7 @@ def count(counter, list events):
     cdef str text, ip, visitor, slug, field, campaign
     window_seconds = counter.window_seconds
     zero = ZERO_UUID
-    absent, added = _ABSENT, _ADDED
+    absent, added = counter.ABSENT, counter.ADDED  # its undo entries' markers
     for event in events:
         text = event["event_time"]
         ms = -1

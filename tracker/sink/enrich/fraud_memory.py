@@ -56,6 +56,8 @@ class MemoryCounter:
     """Counts clicks for the click rules in memory, in stream order; journaled per batch
     (`begin` ... `count` ... `stored`) when given a folder."""
 
+    ABSENT, ADDED = _ABSENT, _ADDED  # for the compiled count, which cannot import them
+
     def __init__(
         self,
         bucket_seconds: int,
