@@ -282,9 +282,13 @@ def cmd_edge(settings: Settings, args) -> int:
 
 def cmd_sink(settings: Settings, args) -> int:
     service_process(settings)
+    from tracker.sink.counter_lease import LeaseHeld
     from tracker.sink.process import run
 
-    run(settings)
+    try:
+        run(settings)
+    except LeaseHeld as exc:
+        raise CommandError(str(exc)) from None
     return 0
 
 

@@ -95,6 +95,8 @@ def conversion_key(advertiser_id: str, txid: str) -> str:
 # window: a new hash starts as a listpack, searched field by field until it grows past
 # `hash-max-listpack-entries`, so fewer hashes cost less, and one server has nothing to spread.
 FRAUD_SHARDS = 16
+# the consumer name of the one sink keeping the fraud counts in memory (sink/counter_lease.py)
+FRAUD_COUNTER_LEASE = f"{PREFIX}:fraud:memory-lease"
 
 
 def fraud_ip_minute_key(minute: int, shard: int) -> str:

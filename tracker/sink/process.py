@@ -25,6 +25,7 @@ from tracker.redis_connection import sync_client
 from tracker.sink import gc_tuning, query_server
 from tracker.sink.attributor import Attributor
 from tracker.sink.consumer import Sink
+from tracker.sink.counter_lease import CounterLease
 from tracker.sink.enrich import steps as enrichment
 from tracker.sink.erasures import Erasures
 from tracker.sink.history import ClickHistory
@@ -51,6 +52,9 @@ def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
+    redis = sync_client(settings.redis.url)
+    if settings.fraud.counters == "memory":  # one sink counts: refused before it starts
+        CounterLease(redis, consumer_name(settings)).hold(stop)
     ch = ClickHouse(
         settings.clickhouse_dsn,
         settings.clickhouse.database,
@@ -60,7 +64,6 @@ def run(settings: Settings) -> None:
     applied = migrations.apply(ch, settings)
     if applied:
         log.info("migrations applied: %s", ", ".join(applied))
-    redis = sync_client(settings.redis.url)
     server = query_server.make_server(
         ch,
         settings.admin_token,
