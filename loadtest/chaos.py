@@ -35,7 +35,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -66,6 +66,8 @@ class Result:
     duplicated: int = 0
     recover: float | None = None
     note: str = ""
+    lost_requested: list[float] = field(default_factory=list)  # when each lost click was asked
+    fault_at: float | None = None  # when the fault struck (the scenarios that say)
 
 
 class Load:
@@ -174,12 +176,14 @@ class Chaos:
         await asyncio.sleep(1.5)  # late duplicates would show now
         with contextlib.suppress(Exception):
             counts = self.stored()
+        asked = dict(zip(self.load.ids, self.load.requested, strict=True))
         return Result(
             self.name,
             sent=self.load.sent,
             answered=len(self.load.ids),
             rows=sum(counts.values()),
             lost=len(answered - counts.keys()),
+            lost_requested=sorted(asked[i] for i in answered - counts.keys()),
             duplicated=sum(n - 1 for n in counts.values()),
             recover=recover,
             note=note,
@@ -233,12 +237,15 @@ async def sink_sigkill_x3(c: Chaos) -> Result:
 async def edge_sigkill(c: Chaos) -> Result:
     await c.start()
     edges = c.children("edge")
+    killed = time.time()
     os.kill(edges[0], signal.SIGKILL)
     await asyncio.sleep(c.wait(3))  # restarted by the supervisor
     # what the killed edge held unflushed is lost: recovered once every click after is stored
-    return await c.finish(
+    result = await c.finish(
         time.time(), "a killed edge loses what it held (<= 20 ms of clicks)", losing=True
     )
+    result.fault_at = killed
+    return result
 
 
 async def sigterm_under_load(c: Chaos) -> Result:
