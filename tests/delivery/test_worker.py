@@ -388,3 +388,39 @@ def test_enqueuer_reads_targets_subs_and_payouts(redis_server, sync_redis):
     job = orjson.loads(fields[b"job"])
     assert job["url"] == "https://p.example/?c=aff-click-9&p=1.500"
     assert enqueue([orjson.dumps(row(affiliate_id="other"))], []) == 0
+
+
+class AnsweredTooLate:
+    """The real Redis, but the first script call's answer never arrives: the command went
+    out and ran, then the call timed out (or the stop cancelled the flush loop mid-call)."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.cut = False
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    async def eval(self, *args):
+        reply = await self.client.eval(*args)
+        if not self.cut:
+            self.cut = True
+            raise TimeoutError("the answer did not come in time")
+        return reply
+
+
+async def test_an_attempt_log_flush_cut_off_after_it_went_out_is_logged_once(
+    redis_server, sync_redis
+):
+    sync_redis.delete(K.EVENTS_STREAM)
+    client = async_client(redis_server.url, timeout=5.0)
+    worker = Worker(AnsweredTooLate(client), FAST, consumer="test-sender")
+    rows = [{"delivery_id": f"d{i}", "outcome": "delivered"} for i in range(3)]
+    worker.log_rows = [orjson.dumps(r) for r in rows]
+    with pytest.raises(TimeoutError):
+        await worker.flush_log()
+    worker.log_rows.append(orjson.dumps({"delivery_id": "d3", "outcome": "timeout"}))
+    await worker.flush_log()  # the same chunk again, as itself, then the new row
+    await client.aclose()
+    assert [r["delivery_id"] for r in logged(sync_redis)] == ["d0", "d1", "d2", "d3"]
+    assert sync_redis.xlen(K.EVENTS_STREAM) == 2  # the cut-off chunk once, then the new row

@@ -26,6 +26,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from tracker import metrics
 from tracker import redis_keys as K
+from tracker.append_once import XADD_ONCE
 from tracker.background import Beat
 from tracker.config import DeliverySettings
 from tracker.delivery.policy import backoff_seconds, parse_allowed
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 MAX_URL = 2048
 LOG_FLUSH_SECONDS = 0.2
 LOG_FLUSH_ROWS = 500
+LOG_MARKER_TTL_S = 900  # a log chunk's marker: longer than any retry of it takes
 MOVE_EVERY = 0.2
 TARGETS_EVERY = 1.0
 
@@ -78,6 +80,7 @@ class Worker:
         # waits for it, so a partner hears "pending" before "approved", not at random
         self.last_of_pair: dict[tuple[str, str], asyncio.Task] = {}
         self.log_rows: list[bytes] = []
+        self._unsent: tuple[str, bytes] | None = None  # (batch id, rows) sent, not answered
         self.targets: dict[str, Target] = {}
         self._targets_version: bytes | None = None
         self.attempts = 0
@@ -264,17 +267,28 @@ class Worker:
                 log.warning("delivery log not written yet (%r)", exc)
 
     async def flush_log(self) -> None:
-        """The attempts so far as one `deliveries` entry of the events stream."""
-        while self.log_rows:
-            rows, self.log_rows = self.log_rows[:LOG_FLUSH_ROWS], self.log_rows[LOG_FLUSH_ROWS:]
-            try:
-                await self.redis.xadd(
-                    K.EVENTS_STREAM,
-                    {"deliveries": b"\n".join(rows), K.BATCH_ID_FIELD: uuid.uuid4().hex},
-                )
-            except BaseException:
-                self.log_rows = rows + self.log_rows
-                raise
+        """The attempts so far as `deliveries` entries of the events stream, up to
+        LOG_FLUSH_ROWS each. A chunk keeps its batch id until Redis has answered for it and
+        is appended once per id (tracker/append_once.py): a call cut off after it went out
+        (a timeout; the stop cancelling the flush loop mid-call) is sent again, as itself,
+        and not logged twice."""
+        while self.log_rows or self._unsent is not None:
+            if self._unsent is None:
+                rows, self.log_rows = self.log_rows[:LOG_FLUSH_ROWS], self.log_rows[LOG_FLUSH_ROWS:]
+                self._unsent = (uuid.uuid4().hex, b"\n".join(rows))
+            batch_id, payload = self._unsent
+            await self.redis.eval(
+                XADD_ONCE,
+                2,
+                K.EVENTS_STREAM,
+                K.batch_marker_key(batch_id, 0),
+                LOG_MARKER_TTL_S,
+                K.BATCH_ID_FIELD,
+                batch_id,
+                "deliveries",
+                payload,
+            )
+            self._unsent = None
 
     async def report_sizes(self) -> None:
         pipe = self.redis.pipeline(transaction=False)

@@ -46,6 +46,7 @@ from redis.exceptions import NoScriptError
 
 from tracker import hot, metrics
 from tracker import redis_keys as K
+from tracker.append_once import MARK_ONCE, XADD_ONCE
 from tracker.background import Beat
 from tracker.edge.spool import Spool
 from tracker.ids import uuid7
@@ -63,16 +64,9 @@ log = logging.getLogger(__name__)
 #       the entry's field/value pairs, the batch's oldest click time (ms), then the hot
 #       part (`hot.WRITE_HOT`).
 # The stream entry is appended once per batch id (a replayed batch is not appended
-# twice); click records are plain overwrites and path appends skip a click id already
-# there, so the rest is safe to repeat. Each hash gets one EXPIREAT per batch.
-MARK_ONCE = """
-local fresh = redis.call('SET', KEYS[2], '1', 'NX')
-if ARGV[1] == '0' then
-  redis.call('PERSIST', KEYS[2])
-elseif fresh then
-  redis.call('EXPIRE', KEYS[2], ARGV[1])
-end
-"""
+# twice: tracker/append_once.py); click records are plain overwrites and path appends skip
+# a click id already there, so the rest is safe to repeat. Each hash gets one EXPIREAT per
+# batch.
 RECORD_BATCH = (
     hot.WRITE_HOT
     + MARK_ONCE
@@ -87,17 +81,6 @@ if #KEYS > 3 then
   write_hot(4, a + 1)
 end
 return 1
-"""
-)
-# The stream entry alone, appended once per batch id (KEYS: stream, marker; ARGV: marker
-# TTL as above, then the entry's field/value pairs). Used on a Redis Cluster.
-XADD_ONCE = (
-    MARK_ONCE
-    + """
-if fresh then
-  return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
-end
-return false
 """
 )
 RECOVERY_INTERVAL = 0.5
