@@ -153,6 +153,8 @@ def use_memory_counting(compiled_: bool, monkeypatch) -> None:
         compiled_missing("the compiled fraud counting in memory")
     chosen = compiled_memory.count if compiled_ else fraud_memory.py_count
     monkeypatch.setattr(fraud_memory, "count_clicks", chosen)
+    chosen = compiled_memory.replay if compiled_ else fraud_memory.py_replay
+    monkeypatch.setattr(fraud_memory, "replay_clicks", chosen)
 
 
 @pytest.fixture(params=["python", "compiled"])

@@ -6,6 +6,7 @@ counting: tests/sink/test_enrichment.py, under the `counting` fixture.)"""
 from __future__ import annotations
 
 import os
+import random
 import time
 
 import orjson
@@ -278,3 +279,33 @@ def test_the_sink_takes_an_erased_visitor_out_of_the_counts(redis_server, chdb_d
     (restarted,) = steps.build(settings, r, None).states
     assert isinstance(restarted, MemoryCounter)
     assert kept in counted_visitors(restarted) and gone not in counted_visitors(restarted)
+
+
+def test_the_compiled_replay_rebuilds_the_counts_of_the_reference():
+    """Random journaled clicks (repeated addresses and visitors, anonymous clicks, the
+    duplicate rule off for some, times across minutes, hours and buckets, out of order)."""
+    from tests.sink.test_enrichment import compiled_memory
+    from tracker.sink.enrich.fraud_memory import py_replay
+    from tracker.testing import compiled_missing
+
+    if compiled_memory is None:
+        compiled_missing("the compiled fraud counting in memory")
+    rng = random.Random(5)
+    ips = [f"203.0.{rng.randint(0, 3)}.{rng.randint(1, 9)}" for _ in range(30)]
+    visitors = [uuid7() for _ in range(40)] + [ZERO_UUID] * 4
+    clicks = [
+        (
+            MINUTE + rng.randint(-90_000, 4_000_000),
+            rng.choice(ips),
+            rng.choice(visitors),
+            rng.choice(["a", "b", ""]),
+        )
+        for _ in range(3_000)
+    ]
+    reference, compiled = counter(), counter()
+    py_replay(reference, clicks)
+    compiled_memory.replay(compiled, clicks)
+    assert compiled.minutes == reference.minutes and compiled.hours == reference.hours
+    assert compiled.duplicates == reference.duplicates
+    assert compiled.newest_ms == reference.newest_ms
+    assert any(isinstance(v, set) for seen in compiled.hours.values() for v in seen.values())

@@ -128,3 +128,57 @@ def count(counter, list events):
         out.append(ClickCounts(before + 1, seen, visitors))
     counter.newest_ms = newest
     return out
+
+
+def replay(counter, list clicks):
+    """Journaled clicks (event ms, IP, visitor, slug) counted again at start: the counts of
+    `count`, without verdicts or undo entries (fraud_memory.py's `py_replay`)."""
+    cdef dict minutes = counter.minutes
+    cdef dict hours = counter.hours
+    cdef dict duplicates = counter.duplicates
+    cdef long long bucket_ms = counter.bucket_ms
+    cdef long long newest = counter.newest_ms
+    cdef long long ms, minute, hour, bucket
+    cdef dict clicks_of, seen_ips, latest
+    cdef str ip, visitor, slug, field
+    zero = ZERO_UUID
+    for item in clicks:
+        ms = item[0]
+        ip = item[1]
+        visitor = item[2]
+        slug = item[3]
+        if ms > newest:
+            newest = ms
+        minute = ms // 60_000
+        clicks_of = minutes.get(minute)
+        if clicks_of is None:
+            clicks_of = {}
+            minutes[minute] = clicks_of
+        got = clicks_of.get(ip)
+        clicks_of[ip] = 1 if got is None else got + 1
+        if visitor == zero:
+            continue
+        hour = minute // 60
+        seen_ips = hours.get(hour)
+        if seen_ips is None:
+            seen_ips = {}
+            hours[hour] = seen_ips
+        known = seen_ips.get(ip)
+        if known is None:
+            seen_ips[ip] = visitor
+        elif type(known) is str:
+            if known != visitor:
+                seen_ips[ip] = {known, visitor}
+        else:
+            known.add(visitor)
+        if slug:
+            field = f"{visitor} {slug}"  # redis_keys.fraud_duplicate_field
+            bucket = ms // bucket_ms
+            latest = duplicates.get(bucket)
+            if latest is None:
+                latest = {}
+                duplicates[bucket] = latest
+            got = latest.get(field)
+            if got is None or ms > got:
+                latest[field] = ms
+    counter.newest_ms = newest

@@ -226,9 +226,7 @@ class MemoryCounter:
                 self._forget(record[1])
                 continue
             _, stream, last_id, clicks = record
-            for ms, ip, visitor, slug in clicks:
-                # a journaled slug means the rule was on: any window > 0 counts it the same
-                self._count(ms, ip, visitor, slug, 1)
+            replay_clicks(self, clicks)
             self._undo.clear()
             self.positions[stream] = stream_position(last_id)
             self._prune()
@@ -262,7 +260,16 @@ def py_count(counter: MemoryCounter, events: list[Row]) -> list[ClickCounts]:
     return out
 
 
+def py_replay(counter: MemoryCounter, clicks: list) -> None:
+    """Journaled clicks (`Counted`) counted again, at start: the reference for the
+    compiled `replay`, which skips the verdicts and the undo entries."""
+    for ms, ip, visitor, slug in clicks:
+        # a journaled slug means the rule was on: any window > 0 counts it the same
+        counter._count(ms, ip, visitor, slug, 1)
+
+
 count_clicks: Callable[[MemoryCounter, list[Row]], list[ClickCounts]] = py_count
+replay_clicks: Callable[[MemoryCounter, list], None] = py_replay
 _compiled = extensions.load("tracker.sink.enrich._fraud_memory")
 if _compiled is not None:
-    count_clicks = _compiled.count
+    count_clicks, replay_clicks = _compiled.count, _compiled.replay
