@@ -1,10 +1,10 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""The compiled `count` of the fraud counters in the sink's memory: fraud_memory.py's
-`py_count` and `MemoryCounter._count` in one loop, on the counter's own dicts, with the
-event time read as C integers and no Python call per click. The same counts, undo entries
-and journaled clicks as the reference (tests/sink/test_enrichment.py and
-tests/sink/test_fraud_memory.py run both). It imports nothing of fraud_memory.py, which
-loads it."""
+"""The compiled `count` and `replay` of the fraud counters in the sink's memory:
+fraud_memory.py's `py_count`, `py_replay` and `MemoryCounter._count`, on the counter's own
+dicts, with the event time read as C integers and no Python call per click. The same
+counts, undo entries and journaled clicks as the reference (tests/sink/test_enrichment.py
+and tests/sink/test_fraud_memory.py run both). It imports nothing of fraud_memory.py,
+which loads it."""
 
 from tracker.ids import ZERO_UUID
 from tracker.sink.enrich.fraud_counts import ClickCounts
@@ -24,6 +24,85 @@ cdef inline long long _digits(str text, Py_ssize_t start, Py_ssize_t end) except
     return n
 
 
+cdef struct Counts:  # a click's counts, as ClickCounts holds them
+    long long clicks
+    bint seen
+    long long visitors
+
+
+cdef Counts _add(
+    dict minutes, dict hours, dict duplicates, long long bucket_ms, long long ms, str ip,
+    str visitor, str slug, long long window, list undo, object absent, object added,
+    object zero,
+) except *:
+    """One click counted (`MemoryCounter._count`); its undo entries go to `undo` (None:
+    a replay, which keeps none)."""
+    cdef Counts counts
+    cdef long long minute = ms // 60_000
+    cdef long long before, own, last, bucket
+    cdef dict clicks, seen_ips, latest, earlier
+    cdef str field
+    clicks = minutes.get(minute)
+    if clicks is None:
+        clicks = {}
+        minutes[minute] = clicks
+    got = clicks.get(ip)
+    before = 0 if got is None else got
+    if undo is not None:
+        undo.append((clicks, ip, before or absent))
+    clicks[ip] = before + 1
+    counts.clicks = before + 1
+    counts.seen = False
+    counts.visitors = 0
+    if visitor == zero:  # no visitor: counted in its minute only
+        return counts
+    seen_ips = hours.get(minute // 60)
+    if seen_ips is None:
+        seen_ips = {}
+        hours[minute // 60] = seen_ips
+    known = seen_ips.get(ip)
+    if known is None:
+        if undo is not None:
+            undo.append((seen_ips, ip, absent))
+        seen_ips[ip] = visitor
+        counts.visitors = 1
+    elif type(known) is str:
+        if known == visitor:
+            counts.visitors = 1
+        else:
+            if undo is not None:
+                undo.append((seen_ips, ip, known))
+            seen_ips[ip] = {known, visitor}
+            counts.visitors = 2
+    else:
+        if visitor not in known:
+            if undo is not None:
+                undo.append((known, visitor, added))
+            known.add(visitor)
+        counts.visitors = len(known)
+    if slug:
+        field = f"{visitor} {slug}"  # redis_keys.fraud_duplicate_field
+        bucket = ms // bucket_ms
+        latest = duplicates.get(bucket)
+        if latest is None:
+            latest = {}
+            duplicates[bucket] = latest
+        got = latest.get(field)
+        own = 0 if got is None else got
+        earlier = duplicates.get(bucket - 1)
+        last = own
+        if earlier is not None:
+            got = earlier.get(field)
+            if got is not None and got > last:
+                last = got
+        counts.seen = last > 0 and last > ms - window
+        if ms > own:
+            if undo is not None:
+                undo.append((latest, field, own or absent))
+            latest[field] = ms
+    return counts
+
+
 def count(counter, list events):
     cdef dict minutes = counter.minutes
     cdef dict hours = counter.hours
@@ -35,11 +114,9 @@ def count(counter, list events):
     cdef dict second_of = {}
     cdef long long bucket_ms = counter.bucket_ms
     cdef long long newest = counter.newest_ms
-    cdef long long ms, second, frac, minute, hour, bucket, window, before, own, last
-    cdef Py_ssize_t visitors
-    cdef dict clicks, seen_ips, latest, earlier
-    cdef bint seen
-    cdef str text, ip, visitor, slug, field, campaign
+    cdef long long ms, second, frac, window
+    cdef Counts counts
+    cdef str text, ip, visitor, slug, campaign
     window_seconds = counter.window_seconds
     zero = ZERO_UUID
     absent, added = counter.ABSENT, counter.ADDED  # its undo entries' markers
@@ -68,64 +145,13 @@ def count(counter, list events):
         window = got
         slug = event["link_slug"] if window > 0 else ""
         counted.append((ms, ip, visitor, slug))
-
         if ms > newest:
             newest = ms
-        minute = ms // 60_000
-        clicks = minutes.get(minute)
-        if clicks is None:
-            clicks = {}
-            minutes[minute] = clicks
-        got = clicks.get(ip)
-        before = 0 if got is None else got
-        undo.append((clicks, ip, before or absent))
-        clicks[ip] = before + 1
-        if visitor == zero:  # no visitor: counted in its minute only
-            out.append(ClickCounts(before + 1, False, 0))
-            continue
-        hour = minute // 60
-        seen_ips = hours.get(hour)
-        if seen_ips is None:
-            seen_ips = {}
-            hours[hour] = seen_ips
-        known = seen_ips.get(ip)
-        if known is None:
-            undo.append((seen_ips, ip, absent))
-            seen_ips[ip] = visitor
-            visitors = 1
-        elif type(known) is str:
-            if known == visitor:
-                visitors = 1
-            else:
-                undo.append((seen_ips, ip, known))
-                seen_ips[ip] = {known, visitor}
-                visitors = 2
-        else:
-            if visitor not in known:
-                undo.append((known, visitor, added))
-                known.add(visitor)
-            visitors = len(known)
-        seen = False
-        if slug:
-            field = f"{visitor} {slug}"  # redis_keys.fraud_duplicate_field
-            bucket = ms // bucket_ms
-            latest = duplicates.get(bucket)
-            if latest is None:
-                latest = {}
-                duplicates[bucket] = latest
-            got = latest.get(field)
-            own = 0 if got is None else got
-            earlier = duplicates.get(bucket - 1)
-            last = own
-            if earlier is not None:
-                got = earlier.get(field)
-                if got is not None and got > last:
-                    last = got
-            seen = last > 0 and last > ms - window
-            if ms > own:
-                undo.append((latest, field, own or absent))
-                latest[field] = ms
-        out.append(ClickCounts(before + 1, seen, visitors))
+        counts = _add(
+            minutes, hours, duplicates, bucket_ms, ms, ip, visitor, slug, window, undo,
+            absent, added, zero,
+        )
+        out.append(ClickCounts(counts.clicks, counts.seen, counts.visitors))
     counter.newest_ms = newest
     return out
 
@@ -138,47 +164,13 @@ def replay(counter, list clicks):
     cdef dict duplicates = counter.duplicates
     cdef long long bucket_ms = counter.bucket_ms
     cdef long long newest = counter.newest_ms
-    cdef long long ms, minute, hour, bucket
-    cdef dict clicks_of, seen_ips, latest
-    cdef str ip, visitor, slug, field
+    cdef long long ms
     zero = ZERO_UUID
     for item in clicks:
         ms = item[0]
-        ip = item[1]
-        visitor = item[2]
-        slug = item[3]
         if ms > newest:
             newest = ms
-        minute = ms // 60_000
-        clicks_of = minutes.get(minute)
-        if clicks_of is None:
-            clicks_of = {}
-            minutes[minute] = clicks_of
-        got = clicks_of.get(ip)
-        clicks_of[ip] = 1 if got is None else got + 1
-        if visitor == zero:
-            continue
-        hour = minute // 60
-        seen_ips = hours.get(hour)
-        if seen_ips is None:
-            seen_ips = {}
-            hours[hour] = seen_ips
-        known = seen_ips.get(ip)
-        if known is None:
-            seen_ips[ip] = visitor
-        elif type(known) is str:
-            if known != visitor:
-                seen_ips[ip] = {known, visitor}
-        else:
-            known.add(visitor)
-        if slug:
-            field = f"{visitor} {slug}"  # redis_keys.fraud_duplicate_field
-            bucket = ms // bucket_ms
-            latest = duplicates.get(bucket)
-            if latest is None:
-                latest = {}
-                duplicates[bucket] = latest
-            got = latest.get(field)
-            if got is None or ms > got:
-                latest[field] = ms
+        # a journaled slug means the rule was on: any window > 0 counts it the same
+        _add(minutes, hours, duplicates, bucket_ms, ms, item[1], item[2], item[3], 1, None,
+             None, None, zero)
     counter.newest_ms = newest
