@@ -91,7 +91,7 @@ class FraudRules:
         # click's bucket and the one before hold every time within any window before it
         longest = max(t.duplicate_click_seconds for t in (default, *per_campaign.values()))
         bucket_seconds = max(1, math.ceil(longest))
-        window = lambda campaign: self.thresholds(campaign).duplicate_click_seconds  # noqa: E731
+        window = self.duplicate_window
         self.counter: MemoryCounter | ClickCounter
         if memory:
             self.counter = MemoryCounter(bucket_seconds, window, journal_dir)
@@ -100,6 +100,10 @@ class FraudRules:
 
     def thresholds(self, campaign_id: str) -> Thresholds:
         return self.per_campaign.get(campaign_id, self.default)
+
+    def duplicate_window(self, campaign_id: str) -> float:
+        """The campaign's duplicate-click window (seconds; 0: the rule is off)."""
+        return self.thresholds(campaign_id).duplicate_click_seconds
 
     def check_clicks(self, events: list[Row]) -> list[Row]:
         """The click rules over a batch: count it, then judge each click by its

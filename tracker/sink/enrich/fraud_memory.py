@@ -236,18 +236,10 @@ def py_count(counter: MemoryCounter, events: list[Row]) -> list[ClickCounts]:
     """`MemoryCounter.count`: the reference for the compiled `count`
     (_fraud_memory.pyx), which does the same without a call per click."""
     out = []
-    second_of: dict[str, int] = {}  # "YYYY-MM-DD HH:MM:SS" -> Unix second (parsed once)
     windows = counter._windows
     counted = counter._counted
     for event in events:
-        text = event["event_time"]
-        if len(text) == 23 and text[10] == " " and text[19] == ".":
-            second = second_of.get(text[:19])
-            if second is None:
-                second = second_of[text[:19]] = parse_ms(text) // 1000
-            ms = second * 1000 + int(text[20:])
-        else:
-            ms = parse_ms(text)
+        ms = parse_ms(event["event_time"])  # its second parsed once (timefmt's cache)
         ip = event.get("ip_key") or event["ip"]
         visitor = event["visitor_id"]
         campaign = event["campaign_id"]
