@@ -33,6 +33,38 @@ def test_a_second_sink_is_refused_and_the_first_takes_its_lease_back(r):
     assert r.get(K.FRAUD_COUNTER_LEASE) == b"sink-b"
 
 
+def test_a_lease_that_runs_out_goes_to_one_sink_only(r, redis_server):
+    # Two sinks reach for a lease as it runs out: each round exactly one may hold it.
+    clients = [redis_server.client(), redis_server.client()]
+    for round in range(200):
+        r.set(K.FRAUD_COUNTER_LEASE, "sink-old", px=1 + round % 3)  # about to run out
+        won: list[str] = []
+        start = threading.Barrier(2)
+
+        def reach(name: str, client, start: threading.Barrier, won: list[str]) -> None:
+            start.wait()
+            while True:
+                try:
+                    CounterLease(client, name).take()
+                except LeaseHeld as exc:
+                    if "'sink-old'" in str(exc):
+                        continue  # not run out yet: try again
+                    return
+                won.append(name)
+                return
+
+        threads = [
+            threading.Thread(target=reach, args=(f"sink-{i}", c, start, won))
+            for i, c in enumerate(clients)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert len(won) == 1, (round, won)
+        assert r.get(K.FRAUD_COUNTER_LEASE) == won[0].encode()
+
+
 def test_a_sink_that_lost_its_lease_to_another_stops(r, monkeypatch):
     monkeypatch.setattr(counter_lease, "RENEW_S", 0.05)
     stop = threading.Event()

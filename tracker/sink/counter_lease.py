@@ -19,6 +19,17 @@ log = logging.getLogger(__name__)
 
 TTL_S = 60
 RENEW_S = 15
+# Take or renew the lease unless another sink holds it, in one step: a GET then a SET
+# left a gap in which a lease that had just run out could be taken by two sinks at once.
+# Answers nil when this sink holds it now, else the holder's name.
+TAKE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then
+  return holder
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return nil
+"""
 
 
 class LeaseHeld(Exception):
@@ -32,15 +43,12 @@ class CounterLease:
 
     def take(self) -> None:
         """Hold the lease (again), or raise LeaseHeld naming the sink that holds it."""
-        if self.redis.set(K.FRAUD_COUNTER_LEASE, self.consumer, nx=True, ex=TTL_S):
-            return
-        holder = self.redis.get(K.FRAUD_COUNTER_LEASE)
-        if holder is not None and as_text(holder) != self.consumer:
+        holder = self.redis.eval(TAKE, 1, K.FRAUD_COUNTER_LEASE, self.consumer, TTL_S)
+        if holder is not None:
             raise LeaseHeld(
                 f"sink {as_text(holder)!r} keeps the fraud counts in its memory; run one "
                 'sink, or set fraud.counters = "redis" for several'
             )
-        self.redis.set(K.FRAUD_COUNTER_LEASE, self.consumer, ex=TTL_S)  # ours, or just freed
 
     def hold(self, stop: threading.Event) -> None:
         """Take the lease, waiting for Redis while it is away (as the sink's loop would),
