@@ -11,7 +11,7 @@ import pytest
 
 from tracker import hot
 from tracker import redis_keys as K
-from tracker.ids import ZERO_UUID, uuid7_time_ms
+from tracker.ids import ZERO_UUID, is_uuid, uuid7_time_ms
 from tracker.testing import click_id_at, compiled_missing
 
 try:
@@ -116,6 +116,20 @@ def test_a_batch_is_grouped_by_hash_with_one_expiry_each(group):
     assert uuid7_time_ms(clicks[-1]) == T + 199
 
 
+def test_a_visitors_first_click_is_in_no_path(group):
+    """A visitor made by a click has that click's id: the click is found by it, so no
+    path holds it; their later clicks are appended as any returning visitor's."""
+    first, later = click_id_at(T), click_id_at(T + 1)
+    writes = hot.HotWrites.of(
+        48,
+        [(c, hot.encode({"click_id": c, "visitor_id": first})) for c in (first, later)],
+    )
+    assert sum(len(f) for f in writes.clicks.values()) == 4  # both records
+    [path_key] = writes.paths
+    assert writes.path_pairs(path_key) == [hot.raw_id(first), hot.raw_id(later)]
+    assert hot.clicks_of(first, hot.split_path(hot.raw_id(later))) == [first, later]
+
+
 def hostile_id(rng: random.Random) -> str:
     """A click id as the writer gets them (canonical), or one no edge makes: other case,
     no dashes, misplaced dashes, not hex, not ASCII, the wrong length."""
@@ -168,6 +182,10 @@ def test_the_compiled_grouping_matches_the_reference_on_random_and_hostile_batch
             )
             for _ in range(rng.randrange(1, 120))
         ]
+        for n in range(len(batch) // 3):  # new visitors' first clicks: the click's own id
+            click_id = batch[n][0]
+            if is_uuid(click_id):
+                batch[n] = (click_id, hot.encode({"visitor_id": click_id, "sub1": "y"}))
         assert outcome(compiled.group, batch) == outcome(hot.py_group, batch), batch
 
 

@@ -10,12 +10,14 @@ from tracker import redis_keys as K
 from tracker.ids import ZERO_UUID, uuid7
 from tracker.privacy_ops import erase, export, hot_path
 
-GONE, KEPT = "0190a0a0-0000-7000-8000-0000000000aa", "0190a0a0-0000-7000-8000-0000000000bb"
+# GONE arrived by a click, so their first click has their id (tracker/hot.py); KEPT came
+# with an id of their own
+GONE, KEPT = uuid7(), "0190a0a0-0000-7000-8000-0000000000bb"
 DUPLICATES = K.fraud_duplicates_key(60, 28_333_333, 0)
 
 
 def seed(ch, r) -> dict[str, list[str]]:
-    clicks = {GONE: [uuid7(), uuid7()], KEPT: [uuid7()]}
+    clicks = {GONE: [GONE, uuid7()], KEPT: [uuid7()]}
     for visitor, ids in clicks.items():
         rows = [
             {
@@ -84,14 +86,17 @@ def test_export_then_erase_one_visitor(chdb_database, redis_server):
     left = ch.query(f"SELECT toString(visitor_id) FROM {db}.clicks", readonly=False)[1]
     assert left == [(KEPT,)]
     assert ch.query(f"SELECT count() FROM {db}.impressions", readonly=False)[1] == [(1,)]
-    conversions = ch.query(
-        f"SELECT txid, toString(visitor_id), toString(ip), user_agent, country, amount "
-        f"FROM {db}.conversions ORDER BY txid",
-        readonly=False,
-    )[1]
-    assert conversions[0][:5] == (f"t-{GONE}", ZERO_UUID, "::", "", "")  # anonymised...
-    assert str(conversions[0][5]) == "10.000"  # ...the money stays
-    assert conversions[1][:2] == (f"t-{KEPT}", KEPT)
+    conversions = {
+        row[0]: row[1:]
+        for row in ch.query(
+            f"SELECT txid, toString(visitor_id), toString(ip), user_agent, country, amount "
+            f"FROM {db}.conversions",
+            readonly=False,
+        )[1]
+    }
+    assert conversions[f"t-{GONE}"][:4] == (ZERO_UUID, "::", "", "")  # anonymised...
+    assert str(conversions[f"t-{GONE}"][4]) == "10.000"  # ...the money stays
+    assert conversions[f"t-{KEPT}"][0] == KEPT
     assert not r.hexists(DUPLICATES, K.fraud_duplicate_field(GONE, "s"))
     assert r.hexists(DUPLICATES, K.fraud_duplicate_field(KEPT, "s"))
     assert hot_path(r, GONE, 48) == []

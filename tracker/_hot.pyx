@@ -104,8 +104,8 @@ def group(writes, clicks):
             fields.append(cid)
             fields.append(record)
             r = <const unsigned char *>PyBytes_AS_STRING(record)
-            if memcmp(r, ZERO, 16) == 0:  # a no-track click has no path
-                continue
+            if memcmp(r, ZERO, 16) == 0 or memcmp(r, c, 16) == 0:
+                continue  # no-track, or the visitor's first click: no path
             visitor = PyBytes_FromStringAndSize(<const char *>r, 16)
             slot = hour * shards + r[15] % shards
             visitors = path_slots.get(slot)

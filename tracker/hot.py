@@ -10,7 +10,10 @@ by the click's own time, which its UUIDv7 id carries, in per-hour hashes:
   id and time are not stored: the field is the id, and the id carries the time.
 - visitor paths: `trk:paths:{p<hour>:<shard>/8}` (shard by visitor), field = the visitor
   id's 16 bytes, value = the click ids of that visitor in that hour, 16 bytes each, in
-  arrival order.
+  arrival order. A visitor's first click is in no path: a visitor who arrives by a click
+  gets that click's id as their visitor id (the edge mints one id for both), so readers
+  look that click up by the visitor's own id (`clicks_of`). Many clicks are a new
+  visitor's first, and they cost Redis no path append.
 - exclusion marks (bot- or fraud-flagged clicks, set by the sink): a set beside each
   click hash, `trk:clicks:{h<hour>:<shard>/8}:x`, in the same slot.
 
@@ -304,7 +307,7 @@ class HotWrites:
             self.expiry[key] = expire_at(hour, self.hot_hours)
         fields += (cid, record)
         visitor = record[:16]  # an encoded record starts with its visitor's raw id
-        if visitor == ZERO_BYTES:  # a no-track click has no path
+        if visitor in (ZERO_BYTES, cid):  # no-track, or the visitor's first click
             return
         slot = hour * HOT_SHARDS + shard(visitor)
         visitors = self._path_slots.get(slot)
@@ -375,6 +378,20 @@ end
 def paths_from(values: Sequence[bytes | None]) -> list[str]:
     """Click ids of a visitor's path hashes read hour by hour (oldest first)."""
     return [c for value in values for c in split_path(value)]
+
+
+def clicks_of(visitor_id: str, path: list[str]) -> list[str]:
+    """The ids that may be the visitor's clicks in the hot window: the visitor's own id
+    (the click that made the visitor, if one did: it is in no path), then the ids of the
+    visitor's path (`paths_from`). A reader keeps the records whose visitor is this one
+    (`of_visitor`): a visitor id that is no click of theirs finds nothing, or a click of
+    someone else's."""
+    return path if visitor_id in path else [visitor_id, *path]
+
+
+def of_visitor(record: dict[str, Any], visitor_id: str) -> bool:
+    """Whether a decoded record is a click of this visitor's."""
+    return record["visitor_id"] == visitor_id
 
 
 def store(redis: SyncRedis, writes: HotWrites, since: bool = True) -> None:

@@ -95,6 +95,17 @@ def hot_path(redis: SyncRedis, visitor: str, hot_hours: int) -> list[tuple[str, 
     return [(k, hot.split_path(v)) for k, v in zip(keys, pipe.execute(), strict=True) if v]
 
 
+def hot_clicks(redis: SyncRedis, visitor: str, hot_hours: int) -> list[tuple[str, bytes]]:
+    """The visitor's clicks in the hot window and their records, oldest first: their
+    path's and the click that made the visitor, which is in no path (tracker/hot.py)."""
+    ids = hot.clicks_of(visitor, [c for _, ids in hot_path(redis, visitor, hot_hours) for c in ids])
+    pipe = redis.pipeline(transaction=False)
+    for click_id in ids:
+        pipe.hget(hot.click_hash(click_id), hot.raw_id(click_id))
+    found = [(c, raw) for c, raw in zip(ids, pipe.execute(), strict=True) if raw]
+    return [(c, raw) for c, raw in found if hot.of_visitor(hot.decode(c, raw), visitor)]
+
+
 def export(ch: ClickHouse, redis: Any, visitor_id: Any, hot_hours: int = 48) -> dict[str, Any]:
     visitor = checked(visitor_id)
     db = ch.database
@@ -114,10 +125,9 @@ def export(ch: ClickHouse, redis: Any, visitor_id: Any, hot_hours: int = 48) -> 
         if conversion_ids
         else []
     )
-    path = [c for _, ids in hot_path(redis, visitor, hot_hours) for c in ids]
-    data["redis"]["path"] = [[c, uuid7_time_ms(c)] for c in path]
-    records = [redis.hget(hot.click_hash(c), hot.raw_id(c)) for c in path]
-    data["redis"]["clicks"] = [hot.decode(c, r) for c, r in zip(path, records, strict=True) if r]
+    clicks = hot_clicks(redis, visitor, hot_hours)
+    data["redis"]["path"] = [[c, uuid7_time_ms(c)] for c, _ in clicks]
+    data["redis"]["clicks"] = [hot.decode(c, raw) for c, raw in clicks]
     return data
 
 
@@ -205,11 +215,12 @@ def erase_redis(
     window, duplicate-click times, pixel rate counters, and the visitor in the records
     of `transactions` ((advertiser, txid) pairs); how many were deleted or blanked."""
     deleted = 0
-    for path_key, ids in hot_path(redis, visitor, hot_hours):
-        for click_id in ids:  # its record and exclusion mark (fields of per-hour hashes)
-            field = hot.raw_id(click_id)
-            deleted += redis.hdel(hot.click_hash(click_id), field)
-            redis.srem(hot.excluded_set(click_id), field)
+    for click_id, _ in hot_clicks(redis, visitor, hot_hours):
+        # its record and exclusion mark (fields of per-hour hashes)
+        field = hot.raw_id(click_id)
+        deleted += redis.hdel(hot.click_hash(click_id), field)
+        redis.srem(hot.excluded_set(click_id), field)
+    for path_key, _ in hot_path(redis, visitor, hot_hours):
         deleted += redis.hdel(path_key, hot.raw_id(visitor))
     deleted += _erase_duplicate_times(redis, visitor)
     pattern = f"{K.PREFIX}:pxrate:v:{{{visitor}}}:*"

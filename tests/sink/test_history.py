@@ -39,11 +39,17 @@ def make_journeys(rng: random.Random, now: int, visitors: int = 150):
     conversions: list[dict] = []
     for _ in range(visitors):
         visitor = str(uuid.UUID(int=rng.getrandbits(128)))
+        ages = sorted(
+            (rng.choice([rng.randint(0, 35 * DAY), rng.randint(0, 2 * HOUR)]) for _ in range(6)),
+            reverse=True,
+        )[: rng.randint(1, 6)]
+        first = id_at(now - ages[0])
+        if rng.random() < 0.5:  # a visitor made by a click has that click's id (hot.py)
+            visitor = first
         mine = []
-        for _ in range(rng.randint(1, 6)):
-            age = rng.choice([rng.randint(0, 35 * DAY), rng.randint(0, 2 * HOUR)])
+        for n, age in enumerate(ages):
             click = {
-                "click_id": id_at(now - age),
+                "click_id": id_at(now - age) if n else first,
                 "visitor_id": visitor,
                 "link_slug": f"l{rng.randrange(9)}",
                 "campaign_id": f"camp-{rng.randrange(7)}",
@@ -149,6 +155,42 @@ def test_same_credits_from_redis_clickhouse_or_both(chdb_database, redis_server)
         batch.update({(conv, model, click): w for conv, click, w in rows})
     assert set(batch) == set(online)
     assert all(abs(batch[k] - online[k]) < 1e-9 for k in online)
+
+
+def test_a_visitor_made_by_a_click_has_it_in_the_hot_path_and_no_one_else_does(
+    chdb_database, redis_server
+):
+    """A new visitor's id is their first click's (tracker/hot.py): that click is in no path
+    hash, yet it is in their path; another's visitor id naming it finds nothing."""
+    redis = redis_server.client()
+    redis.flushall()
+    redis.set(K.HOT_SINCE, 0)
+    now = int(time.time() * 1000)
+    first = id_at(now - 2 * HOUR)
+    later = id_at(now - HOUR)
+    other = id_at(now - 3 * HOUR)  # a returning visitor's click
+    returning = str(uuid.uuid4())
+    base = {"campaign_id": "c", "advertiser_id": "shop"}
+    hot.put(
+        redis,
+        [
+            {**base, "click_id": first, "visitor_id": first},
+            {**base, "click_id": later, "visitor_id": first},
+            {**base, "click_id": other, "visitor_id": returning},
+        ],
+    )
+    assert (
+        hot.paths_from([redis.hget(hot.path_hash(hot.hour_of(first), first), hot.raw_id(first))])
+        == []
+    )
+    history = ClickHistory(redis, chdb_database, 48)
+    paths = history.paths(
+        [(first, now - DAY, now), (other, now - DAY, now), (returning, now - DAY, now)]
+    )
+    assert [c.record["click_id"] for c in paths[(first, now - DAY, now)]] == [first, later]
+    assert paths[(other, now - DAY, now)] == []  # a click id, but not of visitor `other`
+    assert [c.record["click_id"] for c in paths[(returning, now - DAY, now)]] == [other]
+    assert history.clickhouse_reads == 0
 
 
 def test_flagged_clicks_stay_out_of_clickhouse_sourced_paths(chdb_database, redis_server):

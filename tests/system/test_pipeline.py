@@ -11,7 +11,7 @@ import orjson
 
 from tracker import hot, migrations
 from tracker.ids import is_uuid, uuid7, uuid7_time_ms
-from tracker.privacy_ops import hot_path
+from tracker.privacy_ops import hot_clicks, hot_path
 from tracker.testing import get_status_location, hit_many, wait_until
 from tracker.timefmt import parse_ms
 
@@ -88,7 +88,10 @@ async def test_one_click_lands_with_all_fields(tracking):
     assert record["sub1"] == "a b" and record["ts"] == uuid7_time_ms(click_id)
     expiry = hot.expire_at(hot.hour_of(click_id), 48)
     assert 0 < r.ttl(hot.click_hash(click_id)) <= expiry - uuid7_time_ms(click_id) // 1000
-    assert click_id in [c for _, ids in hot_path(r, cookie.value, 48) for c in ids]
+    # A new visitor's id is their first click's: that click is found by it, in no path.
+    assert cookie.value == click_id
+    assert hot_path(r, cookie.value, 48) == []
+    assert [c for c, _ in hot_clicks(r, cookie.value, 48)] == [click_id]
 
 
 async def test_returning_visitor_keeps_id(tracking):

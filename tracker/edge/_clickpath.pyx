@@ -679,13 +679,13 @@ cdef class ClickPath:
 
         # -- from here on, the click is recorded ------------------------------------------
         cdef bint new = vid_src == NULL
-        if new:
-            visitor_id = self.uuid7()
-        else:
-            visitor_id = PyUnicode_DecodeASCII(vid_src, 36, NULL)
         ms_obj = int(ctx.clock() * 1000)
         cdef long long ms = ms_obj
         click_id = self.uuid7(ms_obj)
+        if new:  # the visitor's first click: its id is the visitor's (tracker/hot.py)
+            visitor_id = click_id
+        else:
+            visitor_id = PyUnicode_DecodeASCII(vid_src, 36, NULL)
         # the ids' ASCII text as the str objects hold it (no bytes made of them)
         cdef Py_ssize_t id_len
         cdef const char* cid = PyUnicode_AsUTF8AndSize(click_id, &id_len)

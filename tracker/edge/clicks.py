@@ -124,10 +124,11 @@ def request_meta(
     )
 
 
-def visitor(hit: Hit, ctx: ClickContext) -> tuple[str, bool]:
-    """(visitor id, new?) from the cookie, or a fresh id."""
+def visitor(hit: Hit, ctx: ClickContext, mint: bool = True) -> tuple[str, bool]:
+    """(visitor id, new?) from the cookie, or a fresh id ("" unless `mint`: a click
+    gives a new visitor its own id, tracker/hot.py)."""
     vid = read_cookie(hit.headers.get("cookie"), ctx.cookie_name)
-    return (vid, False) if vid else (uuid7(), True)
+    return (vid, False) if vid else (uuid7() if mint else "", True)
 
 
 _NO = ("", "0", "false", "no")
@@ -158,12 +159,12 @@ def anonymous(meta: records.RequestMeta) -> records.RequestMeta:
     )
 
 
-def who(hit: Hit, params: dict[str, str], ctx: ClickContext):
-    """(request meta, visitor id, new visitor?), honouring no-track."""
+def who(hit: Hit, params: dict[str, str], ctx: ClickContext, mint: bool = True):
+    """(request meta, visitor id, new visitor?), honouring no-track (`mint`: `visitor`)."""
     meta = request_meta(hit, ctx.trusted, ip_keys=ctx.ip_keys)
     if wants_no_track(hit, params, ctx):
         return anonymous(meta), ZERO_UUID, False
-    return (meta, *visitor(hit, ctx))
+    return (meta, *visitor(hit, ctx, mint))
 
 
 def finish(reply: Reply, ctx: ClickContext, visitor_id: str, new: bool) -> Reply:
@@ -199,10 +200,12 @@ def orphan(
 def click_reply(ctx: ClickContext, hit: Hit, slug: str) -> Reply:
     """GET /c/{slug}: read -> build the click -> record it (in memory) -> redirect."""
     params = records.parse_query(hit.query, ctx.max_query_bytes)
-    meta, visitor_id, new = who(hit, params, ctx)
+    meta, visitor_id, new = who(hit, params, ctx, mint=False)
     ms = clock_ms(ctx.clock)
     link = ctx.links.get(slug)
     if link is None or not link.active:
+        if new:  # no click: an id of the visitor's own
+            visitor_id = uuid7()
         orphan(
             ctx,
             ms,
@@ -219,6 +222,8 @@ def click_reply(ctx: ClickContext, hit: Hit, slug: str) -> Reply:
         return finish(reply, ctx, visitor_id, new)
 
     click_id = uuid7(ms)
+    if new:  # the visitor's first click: its id is the visitor's (tracker/hot.py)
+        visitor_id = click_id
     template = link.destination
     decision = None
     ccaps = ctx.campaign_caps

@@ -248,17 +248,17 @@ async def find_click(
     for hour in hours:
         pipe.hget(hot.path_hash(hour, visitor_id), visitor)
     since, *values = await pipe.execute()
-    ids = hot.paths_from(values)
-    if ids:  # the visitor's clicks of the window (a few): their records say their times
-        pipe = redis.pipeline(transaction=False)
-        for click_id in ids:
-            pipe.hget(hot.click_hash(click_id), hot.raw_id(click_id))
-        records = [
-            hot.decode(c, raw) for c, raw in zip(ids, await pipe.execute(), strict=True) if raw
-        ]
-        records = [r for r in records if now - lookback_ms <= r["ts"] <= now]
-        if records:
-            return Found(max(records, key=lambda r: (r["ts"], r["click_id"])), None)
+    ids = hot.clicks_of(visitor_id, hot.paths_from(values))
+    # the visitor's clicks of the window (a few): their records say their times
+    pipe = redis.pipeline(transaction=False)
+    for click_id in ids:
+        pipe.hget(hot.click_hash(click_id), hot.raw_id(click_id))
+    records = [hot.decode(c, raw) for c, raw in zip(ids, await pipe.execute(), strict=True) if raw]
+    records = [
+        r for r in records if hot.of_visitor(r, visitor_id) and now - lookback_ms <= r["ts"] <= now
+    ]
+    if records:
+        return Found(max(records, key=lambda r: (r["ts"], r["click_id"])), None)
     if window.start(now, since) > now - lookback_ms:
         return Found(None, None, deferred=True)
     return Found(None, UnattributedReason.NO_CLICK_IN_LOOKBACK)

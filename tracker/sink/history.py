@@ -125,16 +125,20 @@ class ClickHistory:
         since, *values = pipe.execute()
         ids_of: list[list[str]] = []
         at = 0
-        for span in spans:
-            ids_of.append(hot.paths_from(values[at : at + span]))
+        for (visitor, _, _), span in zip(wanted, spans, strict=True):
+            ids_of.append(hot.clicks_of(visitor, hot.paths_from(values[at : at + span])))
             at += span
         every = sorted({c for ids in ids_of for c in ids})
         records = self._hot_records(every)
         found: dict[tuple[str, int, int], dict[str, PastClick]] = {}
         for key, ids in zip(wanted, ids_of, strict=True):
-            _, lo, hi = key
+            visitor, lo, hi = key
             found[key] = {
-                c: records[c] for c in ids if c in records and lo <= records[c].record["ts"] <= hi
+                c: records[c]
+                for c in ids
+                if c in records
+                and hot.of_visitor(records[c].record, visitor)
+                and lo <= records[c].record["ts"] <= hi
             }
         start = self.window.start(now, since) + OVERLAP_MS
         older = [key for key in wanted if key[1] < start]
