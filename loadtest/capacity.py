@@ -5,7 +5,8 @@
 Redis: starts its own redis-server (AOF, as in production) on a free loopback port and
 writes realistic clicks through the edge's real `EventWriter` (one script call per batch of
 `writer.batch_max_events`): the stream entry, the click record and the visitor's path
-entry in the hot window's per-hour hashes (tracker/hot.py). INFO `used_memory` is read
+entry in the hot window's per-hour hashes (tracker/hot.py; a visitor's first click has the
+visitor's id, as the edge makes it, and no path entry). INFO `used_memory` is read
 before, after the writes, after the batch markers are gone (they expire after
 `redis.dedup_ttl_seconds`) and after the stream was emptied the way the sink empties it
 (XREADGROUP, XACK, XDEL). So:
@@ -13,9 +14,9 @@ before, after the writes, after the batch markers are gone (they expire after
 * persistent = what stays for the hot window (click records + visitor paths);
 * stream     = the transient share of a stream entry while the sink has not read it.
 
-It does this twice, with one click per visitor and with four clicks per visitor, and
-solves `memory = clicks * per_click + visitors * per_visitor`: a visitor's path costs a
-field of its own (per hour), each further click 16 bytes in it.
+It does this twice, with one click per visitor and with four clicks per visitor: the first
+gives a click record's bytes (a first click has no path entry), the second a path field's
+(per visitor with later clicks and hour), each later click 16 bytes in it.
 
 ClickHouse: applies the real migrations to a temporary chDB folder, inserts realistic,
 enriched click rows as JSONEachRow through `ClickHouse.insert_jsonl` (chunks of 100,000
@@ -320,7 +321,9 @@ async def write_clicks(
         for i in range(start, min(count, start + batch)):
             ms = now_ms()
             visitor = visitors[i % len(visitors)]
-            row = clicks.click(ms, uuid7(ms), visitor, new=i < len(visitors))
+            new = i < len(visitors)
+            # a new visitor's first click has the visitor's id, as the edge makes it
+            row = clicks.click(ms, visitor if new else uuid7(ms), visitor, new=new)
             json_bytes += len(orjson.dumps(row))
             writer.add_click(row, click_record(row, ms), ms)
         # one full batch per script call, as a busy edge sends them
@@ -437,33 +440,32 @@ def measure_redis(settings, work: Path, count: int, seed: int) -> dict:
         runs = [redis_run(settings, server, work, Clicks(seed + k), count, k) for k in (1, 4)]
     finally:
         server.stop()
-    # memory = clicks * per_click + visitors * per_visitor, from the two runs
-    (m1, v1), (m4, v4) = (
+    # memory = clicks * record + per visitor with later clicks: a path field (its key and
+    # overhead) and 16 bytes per later click. With one click per visitor there are records
+    # only: a first click has the visitor's id and no path entry.
+    (m1, _), (m4, v4) = (
         (r["used_memory"]["after_stream_drained"] - r["used_memory"]["before"], r["visitors"])
         for r in runs
     )
-    per_visitor = (m1 - m4) / (v1 - v4)
-    per_click = (m1 - per_visitor * v1) / count
+    record = m1 / count
+    field = (m4 - record * count) / v4 - 16 * 3  # each visitor's 3 later clicks: 16 B each
     stream = sum(r["bytes_per_click"]["stream_entry_share"] for r in runs) / len(runs)
     cpu = sum(sum(r["redis_cpu_microseconds_per_click"].values()) for r in runs) / len(runs)
     return {
         "redis_version": version,
         "runs": runs,
         "model": {
-            "bytes_per_click_record_and_path_entry": round(per_click, 1),
-            "bytes_per_visitor_path_key": round(per_visitor, 1),
-            "persistent_bytes_per_click_1_click_per_visitor": round(per_click + per_visitor, 1),
-            "persistent_bytes_per_click_2_clicks_per_visitor": round(
-                per_click + per_visitor / 2, 1
-            ),
+            "bytes_per_click_record": round(record, 1),
+            "bytes_per_visitor_path_field": round(field, 1),
+            "persistent_bytes_per_click_1_click_per_visitor": round(record, 1),
+            "persistent_bytes_per_click_2_clicks_per_visitor": round(record + (field + 16) / 2, 1),
+            "persistent_bytes_per_click_4_clicks_per_visitor": round(m4 / count, 1),
             "stream_bytes_per_click_until_drained": round(stream, 1),
             "redis_cpu_microseconds_per_click_write_and_drain": round(cpu, 2),
             "redis_clicks_per_second_per_core_ceiling": round(1e6 / cpu),
         },
         "steady_state_gb_1_click_per_visitor": {
-            f"{n:,}_clicks_per_day": steady_gb(
-                n, per_click + per_visitor, settings.tracking.hot_hours
-            )
+            f"{n:,}_clicks_per_day": steady_gb(n, record, settings.tracking.hot_hours)
             for n in (1_000_000, 100_000_000, 1_000_000_000)
         },
     }
@@ -498,7 +500,8 @@ def measure_clickhouse(settings, work: Path, rows: int, seed: int, chunk: int = 
                     recent.append(visitor)
                     if len(recent) > 50_000:
                         recent = recent[25_000:]
-                row = clicks.enrich(clicks.click(ms, uuid7(ms), visitor, new=new))
+                click_id = visitor if new else uuid7(ms)  # a first click: the visitor's id
+                row = clicks.enrich(clicks.click(ms, click_id, visitor, new=new))
                 lines.append(orjson.dumps(row))
             payload = b"\n".join(lines)
             json_bytes += len(payload)
