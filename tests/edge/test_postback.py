@@ -323,3 +323,33 @@ async def test_a_click_in_the_hot_window_is_attributed_at_once(client, redis_ser
         (click_id, "c", 1),
     ]
     assert all("deferred" not in r for r in rows)
+
+
+async def test_a_visitor_made_by_a_click_is_found_by_their_own_id(client, redis_server):
+    """A visitor's first click has the visitor's id and no path entry (tracker/hot.py): a
+    pixel finds it by the cookie alone; a cookie naming someone else's click finds none in
+    the hot window."""
+    from tracker.clock import clock_ms
+    from tracker.testing import click_id_at
+
+    redis = redis_server.client()
+    redis.set(K.HOT_SINCE, 0)
+    now = clock_ms(CLOCK)
+    visitor = click_id_at(now - 3_600_000)  # their first click, an hour before the clock
+    returning, later = uuid7(), click_id_at(now - 60_000)  # another's click, by a path
+    for click_id, owner in ((visitor, visitor), (later, returning)):
+        record = {"click_id": click_id, "visitor_id": owner, "advertiser_id": "shop"}
+        # no expiry: the pinned clock's hours are long gone by the wall clock's
+        redis.hset(hot.click_hash(click_id), hot.raw_id(click_id), hot.encode(record))
+    redis.hset(
+        hot.path_hash(hot.hour_of(later), returning), hot.raw_id(returning), hot.raw_id(later)
+    )
+    await pixel(client, visitor, txid="first")
+    await pixel(client, returning, txid="returning")
+    await pixel(client, later, txid="forged")  # a cookie holding another visitor's click id
+    rows = {row["txid"]: row for row in stored_conversions(redis_server)}
+    assert (rows["first"]["click_id"], rows["first"]["attributed"]) == (visitor, 1)
+    assert (rows["returning"]["click_id"], rows["returning"]["attributed"]) == (later, 1)
+    # nothing in the hot window: left to the sink, which looks in ClickHouse by visitor
+    assert (rows["forged"]["attributed"], rows["forged"]["deferred"]) == (0, 1)
+    assert rows["forged"]["click_id"] != later

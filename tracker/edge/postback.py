@@ -245,15 +245,19 @@ async def find_click(
     pipe = redis.pipeline(transaction=False)
     pipe.get(K.HOT_SINCE)
     visitor = hot.raw_id(visitor_id)
+    # the click that made the visitor, if one did (in no path: tracker/hot.py), with the path
+    pipe.hget(hot.click_hash(visitor_id), visitor)
     for hour in hours:
         pipe.hget(hot.path_hash(hour, visitor_id), visitor)
-    since, *values = await pipe.execute()
-    ids = hot.clicks_of(visitor_id, hot.paths_from(values))
-    # the visitor's clicks of the window (a few): their records say their times
-    pipe = redis.pipeline(transaction=False)
-    for click_id in ids:
-        pipe.hget(hot.click_hash(click_id), hot.raw_id(click_id))
-    records = [hot.decode(c, raw) for c, raw in zip(ids, await pipe.execute(), strict=True) if raw]
+    since, first, *values = await pipe.execute()
+    raws = {visitor_id: first}
+    ids = [c for c in hot.paths_from(values) if c not in raws]
+    if ids:  # the visitor's later clicks of the window (a few): their records say their times
+        pipe = redis.pipeline(transaction=False)
+        for click_id in ids:
+            pipe.hget(hot.click_hash(click_id), hot.raw_id(click_id))
+        raws.update(zip(ids, await pipe.execute(), strict=True))
+    records = [hot.decode(c, raw) for c, raw in raws.items() if raw]
     records = [
         r for r in records if hot.of_visitor(r, visitor_id) and now - lookback_ms <= r["ts"] <= now
     ]
