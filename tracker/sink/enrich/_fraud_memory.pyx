@@ -24,6 +24,16 @@ cdef inline long long _digits(str text, Py_ssize_t start, Py_ssize_t end) except
     return n
 
 
+cdef inline dict _counts_in(dict kept, long long key):
+    """The counts of one window (a minute, an hour, a duplicate bucket), made when first
+    needed (fraud_memory.py's `_counts_in`)."""
+    cdef dict counts = kept.get(key)
+    if counts is None:
+        counts = {}
+        kept[key] = counts
+    return counts
+
+
 cdef struct Counts:  # a click's counts, as ClickCounts holds them
     long long clicks
     bint seen
@@ -42,10 +52,7 @@ cdef Counts _add(
     cdef long long before, own, last, bucket
     cdef dict clicks, seen_ips, latest, earlier
     cdef str field
-    clicks = minutes.get(minute)
-    if clicks is None:
-        clicks = {}
-        minutes[minute] = clicks
+    clicks = _counts_in(minutes, minute)
     got = clicks.get(ip)
     before = 0 if got is None else got
     if undo is not None:
@@ -56,10 +63,7 @@ cdef Counts _add(
     counts.visitors = 0
     if visitor == zero:  # no visitor: counted in its minute only
         return counts
-    seen_ips = hours.get(minute // 60)
-    if seen_ips is None:
-        seen_ips = {}
-        hours[minute // 60] = seen_ips
+    seen_ips = _counts_in(hours, minute // 60)
     known = seen_ips.get(ip)
     if known is None:
         if undo is not None:
@@ -83,10 +87,7 @@ cdef Counts _add(
     if slug:
         field = f"{visitor} {slug}"  # redis_keys.fraud_duplicate_field
         bucket = ms // bucket_ms
-        latest = duplicates.get(bucket)
-        if latest is None:
-            latest = {}
-            duplicates[bucket] = latest
+        latest = _counts_in(duplicates, bucket)
         got = latest.get(field)
         own = 0 if got is None else got
         earlier = duplicates.get(bucket - 1)

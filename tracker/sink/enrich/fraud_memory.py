@@ -132,18 +132,13 @@ class MemoryCounter:
         if ms > self.newest_ms:
             self.newest_ms = ms
         minute = ms // 60_000
-        clicks = self.minutes.get(minute)
-        if clicks is None:
-            clicks = self.minutes[minute] = {}
+        clicks = _counts_in(self.minutes, minute)
         before = clicks.get(ip, 0)
         undo.append((clicks, ip, before or _ABSENT))
         clicks[ip] = before + 1
         if visitor == ZERO_UUID:  # no visitor: counted in its minute only
             return ClickCounts(before + 1, False, 0)
-        hour = minute // 60
-        seen_ips = self.hours.get(hour)
-        if seen_ips is None:
-            seen_ips = self.hours[hour] = {}
+        seen_ips = _counts_in(self.hours, minute // 60)
         known = seen_ips.get(ip)
         if known is None:
             undo.append((seen_ips, ip, _ABSENT))
@@ -165,9 +160,7 @@ class MemoryCounter:
         if slug:
             field = K.fraud_duplicate_field(visitor, slug)
             bucket = ms // self.bucket_ms
-            latest = self.duplicates.get(bucket)
-            if latest is None:
-                latest = self.duplicates[bucket] = {}
+            latest = _counts_in(self.duplicates, bucket)
             own = latest.get(field, 0)
             earlier = self.duplicates.get(bucket - 1)
             last = max(own, earlier.get(field, 0) if earlier else 0)
@@ -230,6 +223,15 @@ class MemoryCounter:
             self._undo.clear()
             self.positions[stream] = stream_position(last_id)
             self._prune()
+
+
+def _counts_in(kept: dict[int, dict], key: int) -> dict:
+    """The counts of one window (a minute, an hour, a duplicate bucket), made when first
+    needed."""
+    counts = kept.get(key)
+    if counts is None:
+        counts = kept[key] = {}
+    return counts
 
 
 def py_count(counter: MemoryCounter, events: list[Row]) -> list[ClickCounts]:
