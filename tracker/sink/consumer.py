@@ -343,15 +343,14 @@ class Sink:
             )
         marks: dict[str, int] = {}
         dropped: dict[str, set] = {}
-        if self.pipeline:  # what its steps count from here is kept once the batch is stored
-            self.pipeline.begin(stream, ids[-1], redelivered)
         if self.erasures:
             marks = self.erasures.marks()
             dropped = self.erasures.drop(payloads, marks)
             self.erasures.forget_hot(dropped)
-            if marks and self.pipeline:
+        if self.pipeline:  # what its steps count from here is kept once the batch is stored
+            self.pipeline.begin(stream, ids[-1], redelivered)
+            if marks:
                 self.pipeline.forget(marks)
-        if self.pipeline:
             self.enrich(payloads)
         if self.attributor and payloads.get("conversions"):
             credits = self.attributor.credit_rows(b"\n".join(payloads["conversions"]))
