@@ -95,15 +95,15 @@ def hot_path(redis: SyncRedis, visitor: str, hot_hours: int) -> list[tuple[str, 
     return [(k, hot.split_path(v)) for k, v in zip(keys, pipe.execute(), strict=True) if v]
 
 
-def hot_clicks(redis: SyncRedis, visitor: str, hot_hours: int) -> list[tuple[str, bytes]]:
-    """The visitor's clicks in the hot window and their records, oldest first: their
-    path's and the click that made the visitor, which is in no path (tracker/hot.py)."""
+def hot_clicks(redis: SyncRedis, visitor: str, hot_hours: int) -> list[dict[str, Any]]:
+    """The records of the visitor's clicks in the hot window, oldest first: their path's
+    and the click that made the visitor, which is in no path (tracker/hot.py)."""
     ids = hot.clicks_of(visitor, [c for _, ids in hot_path(redis, visitor, hot_hours) for c in ids])
     pipe = redis.pipeline(transaction=False)
     for click_id in ids:
         pipe.hget(hot.click_hash(click_id), hot.raw_id(click_id))
-    found = [(c, raw) for c, raw in zip(ids, pipe.execute(), strict=True) if raw]
-    return [(c, raw) for c, raw in found if hot.of_visitor(hot.decode(c, raw), visitor)]
+    records = [hot.decode(c, raw) for c, raw in zip(ids, pipe.execute(), strict=True) if raw]
+    return [record for record in records if hot.of_visitor(record, visitor)]
 
 
 def export(ch: ClickHouse, redis: Any, visitor_id: Any, hot_hours: int = 48) -> dict[str, Any]:
@@ -126,8 +126,8 @@ def export(ch: ClickHouse, redis: Any, visitor_id: Any, hot_hours: int = 48) -> 
         else []
     )
     clicks = hot_clicks(redis, visitor, hot_hours)
-    data["redis"]["path"] = [[c, uuid7_time_ms(c)] for c, _ in clicks]
-    data["redis"]["clicks"] = [hot.decode(c, raw) for c, raw in clicks]
+    data["redis"]["path"] = [[c["click_id"], uuid7_time_ms(c["click_id"])] for c in clicks]
+    data["redis"]["clicks"] = clicks
     return data
 
 
@@ -215,9 +215,9 @@ def erase_redis(
     window, duplicate-click times, pixel rate counters, and the visitor in the records
     of `transactions` ((advertiser, txid) pairs); how many were deleted or blanked."""
     deleted = 0
-    for click_id, _ in hot_clicks(redis, visitor, hot_hours):
+    for click in hot_clicks(redis, visitor, hot_hours):
         # its record and exclusion mark (fields of per-hour hashes)
-        field = hot.raw_id(click_id)
+        click_id, field = click["click_id"], hot.raw_id(click["click_id"])
         deleted += redis.hdel(hot.click_hash(click_id), field)
         redis.srem(hot.excluded_set(click_id), field)
     for path_key, _ in hot_path(redis, visitor, hot_hours):

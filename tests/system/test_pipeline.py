@@ -91,7 +91,7 @@ async def test_one_click_lands_with_all_fields(tracking):
     # A new visitor's id is their first click's: that click is found by it, in no path.
     assert cookie.value == click_id
     assert hot_path(r, cookie.value, 48) == []
-    assert [c for c, _ in hot_clicks(r, cookie.value, 48)] == [click_id]
+    assert [c["click_id"] for c in hot_clicks(r, cookie.value, 48)] == [click_id]
 
 
 async def test_returning_visitor_keeps_id(tracking):
