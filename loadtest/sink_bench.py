@@ -4,8 +4,8 @@
         [--warm-rows 100000] [--geo FILE]
 
 Fills the events stream of a fresh redis-server with realistic clicks, written as the edge
-writes them (batches of 500 JSON rows), then drains it with the real sink into a fresh
-chDB folder: once with enrichment off (the insert path alone), once as the service runs
+writes them (batches of 500 JSON rows, LZ4-compressed), then drains it with the real sink
+into a fresh chDB folder: once with enrichment off (the insert path alone), once as the service runs
 it (all enrichment steps, after an unmeasured warm-up of the same mix, so the user-agent
 and address caches are those of a running sink). Prints rows/s, the sink's CPU per row
 (all its threads, chDB's included; chDB's background merges also on their own) and rows
@@ -43,6 +43,7 @@ from tracker.sink.attributor import Attributor
 from tracker.sink.consumer import Sink
 from tracker.sink.enrich import steps
 from tracker.sink.enrich.pipeline import Pipeline
+from tracker.stream_payload import pack
 from tracker.testing import RedisServer
 from tracker.timefmt import now_ms
 
@@ -88,7 +89,8 @@ def fill(redis, rows: int, batch: int = 500, seed: int = 1) -> None:
                     )
                 )
             )
-        pipe.xadd(K.EVENTS_STREAM, {K.BATCH_ID_FIELD: uuid7(), "clicks": b"\n".join(lines)})
+        payload = pack(b"\n".join(lines))  # compressed, as the edge's writer sends them
+        pipe.xadd(K.EVENTS_STREAM, {K.BATCH_ID_FIELD: uuid7(), "clicks": payload})
         if len(pipe) >= 50:
             pipe.execute()
     pipe.execute()

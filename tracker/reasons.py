@@ -124,6 +124,7 @@ class EnrichmentDrop(StrEnum):
 
     DUPLICATE_BATCH = "duplicate_batch"  # an edge batch appended twice: stored once
     UNKNOWN_TABLE = "unknown_table"  # a stream field naming no table
+    UNREADABLE_ROWS = "unreadable_rows"  # a compressed field that does not decompress
 
 
 @unique

@@ -11,6 +11,7 @@ from tracker import config
 from tracker import redis_keys as K
 from tracker.clock import FixedClock
 from tracker.edge.app import create_app
+from tracker.stream_payload import unpack
 from tracker.testing import TOKEN
 
 CLOCK = FixedClock(1_767_225_600.0)  # 2026-01-01 00:00:00 UTC: every request in one hour
@@ -48,7 +49,7 @@ async def send(client: TestClient, **fields) -> tuple[int, dict]:
 def stored(redis_server) -> list[str]:
     txids = []
     for _, fields in redis_server.client().xrange(K.EVENTS_STREAM):
-        for line in fields.get(b"conversions", b"").split(b"\n"):
+        for line in unpack(fields.get(b"conversions", b"")).split(b"\n"):
             if line:
                 txids.append(orjson.loads(line)["txid"])
     return txids

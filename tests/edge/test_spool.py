@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from tracker import redis_keys as K
-from tracker import testing
+from tracker import stream_payload, testing
 from tracker.edge.spool import Spool
 from tracker.edge.writer import Batch
 from tracker.testing import can_mount
@@ -173,7 +173,7 @@ def test_batch_round_trip_through_spool(path):
 
 def test_batch_entry_layout():
     batch = make_batch()
-    entry = batch.entry()
+    entry = batch.entry(compress=False)
     assert entry[0] == K.BATCH_ID_FIELD == "b"
     assert entry[1] == batch.id
     assert entry[2::2] == ["clicks", "orphan_visits"]
@@ -187,6 +187,18 @@ def test_batch_entry_layout():
     assert orjson.loads(orphans_payload) == {"visit_id": "o1", "reason": "unknown_link"}
     assert batch.count() == 3
     assert set(entry[2::2]) <= set(K.TABLES)
+
+
+def test_batch_entry_compressed_holds_the_same_rows():
+    """The writer's entries carry each table's rows LZ4-compressed when that is smaller
+    (tracker/stream_payload.py); the sink unpacks them to the plain entry's bytes."""
+    batch = make_batch()
+    batch.rows["clicks"] *= 40  # a realistic batch: rows repeat column names and values
+    plain, packed = batch.entry(compress=False), batch.entry()
+    assert packed[::2] == plain[::2]
+    assert packed[3].startswith(stream_payload.MAGIC)
+    assert len(packed[3]) < len(plain[3]) / 4
+    assert [stream_payload.unpack(v) for v in packed[3::2]] == plain[3::2]
 
 
 def test_loads_rejects_a_torn_line():

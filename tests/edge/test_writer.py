@@ -20,6 +20,7 @@ from tracker.edge.writer import Batch, EventWriter
 from tracker.ids import uuid7
 from tracker.reasons import EventDrop
 from tracker.records import click_record
+from tracker.stream_payload import unpack
 
 BATCH = 50
 
@@ -63,7 +64,7 @@ def frozen(redis_server):
 def stream_order(redis_server) -> list[int]:
     order = []
     for _, fields in redis_server.client().xrange(K.events_stream(0)):
-        order += [orjson.loads(line)["sub_n"] for line in fields[b"clicks"].split(b"\n")]
+        order += [orjson.loads(line)["sub_n"] for line in unpack(fields[b"clicks"]).split(b"\n")]
     return order
 
 
@@ -97,7 +98,7 @@ async def test_batches_stay_bounded_and_ordered_while_redis_stalls(redis_server,
     assert writer.spooled_batches == 0
 
     entries = redis_server.client().xrange(K.events_stream(0))
-    sizes = [len(fields[b"clicks"].split(b"\n")) for _, fields in entries]
+    sizes = [len(unpack(fields[b"clicks"]).split(b"\n")) for _, fields in entries]
     assert stream_order(redis_server) == list(range(630))
     assert max(sizes) <= BATCH
     assert len(entries) >= 630 // BATCH

@@ -7,11 +7,13 @@ import threading
 import orjson
 import pytest
 
-from tracker import config, migrations
+from tracker import config, metrics, migrations, stream_payload
 from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
 from tracker.ids import uuid7
+from tracker.reasons import EnrichmentDrop
 from tracker.sink.consumer import Sink, Stopping
+from tracker.stream_payload import pack
 from tracker.testing import wait_until
 from tracker.timefmt import format_ms, now_ms
 
@@ -35,8 +37,11 @@ def r(redis_server):
     return redis_server.client()
 
 
-def add_batches(r, batches: int, per_batch: int, stream: str = K.EVENTS_STREAM) -> list[str]:
-    """Stream entries as the edge writes them; returns the click ids."""
+def add_batches(
+    r, batches: int, per_batch: int, stream: str = K.EVENTS_STREAM, packed: bool = True
+) -> list[str]:
+    """Stream entries as the edge writes them (rows compressed unless `packed` is
+    false, as other writers append them); returns the click ids."""
     ids = []
     for _ in range(batches):
         rows = []
@@ -55,7 +60,11 @@ def add_batches(r, batches: int, per_batch: int, stream: str = K.EVENTS_STREAM) 
                     }
                 )
             )
-        r.xadd(stream, {K.BATCH_ID_FIELD: uuid7(), "clicks": b"\n".join(rows)})
+        payload = b"\n".join(rows)
+        r.xadd(
+            stream,
+            {K.BATCH_ID_FIELD: uuid7(), "clicks": pack(payload) if packed else payload},
+        )
     return ids
 
 
@@ -245,6 +254,23 @@ def test_an_edge_batch_appended_twice_is_stored_once(r, ch):
     sink = make_sink(r, ch)
     sink.step(block=False)
     assert count(ch) == 4 and sink.duplicate_batches == 1
+
+
+def test_packed_and_plain_entries_are_stored_and_an_unreadable_field_is_dropped(r, ch):
+    """The edge's compressed rows and other writers' plain rows go in alike; a packed
+    value that does not decompress is left out and counted, not retried for ever."""
+    packed = add_batches(r, 2, 30)
+    plain = add_batches(r, 1, 5, packed=False)
+    broken = stream_payload.MAGIC + b"\xff\xff\xff\x7f not lz4"
+    r.xadd(K.EVENTS_STREAM, {K.BATCH_ID_FIELD: uuid7(), "clicks": broken})
+    dropped = metrics.SINK_DROPPED.labels(EnrichmentDrop.UNREADABLE_ROWS)
+    before = dropped._value.get()
+    sink = make_sink(r, ch)
+    sink.step(block=False)
+    stored = {str(row[0]) for row in ch.query(f"SELECT click_id FROM {ch.database}.clicks")[1]}
+    assert stored == set(packed + plain)
+    assert dropped._value.get() == before + 1
+    assert r.xlen(K.EVENTS_STREAM) == 0
 
 
 def test_run_drains_the_stream_when_stopped(r, ch):

@@ -174,6 +174,7 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
         batch_max_events=s.writer.batch_max_events,
         batch_max_delay_ms=s.writer.batch_max_delay_ms,
         max_waiting_batches=s.writer.max_waiting_batches,
+        compress_stream=s.writer.compress_stream,
         lookback_seconds=s.lookback_seconds,
         timeout_seconds=s.redis.timeout_seconds,
         dedup_ttl_seconds=s.redis.dedup_ttl_seconds,

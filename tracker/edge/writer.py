@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import orjson
 from redis.exceptions import NoScriptError
 
-from tracker import hot, metrics
+from tracker import hot, metrics, stream_payload
 from tracker import redis_keys as K
 from tracker.append_once import MARK_ONCE, XADD_ONCE
 from tracker.background import Beat
@@ -104,12 +104,13 @@ class Batch:
     def count(self) -> int:
         return sum(len(rows) for rows in self.rows.values())
 
-    def entry(self) -> list[bytes | str]:
+    def entry(self, compress: bool = True) -> list[bytes | str]:
         """The stream entry as field/value pairs: the batch id, then one JSONEachRow
-        payload per table."""
+        payload per table, LZ4-compressed unless told not to (tracker/stream_payload.py)."""
         pairs: list[bytes | str] = [K.BATCH_ID_FIELD, self.id]
         for table, rows in self.rows.items():
-            pairs += [table, b"\n".join(rows)]
+            payload = b"\n".join(rows)
+            pairs += [table, stream_payload.pack(payload) if compress else payload]
         return pairs
 
     def dumps(self) -> bytes:
@@ -151,8 +152,10 @@ class EventWriter:
         cluster: bool = False,
         hot_hours: int = 48,
         max_waiting_batches: int = 4,
+        compress_stream: bool = True,
     ) -> None:
         self._redis = redis
+        self._compress = compress_stream  # the stream's rows LZ4-compressed
         self.spool = spool
         self._max_events = batch_max_events
         self._max_delay = batch_max_delay_ms / 1000
@@ -403,7 +406,7 @@ class EventWriter:
             return await self._send_cluster(batch, marker_ttl)
         if self._script_sha is None:
             self._script_sha = await self._redis.script_load(RECORD_BATCH)
-        entry = batch.entry()
+        entry = batch.entry(self._compress)
         keys: list[str] = [
             K.events_stream(batch.shard),
             K.batch_marker_key(batch.id, batch.shard),
@@ -430,7 +433,7 @@ class EventWriter:
         touch them all: the stream entry goes through the append-once script (stream and
         marker share a slot), the click records and paths through a pipeline that
         redis-py splits by node. Every command is idempotent, as above."""
-        entry = batch.entry()
+        entry = batch.entry(self._compress)
         await self._redis.eval(
             XADD_ONCE,
             2,

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from redis.exceptions import ResponseError
 
-from tracker import metrics
+from tracker import metrics, stream_payload
 from tracker import redis_keys as K
 from tracker.clickhouse import ClickHouse
 from tracker.ledger.commissions import Engine
@@ -333,7 +333,11 @@ class Sink:
             for key, value in fields.items():
                 table = _text(key)
                 if table in K.TABLES:
-                    payloads[table].append(value)
+                    try:
+                        payloads[table].append(stream_payload.unpack(value))
+                    except stream_payload.Unreadable as exc:
+                        metrics.SINK_DROPPED.labels(EnrichmentDrop.UNREADABLE_ROWS).inc()
+                        log.error("entry field %r does not decompress (%s); skipped", table, exc)
                 elif table != K.BATCH_ID_FIELD:
                     metrics.SINK_DROPPED.labels(EnrichmentDrop.UNKNOWN_TABLE).inc()
                     log.error("entry field %r is not a known table; skipped", table)
