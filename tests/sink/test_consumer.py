@@ -13,7 +13,6 @@ from tracker.clickhouse import ClickHouse
 from tracker.ids import uuid7
 from tracker.reasons import EnrichmentDrop
 from tracker.sink.consumer import Sink, Stopping
-from tracker.stream_payload import pack
 from tracker.testing import wait_until
 from tracker.timefmt import format_ms, now_ms
 
@@ -61,10 +60,9 @@ def add_batches(
                 )
             )
         payload = b"\n".join(rows)
-        r.xadd(
-            stream,
-            {K.BATCH_ID_FIELD: uuid7(), "clicks": pack(payload) if packed else payload},
-        )
+        if packed:
+            payload = stream_payload.pack(payload)
+        r.xadd(stream, {K.BATCH_ID_FIELD: uuid7(), "clicks": payload})
     return ids
 
 
